@@ -1,0 +1,138 @@
+"""The bundle: a directory holding artifacts, ``manifest.json`` and ``reference.npz``, written atomically.
+
+A bundle is built in a temporary sibling directory and renamed into place at the end, so a failed or
+interrupted convert leaves nothing at ``-o``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeconv.errors import BadInput, CheckFailed
+from edgeconv.specs import TensorSpec, sha256_of
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+REFERENCE = "reference.npz"
+
+
+class BundleWriter:
+    """``with BundleWriter(out, force) as work:`` — write into ``work``; on success it becomes ``out``."""
+
+    def __init__(self, out: Path, force: bool = False):
+        self.out = out
+        self.force = force
+        self.work: Path | None = None
+
+    def __enter__(self) -> Path:
+        if self.out.exists() and not self.force:
+            raise BadInput(f"{self.out} already exists", hint="choose another -o or pass --force to replace it")
+        if self.out.exists() and not (self.out / MANIFEST).exists() and any(self.out.iterdir()):
+            raise BadInput(f"{self.out} exists and is not an edgeconv bundle; refusing to replace it, even with --force")
+        parent = self.out.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"cannot create the output folder {parent}: {exc.strerror}") from exc
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise BadInput(f"cannot write into {parent} (permission denied)", hint="choose a writable -o")
+        self.work = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        return self.work
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.work is not None
+        if exc_type is not None:  # includes KeyboardInterrupt: leave nothing behind
+            shutil.rmtree(self.work, ignore_errors=True)
+            return
+        if self.out.exists():
+            trash = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, trash)
+            os.replace(self.work, self.out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.work, self.out)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_reference(path: Path, inputs: dict[str, np.ndarray], outputs: list[np.ndarray], output_names: list[str]) -> None:
+    arrays = {f"input:{k}": v for k, v in inputs.items()}
+    arrays.update({f"output:{n}": v for n, v in zip(output_names, outputs)})
+    np.savez(path, **arrays)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path, *, verify: bool = True) -> Bundle:
+        if not path.exists():
+            raise BadInput(f"bundle {path} does not exist")
+        mf = path / MANIFEST
+        if not path.is_dir() or not mf.is_file():
+            raise BadInput(f"{path} is not an edgeconv bundle (no {MANIFEST})", hint="make one with `edgeconv convert`")
+        try:
+            manifest = json.loads(mf.read_text())
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{mf} is not valid JSON: {exc}") from exc
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BadInput(f"{path} has manifest schema {version}; this edgeconv reads schema {SCHEMA_VERSION}")
+        bundle = cls(path, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Every artifact is present with the recorded sha256."""
+        bad = []
+        for art in self.manifest["artifacts"]:
+            p = self.path / art["file"]
+            if not p.exists():
+                bad.append(f"{art['file']} is missing")
+            elif sha256_of(p) != art["sha256"]:
+                bad.append(f"{art['file']} changed since conversion (sha256 differs)")
+        if bad:
+            raise CheckFailed(f"bundle {self.path} is damaged: " + "; ".join(bad), hint="convert again")
+
+    @property
+    def model_artifact(self) -> dict[str, Any]:
+        return next(a for a in self.manifest["artifacts"] if a["role"] == "model")
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(d) for d in self.manifest["inputs"]]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(d) for d in self.manifest["outputs"]]
+
+    def reference(self) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        with np.load(self.path / REFERENCE) as z:
+            inputs = {s.name: z[f"input:{s.name}"] for s in self.inputs}
+            outputs = [z[f"output:{s.name}"] for s in self.outputs]
+        return inputs, outputs

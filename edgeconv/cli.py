@@ -1,0 +1,257 @@
+"""The command line: thin Typer commands. Each parses options, calls one library function and renders.
+
+Library code raises typed errors (edgeconv.errors); only :func:`_handled` turns them into a message and an
+exit code, with no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeconv import __version__
+from edgeconv.errors import EdgeconvError
+
+app = typer.Typer(
+    name="edgeconv",
+    help="Take a trained PyTorch or Keras model to edge hardware and prove it still works there.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False}
+
+# Shared options, defined once.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else there.")]
+InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="NAME=1x3x224x224 (repeatable); a bare shape for a one-input model.")]
+ModelClassOpt = Annotated[str | None, typer.Option("--model-class", help="pkg.module:Class or path/to/file.py:Class for a state_dict.")]
+ModelKwargsOpt = Annotated[str | None, typer.Option("--model-kwargs", help="JSON keyword arguments for --model-class.")]
+TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled modules / Keras Lambda layers (runs code from the file).")]
+AtolOpt = Annotated[list[str], typer.Option("--atol", help="Max abs error allowed: VALUE for every output or NAME=VALUE (repeatable).")]
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _handled(json_flag: str | None = "json"):
+    """Map edgeconv errors to a message and exit code; with --json, also an error document on stdout."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            as_json = bool(json_flag and kwargs.get(json_flag))
+            try:
+                return fn(*args, **kwargs)
+            except EdgeconvError as exc:
+                if _state["debug"]:
+                    raise
+                _print_error(exc.message, exc.hint, exc.details, type(exc).__name__, exc.exit_code, as_json)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt:
+                _print_error("interrupted; nothing was left half-written", None, None, "Interrupted", 130, as_json)
+                raise typer.Exit(130) from None
+            except typer.Exit:
+                raise
+            except Exception as exc:  # a bug, or a library failing in a way we did not foresee
+                if _state["debug"]:
+                    raise
+                _print_error(f"unexpected error: {type(exc).__name__}: {exc}",
+                             "rerun with --debug for the traceback, and please report it", None, "InternalError", 1, as_json)
+                raise typer.Exit(1) from None
+
+        return wrapper
+
+    return deco
+
+
+def _print_error(message, hint, details, kind, code, as_json) -> None:
+    con = _err_console()
+    con.print(f"[bold red]error:[/] {message}", markup=True)
+    if details:
+        con.print(details, markup=False)
+    if hint:
+        con.print(f"[dim]hint:[/] {hint}", markup=True)
+    if as_json:
+        print(json.dumps({"ok": False, "error": {"type": kind, "message": message, "hint": hint, "details": details,
+                                                  "exit_code": code}}))
+
+
+def _emit_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def _steps(as_json: bool):
+    from edgeconv.progress import RichSteps, Steps
+
+    return Steps() if as_json else RichSteps()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"edgeconv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-paragraph errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _load_options(model_class, model_kwargs, trust_pickle):
+    from edgeconv.errors import BadInput
+    from edgeconv.frontends import LoadOptions
+
+    try:
+        kwargs = json.loads(model_kwargs) if model_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"--model-kwargs is not valid JSON: {exc}") from exc
+    if not isinstance(kwargs, dict):
+        raise BadInput("--model-kwargs must be a JSON object, e.g. '{\"width\": 16}'")
+    return LoadOptions(model_class=model_class, model_kwargs=kwargs, trust_pickle=trust_pickle)
+
+
+@app.command()
+@_handled()
+def convert(
+    model: Annotated[Path, typer.Argument(help="Source model: .pt/.pth, .pt2, .keras, .h5, SavedModel dir, .onnx.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Device profile, family or path to a .toml (see `edgeconv targets`).")] = "onnx",
+    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, int8 … as the target offers.")] = "fp32",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Bundle directory to write.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at -o.")] = False,
+    input_shape: InputShapeOpt = [],  # noqa: B006 (typer needs a literal default)
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Export with a dynamic batch axis.")] = False,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to export.")] = None,
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    sample: Annotated[Path | None, typer.Option("--sample", help=".npz of reference inputs (default: seeded random).")] = None,
+    atol: AtolOpt = [],  # noqa: B006
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): record source and artifact accuracy.")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more points than this on --data.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert a model into a deployable, checked bundle for a target device."""
+    from edgeconv.convert import ConvertRequest
+    from edgeconv.convert import convert as run_convert
+    from edgeconv.parity import parse_atol_overrides
+    from edgeconv.specs import parse_input_shapes
+
+    req = ConvertRequest(
+        model=model, target=target, precision=precision, output=output, force=force,
+        input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,
+        load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
+        atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
+        command_line=["edgeconv", *sys.argv[1:]],
+    )
+    result = run_convert(req, _steps(as_json))
+    if as_json:
+        _emit_json({"ok": True, "bundle": str(result.bundle), "manifest": result.manifest})
+    else:
+        from edgeconv.render import render_convert
+
+        render_convert(result)
+
+
+@app.command()
+@_handled()
+def validate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert`.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y) for accuracy.")] = None,
+    source: Annotated[Path | None, typer.Option("--source", help="The source model, to measure its accuracy on --data now.")] = None,
+    trust_pickle: TrustPickleOpt = False,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs.")] = 100,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs.")] = 10,
+    threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads (default: the runtime's own).")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Budget: top-1 drop in points vs the source.")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", help="Budget: p50 latency in ms.")] = None,
+    atol: AtolOpt = [],  # noqa: B006
+    report: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/validation.json).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a bundle on this machine's runtime: parity, accuracy, latency; exit 1 when a budget is missed."""
+    from edgeconv.parity import parse_atol_overrides
+    from edgeconv.validate import ValidateRequest
+    from edgeconv.validate import validate as run_validate
+
+    req = ValidateRequest(
+        bundle=bundle, data=data, source=source, trust_pickle=trust_pickle, runs=runs, warmup=warmup, threads=threads,
+        max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, report=report,
+        atol=parse_atol_overrides(atol),
+    )
+    result = run_validate(req, _steps(as_json))
+    if as_json:
+        _emit_json(result)
+    else:
+        from edgeconv.render import render_validation
+
+        render_validation(result)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_handled()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="Model file (.pt, .pt2, .keras, .h5, SavedModel dir, .onnx).")],
+    input_shape: InputShapeOpt = [],  # noqa: B006
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a model's inputs, outputs, opset, ops, parameters and MACs."""
+    from edgeconv.inspection import inspect_model
+    from edgeconv.specs import parse_input_shapes
+
+    info = inspect_model(model, input_shapes=parse_input_shapes(input_shape),
+                         load=_load_options(model_class, model_kwargs, trust_pickle))
+    if as_json:
+        _emit_json(info)
+    else:
+        from edgeconv.render import render_inspect
+
+        render_inspect(info)
+
+
+@app.command()
+@_handled()
+def targets(as_json: JsonOpt = False) -> None:
+    """List device profiles and whether their toolchain and runtime are available here."""
+    from edgeconv.profiles import all_profiles
+    from edgeconv.targets import BACKENDS
+
+    rows = []
+    for p in all_profiles().values():
+        avail = p.availability()
+        if p.backend not in BACKENDS:
+            avail = {**avail, "available": False, "backend_missing": True}
+        rows.append({"name": p.name, "family": p.family, "default_for_family": p.default_for_family, "backend": p.backend,
+                     "runner": p.runner, "precisions": p.precisions, "description": p.description,
+                     "file": str(p.path), **avail})
+    if as_json:
+        _emit_json({"targets": rows})
+    else:
+        from edgeconv.render import render_targets
+
+        render_targets(rows)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""``edgeconv convert``: source → checked ONNX → target artifact(s) → bundle, with every check recorded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeconv import __version__
+from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, BundleWriter, save_reference, write_json
+from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
+from edgeconv.errors import BadInput, CheckFailed, ConversionFailed
+from edgeconv.frontends import LoadOptions, SourceModel, load_source
+from edgeconv.lazy import version_of
+from edgeconv.onnx_tools import check_and_infer, io_specs
+from edgeconv.parity import ParityReport, compare
+from edgeconv.profiles import Profile, resolve_profile
+from edgeconv.progress import Steps
+from edgeconv.runners import open_runner
+from edgeconv.specs import Dim, TensorSpec, apply_input_shapes, guess_layout, random_inputs, sha256_of
+from edgeconv.targets import Artifact, TargetOptions, backend
+
+REFERENCE_BATCHES = 4  # reference.npz holds this many batches of the model's batch size
+
+
+@dataclass
+class ConvertRequest:
+    model: Path
+    target: str = "onnx"
+    precision: str = "fp32"
+    output: Path | None = None
+    force: bool = False
+    input_shapes: dict[str | None, list[Dim]] = field(default_factory=dict)
+    dynamic_batch: bool = False
+    opset: int | None = None
+    load: LoadOptions = field(default_factory=LoadOptions)
+    sample: Path | None = None
+    atol: dict[str | None, float] = field(default_factory=dict)
+    data: Path | None = None
+    max_accuracy_drop: float | None = None
+    command_line: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class ConvertResult:
+    bundle: Path
+    manifest: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest["status"] == "ok"
+
+
+def default_output(req: ConvertRequest, profile: Profile) -> Path:
+    return Path(f"{req.model.stem}-{profile.name}-{req.precision}")
+
+
+def resolve_inputs(source: SourceModel, req: ConvertRequest) -> list[TensorSpec]:
+    """The source's inputs with ``--input-shape`` applied and the batch fixed (1) or made dynamic."""
+    specs = apply_input_shapes(source.inputs, req.input_shapes)
+    out = []
+    for s in specs:
+        if not s.shape:
+            raise BadInput(
+                f"{source.path} does not record the shape of input {s.name!r} ({source.format} keeps no shapes)",
+                hint=f"give it: --input-shape {s.name}=1x3x224x224 (your model's sizes)",
+            )
+        shape = list(s.shape)
+        if not isinstance(shape[0], int) or req.dynamic_batch:
+            shape[0] = "batch" if req.dynamic_batch else 1
+        unresolved = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
+        if unresolved:
+            raise BadInput(
+                f"input {s.name!r} has dynamic dimensions {unresolved} ({'x'.join(map(str, shape))}); edgeconv "
+                "exports static shapes apart from the batch",
+                hint=f"give them: --input-shape {s.name}=" + "x".join(str(d) if isinstance(d, int) else "N" for d in shape),
+            )
+        out.append(TensorSpec(s.name, shape, s.dtype, s.layout or guess_layout(shape, source.layout_default)))
+    return out
+
+
+def reference_feed(req: ConvertRequest, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else 2
+    if req.sample is None:
+        return random_inputs(inputs, batch=batch * REFERENCE_BATCHES, seed=0)
+    feed, _ = load_inputs(req.sample, inputs, need_labels=False)
+    n = len(next(iter(feed.values())))
+    if isinstance(inputs[0].shape[0], int) and n % batch:
+        raise BadInput(f"--sample {req.sample} has {n} samples; the model's fixed batch is {batch}: give a multiple")
+    return feed
+
+
+def _host() -> dict[str, str]:
+    return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def _parity(label, names, expected, artifact: Path, runner: str, batch: int | None, feed, tol, atol) -> ParityReport:
+    with open_runner(runner, artifact) as r:
+        actual = run_batched(r.infer, feed, batch)
+    return compare(label, names, expected, actual, tol, atol)
+
+
+def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
+    steps = steps or Steps()
+    profile = resolve_profile(req.target)
+    target = backend(profile.backend)
+    topts = TargetOptions(precision=req.precision, dynamic_batch=req.dynamic_batch)
+    target.check_options(profile, topts)
+    if req.max_accuracy_drop is not None and req.data is None:
+        raise BadInput("--max-accuracy-drop needs --data (a labelled .npz) to measure accuracy on")
+    out = req.output or default_output(req, profile)
+
+    with steps.step(f"Loading {req.model.name}"):
+        source = load_source(req.model, req.load)
+        inputs = resolve_inputs(source, req)
+        feed = reference_feed(req, inputs)
+        batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
+        expected = run_batched(source.run, feed, batch)
+        data_feed = labels = None
+        if req.data is not None:
+            data_feed, labels = load_inputs(req.data, inputs, need_labels=True)
+
+    with BundleWriter(out, req.force) as work:
+        onnx_path = work / "model.onnx"
+        with steps.step(f"Exporting ONNX ({source.frontend})"):
+            record = source.export_onnx(onnx_path, inputs=inputs, opset=req.opset, dynamic_batch=req.dynamic_batch)
+        with steps.step("Checking the ONNX graph (onnx.checker, shape inference)"):
+            proto = check_and_infer(onnx_path)
+            onnx_inputs, outputs = io_specs(proto)
+            layouts = {s.name: s.layout for s in inputs}
+            onnx_inputs = [TensorSpec(s.name, s.shape, s.dtype, layouts.get(s.name)) for s in onnx_inputs]
+            if [s.name for s in onnx_inputs] != [s.name for s in inputs]:
+                raise ConversionFailed(f"the exported graph's inputs {[s.name for s in onnx_inputs]} differ from the source's {[s.name for s in inputs]}")
+            names = [s.name for s in outputs]
+        checks: list[dict[str, Any]] = []
+        with steps.step(f"Checking ONNX against {source.framework} on {len(next(iter(feed.values())))} reference samples"):
+            rep = _parity(f"onnx (onnxruntime) vs {source.framework}", names, expected, onnx_path, "onnxruntime",
+                          batch, feed, profile.tolerance("fp32"), req.atol)
+            checks.append({"kind": "parity", **rep.to_dict()})
+            if not rep.ok:
+                raise ConversionFailed(f"the exported ONNX graph does not compute what the {source.framework} model computes",
+                                       details=rep.failure_text(), hint="loosen one output with --atol NAME=VALUE if that error is acceptable")
+        with steps.step(f"Preflight for {profile.name}"):
+            target.preflight(proto, profile, topts)
+        with steps.step(f"Converting for {profile.name} ({req.precision})"):
+            artifacts = target.convert(onnx_path, work, profile, topts)
+        model_art = next(a for a in artifacts if a.role == "model")
+        if model_art.file != onnx_path.name:
+            with steps.step(f"Checking the {req.precision} artifact against {source.framework}"):
+                rep = _parity(f"{model_art.file} ({model_art.runner}) vs {source.framework}", names, expected,
+                              work / model_art.file, model_art.runner, batch, feed, profile.tolerance(req.precision), req.atol)
+                checks.append({"kind": "parity", **rep.to_dict()})
+                if not rep.ok:
+                    raise ConversionFailed(f"the {req.precision} artifact for {profile.name} does not compute what the source computes",
+                                           details=rep.failure_text(), hint="loosen one output with --atol NAME=VALUE if that error is acceptable")
+        source_accuracy = None
+        status = "ok"
+        if data_feed is not None:
+            with steps.step(f"Measuring accuracy on {req.data.name}"):
+                source_accuracy, acc_check = _accuracy_check(source, data_feed, labels, batch, work, model_art, req)
+                checks.append(acc_check)
+                if not acc_check["ok"]:
+                    status = "failed-check"
+        save_reference(work / REFERENCE, feed, expected, names)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "edgeconv_version": __version__,
+            "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command_line": req.command_line,
+            "status": status,
+            "source": {
+                "path": str(req.model), "format": source.format, "framework": source.framework,
+                "sha256": sha256_of(req.model), "frontend": source.frontend,
+                "load_options": {"model_class": req.load.model_class, "model_kwargs": req.load.model_kwargs},
+            },
+            "export": {"exporter": record.exporter, "opset": record.opset, "fallback_reason": record.fallback_reason,
+                       "notes": record.notes},
+            "target": {"profile": profile.name, "family": profile.family, "backend": profile.backend,
+                       "profile_file": profile.path.name if profile.path else None, "profile_data": profile.raw},
+            "precision": req.precision,
+            "runner": model_art.runner,
+            "dynamic_batch": req.dynamic_batch,
+            "inputs": [s.to_dict() for s in onnx_inputs],
+            "outputs": [s.to_dict() for s in outputs],
+            "artifacts": [_artifact_entry(work, a) for a in artifacts] + (
+                [_artifact_entry(work, Artifact(onnx_path.name, "canonical-onnx", "fp32"))]
+                if all(a.file != onnx_path.name for a in artifacts) else []),
+            "reference": {"file": REFERENCE, "samples": int(len(next(iter(feed.values())))),
+                          "inputs": "random (seed 0)" if req.sample is None else str(req.sample)},
+            "tolerances": {p: vars(t) for p, t in profile.tolerances.items()} | {"overrides": {str(k): v for k, v in req.atol.items()}},
+            "source_accuracy": source_accuracy,
+            "calibration": None,
+            "checks": checks,
+            "tools": {"edgeconv": __version__, "onnx": version_of("onnx"), "onnxruntime": version_of("onnxruntime"),
+                      **source.versions()},
+            "host": _host(),
+        }
+        write_json(work / MANIFEST, manifest)
+    result = ConvertResult(out, manifest)
+    if not result.ok:
+        acc = next(c for c in checks if c["kind"] == "accuracy")
+        raise CheckFailed(
+            f"accuracy drop {acc['drop_points']:.2f} points exceeds --max-accuracy-drop {req.max_accuracy_drop}; "
+            f"the bundle at {out} is kept and marked failed in its manifest",
+        )
+    return result
+
+
+def _artifact_entry(work: Path, a: Artifact) -> dict[str, Any]:
+    p = work / a.file
+    return {"file": a.file, "role": a.role, "precision": a.precision, "runner": a.runner, "sha256": sha256_of(p),
+            "bytes": p.stat().st_size, **a.extra}
+
+
+def _accuracy_check(source, data_feed, labels, batch, work, model_art, req) -> tuple[dict, dict]:
+    src_out = run_batched(source.run, data_feed, batch)
+    idx = classifier_output(src_out)
+    if idx is None:
+        raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
+    src_acc = accuracy(src_out[idx], labels)
+    with open_runner(model_art.runner, work / model_art.file) as r:
+        art_out = run_batched(r.infer, data_feed, batch)
+    art_acc = accuracy(art_out[idx], labels)
+    drop = (src_acc["top1"] - art_acc["top1"]) * 100
+    record = data_record(req.data, len(labels))
+    ok = req.max_accuracy_drop is None or drop <= req.max_accuracy_drop
+    source_accuracy = {**record, **src_acc, "measured_with": source.framework}
+    check = {"kind": "accuracy", "ok": ok, "data": record, "source": src_acc, "artifact": art_acc,
+             "drop_points": drop, "max_drop_points": req.max_accuracy_drop}
+    return source_accuracy, check

@@ -1,0 +1,58 @@
+"""What every frontend gives: a loaded source model that can run itself and export the canonical ONNX graph."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeconv.specs import TensorSpec
+
+
+@dataclass
+class ExportRecord:
+    """How the ONNX graph was made: which exporter ran, and why a fallback was taken."""
+
+    exporter: str
+    opset: int
+    fallback_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadOptions:
+    model_class: str | None = None  # "pkg.module:Class" for a state_dict
+    model_kwargs: dict = field(default_factory=dict)
+    trust_pickle: bool = False
+
+
+class SourceModel(ABC):
+    """A source model loaded by its own framework.
+
+    ``inputs`` may hold unknown dimensions until ``--input-shape`` fills them. ``run`` is the source
+    framework's own inference: the reference every artifact is checked against.
+    """
+
+    framework: str = ""  # "torch", "keras", "onnx"
+    format: str = ""  # "torchscript", "torch.export", "torch-state-dict", "keras", ...
+    frontend: str = ""  # class name that says the flow, e.g. "OnnxFromTorch"
+    layout_default: str | None = None  # layout this framework's 4-D image inputs usually have
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.inputs: list[TensorSpec] = []
+
+    @abstractmethod
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs of the source framework, in the model's output order."""
+
+    @abstractmethod
+    def export_onnx(
+        self, dest: Path, *, inputs: list[TensorSpec], opset: int | None, dynamic_batch: bool
+    ) -> ExportRecord:
+        """Write the ONNX graph to ``dest`` (a single file, weights inline when under 2 GB)."""
+
+    def versions(self) -> dict[str, str | None]:
+        return {}

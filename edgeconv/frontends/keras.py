@@ -1,0 +1,131 @@
+"""Keras / TensorFlow sources → ONNX with tf2onnx: ``.keras``, ``.h5`` and SavedModel directories.
+
+``.keras`` and ``.h5`` load with Keras' safe mode on: a Lambda layer (arbitrary Python) is refused unless
+``--trust-pickle``. tf2onnx's ``from_keras`` does not follow Keras 3 output naming, so the model is wrapped
+in a ``tf.function`` and exported with ``from_function``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeconv.errors import BadInput, ConversionFailed
+from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel
+from edgeconv.lazy import require, version_of
+from edgeconv.specs import TensorSpec, guess_layout
+
+DEFAULT_OPSET = 17
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return require("tensorflow", why="to load Keras / TensorFlow models")
+
+
+def _output_names(n: int) -> list[str]:
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+class KerasSource(SourceModel):
+    framework = "keras"
+    frontend = "OnnxFromKeras"
+    layout_default = "NHWC"
+
+    def __init__(self, path: Path, options: LoadOptions):
+        super().__init__(path)
+        tf = _tf()
+        self.model = None
+        self.signature = None
+        if path.is_dir():
+            self._load_saved_model(tf)
+        else:
+            self._load_keras(options)
+
+    def _load_keras(self, options: LoadOptions) -> None:
+        keras = require("keras", why="to load Keras models")
+        self.format = "keras-h5" if self.path.suffix in (".h5", ".hdf5") else "keras"
+        try:
+            self.model = keras.models.load_model(self.path, compile=False, safe_mode=not options.trust_pickle)
+        except Exception as exc:
+            msg = str(exc)
+            if "safe_mode" in msg or "Lambda" in msg and "unsafe" in msg:
+                raise BadInput(
+                    f"{self.path} contains a Lambda layer (arbitrary Python code), which Keras' safe mode refuses.",
+                    hint="pass --trust-pickle only if you made this file yourself",
+                ) from exc
+            raise BadInput(
+                f"{self.path} is not a readable Keras model: {type(exc).__name__}: {msg.splitlines()[0] if msg else ''}",
+                hint="edgeconv reads .keras (Keras 3), .h5 (legacy) and SavedModel directories",
+            ) from exc
+        for t in self.model.inputs:
+            shape = [d if isinstance(d, int) else None for d in t.shape]
+            name = t.name.split(":")[0]
+            self.inputs.append(TensorSpec(name, shape, str(np.dtype(t.dtype)), guess_layout(shape, self.layout_default)))
+
+    def _load_saved_model(self, tf) -> None:
+        self.format = "savedmodel"
+        if not (self.path / "saved_model.pb").is_file():
+            raise BadInput(f"{self.path} is a directory but not a TensorFlow SavedModel (no saved_model.pb)")
+        try:
+            loaded = tf.saved_model.load(str(self.path))
+        except Exception as exc:
+            raise BadInput(f"{self.path} is not a readable SavedModel: {type(exc).__name__}: {exc}") from exc
+        sigs = getattr(loaded, "signatures", {})
+        if "serving_default" not in sigs:
+            raise BadInput(f"{self.path} has no 'serving_default' signature (it has {sorted(sigs)})")
+        self._loaded = loaded  # keeps the variables alive
+        self.signature = sigs["serving_default"]
+        _, kwargs = self.signature.structured_input_signature
+        for name, spec in sorted(kwargs.items()):
+            shape = [d if isinstance(d, int) else None for d in spec.shape.as_list()]
+            self.inputs.append(TensorSpec(name, shape, spec.dtype.name, guess_layout(shape, self.layout_default)))
+        self._output_keys = sorted(self.signature.structured_outputs)
+
+    # -- running and exporting -------------------------------------------------------------------------
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.signature is not None:
+            out = self.signature(**{s.name: feed[s.name] for s in self.inputs})
+            return [np.asarray(out[k]) for k in self._output_keys]
+        xs = [feed[s.name] for s in self.inputs]
+        out = self.model(xs if len(xs) > 1 else xs[0], training=False)
+        if isinstance(out, dict):
+            out = list(out.values())
+        if not isinstance(out, (list, tuple)):
+            out = [out]
+        return [np.asarray(o) for o in out]
+
+    def export_onnx(self, dest: Path, *, inputs: list[TensorSpec], opset: int | None, dynamic_batch: bool) -> ExportRecord:
+        tf = _tf()
+        tf2onnx = require("tf2onnx", why="to convert Keras models to ONNX")
+        from edgeconv.onnx_tools import rename_outputs
+
+        sig = [
+            tf.TensorSpec([None if (i == 0 and dynamic_batch) else d for i, d in enumerate(s.shape)], s.dtype, name=s.name)
+            for s in inputs
+        ]
+        if self.signature is not None:
+            fn = tf.function(lambda *xs: [self.signature(**{s.name: x for s, x in zip(inputs, xs)})[k] for k in self._output_keys])
+        elif len(inputs) == 1:
+            fn = tf.function(lambda x: self.model(x, training=False))
+        else:
+            fn = tf.function(lambda *xs: self.model(list(xs), training=False))
+        opset = opset or DEFAULT_OPSET
+        try:
+            model_proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=opset)
+        except Exception as exc:
+            raise ConversionFailed(
+                f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
+                hint="run with --debug for the full traceback",
+            ) from exc
+        rename_outputs(model_proto, _output_names(len(model_proto.graph.output)))
+        import onnx
+
+        onnx.save(model_proto, str(dest))
+        return ExportRecord(exporter=f"tf2onnx {tf2onnx.__version__} from_function (tensorflow {tf.__version__})", opset=opset)
+
+    def versions(self) -> dict[str, str | None]:
+        return {"tensorflow": version_of("tensorflow-cpu") or version_of("tensorflow"), "keras": version_of("keras"),
+                "tf2onnx": version_of("tf2onnx")}

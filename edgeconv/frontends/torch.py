@@ -1,0 +1,235 @@
+"""PyTorch sources → ONNX: TorchScript ``.pt``, ``torch.export`` ``.pt2``, state_dict + model class.
+
+Loading never unpickles arbitrary objects by default: TorchScript and ``.pt2`` archives are loaded by their own
+loaders, and a ``.pt/.pth`` pickle goes through ``torch.load(weights_only=True)``. A pickled whole module is
+loaded only with ``--trust-pickle``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import json
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeconv.errors import BadInput, ConversionFailed
+from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel
+from edgeconv.lazy import require, version_of
+from edgeconv.specs import TensorSpec, guess_layout
+
+DEFAULT_OPSET = 18
+# The file a TorchScript archive may carry (``_extra_files``) to say what its inputs are.
+SPEC_EXTRA_FILE = "edgeconv.json"
+
+SAFE_FORMATS = (
+    "PyTorch files edgeconv loads safely: (1) TorchScript (torch.jit.save), (2) a torch.export program "
+    "(.pt2, torch.export.save), (3) a state_dict (.pt/.pth) together with --model-class pkg.module:Class "
+    "(or path/to/file.py:Class). A pickled whole module runs code when loaded: use --trust-pickle only for a "
+    "file you made yourself."
+)
+
+
+def _torch():
+    return require("torch", why="to load PyTorch models")
+
+
+def _output_names(n: int) -> list[str]:
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def _load_class(ref: str):
+    """``pkg.module:Class`` or ``path/to/file.py:Class``."""
+    mod_name, sep, cls_name = ref.rpartition(":")
+    if not sep or not mod_name or not cls_name:
+        raise BadInput(f"--model-class {ref!r} is not of the form pkg.module:Class or path/to/file.py:Class")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise BadInput(f"--model-class file {path} does not exist")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules.setdefault(path.stem, module)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except BadInput:
+        raise
+    except Exception as exc:  # the user's module failed to import: say which and why
+        raise BadInput(f"cannot import {mod_name!r} for --model-class: {type(exc).__name__}: {exc}") from exc
+    try:
+        return getattr(module, cls_name)
+    except AttributeError:
+        raise BadInput(f"{mod_name!r} has no attribute {cls_name!r} (from --model-class {ref})") from None
+
+
+class TorchSource(SourceModel):
+    framework = "torch"
+    frontend = "OnnxFromTorch"
+    layout_default = "NCHW"
+
+    def __init__(self, path: Path, options: LoadOptions):
+        super().__init__(path)
+        self.module = None  # an nn.Module or ScriptModule, in eval mode
+        self.program = None  # an ExportedProgram for .pt2
+        torch = _torch()
+        if path.suffix == ".pt2":
+            self._load_exported(torch)
+        elif zipfile.is_zipfile(path) and self._is_torchscript(path):
+            self._load_torchscript(torch)
+        else:
+            self._load_pickle(torch, options)
+
+    # -- loading ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _is_torchscript(path: Path) -> bool:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or n.split("/")[-2:-1] == ["code"] for n in z.namelist())
+
+    def _load_exported(self, torch) -> None:
+        self.format = "torch.export"
+        try:
+            self.program = torch.export.load(str(self.path))
+        except Exception as exc:
+            raise BadInput(
+                f"{self.path} is not a readable torch.export program (.pt2): {type(exc).__name__}: {exc}",
+                hint="re-save it with torch.export.save(torch.export.export(model, args), 'model.pt2')",
+            ) from exc
+        sig = self.program.graph_signature
+        placeholders = {n.name: n for n in self.program.graph.nodes if n.op == "placeholder"}
+        for name in sig.user_inputs:
+            val = placeholders[name].meta.get("val")
+            shape = [int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in val.shape]
+            dtype = str(val.dtype).replace("torch.", "")
+            self.inputs.append(TensorSpec(name, shape, dtype, guess_layout(shape, self.layout_default)))
+        self.module = self.program.module()
+
+    def _load_torchscript(self, torch) -> None:
+        self.format = "torchscript"
+        extra = {SPEC_EXTRA_FILE: ""}
+        try:
+            self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+        except Exception as exc:
+            raise BadInput(f"{self.path} is not a readable TorchScript file: {type(exc).__name__}: {exc}") from exc
+        self.module.eval()
+        if extra[SPEC_EXTRA_FILE]:
+            for d in json.loads(extra[SPEC_EXTRA_FILE])["inputs"]:
+                self.inputs.append(TensorSpec.from_dict(d))
+        else:
+            names = [i.debugName().split(".")[0] for i in list(self.module.graph.inputs())[1:]]
+            # TorchScript keeps no shapes: they come from --input-shape.
+            self.inputs = [TensorSpec(n, [], "float32", None) for n in names]
+
+    def _load_pickle(self, torch, options: LoadOptions) -> None:
+        try:
+            obj = torch.load(str(self.path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if not options.trust_pickle:
+                msg = str(exc)
+                kind = "cannot be read as a weights-only checkpoint"
+                if "Unsupported global" in msg or "weights_only" in msg:
+                    kind = "is a pickle of Python objects, which would run code when loaded"
+                raise BadInput(f"{self.path} {kind}.", hint=SAFE_FORMATS) from exc
+            try:
+                obj = torch.load(str(self.path), map_location="cpu", weights_only=False)
+            except Exception as exc2:
+                raise BadInput(f"{self.path} is not a readable PyTorch file: {type(exc2).__name__}: {exc2}") from exc2
+        if isinstance(obj, torch.nn.Module):
+            self.format = "torch-pickled-module"
+            self.module = obj.eval()
+        elif isinstance(obj, dict):
+            state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
+            if not options.model_class:
+                raise BadInput(
+                    f"{self.path} holds a state_dict (weights only); edgeconv needs the model class to build it.",
+                    hint="add --model-class pkg.module:Class (or path/to/file.py:Class) and, if needed, --model-kwargs '{...}'",
+                )
+            cls = _load_class(options.model_class)
+            try:
+                module = cls(**options.model_kwargs)
+                module.load_state_dict(state)
+            except Exception as exc:
+                raise BadInput(
+                    f"the state_dict in {self.path} does not fit {options.model_class}: {type(exc).__name__}: {exc}",
+                    hint="check --model-class and --model-kwargs",
+                ) from exc
+            self.format = "torch-state-dict"
+            self.module = module.eval()
+        else:
+            raise BadInput(f"{self.path} holds a {type(obj).__name__}, not a model or state_dict.", hint=SAFE_FORMATS)
+        if not self.inputs:
+            import inspect
+
+            params = list(inspect.signature(self.module.forward).parameters)
+            self.inputs = [TensorSpec(n, [], "float32", None) for n in params if n not in ("self", "args", "kwargs")]
+
+    # -- running and exporting -------------------------------------------------------------------------
+    def _args(self, feed: dict[str, np.ndarray]):
+        torch = _torch()
+        return tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in self.inputs)
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        torch = _torch()
+        with torch.inference_mode():
+            out = self.module(*self._args(feed))
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        elif isinstance(out, dict):
+            out = tuple(out.values())
+        return [o.detach().cpu().numpy() for o in out]
+
+    def export_onnx(self, dest: Path, *, inputs: list[TensorSpec], opset: int | None, dynamic_batch: bool) -> ExportRecord:
+        torch = _torch()
+        from edgeconv.specs import random_inputs
+
+        example = random_inputs(inputs, batch=2 if dynamic_batch else 1)
+        args = self._args(example)
+        n_out = len(self.run(example))
+        names = [s.name for s in inputs]
+        out_names = _output_names(n_out)
+        opset = opset or DEFAULT_OPSET
+        if self.format == "torchscript":
+            reason = "the source is a TorchScript module, which torch.export (the dynamo exporter) cannot trace"
+            return self._export_torchscript(torch, dest, args, names, out_names, opset, dynamic_batch, reason)
+        require("onnxscript", why="by the dynamo ONNX exporter")
+        dyn = {n: {0: torch.export.Dim.DYNAMIC} for n in names} if dynamic_batch else None
+        model = self.program if (self.program is not None and not dynamic_batch) else self.module
+        log = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, args, str(dest), dynamo=True, external_data=False, opset_version=opset,
+                    input_names=names, output_names=out_names, dynamic_shapes=dyn, verbose=False,
+                )
+            return ExportRecord(exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=opset)
+        except Exception as exc:
+            reason = f"the dynamo exporter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        return self._export_torchscript(torch, dest, args, names, out_names, opset, dynamic_batch, reason)
+
+    def _export_torchscript(self, torch, dest, args, names, out_names, opset, dynamic_batch, reason) -> ExportRecord:
+        axes = {n: {0: "batch"} for n in names + out_names} if dynamic_batch else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    self.module, args, str(dest), dynamo=False, opset_version=opset,
+                    input_names=names, output_names=out_names, dynamic_axes=axes,
+                )
+        except Exception as exc:
+            raise ConversionFailed(
+                f"PyTorch → ONNX export failed with both exporters. {reason}. "
+                f"TorchScript exporter: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
+                hint="run with --debug for the full traceback",
+            ) from exc
+        return ExportRecord(exporter=f"torch.onnx TorchScript (torch {torch.__version__})", opset=opset, fallback_reason=reason)
+
+    def versions(self) -> dict[str, str | None]:
+        return {"torch": version_of("torch"), "onnxscript": version_of("onnxscript")}

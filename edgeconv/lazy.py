@@ -1,0 +1,48 @@
+"""The one place heavy libraries are imported from.
+
+torch, tensorflow, openvino, onnx2tf and tensorrt are never imported at CLI start-up; the function that needs
+one calls :func:`require`, which turns an ImportError into a typed error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from edgeconv.errors import MissingDependency
+
+# module name -> the extra of edgeconv that installs it
+EXTRAS = {
+    "torch": "torch",
+    "onnxscript": "torch",
+    "tensorflow": "keras",
+    "tf2onnx": "keras",
+    "keras": "keras",
+    "onnxruntime": "(base install)",
+    "onnx": "(base install)",
+}
+
+
+def require(module: str, *, why: str = "") -> ModuleType:
+    """Import ``module`` or raise MissingDependency naming the extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        extra = EXTRAS.get(top)
+        if extra and not extra.startswith("("):
+            hint = f"install it with: pip install 'edgeconv[{extra}]'"
+        else:
+            hint = f"install it with: pip install {top}"
+        purpose = f" (needed {why})" if why else ""
+        raise MissingDependency(f"{top} is not installed{purpose}: {exc}", hint=hint) from exc
+
+
+def version_of(distribution: str) -> str | None:
+    """Installed version of a distribution, without importing it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

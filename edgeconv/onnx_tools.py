@@ -1,0 +1,186 @@
+"""The canonical ONNX graph: load, check, infer shapes, read I/O specs, summarise (ops, parameters, MACs)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeconv.errors import BadInput, ConversionFailed
+from edgeconv.specs import TensorSpec, guess_layout
+
+TWO_GB = 2**31 - 1
+
+
+def load_onnx(path: Path, *, load_external_data: bool = True):
+    """Load an ONNX file (with external data) or raise BadInput saying what is wrong with it."""
+    import onnx
+
+    if path.stat().st_size == 0:
+        raise BadInput(f"{path} is empty (0 bytes)", hint="re-export the model")
+    try:
+        proto = onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:
+        raise BadInput(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+            hint="the file may be truncated, or not ONNX at all; re-export it",
+        ) from exc
+    if not proto.graph.node and not proto.graph.output:
+        raise BadInput(f"{path} parsed as ONNX but holds no graph (is it really an ONNX file?)")
+    return proto
+
+
+def opset_of(proto) -> int:
+    return int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0))
+
+
+def check_and_infer(path: Path):
+    """Run onnx.checker and strict shape inference on ``path``, rewrite it with the inferred shapes."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+        proto = onnx.load(str(path))
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, data_prop=True)
+    except Exception as exc:
+        raise ConversionFailed(f"the exported ONNX graph fails onnx.checker / shape inference: {exc}") from exc
+    big = proto.ByteSize() > TWO_GB if hasattr(proto, "ByteSize") else False
+    onnx.save(proto, str(path), save_as_external_data=big, location=path.name + ".data" if big else None)
+    return proto
+
+
+_ONNX_TO_NP = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+def _value_spec(v, layout_default: str | None) -> TensorSpec:
+    tt = v.type.tensor_type
+    shape: list[Any] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            shape.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            shape.append(d.dim_param)
+        else:
+            shape.append(None)
+    dtype = _ONNX_TO_NP.get(tt.elem_type, f"onnx:{tt.elem_type}")
+    return TensorSpec(v.name, shape, dtype, guess_layout(shape, layout_default))
+
+
+def io_specs(proto, layout_default: str | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inits = {i.name for i in proto.graph.initializer}
+    ins = [_value_spec(v, layout_default) for v in proto.graph.input if v.name not in inits]
+    outs = [_value_spec(v, None) for v in proto.graph.output]
+    return ins, outs
+
+
+def rename_outputs(proto, names: list[str]) -> None:
+    """Give graph outputs stable names (exporters invent ``Identity:0``, ``linear_1`` …)."""
+    mapping = {o.name: n for o, n in zip(proto.graph.output, names) if o.name != n}
+    if not mapping:
+        return
+    for node in proto.graph.node:
+        for i, name in enumerate(node.output):
+            if name in mapping:
+                node.output[i] = mapping[name]
+        for i, name in enumerate(node.input):
+            if name in mapping:
+                node.input[i] = mapping[name]
+    for o in proto.graph.output:
+        o.name = mapping.get(o.name, o.name)
+
+
+def set_input_shapes(proto, inputs: list[TensorSpec], dynamic_batch: bool) -> None:
+    """Write the resolved input shapes into the graph (batch symbolic when ``dynamic_batch``)."""
+    by_name = {s.name: s for s in inputs}
+    for v in proto.graph.input:
+        spec = by_name.get(v.name)
+        if spec is None or not spec.shape:
+            continue
+        dims = v.type.tensor_type.shape.dim
+        del dims[:]
+        for i, d in enumerate(spec.shape):
+            dim = dims.add()
+            if i == 0 and dynamic_batch:
+                dim.dim_param = "batch"
+            elif isinstance(d, int):
+                dim.dim_value = d
+            elif isinstance(d, str):
+                dim.dim_param = d
+
+
+def _shape_map(proto) -> dict[str, list[int | None]]:
+    shapes = {}
+    for v in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+    for init in proto.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def count_macs(proto) -> tuple[int, list[str]]:
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul from inferred shapes (batch as given).
+
+    Returns the count and the nodes that could not be counted (unknown shapes). Other ops are not counted:
+    on vision models these four carry almost all the arithmetic.
+    """
+    shapes = _shape_map(proto)
+    total, unknown = 0, []
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        try:
+            if node.op_type in ("Conv", "ConvTranspose"):
+                w = shapes[node.input[1]]
+                out = shapes[node.output[0]] if node.op_type == "Conv" else shapes[node.input[0]]
+                if None in w or None in out[1:]:
+                    raise KeyError
+                batch = out[0] or 1
+                # Conv: each output element costs (C_in/group x kernel); ConvTranspose: each input element
+                # costs (C_out/group x kernel). Both are prod(w[1:]) per element of the tensor chosen above.
+                macs = batch * int(np.prod(out[1:])) * int(np.prod(w[1:]))
+            else:
+                a, b = shapes[node.input[0]], shapes[node.input[1]]
+                if node.op_type == "Gemm":
+                    trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
+                    trans_b = next((at.i for at in node.attribute if at.name == "transB"), 0)
+                    m, k = (a[1], a[0]) if trans_a else (a[0], a[1])
+                    n = b[0] if trans_b else b[1]
+                    macs = (m or 1) * k * n
+                else:
+                    k, n = a[-1], b[-1]
+                    lead = [d or 1 for d in a[:-1]]
+                    macs = int(np.prod(lead)) * k * n
+            total += int(macs)
+        except (KeyError, IndexError, TypeError):
+            unknown.append(node.name or node.op_type)
+    return total, unknown
+
+
+def summarize(proto, layout_default: str | None = None) -> dict[str, Any]:
+    """What ``edgeconv inspect`` shows: I/O with dynamic dims, opset, op histogram, parameters, MACs."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:
+        inferred = proto
+    ins, outs = io_specs(proto, layout_default)
+    params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
+    macs, unknown = count_macs(inferred)
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in proto.graph.node)
+    return {
+        "inputs": [s.to_dict() | {"dynamic_dims": s.dynamic_dims} for s in ins],
+        "outputs": [s.to_dict() | {"dynamic_dims": s.dynamic_dims} for s in outs],
+        "opset": opset_of(proto),
+        "opsets": {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import},
+        "ir_version": int(proto.ir_version),
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "nodes": len(proto.graph.node),
+        "ops": dict(ops.most_common()),
+        "parameters": params,
+        "macs": macs,
+        "macs_method": "Conv/ConvTranspose/Gemm/MatMul from inferred shapes, batch as in the graph (dynamic = 1)",
+        "macs_uncounted_nodes": unknown,
+    }

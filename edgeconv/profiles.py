@@ -1,0 +1,101 @@
+"""Device profiles: data in the top-level ``targets/`` folder (shipped inside the wheel as
+``edgeconv/_profiles``), one TOML per device. ``--target NAME`` is a profile name, a family (its default
+profile) or the path of a user's own ``.toml``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeconv.errors import BadInput
+from edgeconv.parity import Tolerance
+
+REQUIRED = ("name", "family", "backend", "runner", "precisions")
+
+
+def profile_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    return [d for d in (here / "_profiles", here.parent / "targets") if d.is_dir()]
+
+
+@dataclass
+class Profile:
+    name: str
+    family: str
+    backend: str
+    runner: str
+    precisions: list[str]
+    description: str = ""
+    default_for_family: bool = False
+    max_opset: int | None = None
+    dynamic_batch: bool = True
+    device_python: str | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Profile:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BadInput(f"device profile {path} is not readable TOML: {exc}") from exc
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            raise BadInput(f"device profile {path} lacks {', '.join(missing)}", hint=f"a profile needs {', '.join(REQUIRED)}")
+        tols = {p: Tolerance(float(t["atol"]), float(t.get("min_cosine", 0.999))) for p, t in data.get("tolerances", {}).items()}
+        return cls(
+            name=data["name"], family=data["family"], backend=data["backend"], runner=data["runner"],
+            precisions=list(data["precisions"]), description=data.get("description", ""),
+            default_for_family=bool(data.get("default_for_family", False)), max_opset=data.get("max_opset"),
+            dynamic_batch=bool(data.get("dynamic_batch", True)), device_python=data.get("device_python"),
+            runtime=data.get("runtime", {}), tolerances=tols, path=path, raw=data,
+        )
+
+    def tolerance(self, precision: str) -> Tolerance:
+        if precision not in self.tolerances:
+            raise BadInput(f"device profile {self.name} has no tolerance for precision {precision!r}")
+        return self.tolerances[precision]
+
+    def availability(self) -> dict[str, Any]:
+        """Which of the host-side modules and tools this profile needs are present, and what to install."""
+        missing_mods = {m: extra for m, extra in self.runtime.get("modules", {}).items() if importlib.util.find_spec(m) is None}
+        missing_tools = [t for t in self.runtime.get("tools", []) if shutil.which(t) is None]
+        install = sorted({f"pip install 'edgeconv[{e}]'" if not e.startswith("(") else f"pip install {m}"
+                          for m, e in missing_mods.items()})
+        return {"available": not missing_mods and not missing_tools, "missing_modules": sorted(missing_mods),
+                "missing_tools": missing_tools, "install": install}
+
+
+def all_profiles() -> dict[str, Profile]:
+    out: dict[str, Profile] = {}
+    for d in profile_dirs():
+        for p in sorted(d.glob("*.toml")):
+            prof = Profile.from_file(p)
+            out.setdefault(prof.name, prof)
+    return out
+
+
+def resolve_profile(target: str) -> Profile:
+    if target.endswith(".toml"):
+        path = Path(target)
+        if not path.is_file():
+            raise BadInput(f"device profile file {path} does not exist")
+        return Profile.from_file(path)
+    profiles = all_profiles()
+    if target in profiles:
+        return profiles[target]
+    family = [p for p in profiles.values() if p.family == target]
+    defaults = [p for p in family if p.default_for_family]
+    if defaults:
+        return defaults[0]
+    if len(family) == 1:
+        return family[0]
+    known = sorted(set(profiles) | {p.family for p in profiles.values()})
+    raise BadInput(f"unknown target {target!r}", hint=f"known targets: {', '.join(known)} (or a path to your own .toml); see `edgeconv targets`")

@@ -1,0 +1,121 @@
+"""Rich tables for people. Every figure says where it was measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+
+def _fmt(v: float | None, spec: str = ".3g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _parity_table(parity: dict[str, Any], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("output", "shape", "max abs err", "max rel err", "cosine", "allowed", "ok"):
+        t.add_column(col, justify="right" if col not in ("output", "shape") else "left")
+    for o in parity["outputs"]:
+        t.add_row(o["name"], "x".join(map(str, o["actual_shape"])), _fmt(o["max_abs"], ".2e"), _fmt(o["max_rel"], ".2e"),
+                  _fmt(o["cosine"], ".6f"), f"≤ {o['atol']:.0e}", "✅" if o["ok"] else f"❌ {o['reason']}")
+    return t
+
+
+def render_convert(result) -> None:
+    m = result.manifest
+    model = next(a for a in m["artifacts"] if a["role"] == "model")
+    console.print(f"[bold]bundle[/] {result.bundle}  ·  target [bold]{m['target']['profile']}[/]  ·  precision "
+                  f"[bold]{m['precision']}[/]  ·  {model['file']} ({_size(model['bytes'])})")
+    exp = m["export"]
+    console.print(f"exported with {exp['exporter']}, opset {exp['opset']}"
+                  + (f" [dim](fallback: {exp['fallback_reason']})[/]" if exp["fallback_reason"] else ""))
+    for c in m["checks"]:
+        if c["kind"] == "parity":
+            console.print(_parity_table(c, f"Parity: {c['label']} ({c['samples']} samples)"))
+        elif c["kind"] == "accuracy":
+            console.print(f"accuracy on {c['data']['path']} ({c['data']['count']} samples): source top-1 "
+                          f"{c['source']['top1']:.2%}, artifact top-1 {c['artifact']['top1']:.2%}, drop {c['drop_points']:.2f} points")
+
+
+def render_validation(r: dict[str, Any]) -> None:
+    mo = r["measured_on"]
+    console.print(f"[bold]{r['bundle']}[/] · {r['target']} · {r['precision']} · measured on {mo['host']} ({mo['kind']}), "
+                  f"{mo['runtime']} {mo['version']}, threads {mo['threads']}")
+    console.print(_parity_table(r["parity"], "Parity against the source model's reference outputs"))
+    t = Table(title="Validation", title_justify="left")
+    t.add_column("check")
+    t.add_column("value", justify="right")
+    t.add_column("budget", justify="right")
+    t.add_column("ok")
+    budgets = {b["name"]: b for b in r["budgets"]}
+    t.add_row("parity", "all outputs within tolerance" if r["parity"]["ok"] else "FAILED", "", "✅" if r["parity"]["ok"] else "❌")
+    if "accuracy" in r:
+        a = r["accuracy"]
+        src = a["source"]
+        t.add_row("top-1 (artifact)", f"{a['artifact']['top1']:.2%}", "", "")
+        if "top5" in a["artifact"]:
+            t.add_row("top-5 (artifact)", f"{a['artifact']['top5']:.2%}", "", "")
+        t.add_row("top-1 (source)", "unknown (pass --source)" if src is None else f"{src['top1']:.2%}", "", "")
+        b = budgets.get("max_accuracy_drop_points")
+        t.add_row("accuracy drop (points)", _fmt(a["drop_points"], ".2f"), "" if b is None else f"≤ {b['limit']}",
+                  "" if b is None else ("✅" if b["ok"] else "❌"))
+    lat = r["latency"]
+    b = budgets.get("max_latency_ms_p50")
+    t.add_row(f"latency p50 (batch {lat['batch']})", f"{lat['p50_ms']:.3f} ms", "" if b is None else f"≤ {b['limit']} ms",
+              "" if b is None else ("✅" if b["ok"] else "❌"))
+    t.add_row("latency p90 / p99", f"{lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ms", "", "")
+    t.add_row("mean ± std (min–max)", f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} ({lat['min_ms']:.3f}–{lat['max_ms']:.3f}) ms", "", "")
+    t.add_row("throughput", f"{lat['throughput_items_s']:.0f} items/s", "", "")
+    cs = r["cold_start"]
+    t.add_row("cold start (load + 1st)", f"{cs['load_ms']:.1f} + {cs['first_inference_ms']:.1f} ms", "", "")
+    console.print(t)
+    console.print(f"{'[green]PASS[/]' if r['ok'] else '[red]FAIL[/]'} · {lat['runs']} timed runs after {lat['warmup']} warm-up · report: {r['report_file']}")
+
+
+def render_inspect(info: dict[str, Any]) -> None:
+    console.print(f"[bold]{info['path']}[/] · {info['format']} · opset {info['opset']} · {info['nodes']} nodes · "
+                  f"{info['parameters']:,} parameters · {info['macs']:,} MACs")
+    t = Table(title="Inputs and outputs", title_justify="left")
+    for col in ("", "name", "shape", "dtype", "layout", "dynamic dims"):
+        t.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for s in info[kind]:
+            shape = "x".join("?" if d is None else str(d) for d in s["shape"])
+            t.add_row(kind[:-1], s["name"], shape, s["dtype"], s.get("layout") or "", ", ".join(map(str, s["dynamic_dims"])) or "none")
+    console.print(t)
+    ops = Table(title="Operators", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in info["ops"].items():
+        ops.add_row(op, str(n))
+    console.print(ops)
+    if info["macs_uncounted_nodes"]:
+        console.print(f"[dim]MACs not counted for {len(info['macs_uncounted_nodes'])} nodes with unknown shapes[/]")
+
+
+def render_targets(rows: list[dict[str, Any]]) -> None:
+    t = Table(title="Device profiles", title_justify="left")
+    for col in ("target", "family", "backend → runner", "precisions", "available here"):
+        t.add_column(col)
+    for r in rows:
+        if r["available"]:
+            status = "✅"
+        elif r.get("backend_missing"):
+            status = f"❌ backend '{r['backend']}' not in this edgeconv"
+        else:
+            missing = r["missing_modules"] + r["missing_tools"]
+            status = f"❌ missing {', '.join(missing)}: {'; '.join(r['install'])}"
+        name = r["name"] + (" (default)" if r["default_for_family"] else "")
+        t.add_row(name, r["family"], f"{r['backend']} → {r['runner']}", ", ".join(r["precisions"]), status)
+    console.print(t)

@@ -1,0 +1,69 @@
+"""What a target backend is: capabilities declared once, a preflight before any work, a conversion."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeconv.errors import PreflightError
+from edgeconv.onnx_tools import opset_of
+
+if TYPE_CHECKING:
+    from edgeconv.profiles import Profile
+
+
+@dataclass
+class Artifact:
+    file: str  # relative to the bundle
+    role: str  # "model" (what the runner loads) or "canonical-onnx", "log", ...
+    precision: str
+    runner: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TargetOptions:
+    precision: str
+    dynamic_batch: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Target(ABC):
+    """One backend (onnx, tflite, openvino, ...). A device profile picks the backend and narrows it."""
+
+    name: str = ""
+    precisions: tuple[str, ...] = ()
+    dynamic_batch: bool = True
+
+    def check_options(self, profile: Profile, opts: TargetOptions) -> None:
+        """Refuse, before export, what this backend or device can't honour (never downgrade silently)."""
+        problems = []
+        allowed = [p for p in self.precisions if p in profile.precisions]
+        if opts.precision not in allowed:
+            problems.append(f"precision {opts.precision!r} is not offered for {profile.name} (offered: {', '.join(allowed)})")
+        if opts.dynamic_batch and not (self.dynamic_batch and profile.dynamic_batch):
+            problems.append(f"{profile.name} needs a static batch; drop --dynamic-batch")
+        if problems:
+            raise PreflightError(f"target {profile.name} refuses the options: " + "; ".join(problems))
+
+    def preflight(self, proto, profile: Profile, opts: TargetOptions) -> None:
+        """Check the canonical ONNX graph against the profile; collect every problem, raise once."""
+        problems = self.graph_problems(proto, profile, opts)
+        if problems:
+            raise PreflightError(
+                f"the model cannot go to {profile.name}:\n  - " + "\n  - ".join(problems),
+                hint="see `edgeconv inspect MODEL` for the model's ops and opset",
+            )
+
+    def graph_problems(self, proto, profile: Profile, opts: TargetOptions) -> list[str]:
+        problems = []
+        opset = opset_of(proto)
+        if profile.max_opset and opset > profile.max_opset:
+            problems.append(f"opset {opset} is newer than {profile.name} accepts ({profile.max_opset}); re-export with --opset {profile.max_opset}")
+        return problems
+
+    @abstractmethod
+    def convert(self, onnx_path: Path, workdir: Path, profile: Profile, opts: TargetOptions) -> list[Artifact]:
+        """Write the artifacts into ``workdir`` (the bundle being built) and describe them."""
