@@ -43,7 +43,7 @@ def _err_console():
     return Console(stderr=True, highlight=False)
 
 
-def _handled(json_flag: str | None = "json"):
+def _handled(json_flag: str | None = "as_json"):
     """Map edgeconv errors to a message and exit code; with --json, also an error document on stdout."""
 
     def deco(fn):
@@ -96,6 +96,23 @@ def _steps(as_json: bool):
     return Steps() if as_json else RichSteps()
 
 
+def _command_line(ctx: typer.Context) -> list[str]:
+    """The command as it could be typed again: arguments, then every option that differs from its default."""
+    parts = ["edgeconv", ctx.info_name or ""]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if p.param_type_name == "argument":
+            parts.append(str(value))
+        elif value not in (None, False, [], ()) and value != p.default:
+            flag = p.opts[0]
+            if value is True:
+                parts.append(flag)
+            else:
+                for v in value if isinstance(value, (list, tuple)) else [value]:
+                    parts += [flag, str(v)]
+    return parts
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"edgeconv {__version__}")
@@ -126,6 +143,7 @@ def _load_options(model_class, model_kwargs, trust_pickle):
 @app.command()
 @_handled()
 def convert(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="Source model: .pt/.pth, .pt2, .keras, .h5, SavedModel dir, .onnx.")],
     target: Annotated[str, typer.Option("--target", "-t", help="Device profile, family or path to a .toml (see `edgeconv targets`).")] = "onnx",
     precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, int8 … as the target offers.")] = "fp32",
@@ -154,7 +172,7 @@ def convert(
         input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
-        command_line=["edgeconv", *sys.argv[1:]],
+        command_line=_command_line(ctx),
     )
     result = run_convert(req, _steps(as_json))
     if as_json:

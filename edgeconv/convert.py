@@ -14,7 +14,7 @@ import numpy as np
 from edgeconv import __version__
 from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, BundleWriter, save_reference, write_json
 from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
-from edgeconv.errors import BadInput, CheckFailed, ConversionFailed
+from edgeconv.errors import BadInput, CheckFailed, ConversionFailed, EdgeconvError
 from edgeconv.frontends import LoadOptions, SourceModel, load_source
 from edgeconv.lazy import version_of
 from edgeconv.onnx_tools import check_and_infer, io_specs
@@ -62,9 +62,15 @@ def default_output(req: ConvertRequest, profile: Profile) -> Path:
 
 def resolve_inputs(source: SourceModel, req: ConvertRequest) -> list[TensorSpec]:
     """The source's inputs with ``--input-shape`` applied and the batch fixed (1) or made dynamic."""
-    specs = apply_input_shapes(source.inputs, req.input_shapes)
+    specs = apply_input_shapes(source.inputs, req.input_shapes, baked=source.shapes_baked)
     out = []
     for s in specs:
+        if req.dynamic_batch and source.shapes_baked and s.shape and isinstance(s.shape[0], int):
+            raise BadInput(
+                f"{source.path} ({source.format}) was exported with a fixed batch of {s.shape[0]} for input {s.name!r}; "
+                "--dynamic-batch cannot undo that",
+                hint="re-export it with dynamic_shapes={'%s': {0: torch.export.Dim('batch')}}, or drop --dynamic-batch" % s.name,
+            )
         if not s.shape:
             raise BadInput(
                 f"{source.path} does not record the shape of input {s.name!r} ({source.format} keeps no shapes)",
@@ -121,7 +127,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         inputs = resolve_inputs(source, req)
         feed = reference_feed(req, inputs)
         batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
-        expected = run_batched(source.run, feed, batch)
+        expected = _run_source(source, feed, batch)
         data_feed = labels = None
         if req.data is not None:
             data_feed, labels = load_inputs(req.data, inputs, need_labels=True)
@@ -212,6 +218,19 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
     return result
 
 
+def _run_source(source: SourceModel, feed: dict[str, np.ndarray], batch: int | None) -> list[np.ndarray]:
+    try:
+        return run_batched(source.run, feed, batch)
+    except EdgeconvError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feed.items())
+        raise BadInput(
+            f"the {source.framework} model fails on inputs of shape {shapes}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+            hint="check --input-shape (and that the model runs on such inputs in its own framework)",
+        ) from exc
+
+
 def _artifact_entry(work: Path, a: Artifact) -> dict[str, Any]:
     p = work / a.file
     return {"file": a.file, "role": a.role, "precision": a.precision, "runner": a.runner, "sha256": sha256_of(p),
@@ -219,7 +238,7 @@ def _artifact_entry(work: Path, a: Artifact) -> dict[str, Any]:
 
 
 def _accuracy_check(source, data_feed, labels, batch, work, model_art, req) -> tuple[dict, dict]:
-    src_out = run_batched(source.run, data_feed, batch)
+    src_out = _run_source(source, data_feed, batch)
     idx = classifier_output(src_out)
     if idx is None:
         raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")

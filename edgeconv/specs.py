@@ -110,8 +110,11 @@ def guess_layout(shape: list[Dim], framework_default: str | None) -> str | None:
     return framework_default
 
 
-def apply_input_shapes(specs: list[TensorSpec], shapes: dict[str | None, list[Dim]]) -> list[TensorSpec]:
-    """Fill or override input shapes from ``--input-shape``; unknown names are an error."""
+def apply_input_shapes(specs: list[TensorSpec], shapes: dict[str | None, list[Dim]], *, baked: bool = False) -> list[TensorSpec]:
+    """Fill or override input shapes from ``--input-shape``; unknown names are an error.
+
+    A fixed dimension may change only when it is a batch of 1 (often a placeholder) and ``baked`` is False.
+    """
     if not shapes:
         return specs
     names = [s.name for s in specs]
@@ -134,7 +137,7 @@ def apply_input_shapes(specs: list[TensorSpec], shapes: dict[str | None, list[Di
                     f" ({s.shape_str()})"
                 )
             for old, want in zip(s.shape, new):
-                if isinstance(old, int) and isinstance(want, int) and old != want and old != 1:
+                if isinstance(old, int) and old != want and (baked or old != 1):
                     # A fixed model dimension can't be changed by asking (batch 1 is often a placeholder).
                     raise BadInput(
                         f"--input-shape {s.name}={'x'.join(map(str, new))} contradicts the model's fixed shape"

@@ -39,6 +39,9 @@ class SourceModel(ABC):
     format: str = ""  # "torchscript", "torch.export", "torch-state-dict", "keras", ...
     frontend: str = ""  # class name that says the flow, e.g. "OnnxFromTorch"
     layout_default: str | None = None  # layout this framework's 4-D image inputs usually have
+    # True when the fixed dimensions the model records are baked in (a torch.export program): they can't be
+    # overridden with --input-shape, and a fixed batch can't become dynamic.
+    shapes_baked: bool = False
 
     def __init__(self, path: Path):
         self.path = path

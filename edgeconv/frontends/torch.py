@@ -95,6 +95,7 @@ class TorchSource(SourceModel):
 
     def _load_exported(self, torch) -> None:
         self.format = "torch.export"
+        self.shapes_baked = True
         try:
             self.program = torch.export.load(str(self.path))
         except Exception as exc:
