@@ -6,9 +6,11 @@ exit code, with no traceback unless ``--debug``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-import sys
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,19 +52,25 @@ def _handled(json_flag: str | None = "as_json"):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             as_json = bool(json_flag and kwargs.get(json_flag))
+            interrupted = []
             try:
-                return fn(*args, **kwargs)
+                with _sigint_recorded(interrupted):
+                    return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                _interrupted(as_json)
+                raise
+            except typer.Exit:
+                raise
             except EdgeconvError as exc:
+                if interrupted:  # Ctrl-C inside native code (TensorFlow, torch) can surface as any error
+                    _interrupted(as_json)
                 if _state["debug"]:
                     raise
                 _print_error(exc.message, exc.hint, exc.details, type(exc).__name__, exc.exit_code, as_json)
                 raise typer.Exit(exc.exit_code) from None
-            except KeyboardInterrupt:
-                _print_error("interrupted; nothing was left half-written", None, None, "Interrupted", 130, as_json)
-                raise typer.Exit(130) from None
-            except typer.Exit:
-                raise
             except Exception as exc:  # a bug, or a library failing in a way we did not foresee
+                if interrupted:
+                    _interrupted(as_json)
                 if _state["debug"]:
                     raise
                 _print_error(f"unexpected error: {type(exc).__name__}: {exc}",
@@ -74,13 +82,40 @@ def _handled(json_flag: str | None = "as_json"):
     return deco
 
 
+@contextlib.contextmanager
+def _sigint_recorded(flag: list):
+    """While a command runs, remember that Ctrl-C was pressed (then raise KeyboardInterrupt as usual)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        flag.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(as_json: bool):
+    if _state["debug"]:
+        return  # let the original exception and its traceback through
+    _print_error("interrupted; nothing was left half-written", None, None, "Interrupted", 130, as_json)
+    raise typer.Exit(130) from None
+
+
 def _print_error(message, hint, details, kind, code, as_json) -> None:
-    con = _err_console()
-    con.print(f"[bold red]error:[/] {message}", markup=True)
+    from rich.markup import escape
+
+    con = _err_console()  # soft_wrap: paths and messages stay whole, to copy and to grep
+    con.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     if details:
-        con.print(details, markup=False)
+        con.print(details, markup=False, soft_wrap=True)
     if hint:
-        con.print(f"[dim]hint:[/] {hint}", markup=True)
+        con.print(f"[dim]hint:[/] {escape(hint)}", soft_wrap=True)
     if as_json:
         print(json.dumps({"ok": False, "error": {"type": kind, "message": message, "hint": hint, "details": details,
                                                   "exit_code": code}}))
