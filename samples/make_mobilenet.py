@@ -1,0 +1,31 @@
+"""A MobileNetV2-sized model for benchmarks: keras.applications.MobileNetV2, 224x224x3, random weights.
+
+    .venv/bin/python samples/make_mobilenet.py [--out bench/models/mobilenetv2.keras]
+
+Random weights (``weights=None``): nothing is downloaded. 3.5 M parameters, ~300 M MACs, like the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "bench" / "models" / "mobilenetv2.keras")
+    args = ap.parse_args()
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(args.out)
+    print(f"wrote {args.out} ({model.count_params():,} parameters)")
+
+
+if __name__ == "__main__":
+    main()
