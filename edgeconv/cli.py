@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeconv import __version__
-from edgeconv.errors import EdgeconvError
+from edgeconv.errors import BadInput, EdgeconvError
 
 app = typer.Typer(
     name="edgeconv",
@@ -163,7 +163,6 @@ def _root(
 
 
 def _load_options(model_class, model_kwargs, trust_pickle):
-    from edgeconv.errors import BadInput
     from edgeconv.frontends import LoadOptions
 
     try:
@@ -194,6 +193,16 @@ def convert(
     atol: AtolOpt = [],  # noqa: B006
     data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): record source and artifact accuracy.")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more points than this on --data.")] = None,
+    calib: Annotated[str | None, typer.Option("--calib", help="int8 calibration data: .npz, .npy, a folder of images, or 'random' (flagged).")] = None,
+    calib_count: Annotated[int, typer.Option("--calib-count", help="Calibration samples to use (seeded subset).")] = 200,
+    calib_size: Annotated[str | None, typer.Option("--calib-size", help="Images: resize to H,W (default: the model's size).")] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="Images: per-channel mean after scaling, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="Images: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Images: multiply pixel values (0-255) by this first.")] = 1 / 255.0,
+    channels: Annotated[str, typer.Option("--channels", help="Images: rgb or bgr.")] = "rgb",
+    calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).")] = None,
+    quant_preset: Annotated[str, typer.Option("--quant-preset", help="OpenVINO int8: performance (symmetric) or mixed.")] = "performance",
+    ignore_node: Annotated[list[str], typer.Option("--ignore-node", help="OpenVINO int8: keep this node in float (repeatable).")] = [],  # noqa: B006
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a model into a deployable, checked bundle for a target device."""
@@ -202,8 +211,22 @@ def convert(
     from edgeconv.parity import parse_atol_overrides
     from edgeconv.specs import parse_input_shapes
 
+    calib_req = None
+    if calib is not None:
+        from edgeconv.calibration import CalibrationRequest, Preprocess, parse_floats
+
+        size = parse_floats(calib_size, "--calib-size")
+        if channels not in ("rgb", "bgr"):
+            raise BadInput(f"--channels must be rgb or bgr, not {channels!r}")
+        pp = Preprocess(size=tuple(int(v) for v in size) if size else None, scale=scale,
+                        mean=parse_floats(mean, "--mean") or (0.0,), std=parse_floats(std, "--std") or (1.0,),
+                        channels=channels, layout=calib_layout)
+        calib_req = CalibrationRequest(source=calib, count=calib_count, preprocess=pp)
+    if quant_preset not in ("performance", "mixed"):
+        raise BadInput(f"--quant-preset must be performance or mixed, not {quant_preset!r}")
     req = ConvertRequest(
-        model=model, target=target, precision=precision, output=output, force=force,
+        model=model, target=target, precision=precision, output=output, force=force, calib=calib_req,
+        target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node},
         input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
@@ -232,6 +255,8 @@ def validate(
     max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", help="Budget: p50 latency in ms.")] = None,
     atol: AtolOpt = [],  # noqa: B006
     report: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/validation.json).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="OpenVINO device: CPU, GPU, NPU, AUTO (default: the profile's).")] = None,
+    inference_precision: Annotated[str | None, typer.Option("--inference-precision", help="OpenVINO: f32 (default, for parity) or native (the device's default, e.g. bf16).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a bundle on this machine's runtime: parity, accuracy, latency; exit 1 when a budget is missed."""
@@ -242,7 +267,7 @@ def validate(
     req = ValidateRequest(
         bundle=bundle, data=data, source=source, trust_pickle=trust_pickle, runs=runs, warmup=warmup, threads=threads,
         max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, report=report,
-        atol=parse_atol_overrides(atol),
+        atol=parse_atol_overrides(atol), device=device, inference_precision=inference_precision,
     )
     result = run_validate(req, _steps(as_json))
     if as_json:

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeconv import __version__
 from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, BundleWriter, save_reference, write_json
+from edgeconv.calibration import CalibrationRequest, load_calibration
 from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
 from edgeconv.errors import BadInput, CheckFailed, ConversionFailed, EdgeconvError
 from edgeconv.frontends import LoadOptions, SourceModel, load_source
@@ -43,6 +44,8 @@ class ConvertRequest:
     atol: dict[str | None, float] = field(default_factory=dict)
     data: Path | None = None
     max_accuracy_drop: float | None = None
+    calib: CalibrationRequest | None = None
+    target_extra: dict[str, Any] = field(default_factory=dict)  # backend options: quant_preset, ignored_nodes, ...
     command_line: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -60,9 +63,10 @@ def default_output(req: ConvertRequest, profile: Profile) -> Path:
     return Path(f"{req.model.stem}-{profile.name}-{req.precision}")
 
 
-def resolve_inputs(source: SourceModel, req: ConvertRequest) -> list[TensorSpec]:
+def resolve_inputs(source: SourceModel, req: ConvertRequest, notes: list[str] | None = None) -> list[TensorSpec]:
     """The source's inputs with ``--input-shape`` applied and the batch fixed (1) or made dynamic."""
     specs = apply_input_shapes(source.inputs, req.input_shapes, baked=source.shapes_baked)
+    notes = notes if notes is not None else []
     out = []
     for s in specs:
         if req.dynamic_batch and source.shapes_baked and s.shape and isinstance(s.shape[0], int):
@@ -77,6 +81,8 @@ def resolve_inputs(source: SourceModel, req: ConvertRequest) -> list[TensorSpec]
                 hint=f"give it: --input-shape {s.name}=1x3x224x224 (your model's sizes)",
             )
         shape = list(s.shape)
+        if not isinstance(shape[0], int) and not req.dynamic_batch:
+            notes.append(f"input {s.name!r}: dynamic batch {s.shape[0]!r} fixed to 1 (static shapes; --dynamic-batch keeps it dynamic where the target allows)")
         if not isinstance(shape[0], int) or req.dynamic_batch:
             shape[0] = "batch" if req.dynamic_batch else 1
         unresolved = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
@@ -90,15 +96,23 @@ def resolve_inputs(source: SourceModel, req: ConvertRequest) -> list[TensorSpec]
     return out
 
 
-def reference_feed(req: ConvertRequest, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+def reference_feed(req: ConvertRequest, inputs: list[TensorSpec],
+                   calib: list[dict[str, np.ndarray]] | None) -> tuple[dict[str, np.ndarray], str]:
+    """Reference inputs and where they came from: ``--sample``; else real calibration samples (a quantized
+    artifact is only meaningful on inputs from the distribution it was calibrated on); else seeded random."""
     batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else 2
+    n_ref = batch * REFERENCE_BATCHES
+    if req.sample is None and calib:
+        take = calib[:n_ref] if len(calib) >= n_ref else calib[: len(calib) // batch * batch]
+        if take:
+            return {k: np.concatenate([c[k] for c in take]) for k in take[0]}, f"{len(take)} calibration samples ({req.calib.source})"
     if req.sample is None:
-        return random_inputs(inputs, batch=batch * REFERENCE_BATCHES, seed=0)
+        return random_inputs(inputs, batch=n_ref, seed=0), "random (seed 0)"
     feed, _ = load_inputs(req.sample, inputs, need_labels=False)
     n = len(next(iter(feed.values())))
     if isinstance(inputs[0].shape[0], int) and n % batch:
         raise BadInput(f"--sample {req.sample} has {n} samples; the model's fixed batch is {batch}: give a multiple")
-    return feed
+    return feed, str(req.sample)
 
 
 def _host() -> dict[str, str]:
@@ -106,8 +120,9 @@ def _host() -> dict[str, str]:
             "processor": platform.processor() or platform.machine()}
 
 
-def _parity(label, names, expected, artifact: Path, runner: str, batch: int | None, feed, tol, atol) -> ParityReport:
-    with open_runner(runner, artifact) as r:
+def _parity(label, names, expected, artifact: Path, runner: str, batch: int | None, feed, tol, atol,
+            options: dict[str, Any] | None = None) -> ParityReport:
+    with open_runner(runner, artifact, options=options) as r:
         actual = run_batched(r.infer, feed, batch)
     return compare(label, names, expected, actual, tol, atol)
 
@@ -118,14 +133,27 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
     target = backend(profile.backend)
     topts = TargetOptions(precision=req.precision, dynamic_batch=req.dynamic_batch)
     target.check_options(profile, topts)
+    needs_calib = req.precision in getattr(target, "needs_calibration", ())
+    if needs_calib and req.calib is None:
+        raise BadInput(
+            f"--precision {req.precision} for {profile.name} needs calibration data: pass --calib FILE.npz (or a folder of images)",
+            hint="--calib random exists to try the pipeline; the result is then flagged as uncalibrated everywhere",
+        )
+    if req.calib is not None and not needs_calib:
+        raise BadInput(f"--calib applies to int8 conversions; {profile.name} {req.precision} does not calibrate")
     if req.max_accuracy_drop is not None and req.data is None:
         raise BadInput("--max-accuracy-drop needs --data (a labelled .npz) to measure accuracy on")
     out = req.output or default_output(req, profile)
 
     with steps.step(f"Loading {req.model.name}"):
         source = load_source(req.model, req.load)
-        inputs = resolve_inputs(source, req)
-        feed = reference_feed(req, inputs)
+        shape_notes: list[str] = []
+        inputs = resolve_inputs(source, req, shape_notes)
+        calib_samples = calib_record = None
+        if needs_calib:
+            calib_samples, calib_record = load_calibration(req.calib, inputs)
+            topts.extra["calibration"] = calib_samples
+        feed, feed_origin = reference_feed(req, inputs, None if calib_record and calib_record["random"] else calib_samples)
         batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
         expected = _run_source(source, feed, batch)
         data_feed = labels = None
@@ -154,13 +182,24 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                                        details=rep.failure_text(), hint="loosen one output with --atol NAME=VALUE if that error is acceptable")
         with steps.step(f"Preflight for {profile.name}"):
             target.preflight(proto, profile, topts)
+        topts.extra.update(req.target_extra)
+        topts.extra["layouts"] = {s.name: s.layout for s in onnx_inputs}
+        topts.extra["source"] = {"path": str(req.model), "format": source.format, "framework": source.framework}
+        if data_feed is not None and req.max_accuracy_drop is not None:
+            src_out = _run_source(source, data_feed, batch)
+            idx = classifier_output(src_out)
+            if idx is not None:
+                topts.extra["accuracy_data"] = (data_feed, labels, idx)
+            topts.extra["max_accuracy_drop"] = req.max_accuracy_drop
+        check_options = target.check_runner_options(req.precision, profile)
         with steps.step(f"Converting for {profile.name} ({req.precision})"):
             artifacts = target.convert(onnx_path, work, profile, topts)
         model_art = next(a for a in artifacts if a.role == "model")
         if model_art.file != onnx_path.name:
             with steps.step(f"Checking the {req.precision} artifact against {source.framework}"):
                 rep = _parity(f"{model_art.file} ({model_art.runner}) vs {source.framework}", names, expected,
-                              work / model_art.file, model_art.runner, batch, feed, profile.tolerance(req.precision), req.atol)
+                              work / model_art.file, model_art.runner, batch, feed, profile.tolerance(req.precision), req.atol,
+                              check_options)
                 checks.append({"kind": "parity", **rep.to_dict()})
                 if not rep.ok:
                     raise ConversionFailed(f"the {req.precision} artifact for {profile.name} does not compute what the source computes",
@@ -169,7 +208,8 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         status = "ok"
         if data_feed is not None:
             with steps.step(f"Measuring accuracy on {req.data.name}"):
-                source_accuracy, acc_check = _accuracy_check(source, data_feed, labels, batch, work, model_art, req)
+                source_accuracy, acc_check = _accuracy_check(source, data_feed, labels, batch, work, model_art, req,
+                                                             check_options)
                 checks.append(acc_check)
                 if not acc_check["ok"]:
                     status = "failed-check"
@@ -186,7 +226,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 "load_options": {"model_class": req.load.model_class, "model_kwargs": req.load.model_kwargs},
             },
             "export": {"exporter": record.exporter, "opset": record.opset, "fallback_reason": record.fallback_reason,
-                       "notes": record.notes},
+                       "notes": shape_notes + record.notes},
             "target": {"profile": profile.name, "family": profile.family, "backend": profile.backend,
                        "profile_file": profile.path.name if profile.path else None, "profile_data": profile.raw},
             "precision": req.precision,
@@ -198,10 +238,11 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 [_artifact_entry(work, Artifact(onnx_path.name, "canonical-onnx", "fp32"))]
                 if all(a.file != onnx_path.name for a in artifacts) else []),
             "reference": {"file": REFERENCE, "samples": int(len(next(iter(feed.values())))),
-                          "inputs": "random (seed 0)" if req.sample is None else str(req.sample)},
+                          "inputs": feed_origin},
             "tolerances": {p: vars(t) for p, t in profile.tolerances.items()} | {"overrides": {str(k): v for k, v in req.atol.items()}},
             "source_accuracy": source_accuracy,
-            "calibration": None,
+            "calibration": calib_record,
+            "check_runner_options": check_options,
             "checks": checks,
             "tools": {"edgeconv": __version__, "onnx": version_of("onnx"), "onnxruntime": version_of("onnxruntime"),
                       **source.versions()},
@@ -237,13 +278,13 @@ def _artifact_entry(work: Path, a: Artifact) -> dict[str, Any]:
             "bytes": p.stat().st_size, **a.extra}
 
 
-def _accuracy_check(source, data_feed, labels, batch, work, model_art, req) -> tuple[dict, dict]:
+def _accuracy_check(source, data_feed, labels, batch, work, model_art, req, options) -> tuple[dict, dict]:
     src_out = _run_source(source, data_feed, batch)
     idx = classifier_output(src_out)
     if idx is None:
         raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
     src_acc = accuracy(src_out[idx], labels)
-    with open_runner(model_art.runner, work / model_art.file) as r:
+    with open_runner(model_art.runner, work / model_art.file, options=options) as r:
         art_out = run_batched(r.infer, data_feed, batch)
     art_acc = accuracy(art_out[idx], labels)
     drop = (src_acc["top1"] - art_acc["top1"]) * 100

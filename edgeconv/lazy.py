@@ -18,6 +18,9 @@ EXTRAS = {
     "tensorflow": "keras",
     "tf2onnx": "keras",
     "keras": "keras",
+    "openvino": "openvino",
+    "nncf": "openvino",
+    "PIL": "images",
     "onnxruntime": "(base install)",
     "onnx": "(base install)",
 }

@@ -15,8 +15,9 @@ from edgeconv.errors import BadInput
 
 @dataclass(frozen=True)
 class Tolerance:
-    atol: float  # max abs error allowed
+    atol: float | None  # max abs error allowed (None: not checked)
     min_cosine: float  # cosine similarity of the flattened outputs must reach this
+    max_rel: float | None = None  # max abs error / max abs reference value (for quantized artifacts)
 
 
 @dataclass
@@ -27,10 +28,11 @@ class OutputCheck:
     max_abs: float | None
     max_rel: float | None  # max abs error / max abs reference value (error relative to the output's scale)
     cosine: float | None
-    atol: float
+    atol: float | None
     min_cosine: float
     ok: bool
     reason: str = ""
+    allowed_rel: float | None = None
 
 
 @dataclass
@@ -56,8 +58,17 @@ class ParityReport:
             needed = "n/a" if o.max_abs is None else f"{o.max_abs:.2e}"
             mx = "n/a" if o.max_abs is None else f"{o.max_abs:.3e}"
             cs = "n/a" if o.cosine is None else f"{o.cosine:.6f}"
-            lines.append(f"{o.name:<20} {mx:>11} {o.atol:>10.1e} {cs:>9} {needed:>8}  {o.reason}")
+            allowed = "—" if o.atol is None else f"{o.atol:.1e}"
+            lines.append(f"{o.name:<20} {mx:>11} {allowed:>10} {cs:>9} {needed:>8}  {o.reason}")
         return "\n".join(lines)
+
+
+def tolerance_from_dict(d: dict) -> Tolerance:
+    """From profile TOML or a manifest: ``{atol = 1e-4, min_cosine = 0.9999, max_rel = 0.1}``."""
+    atol = d.get("atol")
+    max_rel = d.get("max_rel")
+    return Tolerance(None if atol is None else float(atol), float(d.get("min_cosine", 0.999)),
+                     None if max_rel is None else float(max_rel))
 
 
 def parse_atol_overrides(values: list[str]) -> dict[str | None, float]:
@@ -74,9 +85,9 @@ def parse_atol_overrides(values: list[str]) -> dict[str | None, float]:
 
 def tolerance_for(name: str, default: Tolerance, overrides: dict[str | None, float]) -> Tolerance:
     if name in overrides:
-        return Tolerance(overrides[name], default.min_cosine)
+        return Tolerance(overrides[name], default.min_cosine, default.max_rel)
     if None in overrides:
-        return Tolerance(overrides[None], default.min_cosine)
+        return Tolerance(overrides[None], default.min_cosine, default.max_rel)
     return default
 
 
@@ -117,10 +128,12 @@ def compare(
         nr, ng = np.linalg.norm(r), np.linalg.norm(g)
         cosine = float(r @ g / (nr * ng)) if nr > 0 and ng > 0 else (1.0 if nr == ng else 0.0)
         reasons = []
-        if max_abs > tol.atol:
+        if tol.atol is not None and max_abs > tol.atol:
             reasons.append(f"max abs {max_abs:.3e} > {tol.atol:.1e}")
+        if tol.max_rel is not None and max_rel > tol.max_rel:
+            reasons.append(f"max rel {max_rel:.3e} > {tol.max_rel:.1e}")
         if cosine < tol.min_cosine:
             reasons.append(f"cosine {cosine:.6f} < {tol.min_cosine}")
         report.outputs.append(OutputCheck(name, list(ref.shape), list(got.shape), max_abs, max_rel, cosine, tol.atol,
-                                          tol.min_cosine, not reasons, "; ".join(reasons)))
+                                          tol.min_cosine, not reasons, "; ".join(reasons), tol.max_rel))
     return report

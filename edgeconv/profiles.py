@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeconv.errors import BadInput
-from edgeconv.parity import Tolerance
+from edgeconv.parity import Tolerance, tolerance_from_dict
 
 REQUIRED = ("name", "family", "backend", "runner", "precisions")
 
@@ -49,7 +49,7 @@ class Profile:
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise BadInput(f"device profile {path} lacks {', '.join(missing)}", hint=f"a profile needs {', '.join(REQUIRED)}")
-        tols = {p: Tolerance(float(t["atol"]), float(t.get("min_cosine", 0.999))) for p, t in data.get("tolerances", {}).items()}
+        tols = {p: tolerance_from_dict(t) for p, t in data.get("tolerances", {}).items()}
         return cls(
             name=data["name"], family=data["family"], backend=data["backend"], runner=data["runner"],
             precisions=list(data["precisions"]), description=data.get("description", ""),
@@ -65,12 +65,19 @@ class Profile:
 
     def availability(self) -> dict[str, Any]:
         """Which of the host-side modules and tools this profile needs are present, and what to install."""
-        missing_mods = {m: extra for m, extra in self.runtime.get("modules", {}).items() if importlib.util.find_spec(m) is None}
+        missing_mods = {m: extra for m, extra in self.runtime.get("modules", {}).items() if not _importable(m)}
         missing_tools = [t for t in self.runtime.get("tools", []) if shutil.which(t) is None]
         install = sorted({f"pip install 'edgeconv[{e}]'" if not e.startswith("(") else f"pip install {m}"
                           for m, e in missing_mods.items()})
         return {"available": not missing_mods and not missing_tools, "missing_modules": sorted(missing_mods),
                 "missing_tools": missing_tools, "install": install}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked package counts as missing
+        return False
 
 
 def all_profiles() -> dict[str, Profile]:

@@ -22,13 +22,23 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _allowed(o: dict[str, Any]) -> str:
+    parts = []
+    if o["atol"] is not None:
+        parts.append(f"abs ≤ {o['atol']:.0e}")
+    if o.get("allowed_rel") is not None:
+        parts.append(f"rel ≤ {o['allowed_rel']:.0e}")
+    parts.append(f"cos ≥ {o['min_cosine']}")
+    return ", ".join(parts)
+
+
 def _parity_table(parity: dict[str, Any], title: str) -> Table:
     t = Table(title=title, title_justify="left")
     for col in ("output", "shape", "max abs err", "max rel err", "cosine", "allowed", "ok"):
         t.add_column(col, justify="right" if col not in ("output", "shape") else "left")
     for o in parity["outputs"]:
         t.add_row(o["name"], "x".join(map(str, o["actual_shape"])), _fmt(o["max_abs"], ".2e"), _fmt(o["max_rel"], ".2e"),
-                  _fmt(o["cosine"], ".6f"), f"≤ {o['atol']:.0e}", "✅" if o["ok"] else f"❌ {o['reason']}")
+                  _fmt(o["cosine"], ".6f"), _allowed(o), "✅" if o["ok"] else f"❌ {o['reason']}")
     return t
 
 

@@ -13,7 +13,7 @@ from edgeconv.bundle import Bundle, write_json
 from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
 from edgeconv.errors import BadInput
 from edgeconv.frontends import LoadOptions, load_source
-from edgeconv.parity import Tolerance, compare
+from edgeconv.parity import compare, tolerance_from_dict
 from edgeconv.progress import Steps
 from edgeconv.runners import open_runner, runner_class
 from edgeconv.stats import cold_start, summarize_latency, time_runner
@@ -32,6 +32,8 @@ class ValidateRequest:
     max_latency_ms: float | None = None
     report: Path | None = None
     atol: dict[str | None, float] = field(default_factory=dict)
+    device: str | None = None  # runtimes with devices (OpenVINO): CPU, GPU, NPU, AUTO
+    inference_precision: str | None = None  # OpenVINO: f32 (default, honest parity) or native
 
 
 def _source_accuracy(req: ValidateRequest, bundle: Bundle, feed, labels, batch) -> dict[str, Any] | None:
@@ -59,8 +61,9 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
     art = bundle.model_artifact
     artifact = bundle.path / art["file"]
     runner_name = art["runner"]
+    options = {"device": req.device or art.get("device"), "inference_precision": req.inference_precision}
     with steps.step(f"Loading {art['file']} on {runner_name}"):
-        runner = open_runner(runner_name, artifact, threads=req.threads)
+        runner = open_runner(runner_name, artifact, threads=req.threads, options=options)
     report: dict[str, Any] = {
         "bundle": str(bundle.path),
         "target": m["target"]["profile"],
@@ -70,14 +73,14 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
                         "kind": "host", **runner.info()},
         "checks": [],
         "budgets": [],
+        "calibration": m.get("calibration"),
     }
     with runner:
         batch = runner.fixed_batch()
         ref_in, ref_out = bundle.reference()
         names = [s.name for s in bundle.outputs]
         with steps.step("Parity against reference.npz"):
-            tol = m["tolerances"].get(m["precision"])
-            tol = Tolerance(tol["atol"], tol["min_cosine"])
+            tol = tolerance_from_dict(m["tolerances"][m["precision"]])
             overrides = {None if k == "None" else k: v for k, v in m["tolerances"].get("overrides", {}).items()}
             actual = run_batched(runner.infer, ref_in, batch)
             parity = compare(f"{art['file']} ({runner_name}) vs {m['source']['framework']} reference", names, ref_out,
@@ -113,7 +116,7 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
             report["latency"] = lat
         with steps.step("Cold start (load + first inference)"):
             cls = runner_class(runner_name)
-            report["cold_start"] = cold_start(lambda: cls(artifact, threads=req.threads), feed)
+            report["cold_start"] = cold_start(lambda: cls(artifact, threads=req.threads, options=options), feed)
     if req.max_latency_ms is not None:
         report["budgets"].append({"name": "max_latency_ms_p50", "limit": req.max_latency_ms, "value": lat["p50_ms"],
                                   "ok": lat["p50_ms"] <= req.max_latency_ms})

@@ -11,6 +11,7 @@ from edgeconv.runners.base import Runner
 
 RUNNERS = {
     "onnxruntime": ("edgeconv.runners.onnxruntime:OnnxRuntimeRunner", "(base install)"),
+    "openvino": ("edgeconv.runners.openvino:OpenVinoRunner", "openvino"),
 }
 
 

@@ -18,11 +18,17 @@ from edgeconv.specs import TensorSpec
 
 class Runner(ABC):
     runtime: str = ""  # "onnxruntime", "litert", "openvino", ...
+    accepted_options: tuple[str, ...] = ()  # runtime-specific options (device, precision hint, ...)
 
     def __init__(self, artifact: Path, *, threads: int | None = None, options: dict[str, Any] | None = None):
         self.artifact = artifact
         self.threads = threads
-        self.options = options or {}
+        self.options = {k: v for k, v in (options or {}).items() if v is not None}
+        unknown = sorted(set(self.options) - set(self.accepted_options))
+        if unknown:
+            names = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            raise BadInput(f"{names} does not apply to the {self.runtime} runner"
+                           + (f" (it takes {', '.join(self.accepted_options)})" if self.accepted_options else ""))
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.last_inference_s = 0.0

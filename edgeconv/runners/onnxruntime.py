@@ -14,6 +14,7 @@ from edgeconv.specs import TensorSpec
 
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
+    accepted_options = ("providers",)
 
     def load(self) -> None:
         import onnxruntime as ort

@@ -37,6 +37,10 @@ class Target(ABC):
     precisions: tuple[str, ...] = ()
     dynamic_batch: bool = True
 
+    def check_runner_options(self, precision: str, profile: Profile) -> dict[str, Any]:
+        """Runner options for the convert-time checks on this host (recorded with the artifact)."""
+        return {}
+
     def check_options(self, profile: Profile, opts: TargetOptions) -> None:
         """Refuse, before export, what this backend or device can't honour (never downgrade silently)."""
         problems = []

@@ -1,0 +1,156 @@
+"""OpenVINO runner: CPU, GPU, NPU or AUTO, with the inference precision pinned and recorded.
+
+On CPUs with AMX/avx512_bf16 OpenVINO computes in bf16 by default; parity checks pin
+``INFERENCE_PRECISION_HINT=f32`` (``inference_precision="f32"``), ``"native"`` measures the device default.
+Inputs are copied into request-owned tensors once, so a later inference can never overwrite a caller's array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeconv.errors import BadInput, MissingDependency
+from edgeconv.lazy import require
+from edgeconv.runners.base import Runner
+from edgeconv.specs import TensorSpec
+
+
+# Some virtual machines advertise AMX in CPUID but fault (SIGILL) when a program executes it; OpenVINO's CPU
+# plugin then dies on bf16 or int8 inference. A tiny bf16 matmul in a subprocess tells; the answer is cached.
+AMX_CAP = "AVX512_CORE_FP16"
+_PROBE = """
+import numpy as np, openvino as ov, openvino.opset13 as ops
+p = ops.parameter([64, 256], ov.Type.f32)
+m = ov.Model([ops.matmul(p, ops.constant(np.ones((256, 256), np.float32)), False, False)], [p])
+ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})(np.ones((64, 256), np.float32))
+"""
+isa_note: dict[str, str] = {}
+
+
+def _cpuinfo_flags() -> str:
+    try:
+        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _amx_faults() -> bool:
+    from edgeconv.lazy import version_of
+
+    key = hashlib.sha256(f"{_cpuinfo_flags()}|{platform.release()}|{version_of('openvino')}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeconv" / f"amx-probe-{key}.json"
+    try:
+        return json.loads(cache.read_text())["faults"]
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        rc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=120, check=False).returncode
+    except subprocess.TimeoutExpired:
+        return False
+    faults = rc == -4  # SIGILL
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"faults": faults, "returncode": rc}))
+    except OSError:
+        pass
+    return faults
+
+
+def load_openvino():
+    """Import openvino; where the CPU advertises AMX that faults when run, cap oneDNN's ISA below AMX first
+    (and say so in every report). A user's own ONEDNN_MAX_CPU_ISA is left alone."""
+    if (sys.platform == "linux" and "ONEDNN_MAX_CPU_ISA" not in os.environ and " amx_tile" in _cpuinfo_flags()
+            and "openvino" not in sys.modules):
+        require("openvino", why="to run OpenVINO IR")
+        if _amx_faults():
+            os.environ["ONEDNN_MAX_CPU_ISA"] = AMX_CAP
+            isa_note["cpu_isa_cap"] = (f"{AMX_CAP}: this CPU advertises AMX but executing it faults (SIGILL), as on some "
+                                       "virtual machines; bf16/int8 run on AVX-512 instead")
+    elif os.environ.get("ONEDNN_MAX_CPU_ISA") and "cpu_isa_cap" not in isa_note:
+        isa_note["cpu_isa_cap"] = f"{os.environ['ONEDNN_MAX_CPU_ISA']} (set by the user)"
+    return require("openvino", why="to run OpenVINO IR")
+
+
+class OpenVinoRunner(Runner):
+    runtime = "openvino"
+    accepted_options = ("device", "inference_precision", "performance_hint")
+
+    def load(self) -> None:
+        ov = load_openvino()
+        self._ov = ov
+        self.core = ov.Core()
+        device = self.options.get("device", "CPU")
+        self.device = device
+        present = self.core.available_devices
+        base = device.split(".")[0]
+        if base not in ("AUTO", "MULTI", "HETERO") and not any(d.split(".")[0] == base for d in present):
+            raise MissingDependency(
+                f"OpenVINO device {device} is not present on this machine (present: {', '.join(present) or 'none'})",
+                hint={"NPU": "an Intel NPU (Core Ultra) needs the intel-npu driver; run this on that laptop, or --device CPU",
+                      "GPU": "an Intel GPU needs the intel-opencl-icd / level-zero driver; or use --device CPU"}.get(
+                          base, "run on a machine with that device, or pick one of the present devices with --device"),
+            )
+        config: dict[str, Any] = {"PERFORMANCE_HINT": self.options.get("performance_hint", "LATENCY")}
+        precision = self.options.get("inference_precision", "f32")
+        if precision not in ("f32", "native"):
+            raise BadInput(f"--inference-precision must be f32 or native, not {precision!r}")
+        if precision == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        try:
+            model = self.core.read_model(str(self.artifact))
+            self.compiled = self.core.compile_model(model, device, config)
+        except Exception as exc:
+            raise BadInput(f"OpenVINO cannot load {self.artifact} on {device}: {exc}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [self._spec(p) for p in self.compiled.inputs]
+        self.outputs = [self._spec(p) for p in self.compiled.outputs]
+
+    @staticmethod
+    def _spec(port) -> TensorSpec:
+        shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
+
+    def prepare(self, feed: dict[str, np.ndarray]) -> Any:
+        arrays = super().prepare(feed)
+        # Request-owned copies (shared_memory=False): the caller's arrays are never aliased.
+        return [self._ov.Tensor(np.array(arrays[s.name], copy=True), shared_memory=False) for s in self.inputs]
+
+    def run_prepared(self, prepared: list) -> list[np.ndarray]:
+        for i, t in enumerate(prepared):
+            self.request.set_input_tensor(i, t)
+        t0 = time.perf_counter()
+        self.request.infer()
+        self.last_inference_s = time.perf_counter() - t0
+        return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+
+    def info(self) -> dict[str, Any]:
+        def prop(name):
+            try:
+                value = self.compiled.get_property(name)
+            except Exception:  # a device that does not report this property
+                return None
+            return value.to_string() if hasattr(value, "to_string") else str(value)
+
+        return {
+            "runtime": "openvino",
+            "version": self._ov.__version__,
+            "device": self.device,
+            "device_name": self.core.get_property(self.device.split(".")[0], "FULL_DEVICE_NAME") if self.device not in ("AUTO",) else "AUTO",
+            "threads": prop("INFERENCE_NUM_THREADS"),
+            "precision": prop("INFERENCE_PRECISION_HINT"),
+            "precision_requested": self.options.get("inference_precision", "f32"),
+            "performance_hint": prop("PERFORMANCE_HINT"),
+            **isa_note,
+        }
