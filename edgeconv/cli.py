@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,8 +54,11 @@ def _handled(json_flag: str | None = "as_json"):
         def wrapper(*args, **kwargs):
             as_json = bool(json_flag and kwargs.get(json_flag))
             interrupted = []
+            _state["stdout"] = sys.stdout
+            # With --json, stdout carries the JSON document only: whatever a library prints goes to stderr.
+            quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
             try:
-                with _sigint_recorded(interrupted):
+                with _sigint_recorded(interrupted), quiet:
                     return fn(*args, **kwargs)
             except KeyboardInterrupt:
                 _interrupted(as_json)
@@ -117,12 +121,12 @@ def _print_error(message, hint, details, kind, code, as_json) -> None:
     if hint:
         con.print(f"[dim]hint:[/] {escape(hint)}", soft_wrap=True)
     if as_json:
-        print(json.dumps({"ok": False, "error": {"type": kind, "message": message, "hint": hint, "details": details,
-                                                  "exit_code": code}}))
+        _emit_json({"ok": False, "error": {"type": kind, "message": message, "hint": hint, "details": details,
+                                           "exit_code": code}})
 
 
 def _emit_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2, default=str))
+    print(json.dumps(doc, indent=2, default=str), file=_state.get("stdout") or sys.stdout)
 
 
 def _steps(as_json: bool):

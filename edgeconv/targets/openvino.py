@@ -107,10 +107,11 @@ class OpenVinoTarget(Target):
                              for i in range(len(labels))]
 
                 def validate_fn(compiled, items) -> float:
-                    hits = 0
-                    for x, y in items:
+                    hits = seen = 0
+                    for x, y in items:  # an iterable without len()
                         hits += int(np.argmax(compiled(x)[out_index]) == y)
-                    return hits / len(items)
+                        seen += 1
+                    return hits / max(seen, 1)
 
                 qmodel = nncf.quantize_with_accuracy_control(
                     model, dataset, nncf.Dataset(val_items, lambda item: item[0]), validation_fn=validate_fn,
