@@ -17,6 +17,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "tf_keras~=2.21.0"   # onnx2tf needs it; its own pins would replace TensorFlow
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -207,6 +207,7 @@ def convert(
     calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).")] = None,
     quant_preset: Annotated[str, typer.Option("--quant-preset", help="OpenVINO int8: performance (symmetric) or mixed.")] = "performance",
     ignore_node: Annotated[list[str], typer.Option("--ignore-node", help="OpenVINO int8: keep this node in float (repeatable).")] = [],  # noqa: B006
+    io_dtype: Annotated[str, typer.Option("--io-dtype", help="TFLite int8: input/output tensors float, int8 or uint8.")] = "float",
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a model into a deployable, checked bundle for a target device."""
@@ -230,7 +231,7 @@ def convert(
         raise BadInput(f"--quant-preset must be performance or mixed, not {quant_preset!r}")
     req = ConvertRequest(
         model=model, target=target, precision=precision, output=output, force=force, calib=calib_req,
-        target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node},
+        target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node, "io_dtype": io_dtype},
         input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,

@@ -133,7 +133,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
     steps = steps or Steps()
     profile = resolve_profile(req.target)
     target = backend(profile.backend)
-    topts = TargetOptions(precision=req.precision, dynamic_batch=req.dynamic_batch)
+    topts = TargetOptions(precision=req.precision, dynamic_batch=req.dynamic_batch, extra=dict(req.target_extra))
     target.check_options(profile, topts)
     needs_calib = req.precision in getattr(target, "needs_calibration", ())
     if needs_calib and req.calib is None:
@@ -184,19 +184,24 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                                        details=rep.failure_text(), hint="loosen one output with --atol NAME=VALUE if that error is acceptable")
         with steps.step(f"Preflight for {profile.name}"):
             target.preflight(proto, profile, topts)
-        topts.extra.update(req.target_extra)
         topts.extra["layouts"] = {s.name: s.layout for s in onnx_inputs}
         topts.extra["source"] = {"path": str(req.model), "format": source.format, "framework": source.framework}
+        topts.extra["source_model"] = source
+        topts.extra["reference_inputs"] = feed
+        topts.extra["input_shapes"] = {s.name: s.shape for s in onnx_inputs}
+        topts.extra["output_shapes"] = {s.name: s.shape for s in outputs}
+        topts.extra["failed_build_dir"] = str(out.with_name(out.name + ".failed-build"))
         if data_feed is not None and req.max_accuracy_drop is not None:
             src_out = _run_source(source, data_feed, batch)
             idx = classifier_output(src_out)
             if idx is not None:
                 topts.extra["accuracy_data"] = (data_feed, labels, idx)
             topts.extra["max_accuracy_drop"] = req.max_accuracy_drop
-        check_options = target.check_runner_options(req.precision, profile)
+        check_overrides = target.check_runner_options(req.precision, profile)
         with steps.step(f"Converting for {profile.name} ({req.precision})"):
             artifacts = target.convert(onnx_path, work, profile, topts)
         model_art = next(a for a in artifacts if a.role == "model")
+        check_options = {**model_art.extra.get("runner_options", {}), **check_overrides}
         if model_art.file != onnx_path.name:
             with steps.step(f"Checking the {req.precision} artifact against {source.framework}"):
                 rep = _parity(f"{model_art.file} ({model_art.runner}) vs {source.framework}", names, expected,
@@ -244,7 +249,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             "tolerances": {p: vars(t) for p, t in profile.tolerances.items()} | {"overrides": {str(k): v for k, v in req.atol.items()}},
             "source_accuracy": source_accuracy,
             "calibration": calib_record,
-            "check_runner_options": check_options,
+            "check_runner_options": check_overrides,
             "checks": checks,
             "tools": {"edgeconv": __version__, "onnx": version_of("onnx"), "onnxruntime": version_of("onnxruntime"),
                       **source.versions()},

@@ -61,7 +61,9 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
     art = bundle.model_artifact
     artifact = bundle.path / art["file"]
     runner_name = art["runner"]
-    options = {"device": req.device or art.get("device"), "inference_precision": req.inference_precision}
+    # The artifact's own runner options (device, layouts, ...) with the command line's on top.
+    options = {**art.get("runner_options", {}),
+               **{k: v for k, v in {"device": req.device, "inference_precision": req.inference_precision}.items() if v is not None}}
     with steps.step(f"Loading {art['file']} on {runner_name}"):
         runner = open_runner(runner_name, artifact, threads=req.threads, options=options)
     report: dict[str, Any] = {

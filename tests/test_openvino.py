@@ -27,7 +27,7 @@ def test_openvino_roundtrip(ov_bundles, cli, samples, precision):
     bundle = ov_bundles[precision]
     m = json.loads((bundle / "manifest.json").read_text())
     art = next(a for a in m["artifacts"] if a["role"] == "model")
-    assert art["file"] == "model.xml" and art["runner"] == "openvino" and art["device"] == "CPU"
+    assert art["file"] == "model.xml" and art["runner"] == "openvino" and art["runner_options"] == {"device": "CPU"}
     assert (bundle / "model.bin").exists()
     ov_parity = m["checks"][1]
     assert ov_parity["ok"] and "openvino" in ov_parity["label"]

@@ -12,6 +12,7 @@ from edgeconv.runners.base import Runner
 RUNNERS = {
     "onnxruntime": ("edgeconv.runners.onnxruntime:OnnxRuntimeRunner", "(base install)"),
     "openvino": ("edgeconv.runners.openvino:OpenVinoRunner", "openvino"),
+    "litert": ("edgeconv.runners.litert:LiteRtRunner", "tflite"),
 }
 
 

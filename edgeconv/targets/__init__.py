@@ -10,6 +10,7 @@ from edgeconv.targets.base import Artifact, Target, TargetOptions
 BACKENDS = {
     "onnx": ("edgeconv.targets.onnx:OnnxTarget", "(base install)"),
     "openvino": ("edgeconv.targets.openvino:OpenVinoTarget", "openvino"),
+    "tflite": ("edgeconv.targets.tflite:TfliteTarget", "tflite"),
 }
 
 

@@ -68,7 +68,8 @@ class OpenVinoTarget(Target):
             model = ov.convert_model(str(onnx_path))
         except Exception as exc:
             raise ConversionFailed(f"openvino.convert_model failed on the ONNX graph: {type(exc).__name__}: {exc}") from exc
-        extra: dict[str, Any] = {"device": profile.raw.get("runtime", {}).get("device", "CPU"), "openvino": ov.__version__}
+        extra: dict[str, Any] = {"runner_options": {"device": profile.raw.get("runtime", {}).get("device", "CPU")},
+                                 "openvino": ov.__version__}
         if opts.precision == "int8":
             model, qinfo = self._quantize(model, opts)
             extra["quantization"] = qinfo

@@ -1,0 +1,242 @@
+"""TFLite / LiteRT target: fp32, fp16 (fp16 weights), int8 (full integer, calibrated), int8-dynamic.
+
+PyTorch and ONNX sources: the checked ONNX graph → TensorFlow SavedModel with onnx2tf (NCHW becomes NHWC),
+then TensorFlow's TFLiteConverter builds exactly the precision asked for. onnx2tf's habits are contained:
+it runs on a copy of the graph (it rewrites its input), in a subprocess (it sets TF_USE_LEGACY_KERAS=1 for
+its process), with a timeout, an argument list and its log kept, and in a working directory that already
+holds its sample-data file, made from the user's own inputs, so it never downloads one.
+
+Keras / SavedModel sources: TFLiteConverter directly from the TensorFlow model (no ONNX round trip; layouts
+stay as the model has them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeconv.errors import ConversionFailed, MissingDependency
+from edgeconv.lazy import require, version_of
+from edgeconv.targets.base import Artifact, Target, TargetOptions
+
+ONNX2TF_TESTED = ">=1.28,<1.29"  # the onnx2tf range this code was tested with (1.28.8, TF 2.21)
+ONNX2TF_TIMEOUT_S = 1800
+# onnx2tf looks for this file in its working directory before it would fetch it from the network.
+ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+IO_DTYPES = ("float", "int8", "uint8")
+
+
+def channel_last_perm(rank: int) -> list[int]:
+    """The permutation onnx2tf applies to rank ≥ 3 tensors: channels (axis 1) move last."""
+    return [0, *range(2, rank), 1]
+
+
+def artifact_layouts(source_shapes: dict[str, list], artifact_shapes: dict[str, list], assume_moved: bool) -> dict[str, list[int] | None]:
+    """Per tensor: the permutation from the source layout to the artifact's (None when unchanged)."""
+    out: dict[str, list[int] | None] = {}
+    for name, src in source_shapes.items():
+        art = [int(d) for d in artifact_shapes[name]]
+        src_i = [int(d) if isinstance(d, int) else -1 for d in src]
+        if len(src_i) < 3:
+            out[name] = None
+            continue
+        perm = channel_last_perm(len(src_i))
+        moved = [src_i[i] for i in perm]
+        same = all(a == s or s == -1 for a, s in zip(art, src_i))
+        matches_moved = all(a == s or s == -1 for a, s in zip(art, moved))
+        if same and matches_moved:
+            out[name] = perm if assume_moved else None  # square-ish shapes: trust the converter's rule
+        elif same:
+            out[name] = None
+        elif matches_moved:
+            out[name] = perm
+        else:
+            raise ConversionFailed(f"cannot relate the TFLite tensor {name!r} {art} to the source's {src}")
+    return out
+
+
+def _nhwc_sample(feed: dict[str, np.ndarray]) -> np.ndarray:
+    """onnx2tf's 20x128x128x3 sample tensor, filled from the user's own first image input (nearest resize)."""
+    x = next(iter(feed.values()))
+    if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[-1] not in (1, 3, 4):
+        x = x.transpose(0, 2, 3, 1)
+    x = x.astype(np.float32)
+    if x.ndim != 4:
+        return np.zeros((20, 128, 128, 3), np.float32)
+    rows = np.arange(128) * x.shape[1] // 128
+    cols = np.arange(128) * x.shape[2] // 128
+    x = x[:, rows][:, :, cols]
+    x = np.repeat(x[..., :1], 3, axis=-1) if x.shape[-1] != 3 else x
+    return np.resize(x, (20, 128, 128, 3)).astype(np.float32)
+
+
+def condense_onnx2tf_log(log: str, limit: int = 12) -> str:
+    """The lines of an onnx2tf log that say what failed (op type, node name, error), not the 300-line dump."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    keep = []
+    for line in text.splitlines():
+        s = line.strip()
+        if re.search(r"(ERROR|Error|error:|onnx_op_type|onnx_op_name|not supported|NotImplemented|Exception)", s):
+            if s not in keep:
+                keep.append(s[:300])
+    return "\n".join(keep[-limit:]) if keep else "\n".join(text.strip().splitlines()[-limit:])
+
+
+def failed_ops(log: str) -> list[str]:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    types = re.findall(r"onnx_op_type:\s*(\S+)", text)
+    names = re.findall(r"onnx_op_name:\s*(\S+)", text)
+    return [f"{t} ({n})" for t, n in zip(types, names)] or sorted(set(types))
+
+
+class TfliteTarget(Target):
+    name = "tflite"
+    precisions = ("fp32", "fp16", "int8", "int8-dynamic")
+    dynamic_batch = False
+    needs_calibration = ("int8",)
+
+    def check_options(self, profile, opts: TargetOptions) -> None:
+        super().check_options(profile, opts)
+        io = opts.extra.get("io_dtype", "float")
+        if io not in IO_DTYPES:
+            from edgeconv.errors import BadInput
+
+            raise BadInput(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, not {io!r}")
+        if io != "float" and opts.precision != "int8":
+            from edgeconv.errors import PreflightError
+
+            raise PreflightError(f"--io-dtype {io} needs --precision int8 (full integer); {opts.precision} keeps float I/O")
+
+    # -- conversion ------------------------------------------------------------------------------------
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+        tf = require("tensorflow", why="to build TFLite models")
+        build = workdir / "_build"
+        build.mkdir()
+        source = opts.extra["source_model"]
+        try:
+            if source.framework == "keras":
+                saved, route = self._saved_model_from_keras(source, build), f"tf.lite.TFLiteConverter from the Keras/TensorFlow model (tensorflow {tf.__version__})"
+                moved = False
+            else:
+                saved = self._onnx2tf(onnx_path, build, opts)
+                route = f"onnx2tf {version_of('onnx2tf')} → SavedModel → tf.lite.TFLiteConverter (tensorflow {tf.__version__})"
+                moved = True
+            data = self._convert_saved_model(tf, saved, opts, moved)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        dest = workdir / "model.tflite"
+        dest.write_bytes(data)
+        extra = self._describe(dest, opts, moved, route)
+        return [Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)]
+
+    def _saved_model_from_keras(self, source, build: Path) -> Path:
+        if source.format == "savedmodel":
+            return source.path
+        out = build / "saved_model"
+        try:
+            source.model.export(str(out), format="tf_saved_model", verbose=False)
+        except Exception as exc:
+            raise ConversionFailed(f"Keras could not export a SavedModel for TFLite: {type(exc).__name__}: {exc}") from exc
+        return out
+
+    def _onnx2tf(self, onnx_path: Path, build: Path, opts: TargetOptions) -> Path:
+        if version_of("onnx2tf") is None:
+            raise MissingDependency("onnx2tf is not installed (needed to turn ONNX into TFLite)",
+                                    hint="install it with: pip install 'edgeconv[tflite]'")
+        work = build / "onnx2tf"
+        work.mkdir()
+        copy = work / "model.onnx"
+        shutil.copyfile(onnx_path, copy)  # onnx2tf rewrites its input in place
+        np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(opts.extra["reference_inputs"]))
+        out = work / "saved_model"
+        cmd = [sys.executable, "-c", "from onnx2tf import main; main()", "-i", str(copy), "-o", str(out), "-osd", "-nuo", "-v", "error"]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        try:
+            proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ConversionFailed(f"onnx2tf did not finish in {ONNX2TF_TIMEOUT_S} s") from exc
+        log = proc.stdout + proc.stderr
+        if proc.returncode != 0 or not (out / "saved_model.pb").exists():
+            failed_dir = Path(opts.extra.get("failed_build_dir", work))
+            failed_dir.mkdir(parents=True, exist_ok=True)
+            (failed_dir / "onnx2tf.log").write_text(log)
+            ops = failed_ops(log)
+            raise ConversionFailed(
+                f"onnx2tf {version_of('onnx2tf')} could not convert the graph"
+                + (f"; failing op(s): {', '.join(ops)}" if ops else "") + f" (exit {proc.returncode})",
+                details=condense_onnx2tf_log(log),
+                hint=f"full log: {failed_dir / 'onnx2tf.log'}",
+            )
+        return out
+
+    def _convert_saved_model(self, tf, saved: Path, opts: TargetOptions, moved: bool) -> bytes:
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        p = opts.precision
+        if p == "fp16":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.target_spec.supported_types = [tf.float16]
+        elif p == "int8-dynamic":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif p == "int8":
+            samples = opts.extra["calibration"]
+            names = list(samples[0])
+
+            def representative():
+                for s in samples:
+                    yield [np.transpose(s[n], channel_last_perm(s[n].ndim)) if moved and s[n].ndim >= 3 else s[n] for n in names]
+
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = representative
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io = opts.extra.get("io_dtype", "float")
+            if io != "float":
+                conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
+        try:
+            return conv.convert()
+        except Exception as exc:
+            raise ConversionFailed(f"TFLiteConverter failed for {p}: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}") from exc
+
+    def _describe(self, tflite: Path, opts: TargetOptions, moved: bool, route: str) -> dict[str, Any]:
+        from edgeconv.runners.litert import signature_io
+
+        ins, outs = signature_io(tflite)
+        src_in = opts.extra["input_shapes"]
+        src_out = opts.extra["output_shapes"]
+        in_names = list(src_in)
+        out_names = list(src_out)
+        in_map = dict(zip(in_names, _match(in_names, [d["name"] for d in ins])))
+        out_map = dict(zip(out_names, _match(out_names, [d["name"] for d in outs])))
+        by_name = {d["name"]: d for d in ins + outs}
+        perms = artifact_layouts({**src_in, **src_out},
+                                 {**{n: by_name[in_map[n]]["shape"] for n in in_names}, **{n: by_name[out_map[n]]["shape"] for n in out_names}},
+                                 moved)
+        return {
+            "converter": route,
+            "io_dtype": opts.extra.get("io_dtype", "float") if opts.precision == "int8" else "float",
+            "tensor_dtypes": {d["name"]: d["dtype"] for d in ins + outs},
+            "runner_options": {"tensor_names": {**in_map, **out_map}, "permutations": perms},
+            "onnx2tf_tested": ONNX2TF_TESTED if moved else None,
+        }
+
+
+def _match(wanted: list[str], have: list[str]) -> list[str]:
+    """Manifest tensor names → TFLite signature names: by name, else ``output_<i>``, else in order."""
+    if set(wanted) <= set(have):
+        return wanted
+    if len(wanted) == len(have):
+        indexed = {}
+        for h in have:
+            m = re.fullmatch(r".*?_(\d+)", h)
+            if m:
+                indexed[int(m.group(1))] = h
+        if sorted(indexed) == list(range(len(have))):
+            return [indexed[i] for i in range(len(wanted))]
+        return list(have)
+    raise ConversionFailed(f"the TFLite model's tensors {have} do not correspond to the model's {wanted}")
