@@ -181,7 +181,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             checks.append({"kind": "parity", **rep.to_dict()})
             if not rep.ok:
                 raise ConversionFailed(f"the exported ONNX graph does not compute what the {source.framework} model computes",
-                                       details=rep.failure_text(), hint="loosen one output with --atol NAME=VALUE if that error is acceptable")
+                                       details=rep.failure_text(), hint=_tolerance_hint(profile))
         with steps.step(f"Preflight for {profile.name}"):
             target.preflight(proto, profile, topts)
         topts.extra["layouts"] = {s.name: s.layout for s in onnx_inputs}
@@ -210,7 +210,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 checks.append({"kind": "parity", **rep.to_dict()})
                 if not rep.ok:
                     raise ConversionFailed(f"the {req.precision} artifact for {profile.name} does not compute what the source computes",
-                                           details=rep.failure_text(), hint="loosen one output with --atol NAME=VALUE if that error is acceptable")
+                                           details=rep.failure_text(), hint=_tolerance_hint(profile))
         source_accuracy = None
         status = "ok"
         if data_feed is not None:
@@ -264,6 +264,11 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             f"the bundle at {out} is kept and marked failed in its manifest",
         )
     return result
+
+
+def _tolerance_hint(profile: Profile) -> str:
+    return (f"tolerances per precision are data in the device profile ({profile.path}); --atol NAME=VALUE "
+            "overrides one output's max abs error, your own profile .toml changes the rest")
 
 
 def _run_source(source: SourceModel, feed: dict[str, np.ndarray], batch: int | None) -> list[np.ndarray]:

@@ -89,11 +89,16 @@ def condense_onnx2tf_log(log: str, limit: int = 12) -> str:
     return "\n".join(keep[-limit:]) if keep else "\n".join(text.strip().splitlines()[-limit:])
 
 
-def failed_ops(log: str) -> list[str]:
+def failed_ops(log: str, nodes: dict[str, list[str]]) -> list[str]:
+    """``OpType (node names)`` for the ops an onnx2tf log names as failing; ``nodes`` maps op type → node names."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", log)
-    types = re.findall(r"onnx_op_type:\s*(\S+)", text)
-    names = re.findall(r"onnx_op_name:\s*(\S+)", text)
-    return [f"{t} ({n})" for t, n in zip(types, names)] or sorted(set(types))
+    types = re.findall(r"onnx_op_type:\s*(\S+)", text) + re.findall(r"(\w+) OP is not yet implemented", text)
+    named = re.findall(r"onnx_op_name:\s*(\S+)", text)
+    out = []
+    for t in dict.fromkeys(types):
+        names = [n for n in named if n in nodes.get(t, [])] or nodes.get(t, [])
+        out.append(f"{t} ({', '.join(names[:5])}{', …' if len(names) > 5 else ''})" if names else t)
+    return out
 
 
 class TfliteTarget(Target):
@@ -167,7 +172,12 @@ class TfliteTarget(Target):
             failed_dir = Path(opts.extra.get("failed_build_dir", work))
             failed_dir.mkdir(parents=True, exist_ok=True)
             (failed_dir / "onnx2tf.log").write_text(log)
-            ops = failed_ops(log)
+            import onnx
+
+            nodes: dict[str, list[str]] = {}
+            for n in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+                nodes.setdefault(n.op_type, []).append(n.name)
+            ops = failed_ops(log, nodes)
             raise ConversionFailed(
                 f"onnx2tf {version_of('onnx2tf')} could not convert the graph"
                 + (f"; failing op(s): {', '.join(ops)}" if ops else "") + f" (exit {proc.returncode})",

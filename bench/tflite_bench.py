@@ -1,0 +1,121 @@
+"""TFLite/LiteRT on the MobileNetV2-sized PyTorch model (NCHW, through ONNX and onnx2tf):
+
+1. LiteRT int8 p50 against fp32 at 2 threads, interleaved blocks in one run. Budget: int8 ≥ 1.4x faster.
+2. Wall time of `edgeconv convert --target tflite --precision int8` against `onnx2tf -oiqt` (which builds
+   seven variants) with the same calibration data on the same ONNX, interleaved. Budget: ≤ 0.6x.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import EDGECONV, MODELS, ROOT, write_result  # noqa: E402
+
+THREADS = 2
+CALIB_COUNT = 32
+
+
+def onnx_model() -> Path:
+    pt = MODELS / "mobilenetv2.pt"
+    if not pt.exists():
+        subprocess.run([sys.executable, str(ROOT / "samples" / "make_mobilenet.py"), "--out", str(pt)], check=True, timeout=600)
+    bundle = MODELS / "mobilenetv2-torch-onnx"
+    if not (bundle / "manifest.json").exists():
+        subprocess.run([*EDGECONV, "convert", str(pt), "-o", str(bundle), "--force"], check=True, timeout=1200, cwd=ROOT)
+    return bundle / "model.onnx"
+
+
+def calibration() -> tuple[Path, Path]:
+    """The same images twice: NCHW .npz for edgeconv, NHWC .npy for onnx2tf -cind."""
+    npz, npy = MODELS / "mobilenet_calib.npz", MODELS / "mobilenet_calib_nhwc.npy"
+    if not npz.exists():
+        x = np.random.default_rng(0).uniform(-1, 1, (CALIB_COUNT, 3, 224, 224)).astype(np.float32)
+        np.savez(npz, x=x)
+        np.save(npy, x.transpose(0, 2, 3, 1))
+    return npz, npy
+
+
+def time_edgeconv(onnx: Path, calib: Path, out: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([*EDGECONV, "convert", str(onnx), "--target", "tflite", "--precision", "int8", "--calib", str(calib),
+                    "--calib-count", str(CALIB_COUNT), "-o", str(out), "--force"], check=True, timeout=3600, cwd=ROOT,
+                   capture_output=True)
+    return time.perf_counter() - t0
+
+
+def time_onnx2tf(onnx: Path, npy: Path, work: Path) -> float:
+    from edgeconv.targets.tflite import ONNX2TF_SAMPLE_FILE
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copyfile(onnx, work / "model.onnx")
+    # offline, onnx2tf needs its sample file in the working directory (it would download it otherwise)
+    np.save(work / ONNX2TF_SAMPLE_FILE, np.resize(np.load(npy)[:, ::2, ::2], (20, 128, 128, 3)).astype(np.float32))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "from onnx2tf import main; main()", "-i", "model.onnx", "-o", "out", "-oiqt",
+                    "-cind", "image", str(npy), "[[[[0.0,0.0,0.0]]]]", "[[[[1.0,1.0,1.0]]]]", "-n"],
+                   check=True, timeout=3600, cwd=work, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def latency(rounds: int = 6, runs: int = 40) -> dict:
+    from edgeconv.bundle import Bundle
+    from edgeconv.runners import open_runner
+    from edgeconv.stats import summarize_latency, time_runner
+
+    out = {}
+    runners = {}
+    for precision in ("fp32", "int8"):
+        b = MODELS / f"mobilenetv2-tflite-{precision}"
+        if not (b / "manifest.json").exists():
+            extra = ["--calib", str(calibration()[0])] if precision == "int8" else []
+            subprocess.run([*EDGECONV, "convert", str(onnx_model()), "--target", "tflite", "--precision", precision,
+                            "-o", str(b), "--force", *extra], check=True, timeout=3600, cwd=ROOT, capture_output=True)
+        bundle = Bundle.open(b)
+        runners[precision] = open_runner("litert", b / "model.tflite", threads=THREADS,
+                                         options=bundle.model_artifact["runner_options"])
+        out[precision] = {"bytes": bundle.model_artifact["bytes"], "p50s": []}
+    feed = {k: v[:1] for k, v in Bundle.open(MODELS / "mobilenetv2-tflite-fp32").reference()[0].items()}
+    for _ in range(rounds):
+        for precision, r in runners.items():
+            out[precision]["p50s"].append(summarize_latency(time_runner(r, feed, warmup=3, runs=runs))["p50_ms"])
+    for precision in out:
+        p = sorted(out[precision]["p50s"])
+        out[precision]["p50_ms"] = p[len(p) // 2]
+    out["runner_info"] = runners["int8"].info()
+    return out
+
+
+def main() -> dict:
+    onnx = onnx_model()
+    npz, npy = calibration()
+    lat = latency()
+    speedup = lat["fp32"]["p50_ms"] / lat["int8"]["p50_ms"]
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory(prefix="edgeconv-bench-") as tmp:
+        for i in range(2):
+            ours.append(time_edgeconv(onnx, npz, Path(tmp) / f"ours{i}"))
+            theirs.append(time_onnx2tf(onnx, npy, Path(tmp) / f"onnx2tf{i}"))
+    ratio = min(ours) / min(theirs)
+    result = {
+        "method": f"MobileNetV2-sized PyTorch model via ONNX; latency: LiteRT {THREADS} threads, batch 1, 6 interleaved "
+                  f"rounds of 40 runs, median of round p50s; convert: wall time, 2 interleaved rounds each, best of 2, "
+                  f"{CALIB_COUNT} calibration images for both",
+        "litert": lat, "int8_speedup_vs_fp32": speedup, "ok_int8_1_4x": speedup >= 1.4,
+        "convert_int8_s": ours, "onnx2tf_oiqt_s": theirs, "convert_vs_onnx2tf": ratio, "ok_convert_0_6x": ratio <= 0.6,
+    }
+    result["ok"] = result["ok_int8_1_4x"] and result["ok_convert_0_6x"]
+    write_result("tflite_bench", result)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["ok"] else 1)

@@ -1,0 +1,166 @@
+"""TFLite/LiteRT target: real onnx2tf, real TFLiteConverter, real LiteRT interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+
+def convert(cli, src, out, *extra):
+    r = cli("convert", src, "--target", "tflite", "-o", out, "--json", *extra)
+    assert r.code == 0, r
+    return r.json()["manifest"]
+
+
+@pytest.fixture(scope="module")
+def tfl(tmp_path_factory, cli, samples):
+    base = tmp_path_factory.mktemp("tfl")
+    made = {}
+    calib = ["--calib", samples / "digits_calib.npz"]
+    for src in ("digits_cnn.pt", "digits_cnn.pt2", "digits_keras.keras"):
+        for precision in ("fp32", "fp16", "int8", "int8-dynamic"):
+            out = base / f"{src}-{precision}"
+            made[(src, precision)] = (out, convert(cli, samples / src, out, "--precision", precision,
+                                                   "--data", samples / "digits_test.npz", *(calib if precision == "int8" else [])))
+    return made
+
+
+@pytest.mark.parametrize("src", ["digits_cnn.pt", "digits_cnn.pt2", "digits_keras.keras"])
+def test_tflite_precisions_validate(tfl, cli, samples, src):
+    sizes = {}
+    for precision in ("fp32", "fp16", "int8", "int8-dynamic"):
+        out, m = tfl[(src, precision)]
+        art = next(a for a in m["artifacts"] if a["role"] == "model")
+        assert art["file"] == "model.tflite" and art["runner"] == "litert"
+        sizes[precision] = art["bytes"]
+        parity = m["checks"][1]
+        assert parity["ok"] and parity["label"].startswith("model.tflite (litert)")
+        if precision == "fp32":
+            assert parity["outputs"][0]["max_abs"] <= 1e-4
+        r = cli("validate", out, "--data", samples / "digits_test.npz", "--runs", "10", "--json",
+                *(["--max-accuracy-drop", "0.5"] if precision == "int8" else []))
+        assert r.code == 0, r
+        rep = r.json()
+        assert rep["measured_on"]["runtime"] == "litert"
+        assert rep["accuracy"]["drop_points"] <= (0.5 if precision.startswith("int8") else 0.0 + 1e-9)
+    assert sizes["int8"] <= 0.35 * sizes["fp32"]
+    assert sizes["fp16"] < 0.6 * sizes["fp32"]
+
+
+def test_layouts_recorded_and_handled(tfl, samples):
+    _, m = tfl[("digits_cnn.pt", "fp32")]
+    art = next(a for a in m["artifacts"] if a["role"] == "model")
+    assert "onnx2tf" in art["converter"]
+    assert art["runner_options"]["permutations"]["x"] == [0, 2, 3, 1]  # NCHW source, NHWC artifact
+    from edgeconv.runners.litert import signature_io
+
+    ins, _ = signature_io(tfl[("digits_cnn.pt", "fp32")][0] / "model.tflite")
+    assert ins[0]["shape"] == [1, 8, 8, 1]
+    _, mk = tfl[("digits_keras.keras", "fp32")]
+    artk = next(a for a in mk["artifacts"] if a["role"] == "model")
+    assert "from the Keras" in artk["converter"] and artk["runner_options"]["permutations"]["x"] is None
+
+
+def test_int8_io_dtypes(cli, samples, tmp_path):
+    for io in ("int8", "uint8"):
+        m = convert(cli, samples / "digits_cnn.pt", tmp_path / io, "--precision", "int8", "--calib", samples / "digits_calib.npz",
+                    "--io-dtype", io, "--data", samples / "digits_test.npz")
+        art = next(a for a in m["artifacts"] if a["role"] == "model")
+        assert set(art["tensor_dtypes"].values()) == {io}
+        acc = next(c for c in m["checks"] if c["kind"] == "accuracy")
+        assert acc["drop_points"] <= 0.5
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "tflite", "--precision", "fp32", "--io-dtype", "int8", "-o", tmp_path / "x")
+    assert r.code == 2 and "needs --precision int8" in r.stderr
+
+
+def test_int8_needs_calib_and_mismatch_is_exit_2(cli, samples, tmp_path):
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "tflite", "--precision", "int8", "-o", tmp_path / "x")
+    assert r.code == 2 and "--calib" in r.stderr
+    np.savez(tmp_path / "c.npz", x=np.zeros((5, 3, 8, 8), np.float32))
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "tflite", "--precision", "int8", "--calib", tmp_path / "c.npz",
+            "-o", tmp_path / "x")
+    assert r.code == 2 and "shape [5, 3, 8, 8]" in r.stderr and "1x1x8x8" in r.stderr
+
+
+def test_runner_resizes_batch(tfl, samples):
+    from edgeconv.runners import open_runner
+
+    out, m = tfl[("digits_cnn.pt", "fp32")]
+    art = next(a for a in m["artifacts"] if a["role"] == "model")
+    x = np.load(samples / "digits_test.npz")["x"][:5]
+    with open_runner("litert", out / "model.tflite", options=art["runner_options"]) as r:
+        one = np.concatenate([r.infer({"x": x[i : i + 1]})[0] for i in range(5)])
+        five = r.infer({"x": x})[0]
+    np.testing.assert_allclose(five, one, atol=1e-5)
+
+
+def test_unconvertible_op_is_exit_4_naming_it(cli, tmp_path):
+    """An ONNX op onnx2tf has no converter for: exit 4, the op named, the log kept, not a 300-line dump."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])
+    node = helper.make_node("LpPool", ["x"], ["h"], name="the_lppool", kernel_shape=[2, 2], strides=[2, 2], p=2)
+    add = helper.make_node("Relu", ["h"], ["y"], name="relu")
+    g = helper.make_graph([node, add], "g", [x], [y])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    src = tmp_path / "hm.onnx"
+    onnx.save(model, src)
+    r = cli("convert", src, "--target", "tflite", "-o", tmp_path / "out")
+    if r.code == 0:
+        pytest.fail("onnx2tf converted LpPool; pick another op it has no converter for (see onnx2tf/ops)")
+    assert r.code == 4, r
+    assert not (tmp_path / "out").exists()
+    log = tmp_path / "out.failed-build" / "onnx2tf.log"
+    assert log.exists() and log.stat().st_size > 0
+    assert len(r.stderr.splitlines()) < 40
+    assert "LpPool (the_lppool)" in r.stderr
+
+
+NETBLOCK = """
+import socket, os
+_log = os.environ["EDGECONV_TEST_NETLOG"]
+def _refuse(self, address, *a):
+    with open(_log, "a") as f:
+        f.write(repr(address) + "\\n")
+    raise OSError("network disabled by the test")
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+"""
+
+
+def test_rgb_model_converts_without_network(tmp_path):
+    """An RGB 224x224 model, fp32 and int8, with every socket connect refused in this process and its
+    subprocesses (onnx2tf would fetch a sample file for RGB inputs): both convert, and no connect is tried."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    src = tmp_path / "rgb.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(src), dynamo=False, input_names=["image"])
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.uniform(0, 1, (8, 3, 224, 224)).astype(np.float32))
+    block = tmp_path / "netblock"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(NETBLOCK)
+    netlog = tmp_path / "net.log"
+    env = {**os.environ, "PYTHONPATH": str(block), "EDGECONV_TEST_NETLOG": str(netlog)}
+    for precision, extra in (("fp32", []), ("int8", ["--calib", str(tmp_path / "calib.npz")])):
+        r = subprocess.run([sys.executable, "-m", "edgeconv", "convert", str(src), "--target", "tflite", "--precision", precision,
+                            "-o", str(tmp_path / precision), *extra], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert (tmp_path / precision / "model.tflite").exists()
+    assert not netlog.exists(), netlog.read_text()
+    # the blocker works: a connect from a process with it installed is recorded
+    probe = subprocess.run([sys.executable, "-c", "import socket\ntry:\n socket.create_connection(('127.0.0.1', 9), 1)\nexcept OSError:\n pass"],
+                           env=env, timeout=60)
+    assert probe.returncode == 0 and netlog.exists()
