@@ -123,6 +123,9 @@ class Bundle:
     def model_artifact(self) -> dict[str, Any]:
         return next(a for a in self.manifest["artifacts"] if a["role"] == "model")
 
+    def artifact(self, role: str) -> dict[str, Any] | None:
+        return next((a for a in self.manifest["artifacts"] if a["role"] == role), None)
+
     @property
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_dict(d) for d in self.manifest["inputs"]]

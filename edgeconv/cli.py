@@ -208,6 +208,9 @@ def convert(
     quant_preset: Annotated[str, typer.Option("--quant-preset", help="OpenVINO int8: performance (symmetric) or mixed.")] = "performance",
     ignore_node: Annotated[list[str], typer.Option("--ignore-node", help="OpenVINO int8: keep this node in float (repeatable).")] = [],  # noqa: B006
     io_dtype: Annotated[str, typer.Option("--io-dtype", help="TFLite int8: input/output tensors float, int8 or uint8.")] = "float",
+    dla_core: Annotated[int | None, typer.Option("--dla-core", help="Jetson: build the engine for this DLA core.")] = None,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", help="Jetson with --dynamic-batch: the largest batch of the engine's profile (default 8).")] = None,
+    workspace: Annotated[int | None, typer.Option("--workspace", help="Jetson: TensorRT builder workspace in MB (default 1024).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a model into a deployable, checked bundle for a target device."""
@@ -231,7 +234,8 @@ def convert(
         raise BadInput(f"--quant-preset must be performance or mixed, not {quant_preset!r}")
     req = ConvertRequest(
         model=model, target=target, precision=precision, output=output, force=force, calib=calib_req,
-        target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node, "io_dtype": io_dtype},
+        target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node, "io_dtype": io_dtype,
+                      "dla_core": dla_core, "max_batch": max_batch, "workspace_mb": workspace},
         input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
@@ -330,6 +334,56 @@ def targets(as_json: JsonOpt = False) -> None:
         from edgeconv.render import render_targets
 
         render_targets(rows)
+
+
+@app.command()
+@_handled()
+def build(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory whose device format is built here (TensorRT engine).")],
+    dla_core: Annotated[int | None, typer.Option("--dla-core", help="Build for this DLA core (Jetson Xavier/Orin NX/AGX).")] = None,
+    workspace: Annotated[int | None, typer.Option("--workspace", help="TensorRT builder workspace in MB.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the device-specific artifact on the device (TensorRT engine on a Jetson) and record the device."""
+    from edgeconv.build import build_bundle
+
+    record = build_bundle(bundle, dla_core=dla_core, workspace_mb=workspace, steps=_steps(as_json))
+    if as_json:
+        _emit_json({"ok": True, "build": record})
+    else:
+        from edgeconv.render import console
+
+        on = record["built_on"]
+        console.print(f"built {record['engine']} with TensorRT {on['tensorrt']} for compute {on['compute_capability']} "
+                      f"({on.get('board') or on.get('gpu')}, L4T {on.get('l4t')}, power mode {on.get('power_mode')}) "
+                      f"in {record['build_seconds']:.0f} s")
+
+
+@app.command()
+@_handled()
+def selftest(
+    target: Annotated[str, typer.Option("--target", "-t", help="The device family or profile of this board.")] = "jetson",
+    as_json: JsonOpt = False,
+) -> None:
+    """First run on a new board: convert the bundled sample, build, validate, one table."""
+    from edgeconv.selftest import selftest as run_selftest
+
+    result = run_selftest(target, _steps(as_json))
+    if as_json:
+        _emit_json(result)
+    else:
+        from rich.table import Table
+
+        from edgeconv.render import console
+
+        t = Table(title=f"edgeconv selftest · {result['target']}", title_justify="left")
+        for col in ("step", "ok", "detail"):
+            t.add_column(col)
+        for r in result["rows"]:
+            t.add_row(r["step"], "✅" if r["ok"] else "❌", r["detail"])
+        console.print(t)
+    if not result["ok"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from edgeconv.specs import Dim, TensorSpec, apply_input_shapes, guess_layout, ra
 from edgeconv.targets import Artifact, TargetOptions, backend
 
 REFERENCE_BATCHES = 4
+DEVICE_RUNNER = Path(__file__).resolve().parent / "device" / "edgeconv_runner.py"
 # The canonical ONNX graph is fp32 whatever the device runs; this is its check when a profile has no fp32 entry.
 CANONICAL_FP32 = Tolerance(atol=1e-4, min_cosine=0.99999)  # reference.npz holds this many batches of the model's batch size
 
@@ -164,8 +166,12 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
 
     with BundleWriter(out, req.force) as work:
         onnx_path = work / "model.onnx"
+        opset = req.opset
+        if opset is None and profile.max_opset and source.default_opset and source.default_opset > profile.max_opset:
+            opset = profile.max_opset  # the device's parser is the limit; an explicit --opset above it fails preflight
+            shape_notes.append(f"exported at opset {opset}, the highest {profile.name} accepts (default {source.default_opset})")
         with steps.step(f"Exporting ONNX ({source.frontend})"):
-            record = source.export_onnx(onnx_path, inputs=inputs, opset=req.opset, dynamic_batch=req.dynamic_batch)
+            record = source.export_onnx(onnx_path, inputs=inputs, opset=opset, dynamic_batch=req.dynamic_batch)
         with steps.step("Checking the ONNX graph (onnx.checker, shape inference)"):
             proto = check_and_infer(onnx_path)
             onnx_inputs, outputs = io_specs(proto)
@@ -221,6 +227,9 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 if not acc_check["ok"]:
                     status = "failed-check"
         save_reference(work / REFERENCE, feed, expected, names)
+        runner_file = work / DEVICE_RUNNER.name
+        shutil.copyfile(DEVICE_RUNNER, runner_file)
+        artifacts.append(Artifact(runner_file.name, "device-runner", req.precision))
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "edgeconv_version": __version__,

@@ -50,6 +50,16 @@ def _source_accuracy(req: ValidateRequest, bundle: Bundle, feed, labels, batch) 
     return None
 
 
+def _artifact_to_run(bundle: Bundle) -> dict[str, Any]:
+    """A device-built artifact (TensorRT engine) where its runtime is present, else the bundle's main one."""
+    import importlib.util
+
+    engine = bundle.artifact("engine")
+    if engine is not None and importlib.util.find_spec("tensorrt") is not None:
+        return engine
+    return bundle.model_artifact
+
+
 def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]:
     steps = steps or Steps()
     if req.runs < 1 or req.warmup < 0:
@@ -58,7 +68,7 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
         raise BadInput("--max-accuracy-drop needs --data (a labelled .npz)")
     bundle = Bundle.open(req.bundle)
     m = bundle.manifest
-    art = bundle.model_artifact
+    art = _artifact_to_run(bundle)
     artifact = bundle.path / art["file"]
     runner_name = art["runner"]
     # The artifact's own runner options (device, layouts, ...) with the command line's on top.
@@ -72,11 +82,13 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
         "precision": m["precision"],
         "artifact": art["file"],
         "measured_on": {"host": socket.gethostname(), "machine": platform.machine(), "platform": platform.platform(),
-                        "kind": "host", **runner.info()},
+                        "kind": "host emulation, not device" if art.get("host_emulation") else "host", **runner.info()},
         "checks": [],
         "budgets": [],
         "calibration": m.get("calibration"),
     }
+    if art.get("host_emulation"):
+        report["measured_on"]["note"] = art.get("host_emulation_note")
     with runner:
         batch = runner.fixed_batch()
         ref_in, ref_out = bundle.reference()

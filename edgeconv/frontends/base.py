@@ -42,6 +42,7 @@ class SourceModel(ABC):
     # True when the fixed dimensions the model records are baked in (a torch.export program): they can't be
     # overridden with --input-shape, and a fixed batch can't become dynamic.
     shapes_baked: bool = False
+    default_opset: int | None = None  # what export_onnx writes when no opset is asked for
 
     def __init__(self, path: Path):
         self.path = path

@@ -32,6 +32,7 @@ def _output_names(n: int) -> list[str]:
 class KerasSource(SourceModel):
     framework = "keras"
     frontend = "OnnxFromKeras"
+    default_opset = DEFAULT_OPSET
     layout_default = "NHWC"
 
     def __init__(self, path: Path, options: LoadOptions):

@@ -9,7 +9,7 @@ import numpy as np
 from edgeconv.errors import BadInput
 from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel
 from edgeconv.lazy import version_of
-from edgeconv.onnx_tools import TWO_GB, io_specs, load_onnx
+from edgeconv.onnx_tools import TWO_GB, io_specs, load_onnx, opset_of
 from edgeconv.specs import TensorSpec
 
 
@@ -23,6 +23,7 @@ class OnnxSource(SourceModel):
         super().__init__(path)
         self.proto = load_onnx(path)
         self.inputs, self.outputs = io_specs(self.proto, self.layout_default)
+        self.default_opset = opset_of(self.proto)
         self._session = None
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -40,7 +41,7 @@ class OnnxSource(SourceModel):
 
         from edgeconv.onnx_tools import set_input_shapes
 
-        have = int(next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0))
+        have = opset_of(self.proto)
         if opset and opset != have:
             from onnx import version_converter
 

@@ -73,6 +73,7 @@ def _load_class(ref: str):
 class TorchSource(SourceModel):
     framework = "torch"
     frontend = "OnnxFromTorch"
+    default_opset = DEFAULT_OPSET
     layout_default = "NCHW"
 
     def __init__(self, path: Path, options: LoadOptions):

@@ -13,6 +13,7 @@ RUNNERS = {
     "onnxruntime": ("edgeconv.runners.onnxruntime:OnnxRuntimeRunner", "(base install)"),
     "openvino": ("edgeconv.runners.openvino:OpenVinoRunner", "openvino"),
     "litert": ("edgeconv.runners.litert:LiteRtRunner", "tflite"),
+    "tensorrt": ("edgeconv.runners.tensorrt:TensorRtRunner", "jetson"),
 }
 
 

@@ -11,6 +11,7 @@ BACKENDS = {
     "onnx": ("edgeconv.targets.onnx:OnnxTarget", "(base install)"),
     "openvino": ("edgeconv.targets.openvino:OpenVinoTarget", "openvino"),
     "tflite": ("edgeconv.targets.tflite:TfliteTarget", "tflite"),
+    "jetson": ("edgeconv.targets.jetson:JetsonTarget", "jetson"),
 }
 
 
