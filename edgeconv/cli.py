@@ -184,7 +184,7 @@ def convert(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="Source model: .pt/.pth, .pt2, .keras, .h5, SavedModel dir, .onnx.")],
     target: Annotated[str, typer.Option("--target", "-t", help="Device profile, family or path to a .toml (see `edgeconv targets`).")] = "onnx",
-    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16, int8 … as the target offers.")] = "fp32",
+    precision: Annotated[str | None, typer.Option("--precision", "-p", help="fp32, fp16, int8 … as the target offers (default: the profile's, usually fp32).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Bundle directory to write.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at -o.")] = False,
     input_shape: InputShapeOpt = [],  # noqa: B006 (typer needs a literal default)
@@ -211,6 +211,8 @@ def convert(
     dla_core: Annotated[int | None, typer.Option("--dla-core", help="Jetson: build the engine for this DLA core.")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", help="Jetson with --dynamic-batch: the largest batch of the engine's profile (default 8).")] = None,
     workspace: Annotated[int | None, typer.Option("--workspace", help="Jetson: TensorRT builder workspace in MB (default 1024).")] = None,
+    min_tpu_share: Annotated[float | None, typer.Option("--min-tpu-share", help="Coral: fail (exit 1) when less than this share of ops is predicted to run on the Edge TPU (default: fail only when none does).")] = None,
+    compiler: Annotated[str | None, typer.Option("--compiler", help="Coral: path to edgetpu_compiler (default: found on PATH).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a model into a deployable, checked bundle for a target device."""
@@ -235,7 +237,8 @@ def convert(
     req = ConvertRequest(
         model=model, target=target, precision=precision, output=output, force=force, calib=calib_req,
         target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node, "io_dtype": io_dtype,
-                      "dla_core": dla_core, "max_batch": max_batch, "workspace_mb": workspace},
+                      "dla_core": dla_core, "max_batch": max_batch, "workspace_mb": workspace,
+                      "min_tpu_share": min_tpu_share, "compiler": compiler},
         input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
@@ -342,14 +345,22 @@ def build(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory whose device format is built here (TensorRT engine).")],
     dla_core: Annotated[int | None, typer.Option("--dla-core", help="Build for this DLA core (Jetson Xavier/Orin NX/AGX).")] = None,
     workspace: Annotated[int | None, typer.Option("--workspace", help="TensorRT builder workspace in MB.")] = None,
+    compiler: Annotated[str | None, typer.Option("--compiler", help="Coral: path to edgetpu_compiler (default: found on PATH).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the device-specific artifact on the device (TensorRT engine on a Jetson) and record the device."""
     from edgeconv.build import build_bundle
 
-    record = build_bundle(bundle, dla_core=dla_core, workspace_mb=workspace, steps=_steps(as_json))
+    record = build_bundle(bundle, dla_core=dla_core, workspace_mb=workspace, compiler=compiler, steps=_steps(as_json))
     if as_json:
         _emit_json({"ok": True, "build": record})
+    elif record["format"] == "edgetpu-compile":
+        from edgeconv.render import console
+
+        rep = record["report"]
+        console.print(f"compiled {record['file']}: {rep['mapped_ops']} of {rep['table_ops']} ops on the Edge TPU; on-chip "
+                      f"{rep['on_chip_used']}, off-chip {rep['off_chip_used']}"
+                      + (f"\n[yellow]{record['prediction_mismatch']}[/]" if record.get("prediction_mismatch") else ""))
     else:
         from edgeconv.render import console
 

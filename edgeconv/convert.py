@@ -37,7 +37,7 @@ CANONICAL_FP32 = Tolerance(atol=1e-4, min_cosine=0.99999)  # reference.npz holds
 class ConvertRequest:
     model: Path
     target: str = "onnx"
-    precision: str = "fp32"
+    precision: str | None = None  # None: the profile's default_precision (fp32 unless the device says otherwise)
     output: Path | None = None
     force: bool = False
     input_shapes: dict[str | None, list[Dim]] = field(default_factory=dict)
@@ -134,6 +134,8 @@ def _parity(label, names, expected, artifact: Path, runner: str, batch: int | No
 def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
     steps = steps or Steps()
     profile = resolve_profile(req.target)
+    if req.precision is None:
+        req.precision = profile.raw.get("default_precision", "fp32")
     target = backend(profile.backend)
     topts = TargetOptions(precision=req.precision, dynamic_batch=req.dynamic_batch, extra=dict(req.target_extra))
     target.check_options(profile, topts)
@@ -218,14 +220,14 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                     raise ConversionFailed(f"the {req.precision} artifact for {profile.name} does not compute what the source computes",
                                            details=rep.failure_text(), hint=_tolerance_hint(profile))
         source_accuracy = None
-        status = "ok"
+        checks += topts.extra.get("checks", [])  # the target's own checks (e.g. the Edge TPU mapping)
         if data_feed is not None:
             with steps.step(f"Measuring accuracy on {req.data.name}"):
                 source_accuracy, acc_check = _accuracy_check(source, data_feed, labels, batch, work, model_art, req,
                                                              check_options)
                 checks.append(acc_check)
-                if not acc_check["ok"]:
-                    status = "failed-check"
+        failed = [c for c in checks if not c["ok"]]
+        status = "failed-check" if failed else "ok"
         save_reference(work / REFERENCE, feed, expected, names)
         runner_file = work / DEVICE_RUNNER.name
         shutil.copyfile(DEVICE_RUNNER, runner_file)
@@ -267,12 +269,15 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         write_json(work / MANIFEST, manifest)
     result = ConvertResult(out, manifest)
     if not result.ok:
-        acc = next(c for c in checks if c["kind"] == "accuracy")
-        raise CheckFailed(
-            f"accuracy drop {acc['drop_points']:.2f} points exceeds --max-accuracy-drop {req.max_accuracy_drop}; "
-            f"the bundle at {out} is kept and marked failed in its manifest",
-        )
+        reasons = [_failure_reason(c, req) for c in failed]
+        raise CheckFailed("; ".join(reasons) + f"; the bundle at {out} is kept and marked failed in its manifest")
     return result
+
+
+def _failure_reason(check: dict[str, Any], req: ConvertRequest) -> str:
+    if check["kind"] == "accuracy":
+        return f"accuracy drop {check['drop_points']:.2f} points exceeds --max-accuracy-drop {req.max_accuracy_drop}"
+    return check.get("reason") or f"check {check['kind']} failed"
 
 
 def _tolerance_hint(profile: Profile) -> str:

@@ -56,6 +56,27 @@ def render_convert(result) -> None:
         elif c["kind"] == "accuracy":
             console.print(f"accuracy on {c['data']['path']} ({c['data']['count']} samples): source top-1 "
                           f"{c['source']['top1']:.2%}, artifact top-1 {c['artifact']['top1']:.2%}, drop {c['drop_points']:.2f} points")
+        elif c["kind"] == "edgetpu-mapping":
+            _edgetpu_table(c)
+    build = model.get("device_build")
+    if build and not build.get("built"):
+        console.print(f"[yellow]not built here:[/] {build.get('reason') or build.get('how')}\n  then: {build.get('command') or 'edgeconv build BUNDLE'}")
+    if model.get("host_emulation"):
+        console.print(f"[dim]checks above ran as host emulation, not on the device: {model.get('host_emulation_note')}[/]")
+
+
+def _edgetpu_table(c: dict[str, Any]) -> None:
+    t = Table(title="Edge TPU mapping (predicted from Coral's published rules)", title_justify="left")
+    for col in ("operator", "count", "status"):
+        t.add_column(col, justify="right" if col == "count" else "left")
+    for r in c["table"]:
+        t.add_row(r["op"], str(r["count"]), r["status"])
+    console.print(t)
+    split = c["split_at"]
+    console.print(f"TPU share: {c['tpu_share_ops']:.0%} of ops, {c['tpu_share_macs']:.0%} of MACs"
+                  + (f"; the TPU part ends at op {split['index']} ({split['op']}): {split['reason']}" if split else "; no split"))
+    for finding in c.get("onnx_findings", []):
+        console.print(f"  [yellow]ONNX graph:[/] {finding}")
 
 
 def render_validation(r: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ BACKENDS = {
     "openvino": ("edgeconv.targets.openvino:OpenVinoTarget", "openvino"),
     "tflite": ("edgeconv.targets.tflite:TfliteTarget", "tflite"),
     "jetson": ("edgeconv.targets.jetson:JetsonTarget", "jetson"),
+    "coral": ("edgeconv.targets.coral:CoralTarget", "tflite"),
 }
 
 
