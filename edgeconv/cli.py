@@ -294,6 +294,81 @@ def validate(
 
 @app.command()
 @_handled()
+def profile(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert`.")],
+    batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help="Comma-separated, e.g. 1,2,4,8 (default: powers of two up to the bundle's max).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per batch size (at least).")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="Warm-up runs per batch size.")] = 5,
+    min_time: Annotated[float | None, typer.Option("--min-time", help="Also run each batch size for at least this many seconds.")] = None,
+    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch (p99) for the best-batch answer.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: throughput and p50/p99 against batch size.")] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Latency and throughput per batch size, the knee, the best batch under a budget, batch-dependent outputs."""
+    from edgeconv.profile import ProfileRequest
+    from edgeconv.profile import profile as run_profile
+
+    sizes = None
+    if batch_sizes:
+        try:
+            sizes = sorted({int(v) for v in batch_sizes.split(",") if v.strip()})
+        except ValueError:
+            raise BadInput(f"--batch-sizes {batch_sizes!r} is not a comma-separated list of whole numbers") from None
+        if not sizes or sizes[0] < 1:
+            raise BadInput("--batch-sizes must be positive whole numbers")
+    report = run_profile(ProfileRequest(bundle=bundle, batch_sizes=sizes, threads=threads, runs=runs, warmup=warmup,
+                                        min_time_s=min_time, budget_ms=budget_ms, plot=plot, csv=csv_file), _steps(as_json))
+    if as_json:
+        _emit_json(report)
+    else:
+        from edgeconv.render import render_profile
+
+        render_profile(report)
+
+
+@app.command("compare")
+@_handled()
+def compare_cmd(
+    model: Annotated[Path, typer.Argument(help="Source model.")],
+    targets: Annotated[str, typer.Option("--targets", help="Comma-separated targets (families or profiles).")] = "onnx,tflite,openvino,jetson,coral",
+    precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated precisions; each target gets those it offers.")] = "fp32,fp16,int8",
+    calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for int8 (.npz/.npy/image folder).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y) for accuracy.")] = None,
+    input_shape: InputShapeOpt = [],  # noqa: B006
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per artifact.")] = 50,
+    threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Keep every bundle here (default: a temporary folder).")] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert to every target and precision that can be built here, validate each, one table."""
+    from edgeconv.calibration import CalibrationRequest
+    from edgeconv.compare import CompareRequest, compare, write_csv
+    from edgeconv.specs import parse_input_shapes
+
+    result = compare(CompareRequest(
+        model=model, targets=[t.strip() for t in targets.split(",") if t.strip()],
+        precisions=[p.strip() for p in precisions.split(",") if p.strip()],
+        calib=CalibrationRequest(calib) if calib else None, data=data, input_shapes=parse_input_shapes(input_shape),
+        load=_load_options(model_class, model_kwargs, trust_pickle), runs=runs, threads=threads, out_dir=out_dir,
+    ), _steps(as_json))
+    if csv_file:
+        write_csv(csv_file, result["rows"])
+    if as_json:
+        _emit_json(result)
+    else:
+        from edgeconv.render import render_compare
+
+        render_compare(result)
+
+
+@app.command()
+@_handled()
 def inspect(
     model: Annotated[Path, typer.Argument(help="Model file (.pt, .pt2, .keras, .h5, SavedModel dir, .onnx).")],
     input_shape: InputShapeOpt = [],  # noqa: B006

@@ -21,6 +21,7 @@ EXTRAS = {
     "openvino": "openvino",
     "nncf": "openvino",
     "PIL": "images",
+    "matplotlib": "plot",
     "onnxruntime": "(base install)",
     "onnx": "(base install)",
 }

@@ -114,6 +114,54 @@ def render_validation(r: dict[str, Any]) -> None:
     console.print(f"{'[green]PASS[/]' if r['ok'] else '[red]FAIL[/]'} · {lat['runs']} timed runs after {lat['warmup']} warm-up · report: {r['report_file']}")
 
 
+def render_profile(r: dict[str, Any]) -> None:
+    mo = r["measured_on"]
+    t = Table(title=f"{r['target']} · {r['precision']} · {mo.get('runtime')} {mo.get('version') or ''} · threads "
+                    f"{mo.get('threads')} · {mo.get('kind')}", title_justify="left")
+    for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "per item ms", "items/s", "RSS Δ MB", "vs batch 1"):
+        t.add_column(col, justify="right")
+    for row in r["rows"]:
+        if "error" in row:
+            t.add_row(str(row["batch"]), f"[red]cannot run: {row['error']}[/]", *[""] * 6)
+            continue
+        agree = "—" if row.get("max_abs_vs_batch1") is None else (
+            f"{'⚠ ' if row['diverges'] else ''}max abs {row['max_abs_vs_batch1']:.1e}"
+            + (f", top-1 {row['top1_agreement_vs_batch1']:.0%}" if row.get("top1_agreement_vs_batch1") is not None else ""))
+        t.add_row(str(row["batch"]), f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['per_item_ms']:.3f}",
+                  f"{row['throughput_items_s']:.0f}", f"{row['rss_delta_mb']:.1f}", agree)
+    console.print(t)
+    for note in r["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    if r["knee"]:
+        console.print(f"knee: batch {r['knee']['batch']} — {r['knee']['why']}")
+    if r["best_under_budget"]:
+        console.print(f"best under {r['budget_ms']} ms: {r['best_under_budget']['why']}")
+    if r["divergent_batches"]:
+        console.print(f"[red]outputs change with batch size at {r['divergent_batches']}[/] (compared with batch 1 on the same items)")
+    console.print(f"[dim]{r['method']} · report: {r['report_file']}[/]")
+
+
+def render_compare(r: dict[str, Any]) -> None:
+    base = r["source_baseline"]
+    t = Table(title=f"{r['model']} on this machine" + (f" · baseline: {base['framework']} {base['p50_ms']:.3f} ms (p50, batch 1)" if base else ""),
+              title_justify="left")
+    for col in ("target", "precision", "status", "size", "parity max abs", "top-1", "drop", "p50 ms", "items/s", "speed-up", "measured"):
+        t.add_column(col, justify="left" if col in ("target", "precision", "status", "measured") else "right")
+    icons = {"ok": "✅", "check-failed": "❎", "failed": "❌"}
+    for row in r["rows"]:
+        status = icons.get(row.get("status"), "?") + (f" {row['reason']}" if row.get("reason") else "")
+        if "p50_ms" not in row:
+            t.add_row(row["target"], row["precision"], status, *[""] * 8)
+            continue
+        t.add_row(row["target"], row["precision"], status, _size(row["bytes"]), f"{row['parity_max_abs']:.1e}",
+                  "—" if row["top1"] is None else f"{row['top1']:.2%}", "—" if row["drop_points"] is None else f"{row['drop_points']:+.2f}",
+                  f"{row['p50_ms']:.3f}", f"{row['throughput_items_s']:.0f}",
+                  f"{row['speedup_vs_source']:.1f}×" if row.get("speedup_vs_source") else "—",
+                  f"{row['runtime']} ({row['measured']})")
+    console.print(t)
+    console.print(f"[dim]{r['note']}[/]")
+
+
 def render_inspect(info: dict[str, Any]) -> None:
     console.print(f"[bold]{info['path']}[/] · {info['format']} · opset {info['opset']} · {info['nodes']} nodes · "
                   f"{info['parameters']:,} parameters · {info['macs']:,} MACs")

@@ -84,15 +84,16 @@ def test_user_profile_toml(cli, samples, tmp_path):
         'name = "my-board"\nfamily = "onnx"\nbackend = "onnx"\nrunner = "onnxruntime"\nprecisions = ["fp32"]\n'
         "max_opset = 13\n[tolerances]\nfp32 = { atol = 1e-4, min_cosine = 0.9999 }\n"
     )
-    r = cli("convert", samples / "digits_cnn.pt", "--target", prof, "-o", tmp_path / "o")
+    r = cli("convert", samples / "digits_cnn.pt", "--target", prof, "--opset", "18", "-o", tmp_path / "o")
     assert r.code == 2 and "opset 18 is newer than my-board accepts (13)" in " ".join(r.stderr.split())
     assert not (tmp_path / "o").exists()
     r = cli("convert", samples / "digits_cnn.pt", "--target", prof, "--precision", "fp16", "-o", tmp_path / "o")
     assert r.code == 2 and "precision 'fp16' is not offered for my-board" in " ".join(r.stderr.split())
-    r = cli("convert", samples / "digits_cnn.pt", "--target", prof, "--opset", "13", "-o", tmp_path / "o", "--json")
+    r = cli("convert", samples / "digits_cnn.pt", "--target", prof, "-o", tmp_path / "o", "--json")  # exported at the board's opset
     assert r.code == 0, r
-    assert r.json()["manifest"]["target"]["profile"] == "my-board"
-    assert r.json()["manifest"]["export"]["opset"] == 13
+    m = r.json()["manifest"]
+    assert m["target"]["profile"] == "my-board" and m["export"]["opset"] == 13
+    assert any("opset 13, the highest my-board accepts" in n for n in m["export"]["notes"])
 
 
 def test_inspect_counts_macs_and_ops(cli, bundles):
