@@ -62,8 +62,15 @@ class BundleWriter:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically (temporary file + rename) for regular files; a device or pipe (``--report /dev/stdout``) is
+    written in place, never replaced."""
+    text = json.dumps(data, indent=2, default=_json_default) + "\n"
+    if path.exists() and not path.is_file():
+        with open(path, "w") as f:
+            f.write(text)
+        return
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -99,3 +99,20 @@ def test_bundle_writer_is_atomic(tmp_path):
     with BundleWriter(out, force=True) as work:
         (work / "manifest.json").write_text('{"v": 2}')
     assert (out / "manifest.json").read_text() == '{"v": 2}' and [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_write_json_never_replaces_a_device(tmp_path):
+    import os
+
+    from edgeconv.bundle import write_json
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        write_json(fifo, {"a": 1})
+        assert not fifo.is_file() and os.read(fd, 100).startswith(b'{\n  "a": 1')
+    finally:
+        os.close(fd)
+    write_json(tmp_path / "r.json", {"b": 2})
+    assert (tmp_path / "r.json").read_text().startswith("{") and not (tmp_path / "r.json.tmp").exists()
