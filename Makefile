@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.edgeconv-setup
 
-.PHONY: setup demo test bench clean samples
+.PHONY: setup demo test bench clean samples system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ demo: setup
 	$(BIN)/edgeconv convert samples/digits_cnn.pt --target onnx -o out/digits-onnx --force --data samples/digits_test.npz
 	$(BIN)/edgeconv validate out/digits-onnx --data samples/digits_test.npz
 
-test: setup
+# The SSH tests start a real OpenSSH server on 127.0.0.1: Debian's openssh-server (installed when root).
+system-deps:
+	@if [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get install -y -q openssh-server || (apt-get update -q && apt-get install -y -q openssh-server)) >/dev/null; \
+	else echo "the SSH tests need sshd: sudo apt-get install openssh-server" >&2; exit 1; fi
+
+test: setup system-deps
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -152,6 +152,10 @@ def _command_line(ctx: typer.Context) -> list[str]:
     return parts
 
 
+def _progress_line(line: str) -> None:
+    _err_console().print(f"[dim]{line}[/]", markup=True, highlight=False, soft_wrap=True)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"edgeconv {__version__}")
@@ -268,10 +272,34 @@ def validate(
     atol: AtolOpt = [],  # noqa: B006
     report: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/validation.json).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="OpenVINO device: CPU, GPU, NPU, AUTO (default: the profile's).")] = None,
+    remote: Annotated[list[str], typer.Option("--remote", help="Run on a device over SSH: user@host[:port] (repeatable; in parallel).")] = [],  # noqa: B006
+    hosts: Annotated[Path | None, typer.Option("--hosts", help="File with one user@host[:port] per line.")] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", help="SSH private key (else your ssh config and agent).")] = None,
+    ssh_option: Annotated[list[str], typer.Option("--ssh-option", help="Passed to ssh as -o OPTION (repeatable).")] = [],  # noqa: B006
+    remote_python: Annotated[str, typer.Option("--remote-python", help="Python on the device (e.g. a venv's).")] = "python3",
+    timeout: Annotated[float, typer.Option("--timeout", help="SSH connect/command timeout in seconds.")] = 30.0,
     inference_precision: Annotated[str | None, typer.Option("--inference-precision", help="OpenVINO: f32 (default, for parity) or native (the device's default, e.g. bf16).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a bundle on this machine's runtime: parity, accuracy, latency; exit 1 when a budget is missed."""
+    """Run a bundle on this machine's runtime (or on devices with --remote): parity, accuracy, latency; exit 1 when a
+    check or budget is missed."""
+    if remote or hosts:
+        from edgeconv.remote import RemoteRequest, read_hosts, validate_remote
+
+        targets = list(remote) + (read_hosts(hosts) if hosts else [])
+        result = validate_remote(RemoteRequest(bundle=bundle, remotes=targets, data=data, runs=runs, warmup=warmup, threads=threads,
+                                               identity=identity, ssh_options=ssh_option, remote_python=remote_python,
+                                               timeout=timeout), progress=None if as_json else _progress_line)
+        if as_json:
+            _emit_json(result)
+        else:
+            from edgeconv.render import render_remote
+
+            render_remote(result)
+        failures = [d for d in result["devices"] if not d["ok"]]
+        if failures:
+            raise typer.Exit(max((d.get("exit_code", 1) for d in failures), default=1) if len(failures) == len(result["devices"]) else 1)
+        return
     from edgeconv.parity import parse_atol_overrides
     from edgeconv.validate import ValidateRequest
     from edgeconv.validate import validate as run_validate

@@ -162,6 +162,33 @@ def render_compare(r: dict[str, Any]) -> None:
     console.print(f"[dim]{r['note']}[/]")
 
 
+def render_remote(r: dict[str, Any]) -> None:
+    t = Table(title=f"{r['bundle']} on devices", title_justify="left")
+    for col in ("device", "ok", "parity", "top-1", "drop", "p50 ms", "p99 ms", "runtime", "device facts"):
+        t.add_column(col, justify="right" if col in ("top-1", "drop", "p50 ms", "p99 ms") else "left")
+    for d in r["devices"]:
+        if "error" in d:
+            t.add_row(d["target"], "❌", "see below", *[""] * 6)
+            continue
+        rep = d["report"]
+        mo = rep["measured_on"]
+        par = rep["parity"]
+        par_ok = par["ok"] if isinstance(par, dict) else all(p["ok"] for p in par)
+        acc = rep.get("accuracy") or {}
+        top1 = acc.get("top1", acc.get("artifact", {}).get("top1") if isinstance(acc.get("artifact"), dict) else None)
+        lat = rep["latency"]
+        facts = f"{mo.get('host')} {mo.get('machine')} py{mo.get('python', '')} {rep['device'].get('power_mode') or ''}".strip()
+        t.add_row(d["target"], "✅" if d["ok"] else "❎", "ok" if par_ok else "FAILED", "—" if top1 is None else f"{top1:.2%}",
+                  "—" if acc.get("drop_points") is None else f"{acc['drop_points']:+.2f}", f"{lat['p50_ms']:.3f}", f"{lat['p99_ms']:.3f}",
+                  f"{mo.get('runtime')} {mo.get('version') or ''}", facts)
+    console.print(t)
+    for d in r["devices"]:
+        if d.get("report"):
+            console.print(f"[dim]{d['target']}: report {d['report']['report_file']} ({d['report']['device']['ran']})[/]")
+        else:
+            console.print(f"[red]❌[/] {d['error']}", soft_wrap=True)
+
+
 def render_inspect(info: dict[str, Any]) -> None:
     console.print(f"[bold]{info['path']}[/] · {info['format']} · opset {info['opset']} · {info['nodes']} nodes · "
                   f"{info['parameters']:,} parameters · {info['macs']:,} MACs")

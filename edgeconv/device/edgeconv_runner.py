@@ -351,12 +351,31 @@ def compare(expected, actual, tol):
     return rows
 
 
+def accuracy(backend, manifest, path, batch):
+    """Top-1 on a labelled .npz, and the drop against the source model's accuracy recorded at convert time
+    (when it was measured on the same file)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    z = np.load(path)
+    names = [s["name"] for s in manifest["inputs"]]
+    feed = dict((n, z[n] if n in z.files else z["x"]) for n in names)
+    outs = run_batched(backend, feed, batch)
+    scores = [o for o in outs if o.ndim == 2 and o.shape[1] > 1][0]
+    top1 = float((scores.argmax(1) == z["y"]).mean())
+    src = manifest.get("source_accuracy") or {}
+    drop = (src["top1"] - top1) * 100 if src.get("sha256") == digest else None
+    return {"top1": top1, "count": int(len(z["y"])), "source_top1": src.get("top1") if drop is not None else None, "drop_points": drop}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Run an edgeconv bundle on this device.")
     ap.add_argument("bundle", nargs="?", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--data", default=None, help="labelled .npz (x, y): top-1 accuracy on the device")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args(argv)
     with open(os.path.join(args.bundle, "manifest.json")) as f:
@@ -389,13 +408,15 @@ def main(argv=None):
         "bundle": os.path.abspath(args.bundle),
         "artifact": art["file"],
         "measured_on": dict({"host": socket.gethostname(), "machine": platform.machine(), "python": platform.python_version(),
-                             "kind": "device runner"}, **backend.info()),
+                             "os": platform.platform(), "numpy": np.__version__, "kind": "device runner"}, **backend.info()),
         "parity": parity,
         "latency": {"runs": len(times), "warmup": args.warmup, "batch": batch or 1, "p50_ms": float(np.percentile(t, 50)),
                     "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()),
                     "std_ms": float(t.std()), "min_ms": float(t.min()), "max_ms": float(t.max()),
                     "method": "runtime call only, inputs prepared once"},
     }
+    if args.data:
+        report["accuracy"] = accuracy(backend, manifest, args.data, batch)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -1,0 +1,281 @@
+"""Runs on a device over the user's own OpenSSH: copy the bundle to a fresh remote directory, run there, stream
+progress back, fetch the report into ``reports/<host>/``, remove the remote directory (also on failure and
+Ctrl-C).
+
+The system ``ssh`` binary is used, not a library: it honours ``~/.ssh/config``, the agent, jump hosts and
+known_hosts checking exactly as the user's own logins do. The bundle travels as a tar stream over the same
+kind of connection (no scp quoting rules); every remote argument is quoted with ``shlex.quote``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import subprocess
+import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeconv.bundle import Bundle, write_json
+from edgeconv.errors import BadInput, EdgeconvError, MissingDependency
+
+SSH_ERRORS = [
+    (r"Could not resolve hostname|Name or service not known|nodename nor servname", "cannot resolve the host name"),
+    (r"Connection refused", "connection refused (is sshd running on that port?)"),
+    (r"Connection timed out|Operation timed out|timed out", "the host did not answer in time"),
+    (r"No route to host|Network is unreachable", "the host is unreachable"),
+    (r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed", "host key verification failed (known_hosts checking stays on)"),
+    (r"Permission denied", "authentication failed (key or user refused)"),
+    (r"No space left on device", "the device's disk is full"),
+]
+MAX_PARALLEL = 4
+# Ctrl-C: the main thread sets _abort and kills the ssh processes in flight; workers then only clean up.
+_abort = threading.Event()
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+@dataclass
+class Target:
+    user: str | None
+    host: str
+    port: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        m = re.fullmatch(r"(?:([^@\s]+)@)?(\[[^\]]+\]|[^:@\s]+)(?::(\d+))?", text.strip())
+        if not m:
+            raise BadInput(f"--remote {text!r} is not user@host[:port]")
+        return cls(m.group(1), m.group(2).strip("[]"), int(m.group(3)) if m.group(3) else None)
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def __str__(self) -> str:
+        return self.destination + (f":{self.port}" if self.port else "")
+
+
+@dataclass
+class Ssh:
+    target: Target
+    identity: Path | None = None
+    options: list[str] = field(default_factory=list)
+    timeout: float = 30.0
+
+    def base(self) -> list[str]:
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(max(1, self.timeout))}"]
+        if self.target.port:
+            cmd += ["-p", str(self.target.port)]
+        if self.identity:
+            cmd += ["-i", str(self.identity)]
+        for opt in self.options:
+            cmd += ["-o", opt]
+        return [*cmd, self.target.destination, "--"]
+
+    def run(self, args: list[str], *, stdin: bytes | None = None, stream=None, timeout: float | None = None,
+            check: bool = True, cleanup: bool = False) -> subprocess.CompletedProcess:
+        """Run ``args`` on the device (each argument quoted). ``stream`` receives stderr lines as they arrive."""
+        if _abort.is_set() and not cleanup:
+            raise MissingDependency(f"{self.target}: interrupted")
+        remote = " ".join(shlex.quote(a) for a in args)
+        proc = subprocess.Popen([*self.base(), remote], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if not cleanup:
+            with _live_lock:
+                _live.add(proc)
+        err_lines: list[str] = []
+
+        def pump():
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace").rstrip("\n")
+                err_lines.append(line)
+                if stream:
+                    stream(line)
+
+        def feed():
+            try:
+                if stdin:
+                    proc.stdin.write(stdin)
+                proc.stdin.close()
+            except OSError:  # the remote side went away; its exit status says why
+                pass
+
+        threads = [threading.Thread(target=pump, daemon=True), threading.Thread(target=feed, daemon=True)]
+        for t in threads:
+            t.start()
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise MissingDependency(f"{self.target}: no answer within {timeout:.0f} s (--timeout)") from None
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            with _live_lock:
+                _live.discard(proc)
+        for t in (*threads, reader):
+            t.join(timeout=10)
+        out = b"".join(chunks)
+        if _abort.is_set() and not cleanup:
+            raise MissingDependency(f"{self.target}: interrupted")
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, out, "\n".join(err_lines))
+        if proc.returncode == 255:  # ssh's own failure: connection, auth, host key
+            raise self._ssh_error(result.stderr)
+        if check and proc.returncode != 0:
+            if "No space left on device" in result.stderr:
+                raise self._ssh_error(result.stderr)
+            raise MissingDependency(f"{self.target}: `{' '.join(args[:3])}…` failed (exit {proc.returncode})",
+                                    details=result.stderr[-2000:])
+        return result
+
+    def _ssh_error(self, stderr: str) -> MissingDependency:
+        for pattern, what in SSH_ERRORS:
+            if re.search(pattern, stderr):
+                return MissingDependency(f"{self.target}: {what}", details=stderr.strip()[-2000:])
+        return MissingDependency(f"{self.target}: ssh failed", details=stderr.strip()[-2000:])
+
+
+def _tar(bundle: Path, extra: dict[str, Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in sorted(bundle.iterdir()):
+            if p.name == "reports":
+                continue
+            tar.add(p, arcname=f"bundle/{p.name}")
+        if not (bundle / "edgeconv_runner.py").exists():  # a bundle made before bundles carried their runner
+            from edgeconv.convert import DEVICE_RUNNER
+
+            tar.add(DEVICE_RUNNER, arcname="bundle/edgeconv_runner.py")
+        for name, p in extra.items():
+            tar.add(p, arcname=name)
+    return buf.getvalue()
+
+
+@dataclass
+class RemoteRequest:
+    bundle: Path
+    remotes: list[str]
+    data: Path | None = None
+    runs: int = 100
+    warmup: int = 10
+    threads: int | None = None
+    identity: Path | None = None
+    ssh_options: list[str] = field(default_factory=list)
+    remote_python: str = "python3"
+    timeout: float = 30.0
+    run_timeout: float = 1800.0
+
+
+def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
+    bundle = Bundle.open(req.bundle)
+    ssh = Ssh(target, req.identity, req.ssh_options, req.timeout)
+    workdir = ssh.run(["mktemp", "-d", "-t", "edgeconv.XXXXXXXX"], timeout=req.timeout).stdout.decode().strip()
+    if not workdir.startswith("/"):
+        raise MissingDependency(f"{target}: could not create a temporary directory on the device")
+    try:
+        extra = {"data.npz": req.data} if req.data else {}
+        progress(f"{target}: copying {bundle.path.name} to {workdir}")
+        ssh.run(["tar", "-C", workdir, "-xf", "-"], stdin=_tar(bundle.path, extra), timeout=req.run_timeout)
+        remote_bundle = f"{workdir}/bundle"
+        has_edgeconv = ssh.run([req.remote_python, "-c", "import edgeconv"], check=False, timeout=req.timeout).returncode == 0
+        if has_edgeconv:
+            cmd = [req.remote_python, "-m", "edgeconv", "validate", remote_bundle, "--json", "--runs", str(req.runs),
+                   "--warmup", str(req.warmup), "--report", f"{workdir}/report.json"]
+            if req.data:
+                cmd += ["--data", f"{workdir}/data.npz"]
+        else:
+            cmd = [req.remote_python, f"{remote_bundle}/edgeconv_runner.py", remote_bundle, "--json", "--runs", str(req.runs),
+                   "--warmup", str(req.warmup)]
+            if req.data:
+                cmd += ["--data", f"{workdir}/data.npz"]
+        if req.threads:
+            cmd += ["--threads", str(req.threads)]
+        progress(f"{target}: running {'edgeconv' if has_edgeconv else 'the bundle device runner'} with {req.remote_python}")
+        res = ssh.run(cmd, check=False, timeout=req.run_timeout, stream=lambda line: progress(f"{target}: {line}"))
+        if res.returncode == 3:
+            raise MissingDependency(f"{target}: the device lacks what this bundle needs: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'runtime missing'}")
+        if res.returncode not in (0, 1):
+            missing = re.search(r"No module named '([\w.]+)'", res.stderr)
+            if missing:
+                raise MissingDependency(f"{target}: {req.remote_python} has no {missing.group(1)}: install it on the device "
+                                        f"({_install_hint(missing.group(1), bundle)})")
+            raise MissingDependency(f"{target}: the remote run failed (exit {res.returncode})", details=res.stderr[-2000:])
+        try:
+            report = json.loads(res.stdout.decode())
+        except ValueError as exc:
+            raise MissingDependency(f"{target}: the device printed no report", details=res.stderr[-2000:]) from exc
+        facts = ssh.run(["uname", "-a"], check=False, timeout=req.timeout).stdout.decode().strip()
+        report["device"] = {"target": str(target), "uname": facts, "ran": "edgeconv" if has_edgeconv else "device runner"}
+        nv = ssh.run(["sh", "-c", "command -v nvpmodel >/dev/null && nvpmodel -q"], check=False, timeout=req.timeout)
+        if nv.returncode == 0:
+            report["device"]["power_mode"] = nv.stdout.decode().strip()
+    finally:
+        try:
+            ssh.run(["rm", "-rf", "--", workdir], check=False, timeout=req.timeout, cleanup=True)
+        except EdgeconvError:
+            pass
+    dest = bundle.path / "reports" / target.host / "validation.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_json(dest, report)
+    report["report_file"] = str(dest)
+    return report
+
+
+def _install_hint(module: str, bundle: Bundle) -> str:
+    runner = bundle.model_artifact.get("runner")
+    return {"numpy": "pip install numpy", "onnxruntime": "pip install onnxruntime",
+            "tensorrt": "JetPack's python3-libnvinfer", "ai_edge_litert": "pip install ai-edge-litert",
+            "tflite_runtime": "pip install ai-edge-litert (or tflite-runtime)"}.get(module, f"the {runner} runtime")
+
+
+def validate_remote(req: RemoteRequest, progress=None) -> dict[str, Any]:
+    """Validate on every device in parallel (bounded); one failing device does not stop the others."""
+    if not req.remotes:
+        raise BadInput("no --remote host given")
+    Bundle.open(req.bundle)  # a bad bundle is the user's error, before any connection
+    targets = [Target.parse(r) for r in req.remotes]
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        if progress:
+            with lock:
+                progress(line)
+
+    def run(t: Target) -> dict[str, Any]:
+        try:
+            rep = _one(req, t, say)
+            return {"target": str(t), "ok": bool(rep.get("ok")), "report": rep}
+        except EdgeconvError as exc:
+            return {"target": str(t), "ok": False, "error": exc.message, "exit_code": exc.exit_code, "details": exc.details}
+
+    _abort.clear()
+    pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(targets)))
+    futures = [pool.submit(run, t) for t in targets]
+    try:
+        results = [f.result() for f in futures]
+    except KeyboardInterrupt:
+        _abort.set()
+        with _live_lock:
+            for proc in list(_live):
+                proc.kill()
+        pool.shutdown(wait=True)  # each worker removes its remote directory before it ends
+        raise
+    pool.shutdown()
+    return {"bundle": str(req.bundle), "devices": results, "ok": all(r["ok"] for r in results)}
+
+
+def read_hosts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise BadInput(f"--hosts file {path} does not exist")
+    return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
+

@@ -1,0 +1,169 @@
+"""On-device runs over SSH against a real OpenSSH server on 127.0.0.1 (started here, stopped after)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if not Path(SSHD).exists():
+        pytest.fail("sshd is not installed: `make setup` installs openssh-server (Debian) for these tests")
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key", "other_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True, timeout=30)
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+        f"StrictModes no\nUsePAM no\nPidFile {d / 'sshd.pid'}\nLogLevel ERROR\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    proc = subprocess.Popen([SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")])
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("sshd did not start: " + (d / "sshd.log").read_text())
+    pub = (d / "host_key.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    yield {"port": port, "dir": d, "user": getpass.getuser(),
+           "opts": ["--identity", str(d / "client_key"), "--ssh-option", f"UserKnownHostsFile={d / 'known_hosts'}",
+                    "--ssh-option", "StrictHostKeyChecking=yes"]}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def device_python(tmp_path_factory):
+    """A 'device' Python: a fresh venv with only numpy and the runtimes, no edgeconv, no torch or TensorFlow."""
+    d = tmp_path_factory.mktemp("devicevenv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, timeout=120)
+    subprocess.run([str(d / "bin" / "pip"), "install", "--quiet", "numpy", "onnxruntime", "ai-edge-litert"], check=True, timeout=900)
+    return str(d / "bin" / "python")
+
+
+def remote(sshd) -> str:
+    return f"{sshd['user']}@127.0.0.1:{sshd['port']}"
+
+
+def test_remote_validate_matches_local(cli, bundles, sshd, samples):
+    bundle = bundles("pt")
+    local = cli("validate", bundle, "--runs", "10", "--json").json()
+    r = cli("validate", bundle, "--remote", remote(sshd), *sshd["opts"], "--remote-python", sys.executable, "--runs", "10",
+            "--data", samples / "digits_test.npz", "--json")
+    assert r.code == 0, r
+    dev = r.json()["devices"][0]
+    assert dev["ok"] and dev["report"]["device"]["ran"] == "edgeconv"
+    rep = dev["report"]
+    assert rep["parity"]["outputs"] == local["parity"]["outputs"]  # same bundle, same runtime: identical numbers
+    assert rep["latency"]["runs"] == 10 and rep["latency"]["p50_ms"] > 0
+    assert rep["accuracy"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
+    saved = bundle / "reports" / "127.0.0.1" / "validation.json"
+    assert json.loads(saved.read_text())["latency"]["runs"] == 10
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_device_runner_in_a_bare_venv(cli, sshd, device_python, samples, tmp_path, target):
+    out = tmp_path / f"digits {target} 'x' $HOME"  # a space, a quote and a $ survive
+    assert cli("convert", samples / "digits_cnn.pt", "--target", target, "-o", out, "--data", samples / "digits_test.npz", "--json").code == 0
+    r = cli("validate", out, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python, "--runs", "10",
+            "--data", samples / "digits_test.npz", "--json")
+    assert r.code == 0, r
+    rep = r.json()["devices"][0]["report"]
+    assert rep["device"]["ran"] == "device runner" and rep["measured_on"]["runtime"] == ("onnxruntime" if target == "onnx" else "litert")
+    assert rep["ok"] and all(p["ok"] for p in rep["parity"])
+    assert rep["accuracy"]["top1"] > 0.9 and rep["accuracy"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
+    assert (out / "reports" / "127.0.0.1" / "validation.json").exists()
+
+
+def test_two_devices_in_parallel(cli, bundles, sshd):
+    r = cli("validate", bundles("pt2"), "--remote", remote(sshd), "--remote", remote(sshd), *sshd["opts"],
+            "--remote-python", sys.executable, "--runs", "5", "--json")
+    assert r.code == 0, r
+    assert [d["ok"] for d in r.json()["devices"]] == [True, True]
+
+
+def test_one_failing_device_does_not_stop_the_other(cli, bundles, sshd):
+    dead = f"{sshd['user']}@127.0.0.1:{_free_port()}"
+    r = cli("validate", bundles("pt2"), "--remote", remote(sshd), "--remote", dead, *sshd["opts"],
+            "--remote-python", sys.executable, "--runs", "5", "--json")
+    assert r.code == 1
+    devs = r.json()["devices"]
+    assert devs[0]["ok"] and not devs[1]["ok"] and "connection refused" in devs[1]["error"]
+
+
+def test_unreachable_port_fails_fast(cli, bundles, sshd):
+    t0 = time.time()
+    r = cli("validate", bundles("pt"), "--remote", f"{sshd['user']}@127.0.0.1:{_free_port()}", *sshd["opts"])
+    assert r.code == 3 and time.time() - t0 < 10
+    assert "connection refused" in r.stdout + r.stderr
+
+
+def test_wrong_key_is_an_auth_failure(cli, bundles, sshd):
+    opts = ["--identity", str(sshd["dir"] / "other_key"), *sshd["opts"][2:]]
+    r = cli("validate", bundles("pt"), "--remote", remote(sshd), *opts)
+    assert r.code == 3 and "authentication failed" in r.stdout + r.stderr
+
+
+def test_unknown_host_key_is_refused(cli, bundles, sshd, tmp_path):
+    (tmp_path / "empty_known_hosts").write_text("")
+    opts = ["--identity", str(sshd["dir"] / "client_key"), "--ssh-option", f"UserKnownHostsFile={tmp_path / 'empty_known_hosts'}",
+            "--ssh-option", "StrictHostKeyChecking=yes"]
+    r = cli("validate", bundles("pt"), "--remote", remote(sshd), *opts)
+    assert r.code == 3 and "host key verification failed" in r.stdout + r.stderr
+
+
+def test_missing_runtime_on_the_device_is_exit_3(cli, sshd, samples, tmp_path, device_python):
+    out = tmp_path / "ov"
+    assert cli("convert", samples / "digits_cnn.pt", "--target", "openvino", "-o", out, "--json").code == 0
+    r = cli("validate", out, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python)
+    assert r.code == 3 and "no backend for 'openvino'" in r.stdout + r.stderr
+
+
+def _remote_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("edgeconv.*")}
+
+
+def test_ctrl_c_mid_run_leaves_no_remote_directory(bundles, sshd):
+    before = _remote_dirs()
+    proc = subprocess.Popen([sys.executable, "-m", "edgeconv", "validate", str(bundles("pt")), "--remote", remote(sshd), *sshd["opts"],
+                             "--remote-python", sys.executable, "--runs", "2000000"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (_remote_dirs() - before):
+        time.sleep(0.05)
+    assert _remote_dirs() - before, "the remote directory never appeared"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    time.sleep(0.5)
+    assert not (_remote_dirs() - before)
