@@ -14,6 +14,7 @@ RUNNERS = {
     "openvino": ("edgeconv.runners.openvino:OpenVinoRunner", "openvino"),
     "litert": ("edgeconv.runners.litert:LiteRtRunner", "tflite"),
     "tensorrt": ("edgeconv.runners.tensorrt:TensorRtRunner", "jetson"),
+    "ncnn": ("edgeconv.runners.ncnn:NcnnRunner", "ncnn"),
 }
 
 

@@ -13,6 +13,7 @@ BACKENDS = {
     "tflite": ("edgeconv.targets.tflite:TfliteTarget", "tflite"),
     "jetson": ("edgeconv.targets.jetson:JetsonTarget", "jetson"),
     "coral": ("edgeconv.targets.coral:CoralTarget", "tflite"),
+    "ncnn": ("edgeconv.targets.ncnn:NcnnTarget", "ncnn"),
 }
 
 

@@ -81,7 +81,8 @@ def settings_problems(settings: dict[str, str], ini: Path) -> list[str]:
     npu = re.match(r"ethos-(u\d+)-\d+$", settings["accelerator_config"])
     sys_npu = re.match(r"Ethos_(U\d+)_", settings["system_config"])
     if npu is None:
-        problems.append(f"accelerator_config {settings['accelerator_config']!r} is not an Ethos-U configuration (e.g. ethos-u55-128)")
+        problems.append(f"accelerator_config {settings['accelerator_config']!r} is not an Ethos-U configuration "
+                        "(e.g. ethos-u55-128)")
     elif sys_npu and sys_npu.group(1).lower() != npu.group(1):
         # Vela compiles such a pair without a word; its estimate would then describe a system that cannot exist.
         problems.append(f"system_config {settings['system_config']!r} describes an Ethos-{sys_npu.group(1)} system, "
@@ -97,7 +98,8 @@ def vela_command(tflite: Path, outdir: Path, settings: dict[str, str], config: P
             "--show-cpu-operations", str(tflite)]
 
 
-def run_vela(tflite: Path, outdir: Path, settings: dict[str, str], config: Path, failed_dir: Path | None = None) -> dict[str, Any]:
+def run_vela(tflite: Path, outdir: Path, settings: dict[str, str], config: Path,
+             failed_dir: Path | None = None) -> dict[str, Any]:
     """Compile with Vela (this interpreter's ethosu package; argument list, timeout, check=True), keep its log."""
     args = vela_command(tflite, outdir, settings, config)
     # ``python -c`` rather than the ``vela`` script: the Vela of this environment, whether or not its bin/ is on PATH.
@@ -206,7 +208,8 @@ def parse_vela_stdout(text: str) -> dict[str, Any]:
     return out
 
 
-def mapping_check(report: dict[str, Any], estimate: dict[str, Any], graph_ops: list[str], min_share: float | None) -> dict[str, Any]:
+def mapping_check(report: dict[str, Any], estimate: dict[str, Any], graph_ops: list[str],
+                  min_share: float | None) -> dict[str, Any]:
     """The ``ethos-u-npu-mapping`` check: ok when the NPU share reaches ``min_share`` (default: when any operator
     maps), with the CPU operators and Vela's reason for each, and Vela's estimate."""
     npu, cpu = report["npu_ops"], report["cpu_ops"]
@@ -287,8 +290,8 @@ class EthosUTarget(TfliteTarget):
         graph_ops = [op["op"] for op in tflite_graph(run["compiled"])[0]]
         check = mapping_check(report, estimate, graph_ops, opts.extra.get("min_npu_share"))
         if (check["npu_ops"] > 0) != (check["npu_custom_ops"] > 0):
-            raise ConversionFailed(f"Vela reports {check['npu_ops']} NPU operator(s) but its output holds {check['npu_custom_ops']} "
-                                   f"{NPU_OP!r} custom op(s)", details=run["stdout"][-3000:])
+            raise ConversionFailed(f"Vela reports {check['npu_ops']} NPU operator(s) but its output holds "
+                                   f"{check['npu_custom_ops']} {NPU_OP!r} custom op(s)", details=run["stdout"][-3000:])
         clock = profile.raw.get("device", {}).get("core_clock_mhz")
         if clock is not None and estimate["core_clock_mhz"] is not None and abs(clock - estimate["core_clock_mhz"]) > 1e-6:
             check["clock_note"] = (f"the profile says {clock} MHz; Vela's system config {settings['system_config']} runs "

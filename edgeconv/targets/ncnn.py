@@ -1,0 +1,88 @@
+"""NCNN target (Tencent ncnn, ARM/x86 CPUs, Vulkan GPUs): pnnx turns the checked ONNX graph into
+``model.ncnn.param`` / ``model.ncnn.bin``, fp32 or fp16 weight storage.
+
+int8 is refused: ncnn's int8 path needs its ``ncnn2table`` / ``ncnn2int8`` tools, which no Python package ships,
+and edgeconv does not ship a half-working substitute.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from edgeconv.errors import ConversionFailed, MissingDependency, PreflightError
+from edgeconv.lazy import version_of
+from edgeconv.targets.base import Artifact, Target, TargetOptions
+
+PNNX_TIMEOUT_S = 900
+
+
+class NcnnTarget(Target):
+    name = "ncnn"
+    precisions = ("fp32", "fp16")
+    dynamic_batch = False
+
+    def check_options(self, profile, opts: TargetOptions) -> None:
+        if opts.precision.startswith("int8"):
+            raise PreflightError("ncnn int8 needs ncnn's ncnn2table/ncnn2int8 tools, which no Python package ships; "
+                                 "use --precision fp32 or fp16 for ncnn (or --target tflite/openvino for int8)")
+        super().check_options(profile, opts)
+
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+        try:
+            import pnnx
+
+            exe = pnnx.EXEC_PATH  # the converter binary inside the pnnx wheel
+        except (ImportError, AttributeError) as exc:
+            raise MissingDependency("pnnx is not installed (needed for the ncnn target)", hint="pip install 'edgeconv[ncnn]'") from exc
+        build = workdir / "_pnnx"
+        build.mkdir()
+        shapes = opts.extra["input_shapes"]
+        shape_arg = ",".join("[" + ",".join(str(int(d)) for d in s) + "]" for s in shapes.values())
+        fp16 = 1 if opts.precision == "fp16" else 0
+        cmd = [exe, "model.onnx", f"inputshape={shape_arg}", f"fp16={fp16}", "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin",
+               "ncnnpy=model_ncnn.py", "pnnxparam=model.pnnx.param", "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py",
+               "pnnxonnx=model.pnnx.onnx"]
+        shutil.copyfile(onnx_path, build / "model.onnx")
+        try:
+            proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ConversionFailed(f"pnnx did not finish in {PNNX_TIMEOUT_S} s") from exc
+        param, binary = build / "model.ncnn.param", build / "model.ncnn.bin"
+        if proc.returncode != 0 or not param.exists():
+            log = proc.stdout + proc.stderr
+            raise ConversionFailed(f"pnnx {version_of('pnnx')} could not convert the graph (exit {proc.returncode})",
+                                   details="\n".join(log.strip().splitlines()[-15:]))
+        blobs_in, blobs_out = _io_blobs(param.read_text())
+        names = list(shapes) + list(opts.extra["output_shapes"])
+        if len(blobs_in) != len(shapes) or len(blobs_out) != len(opts.extra["output_shapes"]):
+            raise ConversionFailed(f"the ncnn graph has inputs {blobs_in} and outputs {blobs_out}; the model has {names}")
+        for f in (param, binary):
+            shutil.move(str(f), workdir / f.name)
+        shutil.rmtree(build, ignore_errors=True)
+        options = {"tensor_names": dict(zip(names, blobs_in + blobs_out)), "fp16_storage": bool(fp16),
+                   "bin_file": binary.name}
+        extra = {"converter": f"pnnx {version_of('pnnx')} (fp16={fp16})", "runner_options": options,
+                 "weights_storage": "fp16" if fp16 else "fp32"}
+        return [Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(param.name, "model", opts.precision, profile.runner, extra),
+                Artifact(binary.name, "weights", opts.precision)]
+
+
+def _io_blobs(param_text: str) -> tuple[list[str], list[str]]:
+    """Input blobs (``Input`` layers) and output blobs (produced, never consumed) of an ncnn .param file."""
+    produced, consumed, inputs = [], set(), []
+    for line in param_text.splitlines()[2:]:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        kind, n_in, n_out = parts[0], int(parts[2]), int(parts[3])
+        bottoms, tops = parts[4 : 4 + n_in], parts[4 + n_in : 4 + n_in + n_out]
+        consumed.update(bottoms)
+        produced += tops
+        if kind == "Input":
+            inputs += tops
+    outputs = [t for t in produced if t not in consumed and t not in inputs]
+    key = lambda n: int(re.sub(r"\D", "", n) or 0)  # noqa: E731 — pnnx names them in0, in1 … / out0, out1 …
+    return sorted(inputs, key=key), sorted(outputs, key=key)
