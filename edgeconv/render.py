@@ -58,6 +58,14 @@ def render_convert(result) -> None:
                           f"{c['source']['top1']:.2%}, artifact top-1 {c['artifact']['top1']:.2%}, drop {c['drop_points']:.2f} points")
         elif c["kind"] == "edgetpu-mapping":
             _edgetpu_table(c)
+        elif c["kind"] == "ethos-u-npu-mapping":
+            e = c["estimate"]
+            console.print(f"Ethos-U ({c['accelerator_config']}, {c['system_config']}, {c['memory_mode']}): {c['npu_ops']} of {c['ops']} "
+                          f"ops on the NPU ({c['npu_share_ops']:.0%}); {e['label']}: {e['cycles_total']:,} cycles = "
+                          f"{e['inference_time_ms']:.4f} ms at {e['core_clock_mhz']:.0f} MHz, SRAM {e['sram_used_kib']:.1f} KiB, "
+                          f"off-chip {e['off_chip_used_kib']:.1f} KiB")
+            for op in c["cpu_operators"]:
+                console.print(f"  [yellow]on the CPU:[/] {op}")
     build = model.get("device_build")
     if build and not build.get("built"):
         console.print(f"[yellow]not built here:[/] {build.get('reason') or build.get('how')}\n  then: {build.get('command') or 'edgeconv build BUNDLE'}")

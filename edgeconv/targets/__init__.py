@@ -14,6 +14,7 @@ BACKENDS = {
     "jetson": ("edgeconv.targets.jetson:JetsonTarget", "jetson"),
     "coral": ("edgeconv.targets.coral:CoralTarget", "tflite"),
     "ncnn": ("edgeconv.targets.ncnn:NcnnTarget", "ncnn"),
+    "ethos-u": ("edgeconv.targets.ethos_u:EthosUTarget", "ethos-u"),
 }
 
 
