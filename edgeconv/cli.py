@@ -218,6 +218,7 @@ def convert(
     min_tpu_share: Annotated[float | None, typer.Option("--min-tpu-share", help="Coral: fail (exit 1) when less than this share of ops is predicted to run on the Edge TPU (default: fail only when none does).")] = None,
     min_npu_share: Annotated[float | None, typer.Option("--min-npu-share", help="Ethos-U: fail (exit 1) when Vela puts less than this share of ops on the NPU (default: fail only when none).")] = None,
     compiler: Annotated[str | None, typer.Option("--compiler", help="Coral: path to edgetpu_compiler (default: found on PATH).")] = None,
+    et_backend: Annotated[str | None, typer.Option("--et-backend", help="ExecuTorch: xnnpack (default) or portable (no delegate).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a model into a deployable, checked bundle for a target device."""
@@ -243,7 +244,8 @@ def convert(
         model=model, target=target, precision=precision, output=output, force=force, calib=calib_req,
         target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node, "io_dtype": io_dtype,
                       "dla_core": dla_core, "max_batch": max_batch, "workspace_mb": workspace,
-                      "min_tpu_share": min_tpu_share, "min_npu_share": min_npu_share, "compiler": compiler},
+                      "min_tpu_share": min_tpu_share, "min_npu_share": min_npu_share, "compiler": compiler,
+                      "et_backend": et_backend},
         input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,

@@ -15,6 +15,7 @@ RUNNERS = {
     "litert": ("edgeconv.runners.litert:LiteRtRunner", "tflite"),
     "tensorrt": ("edgeconv.runners.tensorrt:TensorRtRunner", "jetson"),
     "ncnn": ("edgeconv.runners.ncnn:NcnnRunner", "ncnn"),
+    "executorch": ("edgeconv.runners.executorch:ExecuTorchRunner", "executorch"),
 }
 
 

@@ -15,6 +15,7 @@ BACKENDS = {
     "coral": ("edgeconv.targets.coral:CoralTarget", "tflite"),
     "ncnn": ("edgeconv.targets.ncnn:NcnnTarget", "ncnn"),
     "ethos-u": ("edgeconv.targets.ethos_u:EthosUTarget", "ethos-u"),
+    "executorch": ("edgeconv.targets.executorch:ExecuTorchTarget", "executorch"),
 }
 
 

@@ -1,0 +1,95 @@
+"""ExecuTorch target (PyTorch sources): torch.export → to_edge_transform_and_lower with the XNNPACK partitioner
+(or no delegate: the portable kernels) → ``model.pte``. int8 through PT2E quantization with the XNNPACK quantizer
+(symmetric, per-channel weights) calibrated on ``--calib``. The ONNX graph still exists for inspection and the
+first parity check; the ``.pte`` comes from the PyTorch model itself."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgeconv.errors import ConversionFailed, PreflightError
+from edgeconv.lazy import require, version_of
+from edgeconv.targets.base import Artifact, Target, TargetOptions
+
+BACKENDS = ("xnnpack", "portable")
+
+
+class ExecuTorchTarget(Target):
+    name = "executorch"
+    precisions = ("fp32", "int8")
+    dynamic_batch = False
+    needs_calibration = ("int8",)
+
+    def check_options(self, profile, opts: TargetOptions) -> None:
+        super().check_options(profile, opts)
+        backend = opts.extra.get("et_backend") or "xnnpack"
+        if backend not in BACKENDS:
+            raise PreflightError(f"--et-backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if opts.precision == "int8" and backend == "portable":
+            raise PreflightError("int8 ExecuTorch programs run their quantized ops through XNNPACK; use --et-backend xnnpack")
+
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+        source = opts.extra["source_model"]
+        if source.framework != "torch" or getattr(source, "module", None) is None or source.format == "torchscript":
+            raise PreflightError(f"ExecuTorch needs a PyTorch nn.Module or a torch.export program (.pt2); {source.path} is "
+                                 f"{source.format}", hint="TorchScript cannot be re-exported: save the model with torch.export.save")
+        torch = require("torch", why="for ExecuTorch")
+        require("executorch", why="for the ExecuTorch target (pip install 'edgeconv[executorch]')")
+        from executorch.devtools.backend_debug import get_delegation_info
+        from executorch.exir import to_edge_transform_and_lower
+
+        backend = opts.extra.get("et_backend") or "xnnpack"
+        feed = opts.extra["reference_inputs"]
+        names = [s for s in opts.extra["input_shapes"]]
+        args = tuple(torch.from_numpy(feed[n][:1].copy()) for n in names)
+        module = source.module
+        log = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stderr(log):
+                warnings.simplefilter("ignore")
+                quant: dict[str, Any] | None = None
+                if opts.precision == "int8":
+                    module, quant = self._quantize(torch, module, args, names, opts)
+                program = torch.export.export(module, args)
+                partitioners = []
+                if backend == "xnnpack":
+                    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+                    partitioners = [XnnpackPartitioner()]
+                edge = to_edge_transform_and_lower(program, partitioner=partitioners)
+                info = get_delegation_info(edge.exported_program().graph_module)
+                buffer = edge.to_executorch().buffer
+        except PreflightError:
+            raise
+        except Exception as exc:
+            raise ConversionFailed(f"ExecuTorch {version_of('executorch')} lowering failed: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0][:300]}", details=log.getvalue()[-2000:]) from exc
+        dest = workdir / "model.pte"
+        dest.write_bytes(buffer)
+        ops = info.get_operator_delegation_dataframe() if hasattr(info, "get_operator_delegation_dataframe") else None
+        delegation = {"backend": backend, "delegated_subgraphs": int(info.num_delegated_subgraphs),
+                      "delegated_nodes": int(info.num_delegated_nodes), "non_delegated_nodes": int(info.num_non_delegated_nodes),
+                      "per_op": ops.to_dict(orient="records") if ops is not None else None}
+        extra = {"converter": f"executorch {version_of('executorch')} to_edge_transform_and_lower ({backend})",
+                 "delegation": delegation, "quantization": quant, "runner_options": {"input_names": names}}
+        return [Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)]
+
+    @staticmethod
+    def _quantize(torch, module, args, names, opts: TargetOptions):
+        try:
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        except ImportError:  # older torch keeps PT2E in torch.ao
+            from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
+        samples = opts.extra["calibration"]
+        with torch.no_grad():
+            for s in samples:
+                prepared(*(torch.from_numpy(s[n]) for n in names))
+        return convert_pt2e(prepared), {"method": "PT2E (XNNPACKQuantizer, symmetric, per-channel weights)", "samples": len(samples)}

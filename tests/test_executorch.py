@@ -1,0 +1,32 @@
+"""ExecuTorch target: real torch.export lowering (XNNPACK / portable), real PT2E int8, the ExecuTorch runtime."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("precision, backend", [("fp32", "xnnpack"), ("int8", "xnnpack"), ("fp32", "portable")])
+def test_executorch_roundtrip(cli, samples, tmp_path, precision, backend):
+    out = tmp_path / f"{precision}-{backend}"
+    extra = ["--calib", samples / "digits_calib.npz"] if precision == "int8" else []
+    r = cli("convert", samples / "digits_cnn.pt2", "--target", "executorch", "--precision", precision, "--et-backend", backend,
+            "-o", out, "--data", samples / "digits_test.npz", "--json", *extra)
+    assert r.code == 0, r
+    art = next(a for a in r.json()["manifest"]["artifacts"] if a["role"] == "model")
+    assert art["file"] == "model.pte" and art["delegation"]["backend"] == backend
+    if backend == "xnnpack":
+        assert art["delegation"]["delegated_nodes"] > art["delegation"]["non_delegated_nodes"] >= 0
+        assert art["delegation"]["delegated_subgraphs"] >= 1
+    else:
+        assert art["delegation"]["delegated_nodes"] == 0
+    rep = cli("validate", out, "--data", samples / "digits_test.npz", "--max-accuracy-drop", "0.5", "--runs", "10", "--json")
+    assert rep.code == 0, rep
+    rep = rep.json()
+    assert rep["measured_on"]["runtime"] == "executorch"
+    if precision == "fp32":
+        assert rep["parity"]["outputs"][0]["max_abs"] <= 1e-4
+
+
+def test_executorch_refuses_torchscript(cli, samples, tmp_path):
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "executorch", "-o", tmp_path / "o")
+    assert r.code == 2 and "torch.export" in r.stderr and not (tmp_path / "o").exists()
