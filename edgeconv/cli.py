@@ -363,7 +363,7 @@ def profile(
 @_handled()
 def compare_cmd(
     model: Annotated[Path, typer.Argument(help="Source model.")],
-    targets: Annotated[str, typer.Option("--targets", help="Comma-separated targets (families or profiles).")] = "onnx,tflite,openvino,jetson,coral",
+    targets: Annotated[str | None, typer.Option("--targets", help="Comma-separated targets (families or profiles); default: every family edgeconv has.")] = None,
     precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated precisions; each target gets those it offers.")] = "fp32,fp16,int8",
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for int8 (.npz/.npy/image folder).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y) for accuracy.")] = None,
@@ -379,11 +379,11 @@ def compare_cmd(
 ) -> None:
     """Convert to every target and precision that can be built here, validate each, one table."""
     from edgeconv.calibration import CalibrationRequest
-    from edgeconv.compare import CompareRequest, compare, write_csv
+    from edgeconv.compare import DEFAULT_TARGETS, CompareRequest, compare, write_csv
     from edgeconv.specs import parse_input_shapes
 
     result = compare(CompareRequest(
-        model=model, targets=[t.strip() for t in targets.split(",") if t.strip()],
+        model=model, targets=[t.strip() for t in (targets or ",".join(DEFAULT_TARGETS)).split(",") if t.strip()],
         precisions=[p.strip() for p in precisions.split(",") if p.strip()],
         calib=CalibrationRequest(calib) if calib else None, data=data, input_shapes=parse_input_shapes(input_shape),
         load=_load_options(model_class, model_kwargs, trust_pickle), runs=runs, threads=threads, out_dir=out_dir,

@@ -18,7 +18,7 @@ from edgeconv.frontends import LoadOptions, load_source
 from edgeconv.progress import Steps
 from edgeconv.specs import Dim
 
-DEFAULT_TARGETS = ("onnx", "tflite", "openvino", "jetson", "coral")
+DEFAULT_TARGETS = ("onnx", "tflite", "openvino", "jetson", "coral", "ethos-u", "ncnn", "executorch")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
