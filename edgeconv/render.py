@@ -116,6 +116,9 @@ def render_validation(r: dict[str, Any]) -> None:
     t.add_row("latency p90 / p99", f"{lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ms", "", "")
     t.add_row("mean ± std (min–max)", f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} ({lat['min_ms']:.3f}–{lat['max_ms']:.3f}) ms", "", "")
     t.add_row("throughput", f"{lat['throughput_items_s']:.0f} items/s", "", "")
+    if r.get("throughput_async"):
+        ta = r["throughput_async"]
+        t.add_row("throughput (async queue)", f"{ta['items_per_s']:.0f} items/s with {ta['requests']} requests", "", "")
     cs = r["cold_start"]
     t.add_row("cold start (load + 1st)", f"{cs['load_ms']:.1f} + {cs['first_inference_ms']:.1f} ms", "", "")
     console.print(t)

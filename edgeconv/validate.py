@@ -34,6 +34,7 @@ class ValidateRequest:
     atol: dict[str | None, float] = field(default_factory=dict)
     device: str | None = None  # runtimes with devices (OpenVINO): CPU, GPU, NPU, AUTO
     inference_precision: str | None = None  # OpenVINO: f32 (default, honest parity) or native
+    performance_hint: str | None = None  # OpenVINO: latency (default) or throughput (adds an async-queue figure)
 
 
 def _source_accuracy(req: ValidateRequest, bundle: Bundle, feed, labels, batch) -> dict[str, Any] | None:
@@ -73,7 +74,8 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
     runner_name = art["runner"]
     # The artifact's own runner options (device, layouts, ...) with the command line's on top.
     options = {**art.get("runner_options", {}),
-               **{k: v for k, v in {"device": req.device, "inference_precision": req.inference_precision}.items() if v is not None}}
+               **{k: v for k, v in {"device": req.device, "inference_precision": req.inference_precision,
+                                    "performance_hint": req.performance_hint}.items() if v is not None}}
     with steps.step(f"Loading {art['file']} on {runner_name}"):
         runner = open_runner(runner_name, artifact, threads=req.threads, options=options)
     report: dict[str, Any] = {
@@ -128,6 +130,11 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
             lat.update({"batch": lat_batch, "warmup": req.warmup,
                         "method": "runtime call only, inputs prepared once, time.perf_counter"})
             report["latency"] = lat
+        if hasattr(runner, "async_throughput"):
+            with steps.step("Throughput (async queue)"):
+                tput = runner.async_throughput(feed)
+                if tput:
+                    report["throughput_async"] = tput
         with steps.step("Cold start (load + first inference)"):
             cls = runner_class(runner_name)
             report["cold_start"] = cold_start(lambda: cls(artifact, threads=req.threads, options=options), feed)

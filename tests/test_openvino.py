@@ -137,6 +137,17 @@ def test_native_precision_is_reported(cli, ov_bundles):
     assert cli("validate", ov_bundles["fp32"], "--device", "CPU", "--inference-precision", "f64").code == 2
 
 
+def test_throughput_hint_uses_an_async_queue(cli, ov_bundles):
+    r = cli("validate", ov_bundles["fp32"], "--performance-hint", "throughput", "--runs", "5", "--json")
+    assert r.code == 0, r
+    rep = r.json()
+    assert rep["measured_on"]["performance_hint"] == "THROUGHPUT"
+    ta = rep["throughput_async"]
+    assert ta["requests"] >= 1 and ta["inferences"] > 0 and ta["items_per_s"] > 0
+    assert "throughput_async" not in cli("validate", ov_bundles["fp32"], "--runs", "5", "--json").json()
+    assert cli("validate", ov_bundles["fp32"], "--performance-hint", "fast").code == 2
+
+
 def test_runner_never_lets_a_later_inference_change_earlier_data(ov_bundles, samples):
     from edgeconv.runners import open_runner
 

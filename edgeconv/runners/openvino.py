@@ -100,7 +100,10 @@ class OpenVinoRunner(Runner):
                       "GPU": "an Intel GPU needs the intel-opencl-icd / level-zero driver; or use --device CPU"}.get(
                           base, "run on a machine with that device, or pick one of the present devices with --device"),
             )
-        config: dict[str, Any] = {"PERFORMANCE_HINT": self.options.get("performance_hint", "LATENCY")}
+        hint = str(self.options.get("performance_hint", "LATENCY")).upper()
+        if hint not in ("LATENCY", "THROUGHPUT"):
+            raise BadInput(f"--performance-hint must be latency or throughput, not {hint.lower()!r}")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
         precision = self.options.get("inference_precision", "f32")
         if precision not in ("f32", "native"):
             raise BadInput(f"--inference-precision must be f32 or native, not {precision!r}")
@@ -134,6 +137,28 @@ class OpenVinoRunner(Runner):
         self.request.infer()
         self.last_inference_s = time.perf_counter() - t0
         return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+
+    def async_throughput(self, feed: dict[str, np.ndarray], seconds: float = 3.0) -> dict[str, Any] | None:
+        """With PERFORMANCE_HINT=THROUGHPUT: items/s from an AsyncInferQueue with the device's optimal number of
+        requests (the way benchmark_app measures throughput); None under the LATENCY hint."""
+        if self.options.get("performance_hint", "LATENCY").upper() != "THROUGHPUT":
+            return None
+        jobs = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = self._ov.AsyncInferQueue(self.compiled, jobs)
+        tensors = self.prepare(feed)
+        batch = len(next(iter(feed.values())))
+        for _ in range(jobs):  # warm-up
+            queue.start_async(tensors)
+        queue.wait_all()
+        done = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            queue.start_async(tensors)
+            done += 1
+        queue.wait_all()
+        elapsed = time.perf_counter() - t0
+        return {"requests": jobs, "inferences": done, "seconds": elapsed, "items_per_s": done * batch / elapsed,
+                "method": "AsyncInferQueue with OPTIMAL_NUMBER_OF_INFER_REQUESTS, PERFORMANCE_HINT=THROUGHPUT"}
 
     def info(self) -> dict[str, Any]:
         def prop(name):
