@@ -211,7 +211,7 @@ def convert(
     calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).")] = None,
     quant_preset: Annotated[str, typer.Option("--quant-preset", help="OpenVINO int8: performance (symmetric) or mixed.")] = "performance",
     ignore_node: Annotated[list[str], typer.Option("--ignore-node", help="OpenVINO int8: keep this node in float (repeatable).")] = [],  # noqa: B006
-    io_dtype: Annotated[str, typer.Option("--io-dtype", help="TFLite int8: input/output tensors float, int8 or uint8.")] = "float",
+    io_dtype: Annotated[str | None, typer.Option("--io-dtype", help="TFLite int8: input/output tensors float, int8 or uint8 (default: the profile's; float for LiteRT, int8 for Coral/Ethos-U).")] = None,
     dla_core: Annotated[int | None, typer.Option("--dla-core", help="Jetson: build the engine for this DLA core.")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", help="Jetson with --dynamic-batch: the largest batch of the engine's profile (default 8).")] = None,
     workspace: Annotated[int | None, typer.Option("--workspace", help="Jetson: TensorRT builder workspace in MB (default 1024).")] = None,

@@ -42,6 +42,21 @@ def require(module: str, *, why: str = "") -> ModuleType:
         raise MissingDependency(f"{top} is not installed{purpose}: {exc}", hint=hint) from exc
 
 
+def load_entry(table: dict[str, tuple[str, str]], name: str, kind: str):
+    """``table[name]`` is ``("module:Attr", extra)``; import it, or say which extra provides it."""
+    if name not in table:
+        raise MissingDependency(f"no {kind} named {name!r} in this edgeconv (known: {', '.join(table)})",
+                                hint="upgrade edgeconv if the bundle or profile comes from a newer version")
+    ref, extra = table[name]
+    mod_name, attr = ref.split(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        install = f"pip install 'edgeconv[{extra}]'" if not extra.startswith("(") else "pip install edgeconv"
+        raise MissingDependency(f"{kind} {name!r} is unavailable: {exc}", hint=f"install it with: {install}") from exc
+    return getattr(module, attr)
+
+
 def version_of(distribution: str) -> str | None:
     """Installed version of a distribution, without importing it."""
     from importlib import metadata

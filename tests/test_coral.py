@@ -44,6 +44,9 @@ def test_coral_refuses_float(cli, samples, tmp_path):
     assert r.code == 2 and "precision 'fp32' is not offered for coral-usb" in " ".join(r.stderr.split())
     r = cli("convert", samples / "digits_cnn.pt", "--target", "coral", "-o", tmp_path / "o")
     assert r.code == 2 and "--calib" in r.stderr
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "coral", "--io-dtype", "float", "--calib", samples / "digits_calib.npz",
+            "-o", tmp_path / "o")
+    assert r.code == 2 and "needs integer input/output tensors" in r.stderr
 
 
 def test_unsupported_op_in_the_middle_predicts_the_split(cli, samples, tmp_path):

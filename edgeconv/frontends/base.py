@@ -11,6 +11,11 @@ import numpy as np
 from edgeconv.specs import TensorSpec
 
 
+def default_output_names(n: int) -> list[str]:
+    """Stable output names for exported graphs (exporters invent ``Identity:0``, ``linear_1`` …)."""
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
 @dataclass
 class ExportRecord:
     """How the ONNX graph was made: which exporter ran, and why a fallback was taken."""

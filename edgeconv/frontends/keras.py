@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeconv.errors import BadInput, ConversionFailed
-from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel
+from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names
 from edgeconv.lazy import require, version_of
 from edgeconv.specs import TensorSpec, guess_layout
 
@@ -23,10 +23,6 @@ DEFAULT_OPSET = 17
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return require("tensorflow", why="to load Keras / TensorFlow models")
-
-
-def _output_names(n: int) -> list[str]:
-    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
 class KerasSource(SourceModel):
@@ -121,7 +117,7 @@ class KerasSource(SourceModel):
                 f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
                 hint="run with --debug for the full traceback",
             ) from exc
-        rename_outputs(model_proto, _output_names(len(model_proto.graph.output)))
+        rename_outputs(model_proto, default_output_names(len(model_proto.graph.output)))
         import onnx
 
         onnx.save(model_proto, str(dest))

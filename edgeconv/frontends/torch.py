@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeconv.errors import BadInput, ConversionFailed
-from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel
+from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names
 from edgeconv.lazy import require, version_of
 from edgeconv.specs import TensorSpec, guess_layout
 
@@ -38,10 +38,6 @@ SAFE_FORMATS = (
 
 def _torch():
     return require("torch", why="to load PyTorch models")
-
-
-def _output_names(n: int) -> list[str]:
-    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
 def _load_class(ref: str):
@@ -195,7 +191,7 @@ class TorchSource(SourceModel):
         args = self._args(example)
         n_out = len(self.run(example))
         names = [s.name for s in inputs]
-        out_names = _output_names(n_out)
+        out_names = default_output_names(n_out)
         opset = opset or DEFAULT_OPSET
         if self.format == "torchscript":
             reason = "the source is a TorchScript module, which torch.export (the dynamo exporter) cannot trace"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
-from edgeconv.errors import MissingDependency
+from edgeconv.lazy import load_entry
 from edgeconv.runners.base import Runner
 
 RUNNERS = {
@@ -20,17 +19,7 @@ RUNNERS = {
 
 
 def runner_class(name: str) -> type[Runner]:
-    if name not in RUNNERS:
-        raise MissingDependency(f"no runner named {name!r} in this edgeconv (known: {', '.join(RUNNERS)})",
-                                hint="upgrade edgeconv; the bundle may come from a newer version")
-    ref, extra = RUNNERS[name]
-    mod_name, cls_name = ref.split(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise MissingDependency(f"runner {name!r} is unavailable: {exc}",
-                                hint=f"install it with: pip install 'edgeconv[{extra}]'") from exc
-    return getattr(module, cls_name)
+    return load_entry(RUNNERS, name, "runner")
 
 
 def open_runner(name: str, artifact: Path, *, threads: int | None = None, options: dict[str, Any] | None = None) -> Runner:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
-from edgeconv.errors import MissingDependency
+from edgeconv.lazy import load_entry
 from edgeconv.targets.base import Artifact, Target, TargetOptions
 
 BACKENDS = {
@@ -20,16 +18,7 @@ BACKENDS = {
 
 
 def backend(name: str) -> Target:
-    if name not in BACKENDS:
-        raise MissingDependency(f"target backend {name!r} is not part of this edgeconv (available: {', '.join(BACKENDS)})")
-    ref, extra = BACKENDS[name]
-    mod_name, cls_name = ref.split(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise MissingDependency(f"target backend {name!r} is unavailable: {exc}",
-                                hint=f"install it with: pip install 'edgeconv[{extra}]'") from exc
-    return getattr(module, cls_name)()
+    return load_entry(BACKENDS, name, "target backend")()
 
 
 __all__ = ["Artifact", "BACKENDS", "Target", "TargetOptions", "backend"]

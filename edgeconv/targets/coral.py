@@ -200,12 +200,6 @@ class CoralTarget(TfliteTarget):
     dynamic_batch = False
     needs_calibration = ("int8",)
 
-    def check_options(self, profile, opts: TargetOptions) -> None:
-        opts.extra.setdefault("io_dtype", "float")
-        if opts.extra["io_dtype"] == "float":
-            opts.extra["io_dtype"] = profile.raw.get("runtime", {}).get("io_dtype", "int8")
-        super().check_options(profile, opts)
-
     def graph_problems(self, proto, profile, opts: TargetOptions) -> list[str]:
         # Unmappable ONNX ops do not stop the conversion (the CPU runs the rest); they are reported with the
         # prediction, and --min-tpu-share decides.

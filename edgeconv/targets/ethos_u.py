@@ -250,9 +250,6 @@ class EthosUTarget(TfliteTarget):
     needs_calibration = ("int8",)
 
     def check_options(self, profile, opts: TargetOptions) -> None:
-        opts.extra.setdefault("io_dtype", "float")
-        if opts.extra["io_dtype"] == "float":
-            opts.extra["io_dtype"] = profile.raw.get("runtime", {}).get("io_dtype", "int8")
         try:
             super().check_options(profile, opts)
         except PreflightError as exc:

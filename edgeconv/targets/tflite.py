@@ -109,11 +109,18 @@ class TfliteTarget(Target):
 
     def check_options(self, profile, opts: TargetOptions) -> None:
         super().check_options(profile, opts)
-        io = opts.extra.get("io_dtype", "float")
+        # --io-dtype not given: the device profile's (full-integer accelerators say int8), else float
+        if not opts.extra.get("io_dtype"):
+            opts.extra["io_dtype"] = profile.runtime.get("io_dtype", "float")
+        io = opts.extra["io_dtype"]
         if io not in IO_DTYPES:
             from edgeconv.errors import BadInput
 
             raise BadInput(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, not {io!r}")
+        if io == "float" and profile.runtime.get("io_dtype", "float") != "float":
+            from edgeconv.errors import PreflightError
+
+            raise PreflightError(f"{profile.name} needs integer input/output tensors: --io-dtype int8 or uint8")
         if io != "float" and opts.precision != "int8":
             from edgeconv.errors import PreflightError
 
@@ -205,7 +212,7 @@ class TfliteTarget(Target):
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.representative_dataset = representative
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            io = opts.extra.get("io_dtype", "float")
+            io = opts.extra["io_dtype"]
             if io != "float":
                 conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
         try:
@@ -229,7 +236,7 @@ class TfliteTarget(Target):
                                  moved)
         return {
             "converter": route,
-            "io_dtype": opts.extra.get("io_dtype", "float") if opts.precision == "int8" else "float",
+            "io_dtype": opts.extra["io_dtype"] if opts.precision == "int8" else "float",
             "tensor_dtypes": {d["name"]: d["dtype"] for d in ins + outs},
             "runner_options": {"tensor_names": {**in_map, **out_map}, "permutations": perms},
             "onnx2tf_tested": ONNX2TF_TESTED if moved else None,
