@@ -70,7 +70,24 @@ class Profile:
         install = sorted({f"pip install 'edgeconv[{e}]'" if not e.startswith("(") else f"pip install {m}"
                           for m, e in missing_mods.items()})
         return {"available": not missing_mods and not missing_tools, "missing_modules": sorted(missing_mods),
-                "missing_tools": missing_tools, "install": install}
+                "missing_tools": missing_tools, "install": install, "device_part": self.device_part()}
+
+    def device_part(self) -> str:
+        """Whether the device-side step (engine build, compile, accelerator run) can happen on this machine."""
+        import ctypes.util
+
+        if self.backend == "jetson":
+            return "here" if _importable("tensorrt") else "on the Jetson (TensorRT); host emulation here"
+        if self.backend == "coral":
+            compiler = "compile here" if shutil.which("edgetpu_compiler") else "compile where edgetpu_compiler is installed"
+            tpu = "Edge TPU here" if ctypes.util.find_library("edgetpu") else "run on the Edge TPU; host emulation here"
+            return f"{compiler}; {tpu}"
+        if self.backend == "ethos-u":
+            return "the NPU binary runs on Ethos-U hardware or Arm's FVP; host emulation of the int8 graph here"
+        device = self.runtime.get("device")
+        if self.backend == "openvino" and device and device != "CPU":
+            return f"runs on an Intel {device} (validate exits 3 here without one; --device CPU works)"
+        return "here"
 
 
 def _importable(module: str) -> bool:

@@ -223,7 +223,7 @@ def render_inspect(info: dict[str, Any]) -> None:
 
 def render_targets(rows: list[dict[str, Any]]) -> None:
     t = Table(title="Device profiles", title_justify="left")
-    for col in ("target", "family", "backend → runner", "precisions", "available here"):
+    for col in ("target", "family", "backend → runner", "precisions", "convert here", "device part"):
         t.add_column(col)
     for r in rows:
         if r["available"]:
@@ -234,5 +234,5 @@ def render_targets(rows: list[dict[str, Any]]) -> None:
             missing = r["missing_modules"] + r["missing_tools"]
             status = f"❌ missing {', '.join(missing)}: {'; '.join(r['install'])}"
         name = r["name"] + (" (default)" if r["default_for_family"] else "")
-        t.add_row(name, r["family"], f"{r['backend']} → {r['runner']}", ", ".join(r["precisions"]), status)
+        t.add_row(name, r["family"], f"{r['backend']} → {r['runner']}", ", ".join(r["precisions"]), status, r.get("device_part", ""))
     console.print(t)

@@ -75,6 +75,11 @@ def test_targets_lists_profiles(cli):
     rows = {t["name"]: t for t in r.json()["targets"]}
     assert rows["onnxruntime-cpu"]["available"] is True
     assert rows["onnxruntime-cpu"]["default_for_family"] and rows["onnxruntime-cpu"]["family"] == "onnx"
+    assert rows["onnxruntime-cpu"]["device_part"] == "here"
+    # what needs the device is said, not hidden behind a green tick
+    assert "host emulation" in rows["jetson-orin-nano"]["device_part"]
+    assert "edgetpu_compiler" in rows["coral-usb"]["device_part"]
+    assert rows["jetson-orin-nano"]["default_for_family"]
 
 
 def test_user_profile_toml(cli, samples, tmp_path):
