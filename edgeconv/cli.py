@@ -283,6 +283,7 @@ def validate(
     timeout: Annotated[float, typer.Option("--timeout", help="SSH connect/command timeout in seconds.")] = 30.0,
     inference_precision: Annotated[str | None, typer.Option("--inference-precision", help="OpenVINO: f32 (default, for parity) or native (the device's default, e.g. bf16).")] = None,
     performance_hint: Annotated[str | None, typer.Option("--performance-hint", help="OpenVINO: latency (default) or throughput (adds an async-queue throughput figure).")] = None,
+    io_layout: Annotated[str, typer.Option("--io-layout", help="TFLite: source (default: data in the source model's layout) or nhwc (data in the artifact's own layout).")] = "source",
     as_json: JsonOpt = False,
 ) -> None:
     """Run a bundle on this machine's runtime (or on devices with --remote): parity, accuracy, latency; exit 1 when a
@@ -312,6 +313,7 @@ def validate(
         bundle=bundle, data=data, source=source, trust_pickle=trust_pickle, runs=runs, warmup=warmup, threads=threads,
         max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, report=report,
         atol=parse_atol_overrides(atol), device=device, inference_precision=inference_precision, performance_hint=performance_hint,
+        io_layout=io_layout,
     )
     result = run_validate(req, _steps(as_json))
     if as_json:

@@ -35,6 +35,7 @@ class ValidateRequest:
     device: str | None = None  # runtimes with devices (OpenVINO): CPU, GPU, NPU, AUTO
     inference_precision: str | None = None  # OpenVINO: f32 (default, honest parity) or native
     performance_hint: str | None = None  # OpenVINO: latency (default) or throughput (adds an async-queue figure)
+    io_layout: str = "source"  # "nhwc": --data is in the artifact's own layout (TFLite NHWC), fed as it is
 
 
 def _source_accuracy(req: ValidateRequest, bundle: Bundle, feed, labels, batch) -> dict[str, Any] | None:
@@ -73,7 +74,11 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
     artifact = bundle.path / art["file"]
     runner_name = art["runner"]
     # The artifact's own runner options (device, layouts, ...) with the command line's on top.
-    options = {**art.get("runner_options", {}),
+    if req.io_layout not in ("source", "nhwc"):
+        raise BadInput(f"--io-layout must be source or nhwc, not {req.io_layout!r}")
+    if req.io_layout == "nhwc" and art["runner"] != "litert":
+        raise BadInput(f"--io-layout nhwc applies to TFLite artifacts; {art['file']} takes the source layout")
+    options = {**art.get("runner_options", {}), **({"io_layout": "artifact"} if req.io_layout == "nhwc" else {}),
                **{k: v for k, v in {"device": req.device, "inference_precision": req.inference_precision,
                                     "performance_hint": req.performance_hint}.items() if v is not None}}
     with steps.step(f"Loading {art['file']} on {runner_name}"):
@@ -88,12 +93,17 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
         "checks": [],
         "budgets": [],
         "calibration": m.get("calibration"),
+        "io_layout": req.io_layout,
     }
     if art.get("host_emulation"):
         report["measured_on"]["note"] = art.get("host_emulation_note")
     with runner:
         batch = runner.fixed_batch()
         ref_in, ref_out = bundle.reference()
+        if req.io_layout == "nhwc":  # the reference is in the source layout: bring it to the artifact's
+            perms = art.get("runner_options", {}).get("permutations") or {}
+            ref_in = {k: v.transpose(perms[k]) if perms.get(k) else v for k, v in ref_in.items()}
+            ref_out = [v.transpose(perms[s.name]) if perms.get(s.name) else v for s, v in zip(bundle.outputs, ref_out)]
         names = [s.name for s in bundle.outputs]
         with steps.step("Parity against reference.npz"):
             tol = tolerance_from_dict(m["tolerances"][m["precision"]])
@@ -105,7 +115,7 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
             report["checks"].append({"name": "parity", "ok": parity.ok})
         if req.data is not None:
             with steps.step(f"Accuracy on {req.data.name}"):
-                feed, labels = load_inputs(req.data, bundle.inputs, need_labels=True)
+                feed, labels = load_inputs(req.data, runner.inputs if req.io_layout == "nhwc" else bundle.inputs, need_labels=True)
                 out = run_batched(runner.infer, feed, batch)
                 idx = classifier_output(out)
                 if idx is None:

@@ -69,6 +69,23 @@ def test_layouts_recorded_and_handled(tfl, samples):
     assert "from the Keras" in artk["converter"] and artk["runner_options"]["permutations"]["x"] is None
 
 
+def test_io_layout_nhwc_feeds_the_artifacts_layout(tfl, cli, samples, tmp_path):
+    import numpy as np
+
+    out, _ = tfl[("digits_cnn.pt", "int8")]
+    with np.load(samples / "digits_test.npz") as z:
+        np.savez(tmp_path / "nhwc.npz", x=z["x"].transpose(0, 2, 3, 1), y=z["y"])
+    src = cli("validate", out, "--data", samples / "digits_test.npz", "--runs", "5", "--json").json()
+    r = cli("validate", out, "--io-layout", "nhwc", "--data", tmp_path / "nhwc.npz", "--runs", "5", "--json")
+    assert r.code == 0, r
+    rep = r.json()
+    assert rep["io_layout"] == "nhwc" and rep["parity"]["ok"]
+    assert rep["accuracy"]["artifact"]["top1"] == src["accuracy"]["artifact"]["top1"]
+    # NCHW data given as NHWC is refused with both shapes
+    bad = cli("validate", out, "--io-layout", "nhwc", "--data", samples / "digits_test.npz")
+    assert bad.code == 2 and "1x8x8x1" in bad.stderr
+
+
 def test_int8_io_dtypes(cli, samples, tmp_path):
     for io in ("int8", "uint8"):
         m = convert(cli, samples / "digits_cnn.pt", tmp_path / io, "--precision", "int8", "--calib", samples / "digits_calib.npz",
