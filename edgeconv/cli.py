@@ -37,6 +37,12 @@ InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="NAME=1x
 ModelClassOpt = Annotated[str | None, typer.Option("--model-class", help="pkg.module:Class or path/to/file.py:Class for a state_dict.")]
 ModelKwargsOpt = Annotated[str | None, typer.Option("--model-kwargs", help="JSON keyword arguments for --model-class.")]
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled modules / Keras Lambda layers (runs code from the file).")]
+RemoteOpt = Annotated[list[str], typer.Option("--remote", help="Run on a device over SSH: user@host[:port] (repeatable; in parallel).")]
+HostsOpt = Annotated[Path | None, typer.Option("--hosts", help="File with one user@host[:port] per line.")]
+IdentityOpt = Annotated[Path | None, typer.Option("--identity", help="SSH private key (else your ssh config and agent).")]
+SshOptionOpt = Annotated[list[str], typer.Option("--ssh-option", help="Passed to ssh as -o OPTION (repeatable).")]
+RemotePythonOpt = Annotated[str, typer.Option("--remote-python", help="Python on the device (e.g. a venv's).")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="SSH connect/command timeout in seconds.")]
 AtolOpt = Annotated[list[str], typer.Option("--atol", help="Max abs error allowed: VALUE for every output or NAME=VALUE (repeatable).")]
 
 
@@ -150,6 +156,27 @@ def _command_line(ctx: typer.Context) -> list[str]:
                 for v in value if isinstance(value, (list, tuple)) else [value]:
                     parts += [flag, str(v)]
     return parts
+
+
+def _on_devices(command, bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, args, **kw) -> None:
+    """`COMMAND BUNDLE --remote …`: run on each device over SSH, render one row per device, exit 1 if any failed
+    (or the shared exit code when all failed alike)."""
+    from edgeconv.remote import RemoteRequest, read_hosts, run_remote
+
+    targets = list(remote) + (read_hosts(hosts) if hosts else [])
+    result = run_remote(RemoteRequest(bundle=bundle, remotes=targets, identity=identity, ssh_options=ssh_option,
+                                      remote_python=remote_python, timeout=timeout, command=command, args=args, **kw),
+                        progress=None if as_json else _progress_line)
+    if as_json:
+        _emit_json(result)
+    else:
+        from edgeconv.render import render_remote
+
+        render_remote(result)
+    failures = [d for d in result["devices"] if not d["ok"]]
+    if failures:
+        codes = {d.get("exit_code", 1) for d in failures}
+        raise typer.Exit(codes.pop() if len(failures) == len(result["devices"]) and len(codes) == 1 else 1)
 
 
 def _progress_line(line: str) -> None:
@@ -275,12 +302,12 @@ def validate(
     atol: AtolOpt = [],  # noqa: B006
     report: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/validation.json).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="OpenVINO device: CPU, GPU, NPU, AUTO (default: the profile's).")] = None,
-    remote: Annotated[list[str], typer.Option("--remote", help="Run on a device over SSH: user@host[:port] (repeatable; in parallel).")] = [],  # noqa: B006
-    hosts: Annotated[Path | None, typer.Option("--hosts", help="File with one user@host[:port] per line.")] = None,
-    identity: Annotated[Path | None, typer.Option("--identity", help="SSH private key (else your ssh config and agent).")] = None,
-    ssh_option: Annotated[list[str], typer.Option("--ssh-option", help="Passed to ssh as -o OPTION (repeatable).")] = [],  # noqa: B006
-    remote_python: Annotated[str, typer.Option("--remote-python", help="Python on the device (e.g. a venv's).")] = "python3",
-    timeout: Annotated[float, typer.Option("--timeout", help="SSH connect/command timeout in seconds.")] = 30.0,
+    remote: RemoteOpt = [],  # noqa: B006
+    hosts: HostsOpt = None,
+    identity: IdentityOpt = None,
+    ssh_option: SshOptionOpt = [],  # noqa: B006
+    remote_python: RemotePythonOpt = "python3",
+    timeout: TimeoutOpt = 30.0,
     inference_precision: Annotated[str | None, typer.Option("--inference-precision", help="OpenVINO: f32 (default, for parity) or native (the device's default, e.g. bf16).")] = None,
     performance_hint: Annotated[str | None, typer.Option("--performance-hint", help="OpenVINO: latency (default) or throughput (adds an async-queue throughput figure).")] = None,
     io_layout: Annotated[str, typer.Option("--io-layout", help="TFLite: source (default: data in the source model's layout) or nhwc (data in the artifact's own layout).")] = "source",
@@ -289,21 +316,8 @@ def validate(
     """Run a bundle on this machine's runtime (or on devices with --remote): parity, accuracy, latency; exit 1 when a
     check or budget is missed."""
     if remote or hosts:
-        from edgeconv.remote import RemoteRequest, read_hosts, validate_remote
-
-        targets = list(remote) + (read_hosts(hosts) if hosts else [])
-        result = validate_remote(RemoteRequest(bundle=bundle, remotes=targets, data=data, runs=runs, warmup=warmup, threads=threads,
-                                               identity=identity, ssh_options=ssh_option, remote_python=remote_python,
-                                               timeout=timeout), progress=None if as_json else _progress_line)
-        if as_json:
-            _emit_json(result)
-        else:
-            from edgeconv.render import render_remote
-
-            render_remote(result)
-        failures = [d for d in result["devices"] if not d["ok"]]
-        if failures:
-            raise typer.Exit(max((d.get("exit_code", 1) for d in failures), default=1) if len(failures) == len(result["devices"]) else 1)
+        _on_devices("validate", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, [],
+                    data=data, runs=runs, warmup=warmup, threads=threads)
         return
     from edgeconv.parity import parse_atol_overrides
     from edgeconv.validate import ValidateRequest
@@ -338,6 +352,12 @@ def profile(
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch (p99) for the best-batch answer.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: throughput and p50/p99 against batch size.")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
+    remote: RemoteOpt = [],  # noqa: B006
+    hosts: HostsOpt = None,
+    identity: IdentityOpt = None,
+    ssh_option: SshOptionOpt = [],  # noqa: B006
+    remote_python: RemotePythonOpt = "python3",
+    timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency and throughput per batch size, the knee, the best batch under a budget, batch-dependent outputs."""
@@ -352,6 +372,12 @@ def profile(
             raise BadInput(f"--batch-sizes {batch_sizes!r} is not a comma-separated list of whole numbers") from None
         if not sizes or sizes[0] < 1:
             raise BadInput("--batch-sizes must be positive whole numbers")
+    if remote or hosts:
+        args = [a for k, v in (("--batch-sizes", batch_sizes), ("--threads", threads), ("--budget-ms", budget_ms),
+                               ("--min-time", min_time)) if v is not None for a in (k, str(v))]
+        _on_devices("profile", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json,
+                    [*args, "--runs", str(runs), "--warmup", str(warmup)])
+        return
     report = run_profile(ProfileRequest(bundle=bundle, batch_sizes=sizes, threads=threads, runs=runs, warmup=warmup,
                                         min_time_s=min_time, budget_ms=budget_ms, plot=plot, csv=csv_file), _steps(as_json))
     if as_json:
@@ -455,11 +481,22 @@ def build(
     dla_core: Annotated[int | None, typer.Option("--dla-core", help="Build for this DLA core (Jetson Xavier/Orin NX/AGX).")] = None,
     workspace: Annotated[int | None, typer.Option("--workspace", help="TensorRT builder workspace in MB.")] = None,
     compiler: Annotated[str | None, typer.Option("--compiler", help="Coral: path to edgetpu_compiler (default: found on PATH).")] = None,
+    remote: RemoteOpt = [],  # noqa: B006
+    hosts: HostsOpt = None,
+    identity: IdentityOpt = None,
+    ssh_option: SshOptionOpt = [],  # noqa: B006
+    remote_python: RemotePythonOpt = "python3",
+    timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the device-specific artifact on the device (TensorRT engine on a Jetson) and record the device."""
     from edgeconv.build import build_bundle
 
+    if remote or hosts:
+        args = [a for k, v in (("--dla-core", dla_core), ("--workspace", workspace), ("--compiler", compiler)) if v is not None
+                for a in (k, str(v))]
+        _on_devices("build", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, args)
+        return
     record = build_bundle(bundle, dla_core=dla_core, workspace_mb=workspace, compiler=compiler, steps=_steps(as_json))
     if as_json:
         _emit_json({"ok": True, "build": record})

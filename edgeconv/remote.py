@@ -174,6 +174,8 @@ class RemoteRequest:
     remote_python: str = "python3"
     timeout: float = 30.0
     run_timeout: float = 1800.0
+    command: str = "validate"  # or "profile", "build": those need edgeconv on the device
+    args: list[str] = field(default_factory=list)  # the command's own options, passed through
 
 
 def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
@@ -188,7 +190,13 @@ def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
         ssh.run(["tar", "-C", workdir, "-xf", "-"], stdin=_tar(bundle.path, extra), timeout=req.run_timeout)
         remote_bundle = f"{workdir}/bundle"
         has_edgeconv = ssh.run([req.remote_python, "-c", "import edgeconv"], check=False, timeout=req.timeout).returncode == 0
-        if has_edgeconv:
+        if req.command != "validate":
+            if not has_edgeconv:
+                raise MissingDependency(f"{target}: `edgeconv {req.command} --remote` needs edgeconv on the device, and "
+                                        f"{req.remote_python} there has none (pip install edgeconv plus the runtime extra; "
+                                        "`validate --remote` works without it)")
+            cmd = [req.remote_python, "-m", "edgeconv", req.command, remote_bundle, "--json", *req.args]
+        elif has_edgeconv:
             cmd = [req.remote_python, "-m", "edgeconv", "validate", remote_bundle, "--json", "--runs", str(req.runs),
                    "--warmup", str(req.warmup), "--report", f"{workdir}/report.json"]
             if req.data:
@@ -198,7 +206,7 @@ def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
                    "--warmup", str(req.warmup)]
             if req.data:
                 cmd += ["--data", f"{workdir}/data.npz"]
-        if req.threads:
+        if req.threads and req.command == "validate":
             cmd += ["--threads", str(req.threads)]
         progress(f"{target}: running {'edgeconv' if has_edgeconv else 'the bundle device runner'} with {req.remote_python}")
         res = ssh.run(cmd, check=False, timeout=req.run_timeout, stream=lambda line: progress(f"{target}: {line}"))
@@ -219,16 +227,34 @@ def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
         nv = ssh.run(["sh", "-c", "command -v nvpmodel >/dev/null && nvpmodel -q"], check=False, timeout=req.timeout)
         if nv.returncode == 0:
             report["device"]["power_mode"] = nv.stdout.decode().strip()
+        if req.command == "build" and res.returncode == 0:
+            progress(f"{target}: fetching the built bundle back")
+            _fetch_bundle(ssh, remote_bundle, bundle.path, req.run_timeout)
     finally:
         try:
             ssh.run(["rm", "-rf", "--", workdir], check=False, timeout=req.timeout, cleanup=True)
         except EdgeconvError:
             pass
-    dest = bundle.path / "reports" / target.host / "validation.json"
+    dest = bundle.path / "reports" / target.host / {"validate": "validation.json"}.get(req.command, f"{req.command}.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_json(dest, report)
     report["report_file"] = str(dest)
     return report
+
+
+def _fetch_bundle(ssh: Ssh, remote_bundle: str, local: Path, timeout: float) -> None:
+    """Bring the device-built files (engine, timing cache, manifest) back; the manifest is written last."""
+    data = ssh.run(["tar", "-C", remote_bundle, "-cf", "-", "."], timeout=timeout).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and "/" not in m.name.removeprefix("./")]
+        for m in sorted(members, key=lambda m: m.name.endswith("manifest.json")):
+            name = m.name.removeprefix("./")
+            if name == "reports":
+                continue
+            content = tar.extractfile(m).read()
+            tmp = local / f".{name}.fetch"
+            tmp.write_bytes(content)
+            tmp.replace(local / name)
 
 
 def _install_hint(module: str, bundle: Bundle) -> str:
@@ -238,8 +264,8 @@ def _install_hint(module: str, bundle: Bundle) -> str:
             "tflite_runtime": "pip install ai-edge-litert (or tflite-runtime)"}.get(module, f"the {runner} runtime")
 
 
-def validate_remote(req: RemoteRequest, progress=None) -> dict[str, Any]:
-    """Validate on every device in parallel (bounded); one failing device does not stop the others."""
+def run_remote(req: RemoteRequest, progress=None) -> dict[str, Any]:
+    """Run ``req.command`` on every device in parallel (bounded); one failing device does not stop the others."""
     if not req.remotes:
         raise BadInput("no --remote host given")
     Bundle.open(req.bundle)  # a bad bundle is the user's error, before any connection
@@ -254,7 +280,7 @@ def validate_remote(req: RemoteRequest, progress=None) -> dict[str, Any]:
     def run(t: Target) -> dict[str, Any]:
         try:
             rep = _one(req, t, say)
-            return {"target": str(t), "ok": bool(rep.get("ok")), "report": rep}
+            return {"target": str(t), "ok": bool(rep.get("ok", True)), "report": rep}
         except EdgeconvError as exc:
             return {"target": str(t), "ok": False, "error": exc.message, "exit_code": exc.exit_code, "details": exc.details}
 

@@ -174,6 +174,17 @@ def render_compare(r: dict[str, Any]) -> None:
 
 
 def render_remote(r: dict[str, Any]) -> None:
+    others = [d for d in r["devices"] if d.get("report") and "latency" not in d["report"]]
+    for d in others:  # profile / build reports: the command's own rendering, per device
+        rep = d["report"]
+        console.print(f"[bold]{d['target']}[/] ({rep['device']['uname']})")
+        if "rows" in rep:
+            rep.setdefault("report_file", rep.get("report_file", ""))
+            render_profile(rep)
+        else:
+            console.print_json(data=rep.get("build", rep))
+    if others and all(d.get("report") for d in r["devices"]):
+        return
     t = Table(title=f"{r['bundle']} on devices", title_justify="left")
     for col in ("device", "ok", "parity", "top-1", "drop", "p50 ms", "p99 ms", "runtime", "device facts"):
         t.add_column(col, justify="right" if col in ("top-1", "drop", "p50 ms", "p99 ms") else "left")
@@ -182,6 +193,8 @@ def render_remote(r: dict[str, Any]) -> None:
             t.add_row(d["target"], "❌", "see below", *[""] * 6)
             continue
         rep = d["report"]
+        if "latency" not in rep:
+            continue
         mo = rep["measured_on"]
         par = rep["parity"]
         par_ok = par["ok"] if isinstance(par, dict) else all(p["ok"] for p in par)

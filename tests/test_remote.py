@@ -167,3 +167,21 @@ def test_ctrl_c_mid_run_leaves_no_remote_directory(bundles, sshd):
     assert proc.returncode == 130, err
     time.sleep(0.5)
     assert not (_remote_dirs() - before)
+
+
+def test_profile_and_build_over_ssh_need_edgeconv_there(cli, bundles, sshd, samples, tmp_path, device_python):
+    dyn = tmp_path / "dyn"
+    assert cli("convert", samples / "digits_cnn.pt", "--dynamic-batch", "-o", dyn, "--json").code == 0
+    r = cli("profile", dyn, "--remote", remote(sshd), *sshd["opts"], "--remote-python", sys.executable, "--batch-sizes", "1,4",
+            "--runs", "5", "--json")
+    assert r.code == 0, r
+    rep = r.json()["devices"][0]["report"]
+    assert [row["batch"] for row in rep["rows"]] == [1, 4] and rep["device"]["ran"] == "edgeconv"
+    assert (dyn / "reports" / "127.0.0.1" / "profile.json").exists()
+    r = cli("profile", dyn, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python)
+    assert r.code == 3 and "needs edgeconv on the device" in r.stdout + r.stderr
+    # build on a host without TensorRT: the device's own error comes back, exit 3
+    orin = tmp_path / "orin"
+    assert cli("convert", samples / "digits_cnn.pt", "--target", "jetson-orin-nano", "--precision", "fp16", "-o", orin, "--json").code == 0
+    r = cli("build", orin, "--remote", remote(sshd), *sshd["opts"], "--remote-python", sys.executable)
+    assert r.code == 3 and "tensorrt not installed" in r.stdout + r.stderr
