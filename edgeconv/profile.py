@@ -130,6 +130,7 @@ def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
         for b in sizes:
             feed = {k: v[:b] for k, v in item_inputs.items()}
             row: dict[str, Any] = {"batch": b}
+            base = _rss_bytes()  # before this batch size's buffers and workspaces exist
             try:
                 prepared = runner.prepare(feed)
                 outs = runner.run_prepared(prepared)
@@ -137,10 +138,10 @@ def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 rows.append(row)
                 continue
+            peak = _rss_bytes()
             for _ in range(req.warmup):
                 runner.run_prepared(prepared)
-            base = _rss_bytes()
-            peak = base
+                peak = max(peak, _rss_bytes())
             samples: list[float] = []
             t_end = time.perf_counter() + (req.min_time_s or 0)
             while len(samples) < req.runs or time.perf_counter() < t_end:
@@ -164,7 +165,7 @@ def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
         "measured_on": {**runner.info(), "kind": "host emulation, not device" if art.get("host_emulation") else "host"},
         "method": f"per batch: {req.warmup} warm-up, ≥ {req.runs} timed runs" + (f" and ≥ {req.min_time_s} s" if req.min_time_s else "")
                   + "; runtime call only (validate's timing); throughput and per-item time from the median latency; "
-                  "RSS sampled after every run",
+                  "RSS delta: peak (sampled after every run) minus RSS before the batch size's first run",
         "rows": rows, "knee": k, "budget_ms": req.budget_ms, "best_under_budget": best, "notes": notes,
         "divergent_batches": [r["batch"] for r in rows if r.get("diverges")],
     }

@@ -53,7 +53,7 @@ def test_profile_sweep_on_onnxruntime(cli, dyn, tmp_path):
     rep = r.json()
     assert [row["batch"] for row in rep["rows"]] == [1, 2, 4, 8]
     for row in rep["rows"]:
-        assert row["runs"] >= 20 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["runs"] >= 20 and 0 < row["p50_ms"] <= row["p99_ms"] and row["rss_delta_mb"] >= 0
         assert row["throughput_items_s"] == pytest.approx(row["batch"] * 1e3 / row["p50_ms"])
         assert row["max_abs_vs_batch1"] < 1e-4 and row["top1_agreement_vs_batch1"] == 1.0 and not row["diverges"]
     assert rep["knee"]["batch"] in (1, 2, 4, 8)
