@@ -44,13 +44,23 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def mobilenet(suffix: str = ".keras") -> Path:
+    """The MobileNetV2-sized source model, Keras (``.keras``) or PyTorch (``.pt``), made once in bench/models/."""
+    out = MODELS / f"mobilenetv2{suffix}"
+    if not out.exists():
+        subprocess.run([sys.executable, str(ROOT / "samples" / "make_mobilenet.py"), "--out", str(out)], check=True, timeout=600)
+    return out
+
+
+def bundle(source: Path, name: str, *convert_args: str) -> Path:
+    """``edgeconv convert SOURCE -o bench/models/NAME ARGS…``, once; later runs reuse the bundle."""
+    out = MODELS / name
+    if not (out / "manifest.json").exists():
+        subprocess.run([*EDGECONV, "convert", str(source), "-o", str(out), "--force", *convert_args], check=True, timeout=3600,
+                       cwd=ROOT, capture_output=True)
+    return out
+
+
 def mobilenet_onnx() -> Path:
-    """The MobileNetV2-sized model as an edgeconv ONNX bundle (made once, kept in bench/models/)."""
-    keras_file = MODELS / "mobilenetv2.keras"
-    if not keras_file.exists():
-        subprocess.run([sys.executable, str(ROOT / "samples" / "make_mobilenet.py"), "--out", str(keras_file)], check=True, timeout=600)
-    bundle = MODELS / "mobilenetv2-onnx"
-    if not (bundle / "manifest.json").exists():
-        subprocess.run([*EDGECONV, "convert", str(keras_file), "--target", "onnx", "-o", str(bundle), "--force"],
-                       check=True, timeout=1200, cwd=ROOT)
-    return bundle
+    """The Keras MobileNetV2-sized model as an edgeconv ONNX bundle."""
+    return bundle(mobilenet(".keras"), "mobilenetv2-onnx", "--target", "onnx")

@@ -14,22 +14,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EDGECONV, MODELS, ROOT, write_result  # noqa: E402
+from common import bundle, mobilenet, write_result  # noqa: E402
 
 THREADS = 2
 
 
-def bundle(precision: str) -> Path:
-    keras_file = MODELS / "mobilenetv2.keras"
-    if not keras_file.exists():
-        subprocess.run([sys.executable, str(ROOT / "samples" / "make_mobilenet.py"), "--out", str(keras_file)], check=True, timeout=600)
-    out = MODELS / f"mobilenetv2-openvino-{precision}"
-    if not (out / "manifest.json").exists():
-        # Random weights, so random calibration (flagged in the manifest): this measures speed, not accuracy.
-        extra = ["--calib", "random", "--calib-count", "50"] if precision == "int8" else []
-        subprocess.run([*EDGECONV, "convert", str(keras_file), "--target", "openvino", "--precision", precision,
-                        "-o", str(out), "--force", *extra], check=True, timeout=1800, cwd=ROOT)
-    return out
+def ir_bundle(precision: str) -> Path:
+    # Random weights, so random calibration (flagged in the manifest): this measures speed, not accuracy.
+    extra = ["--calib", "random", "--calib-count", "50"] if precision == "int8" else []
+    return bundle(mobilenet(".keras"), f"mobilenetv2-openvino-{precision}", "--target", "openvino", "--precision", precision, *extra)
 
 
 def validate_p50(runner, feed, runs: int) -> float:
@@ -53,7 +46,7 @@ def main(rounds: int = 4, runs: int = 60) -> dict:
     from edgeconv.runners import open_runner
     from edgeconv.runners.openvino import isa_note
 
-    fp32, int8 = bundle("fp32"), bundle("int8")
+    fp32, int8 = ir_bundle("fp32"), ir_bundle("int8")
     feed = {k: v[:1] for k, v in Bundle.open(fp32).reference()[0].items()}
     opts = {"device": "CPU", "inference_precision": "f32", "performance_hint": "LATENCY"}
     r32 = open_runner("openvino", fp32 / "model.xml", threads=THREADS, options=opts)

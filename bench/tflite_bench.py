@@ -17,20 +17,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EDGECONV, MODELS, ROOT, write_result  # noqa: E402
+from common import EDGECONV, MODELS, ROOT, bundle, mobilenet, write_result  # noqa: E402
 
 THREADS = 2
 CALIB_COUNT = 32
 
 
 def onnx_model() -> Path:
-    pt = MODELS / "mobilenetv2.pt"
-    if not pt.exists():
-        subprocess.run([sys.executable, str(ROOT / "samples" / "make_mobilenet.py"), "--out", str(pt)], check=True, timeout=600)
-    bundle = MODELS / "mobilenetv2-torch-onnx"
-    if not (bundle / "manifest.json").exists():
-        subprocess.run([*EDGECONV, "convert", str(pt), "-o", str(bundle), "--force"], check=True, timeout=1200, cwd=ROOT)
-    return bundle / "model.onnx"
+    return bundle(mobilenet(".pt"), "mobilenetv2-torch-onnx") / "model.onnx"
 
 
 def calibration() -> tuple[Path, Path]:
@@ -77,15 +71,11 @@ def latency(rounds: int = 20, runs: int = 25) -> dict:
     out = {}
     runners = {}
     for precision in ("fp32", "int8"):
-        b = MODELS / f"mobilenetv2-tflite-{precision}"
-        if not (b / "manifest.json").exists():
-            extra = ["--calib", str(calibration()[0])] if precision == "int8" else []
-            subprocess.run([*EDGECONV, "convert", str(onnx_model()), "--target", "tflite", "--precision", precision,
-                            "-o", str(b), "--force", *extra], check=True, timeout=3600, cwd=ROOT, capture_output=True)
-        bundle = Bundle.open(b)
-        runners[precision] = open_runner("litert", b / "model.tflite", threads=THREADS,
-                                         options=bundle.model_artifact["runner_options"])
-        out[precision] = {"bytes": bundle.model_artifact["bytes"], "p50s": []}
+        extra = ["--calib", str(calibration()[0])] if precision == "int8" else []
+        b = bundle(onnx_model(), f"mobilenetv2-tflite-{precision}", "--target", "tflite", "--precision", precision, *extra)
+        art = Bundle.open(b).model_artifact
+        runners[precision] = open_runner("litert", b / "model.tflite", threads=THREADS, options=art["runner_options"])
+        out[precision] = {"bytes": art["bytes"], "p50s": []}
     feed = {k: v[:1] for k, v in Bundle.open(MODELS / "mobilenetv2-tflite-fp32").reference()[0].items()}
     order = list(runners)
     for i in range(rounds):

@@ -7,7 +7,6 @@ The budget: validate's p50 within 10% of the bare loop's.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

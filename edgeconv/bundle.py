@@ -133,6 +133,15 @@ class Bundle:
     def artifact(self, role: str) -> dict[str, Any] | None:
         return next((a for a in self.manifest["artifacts"] if a["role"] == role), None)
 
+    def artifact_to_run(self) -> dict[str, Any]:
+        """A device-built artifact (TensorRT engine) where its runtime is present, else the main one."""
+        import importlib.util
+
+        engine = self.artifact("engine")
+        if engine is not None and importlib.util.find_spec("tensorrt") is not None:
+            return engine
+        return self.model_artifact
+
     @property
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_dict(d) for d in self.manifest["inputs"]]

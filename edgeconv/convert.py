@@ -165,6 +165,11 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         data_feed = labels = None
         if req.data is not None:
             data_feed, labels = load_inputs(req.data, inputs, need_labels=True)
+            # the source's own scores on --data, once: the accuracy check and accuracy-controlled quantization share them
+            data_scores = _run_source(source, data_feed, batch)
+            score_index = classifier_output(data_scores)
+            if score_index is None:
+                raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
 
     with BundleWriter(out, req.force) as work:
         onnx_path = work / "model.onnx"
@@ -200,10 +205,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         topts.extra["output_shapes"] = {s.name: s.shape for s in outputs}
         topts.extra["failed_build_dir"] = str(out.with_name(out.name + ".failed-build"))
         if data_feed is not None and req.max_accuracy_drop is not None:
-            src_out = _run_source(source, data_feed, batch)
-            idx = classifier_output(src_out)
-            if idx is not None:
-                topts.extra["accuracy_data"] = (data_feed, labels, idx)
+            topts.extra["accuracy_data"] = (data_feed, labels, score_index)
             topts.extra["max_accuracy_drop"] = req.max_accuracy_drop
         check_overrides = target.check_runner_options(req.precision, profile)
         with steps.step(f"Converting for {profile.name} ({req.precision})"):
@@ -223,8 +225,8 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         checks += topts.extra.get("checks", [])  # the target's own checks (e.g. the Edge TPU mapping)
         if data_feed is not None:
             with steps.step(f"Measuring accuracy on {req.data.name}"):
-                source_accuracy, acc_check = _accuracy_check(source, data_feed, labels, batch, work, model_art, req,
-                                                             check_options)
+                source_accuracy, acc_check = _accuracy_check(source, data_scores[score_index], score_index, data_feed, labels,
+                                                             batch, work, model_art, req, check_options)
                 checks.append(acc_check)
         failed = [c for c in checks if not c["ok"]]
         status = "failed-check" if failed else "ok"
@@ -304,12 +306,8 @@ def _artifact_entry(work: Path, a: Artifact) -> dict[str, Any]:
             "bytes": p.stat().st_size, **a.extra}
 
 
-def _accuracy_check(source, data_feed, labels, batch, work, model_art, req, options) -> tuple[dict, dict]:
-    src_out = _run_source(source, data_feed, batch)
-    idx = classifier_output(src_out)
-    if idx is None:
-        raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
-    src_acc = accuracy(src_out[idx], labels)
+def _accuracy_check(source, src_scores, idx, data_feed, labels, batch, work, model_art, req, options) -> tuple[dict, dict]:
+    src_acc = accuracy(src_scores, labels)
     with open_runner(model_art.runner, work / model_art.file, options=options) as r:
         art_out = run_batched(r.infer, data_feed, batch)
     art_acc = accuracy(art_out[idx], labels)

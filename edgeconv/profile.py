@@ -99,14 +99,12 @@ def _agreement(batched: list[np.ndarray], singles: list[np.ndarray], atol: float
 
 
 def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
-    from edgeconv.validate import _artifact_to_run
-
     steps = steps or Steps()
     if req.runs < 1:
         raise BadInput("--runs must be ≥ 1")
     bundle = Bundle.open(req.bundle)
     m = bundle.manifest
-    art = _artifact_to_run(bundle)
+    art = bundle.artifact_to_run()
     artifact = bundle.path / art["file"]
     options = art.get("runner_options", {})
     runner = open_runner(art["runner"], artifact, threads=req.threads, options=options)

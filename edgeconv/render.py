@@ -179,7 +179,6 @@ def render_remote(r: dict[str, Any]) -> None:
         rep = d["report"]
         console.print(f"[bold]{d['target']}[/] ({rep['device']['uname']})")
         if "rows" in rep:
-            rep.setdefault("report_file", rep.get("report_file", ""))
             render_profile(rep)
         else:
             console.print_json(data=rep.get("build", rep))

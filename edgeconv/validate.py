@@ -52,16 +52,6 @@ def _source_accuracy(req: ValidateRequest, bundle: Bundle, feed, labels, batch) 
     return None
 
 
-def _artifact_to_run(bundle: Bundle) -> dict[str, Any]:
-    """A device-built artifact (TensorRT engine) where its runtime is present, else the bundle's main one."""
-    import importlib.util
-
-    engine = bundle.artifact("engine")
-    if engine is not None and importlib.util.find_spec("tensorrt") is not None:
-        return engine
-    return bundle.model_artifact
-
-
 def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]:
     steps = steps or Steps()
     if req.runs < 1 or req.warmup < 0:
@@ -70,7 +60,7 @@ def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]
         raise BadInput("--max-accuracy-drop needs --data (a labelled .npz)")
     bundle = Bundle.open(req.bundle)
     m = bundle.manifest
-    art = _artifact_to_run(bundle)
+    art = bundle.artifact_to_run()
     artifact = bundle.path / art["file"]
     runner_name = art["runner"]
     # The artifact's own runner options (device, layouts, ...) with the command line's on top.
