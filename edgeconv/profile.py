@@ -110,15 +110,15 @@ def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
     runner = open_runner(art["runner"], artifact, threads=req.threads, options=options)
     ref, _ = bundle.reference()
     fixed = runner.fixed_batch()
-    resizable = fixed is None or art["runner"] == "litert"  # LiteRT resizes its input tensors
+    resizable = fixed is None or runner.resizes_batch
     can_single = resizable or fixed == 1
     sizes = req.batch_sizes or ([2**i for i in range(6) if 2**i <= _max_batch(m)] if resizable else [fixed or 1])
     tol = tolerance_from_dict(m["tolerances"][m["precision"]]) if m["precision"] in m["tolerances"] else None
     notes = []
     if not resizable and any(b != fixed for b in sizes):
-        notes.append(f"the artifact has a fixed batch of {fixed} (static export"
-                     f"{' / Edge TPU' if m['target']['backend'] == 'coral' else ''}); only batch {fixed} is profiled — "
-                     "re-convert with --dynamic-batch to sweep")
+        why = ("the Edge TPU compiler fixes every shape" if m["target"]["backend"] == "coral"
+               else "static export; re-convert with --dynamic-batch to sweep")
+        notes.append(f"the artifact has a fixed batch of {fixed}, so only batch {fixed} is profiled ({why})")
         sizes = [fixed]
     rows = []
     item_inputs = _tile(ref, max(sizes))

@@ -82,6 +82,16 @@ def test_profile_litert_resizes(cli, samples, tmp_path):
     assert all("p50_ms" in row and not row["diverges"] for row in rep["rows"])
 
 
+def test_profile_openvino_reshapes_a_static_ir(cli, samples, tmp_path):
+    out = tmp_path / "ov"
+    assert cli("convert", samples / "digits_cnn.pt", "--target", "intel-cpu", "-o", out, "--json").code == 0
+    rep = cli("profile", out, "--batch-sizes", "1,4,8", "--runs", "5", "--json").json()
+    assert [row["batch"] for row in rep["rows"]] == [1, 4, 8] and not rep["notes"]
+    for row in rep["rows"]:
+        assert "error" not in row and row["p50_ms"] > 0
+        assert row["max_abs_vs_batch1"] < 1e-4 and row["top1_agreement_vs_batch1"] == 1.0 and not row["diverges"]
+
+
 def test_profile_bad_batch_sizes(cli, dyn):
     r = cli("profile", dyn, "--batch-sizes", "1,x")
     assert r.code == 2 and "--batch-sizes" in r.stderr

@@ -19,6 +19,7 @@ from edgeconv.specs import TensorSpec
 class Runner(ABC):
     runtime: str = ""  # "onnxruntime", "litert", "openvino", ...
     accepted_options: tuple[str, ...] = ()  # runtime-specific options (device, precision hint, ...)
+    resizes_batch = False  # the runtime re-plans an artifact with a fixed batch for another batch size
 
     def __init__(self, artifact: Path, *, threads: int | None = None, options: dict[str, Any] | None = None):
         self.artifact = artifact

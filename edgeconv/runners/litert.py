@@ -41,6 +41,11 @@ class LiteRtRunner(Runner):
     runtime = "litert"
     accepted_options = ("tensor_names", "permutations", "io_layout", "delegate")
 
+    @property
+    def resizes_batch(self) -> bool:
+        # the interpreter resizes input tensors; a delegate's compiled graph (Edge TPU) has its shapes baked in
+        return not self.options.get("delegate")
+
     def load(self) -> None:
         layout = self.options.get("io_layout", "source")
         if layout not in ("source", "artifact"):

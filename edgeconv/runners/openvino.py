@@ -84,6 +84,7 @@ def load_openvino():
 class OpenVinoRunner(Runner):
     runtime = "openvino"
     accepted_options = ("device", "inference_precision", "performance_hint")
+    resizes_batch = True
 
     def load(self) -> None:
         ov = load_openvino()
@@ -111,14 +112,31 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        self._config = config
         try:
-            model = self.core.read_model(str(self.artifact))
-            self.compiled = self.core.compile_model(model, device, config)
+            self.model = self.core.read_model(str(self.artifact))
+            self.compiled = self.core.compile_model(self.model, device, config)
         except Exception as exc:
             raise BadInput(f"OpenVINO cannot load {self.artifact} on {device}: {exc}") from exc
         self.request = self.compiled.create_infer_request()
         self.inputs = [self._spec(p) for p in self.compiled.inputs]
         self.outputs = [self._spec(p) for p in self.compiled.outputs]
+        self._requests = {self.fixed_batch(): self.request}  # batch -> request of a model compiled for it
+
+    def _request_for(self, batch: int):
+        """An IR with a static batch is reshaped to ``batch`` and compiled once more (what benchmark_app -b does);
+        a dynamic batch runs as it is."""
+        if self.fixed_batch() is None:
+            return self.request
+        if batch not in self._requests:
+            model = self.model.clone()
+            try:
+                model.reshape({p.get_any_name(): [batch, *p.get_partial_shape()[1:]] for p in model.inputs})
+                compiled = self.core.compile_model(model, self.device, self._config)
+            except Exception as exc:
+                raise BadInput(f"OpenVINO cannot reshape {self.artifact.name} to batch {batch}: {str(exc).splitlines()[0]}") from exc
+            self._requests[batch] = compiled.create_infer_request()
+        return self._requests[batch]
 
     @staticmethod
     def _spec(port) -> TensorSpec:
@@ -127,16 +145,18 @@ class OpenVinoRunner(Runner):
 
     def prepare(self, feed: dict[str, np.ndarray]) -> Any:
         arrays = super().prepare(feed)
+        request = self._request_for(len(arrays[self.inputs[0].name])) if self.inputs else self.request
         # Request-owned copies (shared_memory=False): the caller's arrays are never aliased.
-        return [self._ov.Tensor(np.array(arrays[s.name], copy=True), shared_memory=False) for s in self.inputs]
+        return request, [self._ov.Tensor(np.array(arrays[s.name], copy=True), shared_memory=False) for s in self.inputs]
 
-    def run_prepared(self, prepared: list) -> list[np.ndarray]:
-        for i, t in enumerate(prepared):
-            self.request.set_input_tensor(i, t)
+    def run_prepared(self, prepared: tuple) -> list[np.ndarray]:
+        request, tensors = prepared
+        for i, t in enumerate(tensors):
+            request.set_input_tensor(i, t)
         t0 = time.perf_counter()
-        self.request.infer()
+        request.infer()
         self.last_inference_s = time.perf_counter() - t0
-        return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+        return [request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
 
     def async_throughput(self, feed: dict[str, np.ndarray], seconds: float = 3.0) -> dict[str, Any] | None:
         """With PERFORMANCE_HINT=THROUGHPUT: items/s from an AsyncInferQueue with the device's optimal number of
@@ -145,7 +165,7 @@ class OpenVinoRunner(Runner):
             return None
         jobs = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         queue = self._ov.AsyncInferQueue(self.compiled, jobs)
-        tensors = self.prepare(feed)
+        tensors = self.prepare(feed)[1]
         batch = len(next(iter(feed.values())))
         for _ in range(jobs):  # warm-up
             queue.start_async(tensors)
