@@ -239,6 +239,7 @@ def convert(
     quant_preset: Annotated[str, typer.Option("--quant-preset", help="OpenVINO int8: performance (symmetric) or mixed.")] = "performance",
     ignore_node: Annotated[list[str], typer.Option("--ignore-node", help="OpenVINO int8: keep this node in float (repeatable).")] = [],  # noqa: B006
     io_dtype: Annotated[str | None, typer.Option("--io-dtype", help="TFLite int8: input/output tensors float, int8 or uint8 (default: the profile's; float for LiteRT, int8 for Coral/Ethos-U).")] = None,
+    allow_float_ops: Annotated[bool, typer.Option("--allow-float-ops", help="TFLite int8: keep ops that have no int8 kernel in float instead of failing (listed in the manifest).")] = False,
     dla_core: Annotated[int | None, typer.Option("--dla-core", help="Jetson: build the engine for this DLA core.")] = None,
     max_batch: Annotated[int | None, typer.Option("--max-batch", help="Jetson with --dynamic-batch: the largest batch of the engine's profile (default 8).")] = None,
     workspace: Annotated[int | None, typer.Option("--workspace", help="Jetson: TensorRT builder workspace in MB (default 1024).")] = None,
@@ -270,7 +271,7 @@ def convert(
     req = ConvertRequest(
         model=model, target=target, precision=precision, output=output, force=force, calib=calib_req,
         target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node, "io_dtype": io_dtype,
-                      "dla_core": dla_core, "max_batch": max_batch, "workspace_mb": workspace,
+                      "allow_float_ops": allow_float_ops, "dla_core": dla_core, "max_batch": max_batch, "workspace_mb": workspace,
                       "min_tpu_share": min_tpu_share, "min_npu_share": min_npu_share, "compiler": compiler,
                       "et_backend": et_backend},
         input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,

@@ -7,6 +7,7 @@ one calls :func:`require`, which turns an ImportError into a typed error naming 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from edgeconv.errors import MissingDependency
@@ -32,14 +33,24 @@ def require(module: str, *, why: str = "") -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        top = module.split(".")[0]
-        extra = EXTRAS.get(top)
-        if extra and not extra.startswith("("):
-            hint = f"install it with: pip install 'edgeconv[{extra}]'"
-        else:
-            hint = f"install it with: pip install {top}"
-        purpose = f" (needed {why})" if why else ""
-        raise MissingDependency(f"{top} is not installed{purpose}: {exc}", hint=hint) from exc
+        raise _missing(module, why, str(exc)) from exc
+
+
+def require_installed(module: str, *, why: str = "") -> None:
+    """Like ``require`` for a module that a child process will import: found, not imported here."""
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        raise _missing(module, why, f"No module named {module.split('.')[0]!r}")
+
+
+def _missing(module: str, why: str, cause: str) -> MissingDependency:
+    top = module.split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra and not extra.startswith("("):
+        hint = f"install it with: pip install 'edgeconv[{extra}]'"
+    else:
+        hint = f"install it with: pip install {top}"
+    purpose = f" (needed {why})" if why else ""
+    return MissingDependency(f"{top} is not installed{purpose}: {cause}", hint=hint)
 
 
 def load_entry(table: dict[str, tuple[str, str]], name: str, kind: str):

@@ -66,6 +66,8 @@ def render_convert(result) -> None:
                           f"off-chip {e['off_chip_used_kib']:.1f} KiB")
             for op in c["cpu_operators"]:
                 console.print(f"  [yellow]on the CPU:[/] {op}")
+    if model.get("float_ops"):
+        console.print(f"[yellow]left in float (no int8 kernel):[/] {', '.join(model['float_ops'])}")
     build = model.get("device_build")
     if build and not build.get("built"):
         console.print(f"[yellow]not built here:[/] {build.get('reason') or build.get('how')}\n  then: {build.get('command') or 'edgeconv build BUNDLE'}")

@@ -25,7 +25,7 @@ def test_coral_bundle_is_full_int8_and_predicts_full_mapping(coral, cli, samples
     assert m["precision"] == "int8"  # the profile's default precision
     art = next(a for a in m["artifacts"] if a["role"] == "model")
     assert set(art["tensor_dtypes"].values()) == {"int8"}
-    from edgeconv.targets.coral import tflite_graph
+    from edgeconv.targets.tflite import tflite_graph
 
     ops, tensors, _, _ = tflite_graph(out / "model.tflite")
     assert all(tensors[i]["dtype"] in ("int8", "int32") for op in ops for i in op["inputs"] + op["outputs"])

@@ -36,7 +36,7 @@ def test_ethos_bundle_has_the_vela_model_and_its_estimate(ethos):
 
     npu = next(a for a in m["artifacts"] if a["role"] == "npu-model")
     assert npu["file"] == "vela/model_vela.tflite" and npu["runner"] is None
-    from edgeconv.targets.coral import tflite_graph
+    from edgeconv.targets.tflite import tflite_graph
 
     # the whole graph became one Ethos-U custom op (the interpreter lists it; it could not run it)
     assert [op["op"] for op in tflite_graph(out / npu["file"])[0]] == ["ethos-u"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,6 +139,53 @@ def test_unconvertible_op_is_exit_4_naming_it(cli, tmp_path):
     assert log.exists() and log.stat().st_size > 0
     assert len(r.stderr.splitlines()) < 40
     assert "LpPool (the_lppool)" in r.stderr
+
+
+def _sin_model(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])
+    g = helper.make_graph([helper.make_node("Sin", ["x"], ["y"], name="the_sin")], "g", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+
+
+def test_int8_with_an_op_left_in_float_is_refused(cli, tmp_path):
+    """TFLiteConverter keeps SIN (no int8 kernel) in float even under TFLITE_BUILTINS_INT8; an "int8" bundle
+    like that would be a silent downgrade: exit 4 naming the op, no bundle. int8-dynamic is the way out."""
+    _sin_model(tmp_path / "sin.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).uniform(-1, 1, (8, 1, 4, 4)).astype(np.float32))
+    for io in ("float", "int8"):
+        r = cli("convert", tmp_path / "sin.onnx", "--target", "tflite", "--precision", "int8", "--io-dtype", io,
+                "--calib", tmp_path / "calib.npz", "-o", tmp_path / f"out-{io}")
+        assert r.code == 4, r
+        assert "1 op(s) stayed in float: SIN" in r.stderr and "int8-dynamic" in r.stderr
+        assert not (tmp_path / f"out-{io}").exists()
+    r = cli("convert", tmp_path / "sin.onnx", "--target", "tflite", "--precision", "int8", "--allow-float-ops",
+            "--calib", tmp_path / "calib.npz", "-o", tmp_path / "allowed")
+    assert r.code == 0, r
+    assert "left in float (no int8 kernel): SIN" in " ".join(r.stdout.split())
+    art = json.loads((tmp_path / "allowed" / "manifest.json").read_text())["artifacts"]
+    assert [a["float_ops"] for a in art if a["role"] == "model"] == [["SIN (PartitionedCall:0)"]]
+
+
+def test_child_reports_a_tflite_converter_failure_apart_from_onnx2tf(tmp_path):
+    """The child's contract: onnx2tf worked but TFLiteConverter failed → exit TFLITE_FAILED and the message in
+    the error file (the parent turns it into exit 4 with that message, not an onnx2tf log)."""
+    from edgeconv.targets.tflite_job import TFLITE_FAILED
+
+    _sin_model(tmp_path / "sin.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.zeros((2, 1, 1, 4, 4), np.float32), z=np.zeros((2, 1, 1, 4, 4), np.float32))  # 2 inputs for 1
+    job = {"onnx2tf_args": ["-i", str(tmp_path / "sin.onnx"), "-o", str(tmp_path / "sm"), "-osd", "-nuo", "-v", "error"],
+           "saved_model": str(tmp_path / "sm"), "precision": "int8", "io_dtype": "float",
+           "calibration": str(tmp_path / "calib.npz"), "output": str(tmp_path / "m.tflite"), "error": str(tmp_path / "err.txt")}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    r = subprocess.run([sys.executable, "-m", "edgeconv.targets.tflite_job", str(tmp_path / "job.json")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert r.returncode == TFLITE_FAILED, r.stderr[-2000:]
+    assert (tmp_path / "err.txt").read_text().startswith("TFLiteConverter failed for int8:")
+    assert (tmp_path / "sm" / "saved_model.pb").exists() and not (tmp_path / "m.tflite").exists()
 
 
 NETBLOCK = """

@@ -25,8 +25,11 @@ from edgeconv.runners.base import Runner
 from edgeconv.specs import TensorSpec
 
 
-# Some virtual machines advertise AMX in CPUID but fault (SIGILL) when a program executes it; OpenVINO's CPU
-# plugin then dies on bf16 or int8 inference. A tiny bf16 matmul in a subprocess tells; the answer is cached.
+# Some virtual machines advertise AMX in CPUID leaf 7 but cap the CPUID leaves below 0x1D, the leaf that describes
+# the tile palette. oneDNN then configures tiles from an empty palette and its first TILEZERO raises #UD, so
+# OpenVINO's CPU plugin dies (SIGILL) on bf16 or int8 inference. (Found on a Firecracker VM: max leaf 0x1C; code that
+# loads palette 1 itself, as XNNPACK's AMX kernels do, runs fine there.) A tiny bf16 matmul in a subprocess tells;
+# the answer is cached.
 AMX_CAP = "AVX512_CORE_FP16"
 _PROBE = """
 import numpy as np, openvino as ov, openvino.opset13 as ops
@@ -67,15 +70,16 @@ def _amx_faults() -> bool:
 
 
 def load_openvino():
-    """Import openvino; where the CPU advertises AMX that faults when run, cap oneDNN's ISA below AMX first
+    """Import openvino; where the CPU advertises AMX that OpenVINO cannot use, cap oneDNN's ISA below AMX first
     (and say so in every report). A user's own ONEDNN_MAX_CPU_ISA is left alone."""
     if (sys.platform == "linux" and "ONEDNN_MAX_CPU_ISA" not in os.environ and " amx_tile" in _cpuinfo_flags()
             and "openvino" not in sys.modules):
         require("openvino", why="to run OpenVINO IR")
         if _amx_faults():
             os.environ["ONEDNN_MAX_CPU_ISA"] = AMX_CAP
-            isa_note["cpu_isa_cap"] = (f"{AMX_CAP}: this CPU advertises AMX but executing it faults (SIGILL), as on some "
-                                       "virtual machines; bf16/int8 run on AVX-512 instead")
+            isa_note["cpu_isa_cap"] = (f"{AMX_CAP}: this CPU advertises AMX but OpenVINO's AMX code faults (SIGILL) on it "
+                                       "(a virtual machine that hides the AMX palette leaf, CPUID 0x1D); bf16/int8 run on "
+                                       "AVX-512 instead")
     elif os.environ.get("ONEDNN_MAX_CPU_ISA") and "cpu_isa_cap" not in isa_note:
         isa_note["cpu_isa_cap"] = f"{os.environ['ONEDNN_MAX_CPU_ISA']} (set by the user)"
     return require("openvino", why="to run OpenVINO IR")

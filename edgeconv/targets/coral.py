@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeconv.errors import ConversionFailed, PreflightError
 from edgeconv.targets.base import Artifact, TargetOptions
-from edgeconv.targets.tflite import TfliteTarget
+from edgeconv.targets.tflite import TfliteTarget, tflite_graph
 
 TABLE = Path(__file__).resolve().parents[1] / "device_data" / "edgetpu_ops.toml"
 COMPILER = "edgetpu_compiler"
@@ -34,22 +34,6 @@ ONNX_NEVER_MAPPED = {"Erf", "Gelu", "Elu", "Selu", "Softplus", "Mish", "Sin", "C
 
 def load_table() -> dict[str, Any]:
     return tomllib.loads(TABLE.read_text())
-
-
-def tflite_graph(path: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]], int, set[int]]:
-    """Ops in execution order (name, input/output tensor indices), tensors by index, subgraph count, and the
-    model's input tensors."""
-    from edgeconv.device.edgeconv_runner import tflite_interpreter_module
-
-    interp = tflite_interpreter_module().Interpreter(model_path=str(path))
-    # _get_ops_details is the interpreter's own op listing (execution order); it has no public twin.
-    ops = [{"op": d["op_name"], "inputs": [int(i) for i in d["inputs"] if i >= 0], "outputs": [int(i) for i in d["outputs"]]}
-           for d in interp._get_ops_details()]
-    tensors = {int(t["index"]): {"name": t["name"], "shape": [int(s) for s in t["shape"]], "dtype": np.dtype(t["dtype"]).name,
-                                 "shape_signature": [int(s) for s in t.get("shape_signature", t["shape"])]}
-               for t in interp.get_tensor_details()}
-    subgraphs = len(interp.get_signature_list()) or 1
-    return ops, tensors, subgraphs, {int(d["index"]) for d in interp.get_input_details()}
 
 
 def op_macs(op: dict[str, Any], tensors: dict[int, dict[str, Any]]) -> int:
@@ -199,6 +183,7 @@ class CoralTarget(TfliteTarget):
     precisions = ("int8",)
     dynamic_batch = False
     needs_calibration = ("int8",)
+    float_ops_reported = True  # the CPU runs them; the mapping report and --min-*-share decide
 
     def graph_problems(self, proto, profile, opts: TargetOptions) -> list[str]:
         # Unmappable ONNX ops do not stop the conversion (the CPU runs the rest); they are reported with the

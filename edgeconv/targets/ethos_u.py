@@ -248,6 +248,7 @@ class EthosUTarget(TfliteTarget):
     precisions = ("int8",)
     dynamic_batch = False
     needs_calibration = ("int8",)
+    float_ops_reported = True  # the CPU runs them; the mapping report and --min-*-share decide
 
     def check_options(self, profile, opts: TargetOptions) -> None:
         try:
@@ -267,7 +268,7 @@ class EthosUTarget(TfliteTarget):
                                  + "\n  - ".join(problems), hint=f"the profile is {profile.path}")
 
     def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
-        from edgeconv.targets.coral import tflite_graph
+        from edgeconv.targets.tflite import tflite_graph
 
         artifacts = super().convert(onnx_path, workdir, profile, opts)
         model = next(a for a in artifacts if a.role == "model")

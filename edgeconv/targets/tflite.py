@@ -1,9 +1,10 @@
 """TFLite / LiteRT target: fp32, fp16 (fp16 weights), int8 (full integer, calibrated), int8-dynamic.
 
 PyTorch and ONNX sources: the checked ONNX graph → TensorFlow SavedModel with onnx2tf (NCHW becomes NHWC),
-then TensorFlow's TFLiteConverter builds exactly the precision asked for. onnx2tf's habits are contained:
-it runs on a copy of the graph (it rewrites its input), in a subprocess (it sets TF_USE_LEGACY_KERAS=1 for
-its process), with a timeout, an argument list and its log kept, and in a working directory that already
+then TensorFlow's TFLiteConverter builds exactly the precision asked for. Both run in one child process
+(tflite_job.py), so TensorFlow is imported once and never into edgeconv's own process. onnx2tf's habits are
+contained: it runs on a copy of the graph (it rewrites its input), in that child (it sets TF_USE_LEGACY_KERAS=1
+for its process), with a timeout, an argument list and its log kept, and in a working directory that already
 holds its sample-data file, made from the user's own inputs, so it never downloads one.
 
 Keras / SavedModel sources: TFLiteConverter directly from the TensorFlow model (no ONNX round trip; layouts
@@ -12,6 +13,7 @@ stay as the model has them).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgeconv.errors import ConversionFailed, MissingDependency
-from edgeconv.lazy import require, version_of
+from edgeconv.lazy import require, require_installed, version_of
 from edgeconv.targets.base import Artifact, Target, TargetOptions
 
 ONNX2TF_TESTED = ">=1.28,<1.29"  # the onnx2tf range this code was tested with (1.28.8, TF 2.21)
@@ -101,11 +103,71 @@ def failed_ops(log: str, nodes: dict[str, list[str]]) -> list[str]:
     return out
 
 
+def tflite_graph(path: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]], int, set[int]]:
+    """Ops in execution order (name, input/output tensor indices), tensors by index, subgraph count, and the
+    model's input tensors."""
+    from edgeconv.device.edgeconv_runner import tflite_interpreter_module
+
+    interp = tflite_interpreter_module().Interpreter(model_path=str(path))
+    # _get_ops_details is the interpreter's own op listing (execution order); it has no public twin.
+    ops = [{"op": d["op_name"], "inputs": [int(i) for i in d["inputs"] if i >= 0], "outputs": [int(i) for i in d["outputs"]]}
+           for d in interp._get_ops_details()]
+    tensors = {int(t["index"]): {"name": t["name"], "shape": [int(s) for s in t["shape"]], "dtype": np.dtype(t["dtype"]).name,
+                                 "shape_signature": [int(s) for s in t.get("shape_signature", t["shape"])]}
+               for t in interp.get_tensor_details()}
+    subgraphs = len(interp.get_signature_list()) or 1
+    return ops, tensors, subgraphs, {int(d["index"]) for d in interp.get_input_details()}
+
+
+def float_ops(path: Path) -> list[str]:
+    """``OP (tensor)`` for every op of a TFLite model that computes in float; the QUANTIZE / DEQUANTIZE at the edges
+    of a float-I/O integer model are not counted."""
+    ops, tensors, _, _ = tflite_graph(path)
+    out = []
+    for op in ops:
+        if op["op"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if any(tensors[i]["dtype"] in ("float32", "float16") for i in op["inputs"] + op["outputs"]):
+            out.append(f"{op['op']} ({tensors[op['outputs'][0]]['name']})" if op["outputs"] else op["op"])
+    return out
+
+
+def tflite_from_saved_model(tf, saved: Path, precision: str, samples: list[dict[str, np.ndarray]] | None, io_dtype: str,
+                            moved: bool) -> bytes:
+    """TFLiteConverter for exactly one precision. ``moved``: onnx2tf made the graph channel-last, so the (source
+    layout) calibration samples are transposed the same way."""
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if precision == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif precision == "int8-dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif precision == "int8":
+        names = list(samples[0])
+
+        def representative():
+            for s in samples:
+                yield [np.transpose(s[n], channel_last_perm(s[n].ndim)) if moved and s[n].ndim >= 3 else s[n] for n in names]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_dtype != "float":
+            conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
+    try:
+        return conv.convert()
+    except Exception as exc:
+        raise ConversionFailed(f"TFLiteConverter failed for {precision}: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}") from exc
+
+
 class TfliteTarget(Target):
     name = "tflite"
     precisions = ("fp32", "fp16", "int8", "int8-dynamic")
     dynamic_batch = False
     needs_calibration = ("int8",)
+    # int8 ops left in float: refused unless --allow-float-ops; accelerator targets whose compilers hand them to
+    # the CPU say True and report the split themselves
+    float_ops_reported = False
 
     def check_options(self, profile, opts: TargetOptions) -> None:
         super().check_options(profile, opts)
@@ -128,24 +190,39 @@ class TfliteTarget(Target):
 
     # -- conversion ------------------------------------------------------------------------------------
     def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
-        tf = require("tensorflow", why="to build TFLite models")
         build = workdir / "_build"
         build.mkdir()
         source = opts.extra["source_model"]
         try:
             if source.framework == "keras":
-                saved, route = self._saved_model_from_keras(source, build), f"tf.lite.TFLiteConverter from the Keras/TensorFlow model (tensorflow {tf.__version__})"
+                tf = require("tensorflow", why="to build TFLite models")
+                saved = self._saved_model_from_keras(source, build)
+                route = f"tf.lite.TFLiteConverter from the Keras/TensorFlow model (tensorflow {tf.__version__})"
                 moved = False
+                data = tflite_from_saved_model(tf, saved, opts.precision, opts.extra.get("calibration"), opts.extra["io_dtype"],
+                                               moved)
             else:
-                saved = self._onnx2tf(onnx_path, build, opts)
-                route = f"onnx2tf {version_of('onnx2tf')} → SavedModel → tf.lite.TFLiteConverter (tensorflow {tf.__version__})"
+                data = self._from_onnx(onnx_path, build, opts)
+                route = (f"onnx2tf {version_of('onnx2tf')} → SavedModel → tf.lite.TFLiteConverter "
+                         f"(tensorflow {version_of('tensorflow-cpu') or version_of('tensorflow')}), one child process")
                 moved = True
-            data = self._convert_saved_model(tf, saved, opts, moved)
         finally:
             shutil.rmtree(build, ignore_errors=True)
         dest = workdir / "model.tflite"
         dest.write_bytes(data)
+        # TFLiteConverter leaves an op without an int8 kernel in float (a DEQUANTIZE/QUANTIZE around it) even under
+        # TFLITE_BUILTINS_INT8: an int8 model in name only, unless the user allows it or an accelerator's own
+        # split report covers it.
+        left = float_ops(dest) if opts.precision == "int8" else []
+        if left and not (self.float_ops_reported or opts.extra.get("allow_float_ops")):
+            raise ConversionFailed(
+                f"--precision int8 asks for a full-integer model, but {len(left)} op(s) stayed in float: "
+                + ", ".join(left[:8]) + (" …" if len(left) > 8 else ""),
+                hint="TFLite has no int8 kernel for them: --allow-float-ops keeps them in float (listed in the manifest); "
+                     "or use --precision int8-dynamic or fp16, or replace those ops in the model")
         extra = self._describe(dest, opts, moved, route)
+        if opts.precision == "int8":
+            extra["float_ops"] = left
         return [Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)]
 
     def _saved_model_from_keras(self, source, build: Path) -> Path:
@@ -158,67 +235,54 @@ class TfliteTarget(Target):
             raise ConversionFailed(f"Keras could not export a SavedModel for TFLite: {type(exc).__name__}: {exc}") from exc
         return out
 
-    def _onnx2tf(self, onnx_path: Path, build: Path, opts: TargetOptions) -> Path:
+    def _from_onnx(self, onnx_path: Path, build: Path, opts: TargetOptions) -> bytes:
+        """onnx2tf and TFLiteConverter in one child process (edgeconv/targets/tflite_job.py)."""
+        from edgeconv.targets.tflite_job import TFLITE_FAILED
+
         if version_of("onnx2tf") is None:
             raise MissingDependency("onnx2tf is not installed (needed to turn ONNX into TFLite)",
                                     hint="install it with: pip install 'edgeconv[tflite]'")
+        require_installed("tensorflow", why="to build TFLite models")
         work = build / "onnx2tf"
         work.mkdir()
         copy = work / "model.onnx"
         shutil.copyfile(onnx_path, copy)  # onnx2tf rewrites its input in place
         np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(opts.extra["reference_inputs"]))
-        out = work / "saved_model"
-        cmd = [sys.executable, "-c", "from onnx2tf import main; main()", "-i", str(copy), "-o", str(out), "-osd", "-nuo", "-v", "error"]
+        saved = work / "saved_model"
+        samples = opts.extra.get("calibration") if opts.precision == "int8" else None
+        if samples:
+            np.savez(work / "calibration.npz", **{n: np.stack([s[n] for s in samples]) for n in samples[0]})
+        job = {"onnx2tf_args": ["-i", str(copy), "-o", str(saved), "-osd", "-nuo", "-v", "error"], "saved_model": str(saved),
+               "precision": opts.precision, "io_dtype": opts.extra["io_dtype"],
+               "calibration": str(work / "calibration.npz") if samples else None,
+               "output": str(work / "model.tflite"), "error": str(work / "tflite_error.txt")}
+        (work / "job.json").write_text(json.dumps(job))
+        cmd = [sys.executable, "-m", "edgeconv.targets.tflite_job", str(work / "job.json")]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
         try:
             proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise ConversionFailed(f"onnx2tf did not finish in {ONNX2TF_TIMEOUT_S} s") from exc
+            raise ConversionFailed(f"onnx2tf and TFLiteConverter did not finish in {ONNX2TF_TIMEOUT_S} s") from exc
+        if proc.returncode == 0:
+            return (work / "model.tflite").read_bytes()
+        if proc.returncode == TFLITE_FAILED:
+            raise ConversionFailed((work / "tflite_error.txt").read_text())
         log = proc.stdout + proc.stderr
-        if proc.returncode != 0 or not (out / "saved_model.pb").exists():
-            failed_dir = Path(opts.extra.get("failed_build_dir", work))
-            failed_dir.mkdir(parents=True, exist_ok=True)
-            (failed_dir / "onnx2tf.log").write_text(log)
-            import onnx
+        failed_dir = Path(opts.extra.get("failed_build_dir", work))
+        failed_dir.mkdir(parents=True, exist_ok=True)
+        (failed_dir / "onnx2tf.log").write_text(log)
+        import onnx
 
-            nodes: dict[str, list[str]] = {}
-            for n in onnx.load(str(onnx_path), load_external_data=False).graph.node:
-                nodes.setdefault(n.op_type, []).append(n.name)
-            ops = failed_ops(log, nodes)
-            raise ConversionFailed(
-                f"onnx2tf {version_of('onnx2tf')} could not convert the graph"
-                + (f"; failing op(s): {', '.join(ops)}" if ops else "") + f" (exit {proc.returncode})",
-                details=condense_onnx2tf_log(log),
-                hint=f"full log: {failed_dir / 'onnx2tf.log'}",
-            )
-        return out
-
-    def _convert_saved_model(self, tf, saved: Path, opts: TargetOptions, moved: bool) -> bytes:
-        conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        p = opts.precision
-        if p == "fp16":
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.target_spec.supported_types = [tf.float16]
-        elif p == "int8-dynamic":
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        elif p == "int8":
-            samples = opts.extra["calibration"]
-            names = list(samples[0])
-
-            def representative():
-                for s in samples:
-                    yield [np.transpose(s[n], channel_last_perm(s[n].ndim)) if moved and s[n].ndim >= 3 else s[n] for n in names]
-
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = representative
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            io = opts.extra["io_dtype"]
-            if io != "float":
-                conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
-        try:
-            return conv.convert()
-        except Exception as exc:
-            raise ConversionFailed(f"TFLiteConverter failed for {p}: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}") from exc
+        nodes: dict[str, list[str]] = {}
+        for n in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+            nodes.setdefault(n.op_type, []).append(n.name)
+        ops = failed_ops(log, nodes)
+        raise ConversionFailed(
+            f"onnx2tf {version_of('onnx2tf')} could not convert the graph"
+            + (f"; failing op(s): {', '.join(ops)}" if ops else "") + f" (exit {proc.returncode})",
+            details=condense_onnx2tf_log(log),
+            hint=f"full log: {failed_dir / 'onnx2tf.log'}",
+        )
 
     def _describe(self, tflite: Path, opts: TargetOptions, moved: bool, route: str) -> dict[str, Any]:
         from edgeconv.runners.litert import signature_io
