@@ -494,6 +494,11 @@ def build(
     from edgeconv.build import build_bundle
 
     if remote or hosts:
+        from edgeconv.remote import read_hosts
+
+        if len(list(remote) + (read_hosts(hosts) if hosts else [])) > 1:
+            raise BadInput("build --remote takes one device: the engine it brings back into the bundle belongs to that "
+                           "device's GPU and TensorRT; build each device from its own copy of the bundle")
         args = [a for k, v in (("--dla-core", dla_core), ("--workspace", workspace), ("--compiler", compiler)) if v is not None
                 for a in (k, str(v))]
         _on_devices("build", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, args)
@@ -521,12 +526,27 @@ def build(
 @_handled()
 def selftest(
     target: Annotated[str, typer.Option("--target", "-t", help="The device family or profile of this board.")] = "jetson",
+    remote: RemoteOpt = [],  # noqa: B006
+    hosts: HostsOpt = None,
+    identity: IdentityOpt = None,
+    ssh_option: SshOptionOpt = [],  # noqa: B006
+    remote_python: RemotePythonOpt = "python3",
+    timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """First run on a new board: convert the bundled sample, build, validate, one table."""
+    """First run on a new board: convert the bundled sample, build, validate, one table (on this board, or with
+    --remote converted here and built/validated on each board over SSH)."""
     from edgeconv.selftest import selftest as run_selftest
+    from edgeconv.selftest import selftest_remote
 
-    result = run_selftest(target, _steps(as_json))
+    if remote or hosts:
+        from edgeconv.remote import read_hosts
+
+        devices = list(remote) + (read_hosts(hosts) if hosts else [])
+        ssh = {"identity": identity, "ssh_options": ssh_option, "remote_python": remote_python, "timeout": timeout}
+        result = selftest_remote(target, devices, ssh, _steps(as_json), None if as_json else _progress_line)
+    else:
+        result = run_selftest(target, _steps(as_json))
     if as_json:
         _emit_json(result)
     else:
@@ -535,13 +555,15 @@ def selftest(
         from edgeconv.render import console
 
         t = Table(title=f"edgeconv selftest · {result['target']}", title_justify="left")
-        for col in ("step", "ok", "detail"):
+        for col in ("where", "step", "ok", "detail"):
             t.add_column(col)
         for r in result["rows"]:
-            t.add_row(r["step"], "✅" if r["ok"] else "❌", r["detail"])
+            t.add_row(r["where"], r["step"], "✅" if r["ok"] else "❌", r["detail"])
         console.print(t)
     if not result["ok"]:
-        raise typer.Exit(1)
+        failed = [d for d in result.get("devices", []) if not d["ok"]]
+        codes = {d.get("exit_code", 1) for d in failed}
+        raise typer.Exit(codes.pop() if failed and len(failed) == len(result["devices"]) and len(codes) == 1 else 1)
 
 
 def main() -> None:

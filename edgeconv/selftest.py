@@ -19,38 +19,102 @@ def sample_dir() -> Path:
     raise MissingDependency("the bundled digits sample is missing from this installation")
 
 
-def selftest(target: str, steps: Steps | None = None) -> dict[str, Any]:
-    from edgeconv.build import build_bundle
+SELFTEST_MAX_DROP = 1.0  # top-1 points the digits sample may lose on the device
+
+
+def _plan(target: str):
+    from edgeconv.profiles import resolve_profile
+
+    profile = resolve_profile(target)
+    precision = "int8" if "int8" in profile.precisions else "fp16" if "fp16" in profile.precisions else "fp32"
+    return profile, precision
+
+
+def _convert_sample(profile, precision: str, target: str, out: Path, command: list[str], steps: Steps) -> dict[str, Any]:
     from edgeconv.calibration import CalibrationRequest
     from edgeconv.convert import ConvertRequest, convert
-    from edgeconv.profiles import resolve_profile
+
+    samples = sample_dir()
+    convert(ConvertRequest(model=samples / "digits_cnn.pt", target=profile.path and str(profile.path) or target,
+                           precision=precision, output=out, data=samples / "digits_test.npz",
+                           calib=CalibrationRequest(str(samples / "digits_calib.npz")) if precision == "int8" else None,
+                           command_line=command), steps)
+    return {"where": "this machine", "step": "convert", "ok": True, "detail": f"{profile.name} {precision}"}
+
+
+def _validate_row(report: dict[str, Any], where: str) -> dict[str, Any]:
+    acc = report["accuracy"]
+    top1 = acc["artifact"]["top1"] if "artifact" in acc else acc["top1"]
+    ok = bool(report["ok"]) and acc["drop_points"] <= SELFTEST_MAX_DROP
+    return {"where": where, "step": "validate", "ok": ok,
+            "detail": f"top-1 {top1:.2%} (drop {acc['drop_points']:.2f} points, budget {SELFTEST_MAX_DROP}), "
+                      f"p50 {report['latency']['p50_ms']:.3f} ms on {report['measured_on']['runtime']}"}
+
+
+def selftest(target: str, steps: Steps | None = None) -> dict[str, Any]:
+    from edgeconv.build import build_bundle
     from edgeconv.validate import ValidateRequest, validate
 
     steps = steps or Steps()
-    profile = resolve_profile(target)
+    profile, precision = _plan(target)
     if profile.backend == "jetson":
         from edgeconv.targets.jetson_device import TEGRA_RELEASE, device_info
 
         if not TEGRA_RELEASE.exists():
             raise MissingDependency(f"this is not a Jetson ({TEGRA_RELEASE} not found): selftest --target {target} runs on the board",
-                                    hint="on this machine, `edgeconv convert … --target jetson-…` prepares and previews a bundle")
+                                    hint=f"from a workstation: edgeconv selftest --target {target} --remote user@board")
         device_info()  # tensorrt and the GPU are here, or a clear exit 3
-    samples = sample_dir()
-    precision = "int8" if "int8" in profile.precisions else "fp16" if "fp16" in profile.precisions else "fp32"
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeconv-selftest-") as tmp:
         out = Path(tmp) / "bundle"
-        convert(ConvertRequest(model=samples / "digits_cnn.pt", target=profile.path and str(profile.path) or target,
-                               precision=precision, output=out, data=samples / "digits_test.npz",
-                               calib=CalibrationRequest(str(samples / "digits_calib.npz")) if precision == "int8" else None,
-                               command_line=["edgeconv", "selftest", "--target", target]), steps)
-        rows.append({"step": "convert", "ok": True, "detail": f"{profile.name} {precision}"})
+        rows.append(_convert_sample(profile, precision, target, out, ["edgeconv", "selftest", "--target", target], steps))
         if profile.backend == "jetson":
             record = build_bundle(out, steps=steps)
-            rows.append({"step": "build", "ok": True, "detail": f"TensorRT {record['built_on']['tensorrt']} on "
-                         f"{record['built_on'].get('board') or record['built_on']['gpu']}, {record['build_seconds']:.0f} s"})
-        report = validate(ValidateRequest(bundle=out, data=samples / "digits_test.npz", max_accuracy_drop=1.0), steps)
-        rows.append({"step": "validate", "ok": report["ok"],
-                     "detail": f"top-1 {report['accuracy']['artifact']['top1']:.2%} (drop {report['accuracy']['drop_points']:.2f} "
-                               f"points), p50 {report['latency']['p50_ms']:.3f} ms on {report['measured_on']['runtime']}"})
+            rows.append({"where": "this machine", "step": "build", "ok": True,
+                         "detail": f"TensorRT {record['built_on']['tensorrt']} on "
+                                   f"{record['built_on'].get('board') or record['built_on']['gpu']}, {record['build_seconds']:.0f} s"})
+        report = validate(ValidateRequest(bundle=out, data=sample_dir() / "digits_test.npz", max_accuracy_drop=SELFTEST_MAX_DROP), steps)
+        rows.append(_validate_row(report, "this machine"))
     return {"ok": all(r["ok"] for r in rows), "target": profile.name, "rows": rows, "validation": report}
+
+
+def selftest_remote(target: str, remotes: list[str], ssh: dict[str, Any], steps: Steps | None = None, progress=None) -> dict[str, Any]:
+    """The same check for boards reached over SSH: convert here (where torch is), then on each board build what
+    must be built there (a TensorRT engine; needs edgeconv on the board) and validate (edgeconv or the bundle's
+    device runner). Each board gets its own copy of the bundle: an engine belongs to one GPU and TensorRT."""
+    import shutil
+
+    from edgeconv.remote import RemoteRequest, run_remote
+
+    steps = steps or Steps()
+    profile, precision = _plan(target)
+    rows: list[dict[str, Any]] = []
+    devices = []
+    with tempfile.TemporaryDirectory(prefix="edgeconv-selftest-") as tmp:
+        out = Path(tmp) / "bundle"
+        rows.append(_convert_sample(profile, precision, target, out,
+                                    ["edgeconv", "selftest", "--target", target, *[a for r in remotes for a in ("--remote", r)]], steps))
+        for i, dev in enumerate(remotes):
+            copy = Path(tmp) / f"bundle-{i}"
+            shutil.copytree(out, copy)
+            device = {"target": dev, "ok": False}
+            devices.append(device)
+            stages = (["build"] if profile.backend == "jetson" else []) + ["validate"]
+            for stage in stages:
+                extra = {"data": sample_dir() / "digits_test.npz"} if stage == "validate" else {}
+                res = run_remote(RemoteRequest(bundle=copy, remotes=[dev], command=stage, **ssh, **extra), progress)["devices"][0]
+                if not res["ok"] and "report" not in res:
+                    rows.append({"where": dev, "step": stage, "ok": False, "detail": res["error"]})
+                    device.update(error=res["error"], exit_code=res.get("exit_code", 1))
+                    break
+                if stage == "build":
+                    on = res["report"].get("build", {}).get("built_on", {})
+                    rows.append({"where": dev, "step": "build", "ok": res["ok"],
+                                 "detail": f"TensorRT {on.get('tensorrt')} on {on.get('board') or on.get('gpu')}"})
+                    if not res["ok"]:
+                        break
+                else:
+                    rows.append(_validate_row(res["report"], dev))
+                    device["ok"] = rows[-1]["ok"]
+                    device["validation"] = res["report"]
+    return {"ok": all(r["ok"] for r in rows), "target": profile.name, "rows": rows, "devices": devices}

@@ -185,3 +185,26 @@ def test_profile_and_build_over_ssh_need_edgeconv_there(cli, bundles, sshd, samp
     assert cli("convert", samples / "digits_cnn.pt", "--target", "jetson-orin-nano", "--precision", "fp16", "-o", orin, "--json").code == 0
     r = cli("build", orin, "--remote", remote(sshd), *sshd["opts"], "--remote-python", sys.executable)
     assert r.code == 3 and "tensorrt not installed" in r.stdout + r.stderr
+    # one engine per bundle: two devices would overwrite each other's engine
+    r = cli("build", orin, "--remote", remote(sshd), "--remote", remote(sshd), *sshd["opts"])
+    assert r.code == 2 and "takes one device" in r.stderr
+
+
+def test_selftest_over_ssh(cli, sshd, device_python):
+    """Converted here, validated on the 'board' by the bundle's device runner (no edgeconv there)."""
+    r = cli("selftest", "--target", "raspberry-pi-5", "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python,
+            "--json")
+    assert r.code == 0, r
+    res = r.json()
+    assert [(row["where"], row["step"], row["ok"]) for row in res["rows"]] == [
+        ("this machine", "convert", True), (remote(sshd), "validate", True)]
+    assert "top-1" in res["rows"][1]["detail"] and "on litert" in res["rows"][1]["detail"]
+    dev = res["devices"][0]
+    assert dev["ok"] and dev["validation"]["device"]["ran"] == "device runner"
+
+
+def test_selftest_over_ssh_stops_at_a_failed_build(cli, sshd):
+    """A Jetson profile builds on the board first; a board without TensorRT says so (exit 3) and is not validated."""
+    r = cli("selftest", "--target", "jetson-orin-nano", "--remote", remote(sshd), *sshd["opts"], "--remote-python", sys.executable)
+    assert r.code == 3, r
+    assert "tensorrt not installed" in r.stdout + r.stderr and "validate" not in r.stdout

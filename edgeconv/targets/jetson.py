@@ -191,12 +191,20 @@ class JetsonTarget(Target):
 
         options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "AddQDQPairToWeight": True,
                    "DedicatedQDQPair": False}
+        import logging
+
+        # quantize_static advises its own pre-processing on the root logger; the graph was cleaned with onnxslim
+        quiet = logging.Filter()
+        quiet.filter = lambda record: "pre-processing before quantization" not in str(record.msg)
+        logging.getLogger().addFilter(quiet)
         try:
             quantize_static(str(src), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, extra_options=options)
         except Exception as exc:
             raise ConversionFailed(f"Q/DQ quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+        finally:
+            logging.getLogger().removeFilter(quiet)
         import onnx
 
         q = onnx.load(str(dest))
