@@ -38,7 +38,7 @@ def sshd(tmp_path_factory):
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
-        f"StrictModes no\nUsePAM no\nPidFile {d / 'sshd.pid'}\nLogLevel ERROR\n"
+        f"StrictModes no\nUsePAM no\nPidFile {d / 'sshd.pid'}\nLogLevel ERROR\nAcceptEnv TMPDIR\n"
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
@@ -208,3 +208,21 @@ def test_selftest_over_ssh_stops_at_a_failed_build(cli, sshd):
     r = cli("selftest", "--target", "jetson-orin-nano", "--remote", remote(sshd), *sshd["opts"], "--remote-python", sys.executable)
     assert r.code == 3, r
     assert "tensorrt not installed" in r.stdout + r.stderr and "validate" not in r.stdout
+
+
+def test_a_full_disk_on_the_device_is_named(cli, bundles, sshd, tmp_path):
+    """The device's temporary directory on a 64 KiB tmpfs: the bundle does not fit, the message says the disk is
+    full (exit 3), and the half-copied directory is removed."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting the small tmpfs needs root (as `make setup` and .ci/run have)")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True, timeout=30)
+    try:
+        r = cli("validate", bundles("pt"), "--remote", remote(sshd), *sshd["opts"], "--ssh-option", f"SetEnv=TMPDIR={small}",
+                "--remote-python", sys.executable)
+        assert r.code == 3, r
+        assert "the device's disk is full" in r.stdout + r.stderr
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False, timeout=30)
