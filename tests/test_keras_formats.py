@@ -45,3 +45,20 @@ def test_directory_without_saved_model(cli, tmp_path):
     (tmp_path / "d" / "variables").mkdir()
     r = cli("convert", tmp_path / "d", "-o", tmp_path / "o")
     assert r.code == 2 and "saved_model.pb" in r.stderr
+
+
+def test_exact_gelu_exports_through_erf(cli, tmp_path):
+    """Keras 3's exact GELU is 0.5·x·erfc(−x/√2); tf2onnx leaves TensorFlow's Erfc as an op ONNX lacks. It becomes
+    1 − Erf, the graph passes onnx.checker and matches Keras, and TFLite (direct from Keras) converts too."""
+    import onnx
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8,))
+    m = keras.Model(x, keras.layers.Dense(4)(keras.layers.Dense(16, activation="gelu")(x)))
+    m.save(tmp_path / "gelu.keras")
+    for target in ("onnx", "tflite"):
+        r = cli("convert", tmp_path / "gelu.keras", "--target", target, "-o", tmp_path / target, "--json")
+        assert r.code == 0, r
+        assert all(c["ok"] for c in r.json()["manifest"]["checks"])
+    ops = {n.op_type for n in onnx.load(tmp_path / "onnx" / "model.onnx").graph.node}
+    assert "Erf" in ops and "Erfc" not in ops

@@ -25,6 +25,19 @@ def _tf():
     return require("tensorflow", why="to load Keras / TensorFlow models")
 
 
+
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx handler for TensorFlow's Erfc, which it leaves as an op ONNX does not have (Keras 3's exact GELU
+    is 0.5·x·erfc(−x/√2)): erfc(x) = 1 − erf(x), with ONNX's Erf."""
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+    return node
+
 class KerasSource(SourceModel):
     framework = "keras"
     frontend = "OnnxFromKeras"
@@ -111,7 +124,8 @@ class KerasSource(SourceModel):
             fn = tf.function(lambda *xs: self.model(list(xs), training=False))
         opset = opset or DEFAULT_OPSET
         try:
-            model_proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=opset)
+            model_proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=opset,
+                                                           custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
         except Exception as exc:
             raise ConversionFailed(
                 f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
