@@ -177,6 +177,10 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         if opset is None and profile.max_opset and source.default_opset and source.default_opset > profile.max_opset:
             opset = profile.max_opset  # the device's parser is the limit; an explicit --opset above it fails preflight
             shape_notes.append(f"exported at opset {opset}, the highest {profile.name} accepts (default {source.default_opset})")
+        elif (opset is None and target.preferred_opset and source.default_opset and source.max_export_opset
+              and source.default_opset < target.preferred_opset <= min(source.max_export_opset, profile.max_opset or 10**6)):
+            opset = target.preferred_opset
+            shape_notes.append(f"exported at opset {opset} (default {source.default_opset}): {target.preferred_opset_why}")
         with steps.step(f"Exporting ONNX ({source.frontend})"):
             record = source.export_onnx(onnx_path, inputs=inputs, opset=opset, dynamic_batch=req.dynamic_batch)
         with steps.step("Checking the ONNX graph (onnx.checker, shape inference)"):

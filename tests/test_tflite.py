@@ -170,6 +170,24 @@ def test_int8_with_an_op_left_in_float_is_refused(cli, tmp_path):
     assert [a["float_ops"] for a in art if a["role"] == "model"] == [["SIN (PartitionedCall:0)"]]
 
 
+def test_torch_gelu_becomes_tflite_gelu(cli, tmp_path):
+    """At the exporters' default opset 18 GELU is spelt with Erf, which TFLite has no builtin for; TFLite targets
+    export PyTorch at opset 20, where GELU stays one op and onnx2tf maps it to TFLite's GELU (fp32 and int8)."""
+    import torch
+
+    from edgeconv.targets.tflite import tflite_graph
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GELU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4)).eval()
+    src = tmp_path / "gelu.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 8, 8),)), str(src))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).uniform(-1, 1, (16, 3, 8, 8)).astype(np.float32))
+    for precision, extra in (("fp32", []), ("int8", ["--calib", tmp_path / "calib.npz"])):
+        m = convert(cli, src, tmp_path / precision, "--precision", precision, *extra)
+        assert m["export"]["opset"] == 20 and any("TFLite's GELU" in n for n in m["export"]["notes"])
+        assert "GELU" in [op["op"] for op in tflite_graph(tmp_path / precision / "model.tflite")[0]]
+        assert all(c["ok"] for c in m["checks"])
+
+
 def test_child_reports_a_tflite_converter_failure_apart_from_onnx2tf(tmp_path):
     """The child's contract: onnx2tf worked but TFLiteConverter failed → exit TFLITE_FAILED and the message in
     the error file (the parent turns it into exit 4 with that message, not an onnx2tf log)."""

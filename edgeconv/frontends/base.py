@@ -48,6 +48,7 @@ class SourceModel(ABC):
     # overridden with --input-shape, and a fixed batch can't become dynamic.
     shapes_baked: bool = False
     default_opset: int | None = None  # what export_onnx writes when no opset is asked for
+    max_export_opset: int | None = None  # the newest opset every exporter of this frontend writes (None: keep the default)
 
     def __init__(self, path: Path):
         self.path = path

@@ -70,6 +70,7 @@ class TorchSource(SourceModel):
     framework = "torch"
     frontend = "OnnxFromTorch"
     default_opset = DEFAULT_OPSET
+    max_export_opset = 20  # the TorchScript exporter's newest; the dynamo exporter writes newer ones too
     layout_default = "NCHW"
 
     def __init__(self, path: Path, options: LoadOptions):

@@ -36,6 +36,10 @@ class Target(ABC):
     name: str = ""
     precisions: tuple[str, ...] = ()
     dynamic_batch: bool = True
+    # an opset this backend's converter handles better than the exporters' default, and why (used when the user
+    # gives no --opset and the source's exporter can write it)
+    preferred_opset: int | None = None
+    preferred_opset_why: str = ""
 
     def check_runner_options(self, precision: str, profile: Profile) -> dict[str, Any]:
         """Runner options for the convert-time checks on this host (recorded with the artifact)."""

@@ -165,6 +165,9 @@ class TfliteTarget(Target):
     precisions = ("fp32", "fp16", "int8", "int8-dynamic")
     dynamic_batch = False
     needs_calibration = ("int8",)
+    preferred_opset = 20
+    preferred_opset_why = ("onnx2tf turns ONNX Gelu (opset 20) into TFLite's GELU; at older opsets exporters spell GELU "
+                           "with Erf, which TFLite has no builtin for")
     # int8 ops left in float: refused unless --allow-float-ops; accelerator targets whose compilers hand them to
     # the CPU say True and report the split themselves
     float_ops_reported = False
