@@ -25,7 +25,6 @@ def _tf():
     return require("tensorflow", why="to load Keras / TensorFlow models")
 
 
-
 def _erfc_as_one_minus_erf(ctx, node, name, args):
     """tf2onnx handler for TensorFlow's Erfc, which it leaves as an op ONNX does not have (Keras 3's exact GELU
     is 0.5·x·erfc(−x/√2)): erfc(x) = 1 − erf(x), with ONNX's Erf."""
@@ -37,6 +36,7 @@ def _erfc_as_one_minus_erf(ctx, node, name, args):
     node.type = "Sub"
     ctx.replace_inputs(node, [one.output[0], erf.output[0]])
     return node
+
 
 class KerasSource(SourceModel):
     framework = "keras"
