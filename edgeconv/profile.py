@@ -4,8 +4,6 @@ budget, and whether outputs change with the batch. Same statistics as ``validate
 from __future__ import annotations
 
 import csv
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from edgeconv.bundle import Bundle, write_json
+from edgeconv.device.edgeconv_runner import SWEEP_METHOD, sweep
 from edgeconv.errors import BadInput
 from edgeconv.parity import tolerance_from_dict
 from edgeconv.progress import Steps
 from edgeconv.runners import open_runner
-from edgeconv.stats import summarize_latency
 
 KNEE_GAIN = 0.10  # a doubling that adds less throughput than this is past the knee
 DEFAULT_MAX_BATCH = 32
@@ -35,16 +33,6 @@ class ProfileRequest:
     plot: Path | None = None
     csv: Path | None = None
     report: Path | None = None
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def knee(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -82,22 +70,6 @@ def best_under_budget(rows: list[dict[str, Any]], budget_ms: float | None) -> di
                                            f"with p99 {best['p99_ms']:.2f} ms ≤ {budget_ms} ms"}
 
 
-def _tile(ref: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in ref.items():
-        reps = -(-n // len(v))
-        out[k] = np.ascontiguousarray(np.concatenate([v] * reps)[:n])
-    return out
-
-
-def _agreement(batched: list[np.ndarray], singles: list[np.ndarray], atol: float | None) -> dict[str, Any]:
-    max_abs = max(float(np.abs(b.astype(np.float64) - s.astype(np.float64)).max()) if b.size else 0.0 for b, s in zip(batched, singles))
-    top1 = [float((b.argmax(-1) == s.argmax(-1)).mean()) for b, s in zip(batched, singles) if b.ndim >= 2 and b.shape[-1] > 1]
-    agree = min(top1) if top1 else None
-    diverges = (atol is not None and max_abs > atol) or (agree is not None and agree < 1.0)
-    return {"max_abs_vs_batch1": max_abs, "top1_agreement_vs_batch1": agree, "diverges": bool(diverges)}
-
-
 def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
     steps = steps or Steps()
     if req.runs < 1:
@@ -111,62 +83,21 @@ def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
     ref, _ = bundle.reference()
     fixed = runner.fixed_batch()
     resizable = fixed is None or runner.resizes_batch
-    can_single = resizable or fixed == 1
-    sizes = req.batch_sizes or ([2**i for i in range(6) if 2**i <= _max_batch(m)] if resizable else [fixed or 1])
-    tol = tolerance_from_dict(m["tolerances"][m["precision"]]) if m["precision"] in m["tolerances"] else None
+    sizes = req.batch_sizes or (default_batch_sizes(m) if resizable else [fixed or 1])
     notes = []
     if not resizable and any(b != fixed for b in sizes):
         why = ("the Edge TPU compiler fixes every shape" if m["target"]["backend"] == "coral"
                else "static export; re-convert with --dynamic-batch to sweep")
         notes.append(f"the artifact has a fixed batch of {fixed}, so only batch {fixed} is profiled ({why})")
         sizes = [fixed]
-    rows = []
-    item_inputs = _tile(ref, max(sizes))
+    tol = tolerance_from_dict(m["tolerances"][m["precision"]]) if m["precision"] in m["tolerances"] else None
     with runner, steps.step(f"Profiling batch sizes {', '.join(map(str, sizes))} on {art['runner']}"):
-        # batch-1 outputs of the same items: what every other batch size must reproduce
-        singles = [runner.infer({k: v[i : i + 1] for k, v in item_inputs.items()}) for i in range(max(sizes))] if can_single else None
-        for b in sizes:
-            feed = {k: v[:b] for k, v in item_inputs.items()}
-            row: dict[str, Any] = {"batch": b}
-            base = _rss_bytes()  # before this batch size's buffers and workspaces exist
-            try:
-                prepared = runner.prepare(feed)
-                outs = runner.run_prepared(prepared)
-            except Exception as exc:  # the runtime refuses this batch (a graph with the batch baked in)
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                rows.append(row)
-                continue
-            peak = _rss_bytes()
-            for _ in range(req.warmup):
-                runner.run_prepared(prepared)
-                peak = max(peak, _rss_bytes())
-            samples: list[float] = []
-            t_end = time.perf_counter() + (req.min_time_s or 0)
-            while len(samples) < req.runs or time.perf_counter() < t_end:
-                runner.run_prepared(prepared)
-                samples.append(runner.last_inference_s)
-                peak = max(peak, _rss_bytes())
-            lat = summarize_latency(samples, b)
-            row.update({k: lat[k] for k in ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms")})
-            row["per_item_ms"] = lat["p50_ms"] / b
-            # from the median: one slow run on a shared machine must not move the knee
-            row["throughput_items_s"] = b * 1e3 / lat["p50_ms"]
-            row["rss_delta_mb"] = (peak - base) / 2**20
-            if singles is not None:
-                single = [np.concatenate([s[j] for s in singles[:b]]) for j in range(len(outs))]
-                row.update(_agreement(outs, single, tol.atol if tol else None))
-            rows.append(row)
-    k = knee(rows)
-    best = best_under_budget(rows, req.budget_ms)
-    report = {
-        "bundle": str(bundle.path), "target": m["target"]["profile"], "precision": m["precision"], "artifact": art["file"],
-        "measured_on": {**runner.info(), "kind": "host emulation, not device" if art.get("host_emulation") else "host"},
-        "method": f"per batch: {req.warmup} warm-up, ≥ {req.runs} timed runs" + (f" and ≥ {req.min_time_s} s" if req.min_time_s else "")
-                  + "; runtime call only (validate's timing); throughput and per-item time from the median latency; "
-                  "RSS delta: peak (sampled after every run) minus RSS before the batch size's first run",
-        "rows": rows, "knee": k, "budget_ms": req.budget_ms, "best_under_budget": best, "notes": notes,
-        "divergent_batches": [r["batch"] for r in rows if r.get("diverges")],
-    }
+        rows = sweep(runner.prepare, runner.run_prepared, lambda: runner.last_inference_s, ref, sizes, req.runs, req.warmup,
+                     req.min_time_s, tol.atol if tol else None, can_single=resizable or fixed == 1)
+    measured_on = {**runner.info(), "kind": "host emulation, not device" if art.get("host_emulation") else "host"}
+    report = profile_report(bundle, art, measured_on, rows, notes, req.budget_ms,
+                            f"per batch: {req.warmup} warm-up, ≥ {req.runs} timed runs"
+                            + (f" and ≥ {req.min_time_s} s" if req.min_time_s else "") + "; " + SWEEP_METHOD)
     dest = req.report or bundle.path / "profile.json"
     write_json(dest, report)
     report["report_file"] = str(dest)
@@ -175,6 +106,23 @@ def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
     if req.plot:
         plot(report, req.plot)
     return report
+
+
+def profile_report(bundle: Bundle, art: dict[str, Any], measured_on: dict[str, Any], rows: list[dict[str, Any]],
+                   notes: list[str], budget_ms: float | None, method: str) -> dict[str, Any]:
+    """The profile report from a sweep's rows, measured here or on a device: the knee and the best batch under
+    the budget are worked out where the report is made."""
+    m = bundle.manifest
+    return {
+        "bundle": str(bundle.path), "target": m["target"]["profile"], "precision": m["precision"], "artifact": art["file"],
+        "measured_on": measured_on, "method": method, "rows": rows, "knee": knee(rows), "budget_ms": budget_ms,
+        "best_under_budget": best_under_budget(rows, budget_ms), "notes": notes,
+        "divergent_batches": [r["batch"] for r in rows if r.get("diverges")],
+    }
+
+
+def default_batch_sizes(manifest: dict[str, Any]) -> list[int]:
+    return [2**i for i in range(6) if 2**i <= _max_batch(manifest)]
 
 
 def _max_batch(manifest: dict[str, Any]) -> int:

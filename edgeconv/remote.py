@@ -190,12 +190,20 @@ def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
         ssh.run(["tar", "-C", workdir, "-xf", "-"], stdin=_tar(bundle.path, extra), timeout=req.run_timeout)
         remote_bundle = f"{workdir}/bundle"
         has_edgeconv = ssh.run([req.remote_python, "-c", "import edgeconv"], check=False, timeout=req.timeout).returncode == 0
-        if req.command != "validate":
+        sweep = req.command == "profile" and not has_edgeconv
+        opts = dict(zip(req.args[::2], req.args[1::2]))  # the command's own options, all NAME VALUE pairs
+        if req.command != "validate" and not sweep:
             if not has_edgeconv:
                 raise MissingDependency(f"{target}: `edgeconv {req.command} --remote` needs edgeconv on the device, and "
                                         f"{req.remote_python} there has none (pip install edgeconv plus the runtime extra; "
-                                        "`validate --remote` works without it)")
+                                        "`validate` and `profile --remote` work without it)")
             cmd = [req.remote_python, "-m", "edgeconv", req.command, remote_bundle, "--json", *req.args]
+        elif sweep:  # the bundle's device runner sweeps; the knee and the budget are worked out here
+            from edgeconv.profile import default_batch_sizes
+
+            sizes = opts.get("--batch-sizes") or ",".join(map(str, default_batch_sizes(bundle.manifest)))
+            cmd = [req.remote_python, f"{remote_bundle}/edgeconv_runner.py", remote_bundle, "--json", "--batch-sizes", sizes,
+                   *[a for k in ("--runs", "--warmup", "--threads", "--min-time") if k in opts for a in (k, opts[k])]]
         elif has_edgeconv:
             cmd = [req.remote_python, "-m", "edgeconv", "validate", remote_bundle, "--json", "--runs", str(req.runs),
                    "--warmup", str(req.warmup), "--report", f"{workdir}/report.json"]
@@ -222,6 +230,14 @@ def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
             report = json.loads(res.stdout.decode())
         except ValueError as exc:
             raise MissingDependency(f"{target}: the device printed no report", details=res.stderr[-2000:]) from exc
+        if sweep:
+            from edgeconv.profile import profile_report
+
+            budget = float(opts["--budget-ms"]) if "--budget-ms" in opts else None
+            report = profile_report(bundle, {"file": report["artifact"]}, report["measured_on"],
+                                    report["sweep"]["rows"], report["sweep"]["notes"], budget,
+                                    f"per batch: {opts.get('--warmup')} warm-up, ≥ {opts.get('--runs')} timed runs; "
+                                    f"{report['sweep']['method']}; measured by the bundle's device runner")
         facts = ssh.run(["uname", "-a"], check=False, timeout=req.timeout).stdout.decode().strip()
         report["device"] = {"target": str(target), "uname": facts, "ran": "edgeconv" if has_edgeconv else "device runner"}
         nv = ssh.run(["sh", "-c", "command -v nvpmodel >/dev/null && nvpmodel -q"], check=False, timeout=req.timeout)

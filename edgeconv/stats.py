@@ -7,25 +7,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeconv.device.edgeconv_runner import summarize_latency  # one method on the host and on the device
+
+__all__ = ["cold_start", "summarize_latency", "time_runner"]
+
 if TYPE_CHECKING:
     from edgeconv.runners.base import Runner
-
-
-def summarize_latency(seconds: list[float], batch: int = 1) -> dict[str, float]:
-    """p50/p90/p99/mean/std/min/max in milliseconds, throughput in items per second."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {
-        "runs": int(ms.size),
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p99_ms": float(p99),
-        "mean_ms": float(ms.mean()),
-        "std_ms": float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
-        "min_ms": float(ms.min()),
-        "max_ms": float(ms.max()),
-        "throughput_items_s": float(batch * 1e3 / ms.mean()),
-    }
 
 
 def time_runner(runner: Runner, feed: dict[str, np.ndarray], *, warmup: int, runs: int) -> list[float]:

@@ -178,7 +178,17 @@ def test_profile_and_build_over_ssh_need_edgeconv_there(cli, bundles, sshd, samp
     rep = r.json()["devices"][0]["report"]
     assert [row["batch"] for row in rep["rows"]] == [1, 4] and rep["device"]["ran"] == "edgeconv"
     assert (dyn / "reports" / "127.0.0.1" / "profile.json").exists()
-    r = cli("profile", dyn, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python)
+    # without edgeconv there, the bundle's device runner sweeps and the knee is worked out here
+    r = cli("profile", dyn, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python, "--batch-sizes", "1,2,4",
+            "--runs", "5", "--budget-ms", "1000", "--json")
+    assert r.code == 0, r
+    rep = r.json()["devices"][0]["report"]
+    assert rep["device"]["ran"] == "device runner" and [row["batch"] for row in rep["rows"]] == [1, 2, 4]
+    for row in rep["rows"]:
+        assert row["runs"] >= 5 and 0 < row["p50_ms"] <= row["p99_ms"] and not row["diverges"]
+    assert rep["knee"]["batch"] in (1, 2, 4) and rep["best_under_budget"]["batch"] in (1, 2, 4)
+    assert "device runner" in rep["method"]
+    r = cli("build", dyn, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python)
     assert r.code == 3 and "needs edgeconv on the device" in r.stdout + r.stderr
     # build on a host without TensorRT: the device's own error comes back, exit 3
     orin = tmp_path / "orin"

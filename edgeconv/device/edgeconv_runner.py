@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """edgeconv device runner: run an edgeconv bundle on the device with only numpy and the device's runtime.
 
-    python3 edgeconv_runner.py [BUNDLE_DIR] [--runs 100] [--warmup 10] [--threads N] [--json]
+    python3 edgeconv_runner.py [BUNDLE_DIR] [--runs 100] [--warmup 10] [--threads N] [--data test.npz]
+                               [--batch-sizes 1,2,4,8 [--min-time S]] [--json]
 
 It checks the artifact against reference.npz (the source model's own outputs) with the manifest's tolerance
 and measures latency (warm-up, timed runs of the runtime call only, percentiles). Exit 0 when parity holds,
@@ -330,6 +331,87 @@ def run_batched(backend, feed, batch):
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
+# -- statistics and the batch sweep (edgeconv's own validate/profile use these too: one method everywhere) ---
+def summarize_latency(seconds, batch=1):
+    """p50/p90/p99/mean/std/min/max in milliseconds, throughput in items per second."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"runs": int(ms.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
+            "std_ms": float(ms.std(ddof=1)) if ms.size > 1 else 0.0, "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+            "throughput_items_s": float(batch * 1e3 / ms.mean())}
+
+
+def rss_bytes():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def tile(ref, n):
+    """The reference items repeated to n."""
+    out = {}
+    for k, v in ref.items():
+        reps = -(-n // len(v))
+        out[k] = np.ascontiguousarray(np.concatenate([v] * reps)[:n])
+    return out
+
+
+def agreement(batched, singles, atol):
+    """Outputs of one batch against the same items run one at a time."""
+    max_abs = max(float(np.abs(b.astype(np.float64) - s.astype(np.float64)).max()) if b.size else 0.0 for b, s in zip(batched, singles))
+    top1 = [float((b.argmax(-1) == s.argmax(-1)).mean()) for b, s in zip(batched, singles) if b.ndim >= 2 and b.shape[-1] > 1]
+    agree = min(top1) if top1 else None
+    diverges = (atol is not None and max_abs > atol) or (agree is not None and agree < 1.0)
+    return {"max_abs_vs_batch1": max_abs, "top1_agreement_vs_batch1": agree, "diverges": bool(diverges)}
+
+
+def sweep(prepare, run, last_s, ref, sizes, runs, warmup, min_time_s=None, atol=None, can_single=True):
+    """One row per batch size: latency percentiles of the runtime call, per-item time, throughput (from the median),
+    RSS delta (peak, sampled after every run, minus RSS before the batch size's first run) and agreement with
+    batch-1 outputs. ``prepare(feed)``, ``run(prepared) -> outputs`` and ``last_s()`` are the runtime's."""
+    items = tile(ref, max(sizes))
+    singles = [run(prepare(dict((k, v[i:i + 1]) for k, v in items.items()))) for i in range(max(sizes))] if can_single else None
+    rows = []
+    for b in sizes:
+        row = {"batch": b}
+        base = rss_bytes()  # before this batch size's buffers and workspaces exist
+        try:
+            prepared = prepare(dict((k, v[:b]) for k, v in items.items()))
+            outs = run(prepared)
+        except Exception as exc:  # the runtime refuses this batch (a graph with the batch baked in)
+            row["error"] = "%s: %s" % (type(exc).__name__, (str(exc).splitlines() or [""])[0][:200])
+            rows.append(row)
+            continue
+        peak = rss_bytes()
+        for _ in range(warmup):
+            run(prepared)
+            peak = max(peak, rss_bytes())
+        samples = []
+        t_end = time.perf_counter() + (min_time_s or 0)
+        while len(samples) < runs or time.perf_counter() < t_end:
+            run(prepared)
+            samples.append(last_s())
+            peak = max(peak, rss_bytes())
+        lat = summarize_latency(samples, b)
+        for k in ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms"):
+            row[k] = lat[k]
+        row["per_item_ms"] = lat["p50_ms"] / b
+        row["throughput_items_s"] = b * 1e3 / lat["p50_ms"]  # from the median: one slow run must not move the knee
+        row["rss_delta_mb"] = (peak - base) / 2.0 ** 20
+        if singles is not None:
+            row.update(agreement(outs, [np.concatenate([s[j] for s in singles[:b]]) for j in range(len(outs))], atol))
+        rows.append(row)
+    return rows
+
+
+SWEEP_METHOD = ("runtime call only (validate's timing); throughput and per-item time from the median latency; RSS delta: "
+                "peak (sampled after every run) minus RSS before the batch size's first run")
+
+
 def compare(expected, actual, tol):
     rows = []
     for name, ref, got in zip(sorted(expected), [expected[k] for k in sorted(expected)], [actual[k] for k in sorted(expected)]):
@@ -377,6 +459,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data", default=None, help="labelled .npz (x, y): top-1 accuracy on the device")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 1,2,4,8: also a latency/throughput sweep")
+    ap.add_argument("--min-time", type=float, default=None, help="sweep: run each batch size for at least this many seconds")
     args = ap.parse_args(argv)
     with open(os.path.join(args.bundle, "manifest.json")) as f:
         manifest = json.load(f)
@@ -401,8 +485,8 @@ def main(argv=None):
     times = []
     for _ in range(args.runs):
         backend.run(prepared)
-        times.append(backend.last_s * 1e3)
-    t = np.asarray(times)
+        times.append(backend.last_s)
+    lat = summarize_latency(times, batch or 1)
     report = {
         "ok": all(r["ok"] for r in parity),
         "bundle": os.path.abspath(args.bundle),
@@ -410,11 +494,18 @@ def main(argv=None):
         "measured_on": dict({"host": socket.gethostname(), "machine": platform.machine(), "python": platform.python_version(),
                              "os": platform.platform(), "numpy": np.__version__, "kind": "device runner"}, **backend.info()),
         "parity": parity,
-        "latency": {"runs": len(times), "warmup": args.warmup, "batch": batch or 1, "p50_ms": float(np.percentile(t, 50)),
-                    "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()),
-                    "std_ms": float(t.std()), "min_ms": float(t.min()), "max_ms": float(t.max()),
-                    "method": "runtime call only, inputs prepared once"},
+        "latency": dict(lat, warmup=args.warmup, batch=batch or 1, method="runtime call only, inputs prepared once"),
     }
+    if args.batch_sizes:
+        sizes = sorted(set(int(v) for v in args.batch_sizes.split(",") if v.strip()))
+        resizable = batch is None or (isinstance(backend, LiteRtBackend) and not backend.delegate)
+        notes = []
+        if not resizable and any(b != batch for b in sizes):
+            notes.append("the artifact has a fixed batch of %d, so only batch %d is profiled" % (batch, batch))
+            sizes = [batch]
+        report["sweep"] = {"rows": sweep(backend.prepare, backend.run, lambda: backend.last_s, feed, sizes, args.runs,
+                                         args.warmup, args.min_time, tol.get("atol"), can_single=resizable or batch == 1),
+                           "notes": notes, "method": SWEEP_METHOD}
     if args.data:
         report["accuracy"] = accuracy(backend, manifest, args.data, batch)
     if args.json:
