@@ -3,10 +3,15 @@
 1. LiteRT int8 p50 against fp32 at 2 threads, interleaved blocks in one run. Budget: int8 ≥ 1.4x faster.
 2. Wall time of `edgeconv convert --target tflite --precision int8` against `onnx2tf -oiqt` (which builds
    seven variants) with the same calibration data on the same ONNX, interleaved. Budget: ≤ 0.6x.
+
+The latency budget is meant for the ARM boards LiteRT targets: `--remote user@pi [--remote-python …]` measures part 1
+on such a device over SSH (through `edgeconv validate --remote`; results in tflite_bench_<host>.json).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -91,10 +96,51 @@ def latency(rounds: int = 20, runs: int = 25) -> dict:
     return out
 
 
+def latency_remote(remote: list[str], ssh_args: list[str], rounds: int = 10, runs: int = 100) -> dict:
+    """The same interleaved comparison on a device over SSH (the budget is meant for ARM boards): each round runs
+    `edgeconv validate BUNDLE --remote …` for fp32 and int8 in alternating order and takes the device's p50."""
+    out = {}
+    bundles = {}
+    for precision in ("fp32", "int8"):
+        extra = ["--calib", str(calibration()[0])] if precision == "int8" else []
+        bundles[precision] = bundle(onnx_model(), f"mobilenetv2-tflite-{precision}", "--target", "tflite", "--precision", precision,
+                                    *extra)
+        out[precision] = {"p50s": []}
+    order = list(bundles)
+    for i in range(rounds):
+        for precision in order if i % 2 == 0 else order[::-1]:
+            r = subprocess.run([*EDGECONV, "validate", str(bundles[precision]), *[a for h in remote for a in ("--remote", h)],
+                                *ssh_args, "--threads", str(THREADS), "--runs", str(runs), "--json"],
+                               capture_output=True, text=True, timeout=3600, cwd=ROOT, check=False)
+            dev = json.loads(r.stdout)["devices"][0]
+            if not dev["ok"]:
+                raise SystemExit(f"validate --remote failed on {dev['target']}: {dev.get('error')}")
+            out[precision]["p50s"].append(dev["report"]["latency"]["p50_ms"])
+            out["device"] = {**dev["report"]["measured_on"], **dev["report"]["device"]}
+    for precision in ("fp32", "int8"):
+        p = sorted(out[precision]["p50s"])
+        out[precision]["p50_ms"] = p[len(p) // 2]
+    ratios = sorted(a / b for a, b in zip(out["fp32"]["p50s"], out["int8"]["p50s"]))
+    out["speedup_per_round"] = ratios
+    out["speedup_median_of_rounds"] = ratios[len(ratios) // 2]
+    return out
+
+
 def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--remote", action="append", default=[], help="measure the LiteRT latency on this device (user@host[:port])")
+    ap.add_argument("--remote-python", default=None, help="Python on the device")
+    ap.add_argument("--identity", default=None, help="SSH private key")
+    ap.add_argument("--ssh-option", action="append", default=[], help="passed to ssh as -o OPTION")
+    args = ap.parse_args()
     onnx = onnx_model()
     npz, npy = calibration()
-    lat = latency()
+    if args.remote:
+        ssh_args = [*(["--remote-python", args.remote_python] if args.remote_python else []),
+                    *(["--identity", args.identity] if args.identity else []), *[a for o in args.ssh_option for a in ("--ssh-option", o)]]
+        lat = latency_remote(args.remote, ssh_args)
+    else:
+        lat = latency()
     speedup = lat["speedup_median_of_rounds"]
     ours, theirs = [], []
     with tempfile.TemporaryDirectory(prefix="edgeconv-bench-") as tmp:
@@ -103,15 +149,16 @@ def main() -> dict:
             theirs.append(time_onnx2tf(onnx, npy, Path(tmp) / f"onnx2tf{i}"))
     ratio = min(ours) / min(theirs)
     result = {
-        "method": f"MobileNetV2-sized PyTorch model via ONNX; latency: LiteRT {THREADS} threads, batch 1, 20 rounds of 25 "
-                  f"runs per precision, order alternating, speed-up = median of per-round fp32/int8 p50 ratios; convert: "
+        "method": f"MobileNetV2-sized PyTorch model via ONNX; latency: LiteRT {THREADS} threads, batch 1, "
+                  + (f"on {', '.join(args.remote)} through `validate --remote`, 10 rounds of 100" if args.remote else "here, 20 rounds of 25")
+                  + " runs per precision, order alternating, speed-up = median of per-round fp32/int8 p50 ratios; convert: "
                   f"wall time, 2 interleaved rounds each, best of 2, "
                   f"{CALIB_COUNT} calibration images for both",
         "litert": lat, "int8_speedup_vs_fp32": speedup, "ok_int8_1_4x": speedup >= 1.4,
         "convert_int8_s": ours, "onnx2tf_oiqt_s": theirs, "convert_vs_onnx2tf": ratio, "ok_convert_0_6x": ratio <= 0.6,
     }
     result["ok"] = result["ok_int8_1_4x"] and result["ok_convert_0_6x"]
-    write_result("tflite_bench", result)
+    write_result("tflite_bench" + (f"_{args.remote[0].split('@')[-1].split(':')[0]}" if args.remote else ""), result)
     return result
 
 
