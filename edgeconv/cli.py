@@ -158,14 +158,29 @@ def _command_line(ctx: typer.Context) -> list[str]:
     return parts
 
 
-def _on_devices(command, bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, args, **kw) -> None:
-    """`COMMAND BUNDLE --remote …`: run on each device over SSH, render one row per device, exit 1 if any failed
-    (or the shared exit code when all failed alike)."""
-    from edgeconv.remote import RemoteRequest, read_hosts, run_remote
+def _device_list(remote: list[str], hosts: Path | None) -> list[str]:
+    """--remote values, then the --hosts file's."""
+    from edgeconv.remote import read_hosts
 
-    targets = list(remote) + (read_hosts(hosts) if hosts else [])
-    result = run_remote(RemoteRequest(bundle=bundle, remotes=targets, identity=identity, ssh_options=ssh_option,
-                                      remote_python=remote_python, timeout=timeout, command=command, args=args, **kw),
+    return list(remote) + (read_hosts(hosts) if hosts else [])
+
+
+def _exit_for_devices(devices: list[dict[str, Any]]) -> None:
+    """Exit 1 if any device failed, or the shared exit code when all failed alike."""
+    failures = [d for d in devices if not d["ok"]]
+    if failures:
+        codes = {d.get("exit_code", 1) for d in failures}
+        raise typer.Exit(codes.pop() if len(failures) == len(devices) and len(codes) == 1 else 1)
+
+
+def _on_devices(command, bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, args, **kw) -> None:
+    """`COMMAND BUNDLE --remote …`: run on each device over SSH, render one row per device, exit as
+    ``_exit_for_devices`` says."""
+    from edgeconv.remote import RemoteRequest, run_remote
+
+    result = run_remote(RemoteRequest(bundle=bundle, remotes=_device_list(remote, hosts), identity=identity,
+                                      ssh_options=ssh_option, remote_python=remote_python, timeout=timeout, command=command,
+                                      args=args, **kw),
                         progress=None if as_json else _progress_line)
     if as_json:
         _emit_json(result)
@@ -173,10 +188,7 @@ def _on_devices(command, bundle, remote, hosts, identity, ssh_option, remote_pyt
         from edgeconv.render import render_remote
 
         render_remote(result)
-    failures = [d for d in result["devices"] if not d["ok"]]
-    if failures:
-        codes = {d.get("exit_code", 1) for d in failures}
-        raise typer.Exit(codes.pop() if len(failures) == len(result["devices"]) and len(codes) == 1 else 1)
+    _exit_for_devices(result["devices"])
 
 
 def _progress_line(line: str) -> None:
@@ -494,9 +506,7 @@ def build(
     from edgeconv.build import build_bundle
 
     if remote or hosts:
-        from edgeconv.remote import read_hosts
-
-        if len(list(remote) + (read_hosts(hosts) if hosts else [])) > 1:
+        if len(_device_list(remote, hosts)) > 1:
             raise BadInput("build --remote takes one device: the engine it brings back into the bundle belongs to that "
                            "device's GPU and TensorRT; build each device from its own copy of the bundle")
         args = [a for k, v in (("--dla-core", dla_core), ("--workspace", workspace), ("--compiler", compiler)) if v is not None
@@ -540,11 +550,8 @@ def selftest(
     from edgeconv.selftest import selftest_remote
 
     if remote or hosts:
-        from edgeconv.remote import read_hosts
-
-        devices = list(remote) + (read_hosts(hosts) if hosts else [])
         ssh = {"identity": identity, "ssh_options": ssh_option, "remote_python": remote_python, "timeout": timeout}
-        result = selftest_remote(target, devices, ssh, _steps(as_json), None if as_json else _progress_line)
+        result = selftest_remote(target, _device_list(remote, hosts), ssh, _steps(as_json), None if as_json else _progress_line)
     else:
         result = run_selftest(target, _steps(as_json))
     if as_json:
@@ -561,9 +568,8 @@ def selftest(
             t.add_row(r["where"], r["step"], "✅" if r["ok"] else "❌", r["detail"])
         console.print(t)
     if not result["ok"]:
-        failed = [d for d in result.get("devices", []) if not d["ok"]]
-        codes = {d.get("exit_code", 1) for d in failed}
-        raise typer.Exit(codes.pop() if failed and len(failed) == len(result["devices"]) and len(codes) == 1 else 1)
+        _exit_for_devices(result.get("devices") or [])
+        raise typer.Exit(1)  # a local step failed, or a device ran but its check did not pass
 
 
 def main() -> None:
