@@ -65,64 +65,68 @@ def time_onnx2tf(onnx: Path, npy: Path, work: Path) -> float:
     return time.perf_counter() - t0
 
 
-def latency(rounds: int = 20, runs: int = 25) -> dict:
-    """Short blocks, order alternating every round (fp32 first, then int8 first), and the speed-up taken as the
-    median of per-round ratios: neighbouring blocks share the machine's state, so drift on this shared host
-    cancels instead of landing on one precision."""
-    from edgeconv.bundle import Bundle
-    from edgeconv.runners import open_runner
-    from edgeconv.stats import summarize_latency, time_runner
+def tflite_bundles() -> dict[str, Path]:
+    """The fp32 and int8 LiteRT bundles of the same ONNX, made once."""
+    return {precision: bundle(onnx_model(), f"mobilenetv2-tflite-{precision}", "--target", "tflite", "--precision", precision,
+                              *(["--calib", str(calibration()[0])] if precision == "int8" else []))
+            for precision in ("fp32", "int8")}
 
-    out = {}
-    runners = {}
-    for precision in ("fp32", "int8"):
-        extra = ["--calib", str(calibration()[0])] if precision == "int8" else []
-        b = bundle(onnx_model(), f"mobilenetv2-tflite-{precision}", "--target", "tflite", "--precision", precision, *extra)
-        art = Bundle.open(b).model_artifact
-        runners[precision] = open_runner("litert", b / "model.tflite", threads=THREADS, options=art["runner_options"])
-        out[precision] = {"bytes": art["bytes"], "p50s": []}
-    feed = {k: v[:1] for k, v in Bundle.open(MODELS / "mobilenetv2-tflite-fp32").reference()[0].items()}
-    order = list(runners)
+
+def interleaved(p50_of, rounds: int) -> dict:
+    """Short blocks, order alternating every round (fp32 first, then int8 first), and the speed-up taken as the
+    median of per-round ratios: neighbouring blocks share the machine's state, so drift on a shared host cancels
+    instead of landing on one precision. ``p50_of(precision)`` times one block and returns its p50 in ms."""
+    out = {precision: {"p50s": []} for precision in ("fp32", "int8")}
+    order = list(out)
     for i in range(rounds):
         for precision in order if i % 2 == 0 else order[::-1]:
-            out[precision]["p50s"].append(summarize_latency(time_runner(runners[precision], feed, warmup=3, runs=runs))["p50_ms"])
-    for precision in list(out):
+            out[precision]["p50s"].append(p50_of(precision))
+    for precision in order:
         p = sorted(out[precision]["p50s"])
         out[precision]["p50_ms"] = p[len(p) // 2]
     ratios = sorted(a / b for a, b in zip(out["fp32"]["p50s"], out["int8"]["p50s"]))
     out["speedup_per_round"] = ratios
     out["speedup_median_of_rounds"] = ratios[len(ratios) // 2]
+    return out
+
+
+def latency(rounds: int = 20, runs: int = 25) -> dict:
+    """Here, on edgeconv's LiteRT runner."""
+    from edgeconv.bundle import Bundle
+    from edgeconv.runners import open_runner
+    from edgeconv.stats import summarize_latency, time_runner
+
+    runners, sizes = {}, {}
+    for precision, b in tflite_bundles().items():
+        art = Bundle.open(b).model_artifact
+        runners[precision] = open_runner("litert", b / "model.tflite", threads=THREADS, options=art["runner_options"])
+        sizes[precision] = art["bytes"]
+    feed = {k: v[:1] for k, v in Bundle.open(MODELS / "mobilenetv2-tflite-fp32").reference()[0].items()}
+    out = interleaved(lambda p: summarize_latency(time_runner(runners[p], feed, warmup=3, runs=runs))["p50_ms"], rounds)
+    for precision, size in sizes.items():
+        out[precision]["bytes"] = size
     out["runner_info"] = runners["int8"].info()
     return out
 
 
 def latency_remote(remote: list[str], ssh_args: list[str], rounds: int = 10, runs: int = 100) -> dict:
-    """The same interleaved comparison on a device over SSH (the budget is meant for ARM boards): each round runs
-    `edgeconv validate BUNDLE --remote …` for fp32 and int8 in alternating order and takes the device's p50."""
-    out = {}
-    bundles = {}
-    for precision in ("fp32", "int8"):
-        extra = ["--calib", str(calibration()[0])] if precision == "int8" else []
-        bundles[precision] = bundle(onnx_model(), f"mobilenetv2-tflite-{precision}", "--target", "tflite", "--precision", precision,
-                                    *extra)
-        out[precision] = {"p50s": []}
-    order = list(bundles)
-    for i in range(rounds):
-        for precision in order if i % 2 == 0 else order[::-1]:
-            r = subprocess.run([*EDGECONV, "validate", str(bundles[precision]), *[a for h in remote for a in ("--remote", h)],
-                                *ssh_args, "--threads", str(THREADS), "--runs", str(runs), "--json"],
-                               capture_output=True, text=True, timeout=3600, cwd=ROOT, check=False)
-            dev = json.loads(r.stdout)["devices"][0]
-            if not dev["ok"]:
-                raise SystemExit(f"validate --remote failed on {dev['target']}: {dev.get('error')}")
-            out[precision]["p50s"].append(dev["report"]["latency"]["p50_ms"])
-            out["device"] = {**dev["report"]["measured_on"], **dev["report"]["device"]}
-    for precision in ("fp32", "int8"):
-        p = sorted(out[precision]["p50s"])
-        out[precision]["p50_ms"] = p[len(p) // 2]
-    ratios = sorted(a / b for a, b in zip(out["fp32"]["p50s"], out["int8"]["p50s"]))
-    out["speedup_per_round"] = ratios
-    out["speedup_median_of_rounds"] = ratios[len(ratios) // 2]
+    """The same interleaved comparison on a device over SSH (the budget is meant for ARM boards): each block is
+    `edgeconv validate BUNDLE --remote …`, and the device's p50 is taken."""
+    bundles = tflite_bundles()
+    device = {}
+
+    def p50_of(precision: str) -> float:
+        r = subprocess.run([*EDGECONV, "validate", str(bundles[precision]), *[a for h in remote for a in ("--remote", h)],
+                            *ssh_args, "--threads", str(THREADS), "--runs", str(runs), "--json"],
+                           capture_output=True, text=True, timeout=3600, cwd=ROOT, check=False)
+        dev = json.loads(r.stdout)["devices"][0]
+        if not dev["ok"]:
+            raise SystemExit(f"validate --remote failed on {dev['target']}: {dev.get('error')}")
+        device.update(dev["report"]["measured_on"], **dev["report"]["device"])
+        return dev["report"]["latency"]["p50_ms"]
+
+    out = interleaved(p50_of, rounds)
+    out["device"] = device
     return out
 
 
