@@ -47,6 +47,15 @@ def run_subprocess(*args: str, timeout: float = 300, **kw) -> subprocess.Complet
                           timeout=timeout, cwd=ROOT, **kw)
 
 
+def convert_digits(cli, out: Path, *args, source: str = "digits_cnn.pt") -> dict:
+    """``edgeconv convert samples/SOURCE -o OUT --data digits_test.npz ARGS`` (+ the calibration set for int8);
+    asserts it worked and returns the manifest."""
+    calib = ["--calib", SAMPLES / "digits_calib.npz"] if "int8" in args else []
+    r = cli("convert", SAMPLES / source, "-o", out, "--data", SAMPLES / "digits_test.npz", "--json", *args, *calib)
+    assert r.code == 0, r
+    return r.json()["manifest"]
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import convert_digits
+
 FIXTURES = Path(__file__).parent / "fixtures" / "edgetpu_compiler"
 
 
 @pytest.fixture(scope="module")
-def coral(tmp_path_factory, cli, samples):
+def coral(tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("coral") / "b"
-    r = cli("convert", samples / "digits_cnn.pt", "--target", "coral", "--calib", samples / "digits_calib.npz", "-o", out,
-            "--data", samples / "digits_test.npz", "--json")
-    assert r.code == 0, r
-    return out, r.json()["manifest"]
+    return out, convert_digits(cli, out, "--target", "coral", "--precision", "int8")
 
 
 def test_coral_bundle_is_full_int8_and_predicts_full_mapping(coral, cli, samples):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import convert_digits
+
 pytest.importorskip("ethosu.vela", reason="ethos-u-vela is not installed (pip install 'edgeconv[ethos-u]')")
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vela"
@@ -16,12 +18,9 @@ ETHOS_PROFILES = ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-
 
 
 @pytest.fixture(scope="module")
-def ethos(tmp_path_factory, cli, samples):
+def ethos(tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("ethos") / "b"
-    r = cli("convert", samples / "digits_cnn.pt", "--target", "ethos-u55-128", "--calib", samples / "digits_calib.npz", "-o", out,
-            "--data", samples / "digits_test.npz", "--json")
-    assert r.code == 0, r
-    return out, r.json()["manifest"]
+    return out, convert_digits(cli, out, "--target", "ethos-u55-128", "--precision", "int8")
 
 
 def test_ethos_bundle_has_the_vela_model_and_its_estimate(ethos):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import convert_digits
+
 
 @pytest.mark.parametrize("precision, backend", [("fp32", "xnnpack"), ("int8", "xnnpack"), ("fp32", "portable")])
 def test_executorch_roundtrip(cli, samples, tmp_path, precision, backend):
     out = tmp_path / f"{precision}-{backend}"
-    extra = ["--calib", samples / "digits_calib.npz"] if precision == "int8" else []
-    r = cli("convert", samples / "digits_cnn.pt2", "--target", "executorch", "--precision", precision, "--et-backend", backend,
-            "-o", out, "--data", samples / "digits_test.npz", "--json", *extra)
-    assert r.code == 0, r
-    art = next(a for a in r.json()["manifest"]["artifacts"] if a["role"] == "model")
+    m = convert_digits(cli, out, "--target", "executorch", "--precision", precision, "--et-backend", backend, source="digits_cnn.pt2")
+    art = next(a for a in m["artifacts"] if a["role"] == "model")
     assert art["file"] == "model.pte" and art["delegation"]["backend"] == backend
     if backend == "xnnpack":
         assert art["delegation"]["delegated_nodes"] > art["delegation"]["non_delegated_nodes"] >= 0

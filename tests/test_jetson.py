@@ -11,20 +11,17 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, convert_digits
 
 RUNNER = ROOT / "edgeconv" / "device" / "edgeconv_runner.py"
 
 
 @pytest.fixture(scope="module")
-def orin(tmp_path_factory, cli, samples):
+def orin(tmp_path_factory, cli):
     base = tmp_path_factory.mktemp("orin")
     out = {}
     for precision in ("fp16", "int8"):
-        extra = ["--calib", samples / "digits_calib.npz"] if precision == "int8" else []
-        r = cli("convert", samples / "digits_cnn.pt", "--target", "jetson-orin-nano", "--precision", precision, "-o",
-                base / precision, "--data", samples / "digits_test.npz", "--json", *extra)
-        assert r.code == 0, r
+        convert_digits(cli, base / precision, "--target", "jetson-orin-nano", "--precision", precision)
         out[precision] = base / precision
     return out
 

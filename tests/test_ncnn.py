@@ -6,14 +6,13 @@ import json
 
 import pytest
 
+from conftest import convert_digits
+
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_ncnn_roundtrip(cli, samples, tmp_path, precision):
     out = tmp_path / precision
-    r = cli("convert", samples / "digits_cnn.pt", "--target", "ncnn", "--precision", precision, "-o", out,
-            "--data", samples / "digits_test.npz", "--json")
-    assert r.code == 0, r
-    m = r.json()["manifest"]
+    m = convert_digits(cli, out, "--target", "ncnn", "--precision", precision)
     art = next(a for a in m["artifacts"] if a["role"] == "model")
     assert art["file"] == "model.ncnn.param" and (out / "model.ncnn.bin").exists()
     assert art["runner_options"]["tensor_names"] == {"x": "in0", "output": "out0"}

@@ -8,16 +8,15 @@ import socket
 import numpy as np
 import pytest
 
+from conftest import convert_digits
+
 
 @pytest.fixture(scope="module")
-def ov_bundles(tmp_path_factory, cli, samples):
+def ov_bundles(tmp_path_factory, cli):
     base = tmp_path_factory.mktemp("ov")
     out = {}
     for precision in ("fp32", "fp16", "int8"):
-        extra = ["--calib", samples / "digits_calib.npz"] if precision == "int8" else []
-        r = cli("convert", samples / "digits_cnn.pt", "--target", "openvino", "--precision", precision, "-o",
-                base / precision, "--data", samples / "digits_test.npz", "--json", *extra)
-        assert r.code == 0, r
+        convert_digits(cli, base / precision, "--target", "openvino", "--precision", precision)
         out[precision] = base / precision
     return out
 
