@@ -56,17 +56,12 @@ def load_calibration(req: CalibrationRequest, inputs: list[TensorSpec]) -> tuple
     if path.is_dir():
         feed = _images(path, inputs, req.preprocess)
         preprocessing = asdict(req.preprocess)
-    elif path.suffix == ".npy":
-        if len(inputs) != 1:
-            raise BadInput(f"{path} is one array but the model has {len(inputs)} inputs: use an .npz keyed by input name")
-        feed = {inputs[0].name: _load_npy(path)}
-    elif path.suffix == ".npz":
+    elif path.suffix in (".npy", ".npz"):
         from edgeconv.data import load_inputs
 
         feed, _ = load_inputs(path, inputs, need_labels=False)
     else:
         raise BadInput(f"calibration data {path} is not an .npz, .npy or a folder of images")
-    feed = _check(path, feed, inputs)
     n = len(next(iter(feed.values())))
     rng = np.random.default_rng(req.seed)
     take = np.sort(rng.choice(n, req.count, replace=False)) if n > req.count else np.arange(n)
@@ -79,28 +74,6 @@ def load_calibration(req: CalibrationRequest, inputs: list[TensorSpec]) -> tuple
 
 def _split(feed: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
     return [{k: v[i : i + 1] for k, v in feed.items()} for i in range(n)]
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"{path} is not a readable .npy file: {exc}") from exc
-
-
-def _check(path: Path, feed: dict[str, np.ndarray], inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    for s in inputs:
-        arr = feed[s.name]
-        want = [d for d in s.shape[1:]]
-        if arr.ndim != len(s.shape) or any(isinstance(d, int) and d != a for d, a in zip(want, arr.shape[1:])):
-            raise BadInput(
-                f"calibration data {path}: input {s.name!r} expects samples of shape {'x'.join(map(str, want))} "
-                f"(model input {s.shape_str()}), given {'x'.join(map(str, arr.shape[1:]))} for {arr.shape[0]} samples"
-            )
-        if np.dtype(s.dtype).kind != arr.dtype.kind and not (np.dtype(s.dtype).kind == "f" and arr.dtype.kind == "f"):
-            raise BadInput(f"calibration data {path}: input {s.name!r} expects {s.dtype}, given {arr.dtype}")
-        feed[s.name] = arr.astype(s.dtype, copy=False)
-    return feed
 
 
 def _images(folder: Path, inputs: list[TensorSpec], pp: Preprocess) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeconv import __version__
-from edgeconv.errors import BadInput, EdgeconvError
+from edgeconv.errors import BadInput, EdgeconvError, InternalError
 
 app = typer.Typer(
     name="edgeconv",
@@ -33,7 +33,7 @@ _state = {"debug": False}
 
 # Shared options, defined once.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else there.")]
-InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="NAME=1x3x224x224 (repeatable); a bare shape for a one-input model.")]
+InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="NAME=1x3x224x224 (repeatable; NAME=1x16:int64 also sets the dtype); a bare shape for a one-input model. Open dimensions are otherwise taken from --sample/--data/--calib.")]
 ModelClassOpt = Annotated[str | None, typer.Option("--model-class", help="pkg.module:Class or path/to/file.py:Class for a state_dict.")]
 ModelKwargsOpt = Annotated[str | None, typer.Option("--model-kwargs", help="JSON keyword arguments for --model-class.")]
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled modules / Keras Lambda layers (runs code from the file).")]
@@ -83,13 +83,33 @@ def _handled(json_flag: str | None = "as_json"):
                     _interrupted(as_json)
                 if _state["debug"]:
                     raise
-                _print_error(f"unexpected error: {type(exc).__name__}: {exc}",
-                             "rerun with --debug for the traceback, and please report it", None, "InternalError", 1, as_json)
-                raise typer.Exit(1) from None
+                code = InternalError.exit_code
+                where = _write_traceback(exc)
+                _print_error(f"internal error (a bug in edgeconv, not a failed check): {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                             f"the full traceback is in {where}; please report it with that file (or rerun with --debug)",
+                             None, "InternalError", code, as_json)
+                raise typer.Exit(code) from None
 
         return wrapper
 
     return deco
+
+
+def _write_traceback(exc: BaseException) -> str:
+    """Write the traceback of an internal error to a file and return its path (or say why it could not be)."""
+    import datetime as dt
+    import os
+    import tempfile
+    import traceback
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(tempfile.gettempdir()) / f"edgeconv-crash-{stamp}-{os.getpid()}.txt"
+    try:
+        path.write_text(f"edgeconv {__version__}\n{' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(exc)))
+    except OSError as err:
+        return f"(not written: {err})"
+    return str(path)
 
 
 @contextlib.contextmanager
@@ -236,7 +256,7 @@ def convert(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    sample: Annotated[Path | None, typer.Option("--sample", help=".npz of reference inputs (default: seeded random).")] = None,
+    sample: Annotated[Path | None, typer.Option("--sample", help="Reference inputs: .npy (one input) or .npz (x, or one array per input name); first axis = samples. Also gives the shapes the model leaves open (default: calibration data, else seeded random).")] = None,
     atol: AtolOpt = [],  # noqa: B006
     data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): record source and artifact accuracy.")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more points than this on --data.")] = None,
@@ -265,7 +285,7 @@ def convert(
     from edgeconv.convert import ConvertRequest
     from edgeconv.convert import convert as run_convert
     from edgeconv.parity import parse_atol_overrides
-    from edgeconv.specs import parse_input_shapes
+    from edgeconv.specs import parse_input_dtypes, parse_input_shapes
 
     calib_req = None
     if calib is not None:
@@ -286,7 +306,8 @@ def convert(
                       "allow_float_ops": allow_float_ops, "dla_core": dla_core, "max_batch": max_batch, "workspace_mb": workspace,
                       "min_tpu_share": min_tpu_share, "min_npu_share": min_npu_share, "compiler": compiler,
                       "et_backend": et_backend},
-        input_shapes=parse_input_shapes(input_shape), dynamic_batch=dynamic_batch, opset=opset,
+        input_shapes=parse_input_shapes(input_shape), input_dtypes=parse_input_dtypes(input_shape),
+        dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
         command_line=_command_line(ctx),
@@ -445,6 +466,7 @@ def compare_cmd(
 def inspect(
     model: Annotated[Path, typer.Argument(help="Model file (.pt, .pt2, .keras, .h5, SavedModel dir, .onnx).")],
     input_shape: InputShapeOpt = [],  # noqa: B006
+    sample: Annotated[Path | None, typer.Option("--sample", help="Sample inputs (.npy or .npz) whose shapes fill the model's open dimensions.")] = None,
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -452,10 +474,10 @@ def inspect(
 ) -> None:
     """Show a model's inputs, outputs, opset, ops, parameters and MACs."""
     from edgeconv.inspection import inspect_model
-    from edgeconv.specs import parse_input_shapes
+    from edgeconv.specs import parse_input_dtypes, parse_input_shapes
 
-    info = inspect_model(model, input_shapes=parse_input_shapes(input_shape),
-                         load=_load_options(model_class, model_kwargs, trust_pickle))
+    info = inspect_model(model, input_shapes=parse_input_shapes(input_shape), input_dtypes=parse_input_dtypes(input_shape),
+                         sample=sample, load=_load_options(model_class, model_kwargs, trust_pickle))
     if as_json:
         _emit_json(info)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
 import shutil
@@ -16,7 +17,7 @@ from edgeconv import __version__
 from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, BundleWriter, save_reference, write_json
 from edgeconv.calibration import CalibrationRequest, load_calibration
 from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
-from edgeconv.errors import BadInput, CheckFailed, ConversionFailed, EdgeconvError
+from edgeconv.errors import BadInput, CheckFailed, ConversionFailed, EdgeconvError, converter_of
 from edgeconv.frontends import LoadOptions, SourceModel, load_source
 from edgeconv.lazy import version_of
 from edgeconv.onnx_tools import check_and_infer, io_specs
@@ -24,7 +25,8 @@ from edgeconv.parity import ParityReport, Tolerance, compare
 from edgeconv.profiles import Profile, resolve_profile
 from edgeconv.progress import Steps
 from edgeconv.runners import open_runner
-from edgeconv.specs import Dim, TensorSpec, apply_input_shapes, guess_layout, random_inputs, sha256_of
+from edgeconv.shapes import ResolvedInputs, ShapeRequest, check_graph_memory, data_files, resolve
+from edgeconv.specs import Dim, TensorSpec, random_inputs, sha256_of
 from edgeconv.targets import Artifact, TargetOptions, backend
 
 REFERENCE_BATCHES = 4
@@ -41,6 +43,7 @@ class ConvertRequest:
     output: Path | None = None
     force: bool = False
     input_shapes: dict[str | None, list[Dim]] = field(default_factory=dict)
+    input_dtypes: dict[str | None, str] = field(default_factory=dict)  # for sources that keep none (TorchScript)
     dynamic_batch: bool = False
     opset: int | None = None
     load: LoadOptions = field(default_factory=LoadOptions)
@@ -67,37 +70,11 @@ def default_output(req: ConvertRequest, profile: Profile) -> Path:
     return Path(f"{req.model.stem}-{profile.name}-{req.precision}")
 
 
-def resolve_inputs(source: SourceModel, req: ConvertRequest, notes: list[str] | None = None) -> list[TensorSpec]:
-    """The source's inputs with ``--input-shape`` applied and the batch fixed (1) or made dynamic."""
-    specs = apply_input_shapes(source.inputs, req.input_shapes, baked=source.shapes_baked)
-    notes = notes if notes is not None else []
-    out = []
-    for s in specs:
-        if req.dynamic_batch and source.shapes_baked and s.shape and isinstance(s.shape[0], int):
-            raise BadInput(
-                f"{source.path} ({source.format}) was exported with a fixed batch of {s.shape[0]} for input {s.name!r}; "
-                "--dynamic-batch cannot undo that",
-                hint="re-export it with dynamic_shapes={'%s': {0: torch.export.Dim('batch')}}, or drop --dynamic-batch" % s.name,
-            )
-        if not s.shape:
-            raise BadInput(
-                f"{source.path} does not record the shape of input {s.name!r} ({source.format} keeps no shapes)",
-                hint=f"give it: --input-shape {s.name}=1x3x224x224 (your model's sizes)",
-            )
-        shape = list(s.shape)
-        if not isinstance(shape[0], int) and not req.dynamic_batch:
-            notes.append(f"input {s.name!r}: dynamic batch {s.shape[0]!r} fixed to 1 (static shapes; --dynamic-batch keeps it dynamic where the target allows)")
-        if not isinstance(shape[0], int) or req.dynamic_batch:
-            shape[0] = "batch" if req.dynamic_batch else 1
-        unresolved = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
-        if unresolved:
-            raise BadInput(
-                f"input {s.name!r} has dynamic dimensions {unresolved} ({'x'.join(map(str, shape))}); edgeconv "
-                "exports static shapes apart from the batch",
-                hint=f"give them: --input-shape {s.name}=" + "x".join(str(d) if isinstance(d, int) else "N" for d in shape),
-            )
-        out.append(TensorSpec(s.name, shape, s.dtype, s.layout or guess_layout(shape, source.layout_default)))
-    return out
+def resolve_inputs(source: SourceModel, req: ConvertRequest) -> ResolvedInputs:
+    """The source's inputs with ``--input-shape`` applied, open dimensions and dtypes filled from ``--sample``,
+    ``--data`` or ``--calib``, and the batch fixed (1) or made dynamic."""
+    return resolve(source, ShapeRequest(req.input_shapes, req.input_dtypes, req.dynamic_batch,
+                                        data_files(req.sample, req.data, req.calib.source if req.calib else None)))
 
 
 def reference_feed(req: ConvertRequest, inputs: list[TensorSpec],
@@ -117,6 +94,28 @@ def reference_feed(req: ConvertRequest, inputs: list[TensorSpec],
     if isinstance(inputs[0].shape[0], int) and n % batch:
         raise BadInput(f"--sample {req.sample} has {n} samples; the model's fixed batch is {batch}: give a multiple")
     return feed, str(req.sample)
+
+
+@contextlib.contextmanager
+def converter_step(what: str, failed_dir: Path):
+    """An exception that a converter library raises becomes a ConversionFailed naming the library, with the
+    traceback kept in the failed-build directory; one raised by edgeconv's own code stays what it is (a bug)."""
+    try:
+        yield
+    except EdgeconvError:
+        raise
+    except Exception as exc:
+        lib = converter_of(exc)
+        if lib is None:
+            raise
+        import traceback
+
+        failed_dir.mkdir(parents=True, exist_ok=True)
+        log = failed_dir / "converter-traceback.txt"
+        log.write_text("".join(traceback.format_exception(exc)))
+        first = (str(exc).strip().splitlines() or [""])[0][:400]
+        raise ConversionFailed(f"{what} failed inside {lib}: {type(exc).__name__}: {first}",
+                               hint=f"the converter's traceback is in {log}; another target or --opset may avoid it") from exc
 
 
 def _host() -> dict[str, str]:
@@ -153,8 +152,10 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
 
     with steps.step(f"Loading {req.model.name}"):
         source = load_source(req.model, req.load)
-        shape_notes: list[str] = []
-        inputs = resolve_inputs(source, req, shape_notes)
+        resolved = resolve_inputs(source, req)
+        inputs, shape_notes = resolved.specs, list(resolved.notes)
+        if source.framework == "onnx":
+            check_graph_memory(source.proto, inputs)
         calib_samples = calib_record = None
         if needs_calib:
             calib_samples, calib_record = load_calibration(req.calib, inputs)
@@ -181,7 +182,8 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
               and source.default_opset < target.preferred_opset <= min(source.max_export_opset, profile.max_opset or 10**6)):
             opset = target.preferred_opset
             shape_notes.append(f"exported at opset {opset} (default {source.default_opset}): {target.preferred_opset_why}")
-        with steps.step(f"Exporting ONNX ({source.frontend})"):
+        failed_dir = out.with_name(out.name + ".failed-build")
+        with steps.step(f"Exporting ONNX ({source.frontend})"), converter_step(f"{source.framework} → ONNX export", failed_dir):
             record = source.export_onnx(onnx_path, inputs=inputs, opset=opset, dynamic_batch=req.dynamic_batch)
         with steps.step("Checking the ONNX graph (onnx.checker, shape inference)"):
             proto = check_and_infer(onnx_path)
@@ -207,12 +209,13 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         topts.extra["reference_inputs"] = feed
         topts.extra["input_shapes"] = {s.name: s.shape for s in onnx_inputs}
         topts.extra["output_shapes"] = {s.name: s.shape for s in outputs}
-        topts.extra["failed_build_dir"] = str(out.with_name(out.name + ".failed-build"))
+        topts.extra["failed_build_dir"] = str(failed_dir)
         if data_feed is not None and req.max_accuracy_drop is not None:
             topts.extra["accuracy_data"] = (data_feed, labels, score_index)
             topts.extra["max_accuracy_drop"] = req.max_accuracy_drop
         check_overrides = target.check_runner_options(req.precision, profile)
-        with steps.step(f"Converting for {profile.name} ({req.precision})"):
+        with steps.step(f"Converting for {profile.name} ({req.precision})"), converter_step(
+                f"the {profile.backend} conversion ({req.precision})", failed_dir):
             artifacts = target.convert(onnx_path, work, profile, topts)
         model_art = next(a for a in artifacts if a.role == "model")
         check_options = {**model_art.extra.get("runner_options", {}), **check_overrides}
@@ -257,6 +260,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             "runner": model_art.runner,
             "dynamic_batch": req.dynamic_batch,
             "inputs": [s.to_dict() for s in onnx_inputs],
+            "input_origins": resolved.origins,
             "outputs": [s.to_dict() for s in outputs],
             "artifacts": [_artifact_entry(work, a) for a in artifacts] + (
                 [_artifact_entry(work, Artifact(onnx_path.name, "canonical-onnx", "fp32"))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(highlight=False)
@@ -215,16 +216,28 @@ def render_remote(r: dict[str, Any]) -> None:
 
 
 def render_inspect(info: dict[str, Any]) -> None:
-    console.print(f"[bold]{info['path']}[/] · {info['format']} · opset {info['opset']} · {info['nodes']} nodes · "
-                  f"{info['parameters']:,} parameters · {info['macs']:,} MACs")
+    facts = [info["path"], info["format"]]
+    if "opset" in info:
+        facts += [f"opset {info['opset']}", f"{info['nodes']} nodes", f"{info['parameters']:,} parameters"]
+    facts.append("MACs unknown" if info.get("macs") is None else f"{info['macs']:,} MACs")
+    console.print(f"[bold]{facts[0]}[/] · " + " · ".join(facts[1:]))
+    if info.get("macs_shapes"):
+        console.print("[dim]MACs at " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in info["macs_shapes"].items()) + "[/]")
+    if info.get("macs_note"):
+        console.print(f"[yellow]{escape(info['macs_note'])}[/]", soft_wrap=True)
+        if info.get("macs_hint"):
+            console.print(f"[dim]hint: {escape(info['macs_hint'])}[/]", soft_wrap=True)
     t = Table(title="Inputs and outputs", title_justify="left")
     for col in ("", "name", "shape", "dtype", "layout", "dynamic dims"):
         t.add_column(col)
     for kind in ("inputs", "outputs"):
         for s in info[kind]:
-            shape = "x".join("?" if d is None else str(d) for d in s["shape"])
-            t.add_row(kind[:-1], s["name"], shape, s["dtype"], s.get("layout") or "", ", ".join(map(str, s["dynamic_dims"])) or "none")
+            shape = "x".join("?" if d is None else str(d) for d in s["shape"]) or "unknown"
+            dyn = s.get("dynamic_dims", [i for i, d in enumerate(s["shape"]) if not isinstance(d, int)])
+            t.add_row(kind[:-1], s["name"], shape, s["dtype"] or "unknown", s.get("layout") or "", ", ".join(map(str, dyn)) or "none")
     console.print(t)
+    if "ops" not in info:
+        return
     ops = Table(title="Operators", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,12 @@ Dim = int | str | None  # a fixed size, a named dynamic dimension, or unknown
 class TensorSpec:
     name: str
     shape: list[Dim]
-    dtype: str  # numpy dtype name: "float32", "int64", ...
+    dtype: str | None  # numpy dtype name: "float32", "int64", ...; None until resolved when the source keeps none
     layout: str | None = None  # "NCHW", "NHWC", ... for 4-D image tensors, else None
 
     @property
     def dynamic_dims(self) -> list[int]:
         return [i for i, d in enumerate(self.shape) if not isinstance(d, int)]
-
-    @property
-    def is_static(self) -> bool:
-        return not self.dynamic_dims
-
-    @property
-    def batch_is_dynamic(self) -> bool:
-        return bool(self.shape) and not isinstance(self.shape[0], int)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,14 +34,6 @@ class TensorSpec:
 
     def shape_str(self) -> str:
         return "x".join("?" if d is None else str(d) for d in self.shape)
-
-
-@dataclass
-class FileInfo:
-    path: str
-    sha256: str
-    bytes: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def sha256_of(path: Path) -> str:
@@ -86,14 +70,36 @@ def parse_shape(text: str) -> list[Dim]:
     return dims
 
 
+def _split_dtype(value: str) -> tuple[str, str, str | None]:
+    """``NAME=1x16:int64`` → (name or "", shape text, dtype or None)."""
+    name, sep, rest = value.rpartition("=")
+    shape, colon, dtype = rest.partition(":")
+    if colon:
+        try:
+            dtype = np.dtype(dtype.strip()).name
+        except TypeError:
+            raise BadInput(f"--input-shape {value!r}: {dtype!r} is not a dtype", hint="e.g. ids=1x16:int64") from None
+    return (name if sep else ""), shape, (dtype if colon else None)
+
+
 def parse_input_shapes(values: list[str]) -> dict[str | None, list[Dim]]:
-    """``--input-shape NAME=1x3x8x8`` (repeatable); a bare shape (no name) means the only input."""
+    """``--input-shape NAME=1x3x8x8`` (repeatable; ``:DTYPE`` may follow); a bare shape means the only input."""
     out: dict[str | None, list[Dim]] = {}
     for v in values:
-        name, sep, shape = v.rpartition("=")
-        out[name if sep else None] = parse_shape(shape)
+        name, shape, _ = _split_dtype(v)
+        out[name or None] = parse_shape(shape)
     if None in out and len(out) > 1:
         raise BadInput("mix of named and unnamed --input-shape values", hint="name every input: NAME=1x3x8x8")
+    return out
+
+
+def parse_input_dtypes(values: list[str]) -> dict[str | None, str]:
+    """The ``:DTYPE`` parts of ``--input-shape`` values (``ids=1x16:int64``), for sources that keep no dtype."""
+    out = {}
+    for v in values:
+        name, _, dtype = _split_dtype(v)
+        if dtype:
+            out[name or None] = dtype
     return out
 
 

@@ -64,5 +64,13 @@ class SourceModel(ABC):
     ) -> ExportRecord:
         """Write the ONNX graph to ``dest`` (a single file, weights inline when under 2 GB)."""
 
+    def input_hint(self, name: str) -> str:
+        """A shape to suggest for ``--input-shape NAME=…`` when the model records none: what the model's own
+        layers say, else a placeholder of the right rank."""
+        spec = next((s for s in self.inputs if s.name == name), None)
+        if spec is None or not spec.shape:
+            return "SHAPE (e.g. 1xN for token ids or audio, 1x3xHxW for images)"
+        return "x".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "N") for i, d in enumerate(spec.shape))
+
     def versions(self) -> dict[str, str | None]:
         return {}

@@ -123,8 +123,8 @@ class TorchSource(SourceModel):
                 self.inputs.append(TensorSpec.from_dict(d))
         else:
             names = [i.debugName().split(".")[0] for i in list(self.module.graph.inputs())[1:]]
-            # TorchScript keeps no shapes: they come from --input-shape.
-            self.inputs = [TensorSpec(n, [], "float32", None) for n in names]
+            # TorchScript keeps no shapes or dtypes: they come from the user's data or --input-shape.
+            self.inputs = [TensorSpec(n, [], None, None) for n in names]
 
     def _load_pickle(self, torch, options: LoadOptions) -> None:
         try:
@@ -167,7 +167,31 @@ class TorchSource(SourceModel):
             import inspect
 
             params = list(inspect.signature(self.module.forward).parameters)
-            self.inputs = [TensorSpec(n, [], "float32", None) for n in params if n not in ("self", "args", "kwargs")]
+            self.inputs = [TensorSpec(n, [], None, None) for n in params if n not in ("self", "args", "kwargs")]
+
+    def input_hint(self, name: str) -> str:
+        """What the first layer with weights says the first input looks like (TorchScript keeps no shapes)."""
+        names = [s.name for s in self.inputs]
+        if not names or name != names[0] or self.module is None:
+            return super().input_hint(name)
+        for _, mod in self.module.named_modules():
+            kind = getattr(mod, "original_name", type(mod).__name__)
+            if kind in ("LSTM", "GRU", "RNN"):
+                return f"1xTx{getattr(mod, 'input_size', 'F')} if batch_first, else Tx1xF (the first layer is an {kind})"
+            w = getattr(mod, "weight", None)
+            if w is None or not hasattr(w, "shape"):
+                continue
+            shape = list(w.shape)
+            if kind in ("Embedding", "EmbeddingBag"):
+                return "1xN:int64 (token ids; the first layer is an Embedding)"
+            if kind == "Conv2d" and len(shape) == 4:
+                return f"1x{shape[1] * getattr(mod, 'groups', 1)}xHxW (the first layer is a Conv2d)"
+            if kind == "Conv1d" and len(shape) == 3:
+                return f"1x{shape[1] * getattr(mod, 'groups', 1)}xN (the first layer is a Conv1d)"
+            if kind == "Linear" and len(shape) == 2:
+                return f"1x{shape[1]} (the first layer is a Linear)"
+            break
+        return super().input_hint(name)
 
     # -- running and exporting -------------------------------------------------------------------------
     def _args(self, feed: dict[str, np.ndarray]):

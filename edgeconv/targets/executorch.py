@@ -34,9 +34,17 @@ class ExecuTorchTarget(Target):
 
     def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
         source = opts.extra["source_model"]
-        if source.framework != "torch" or getattr(source, "module", None) is None or source.format == "torchscript":
-            raise PreflightError(f"ExecuTorch needs a PyTorch nn.Module or a torch.export program (.pt2); {source.path} is "
-                                 f"{source.format}", hint="TorchScript cannot be re-exported: save the model with torch.export.save")
+        if source.framework != "torch":
+            raise PreflightError(
+                f"ExecuTorch programs are built from a PyTorch model by torch.export; {source.path} is a {source.framework} "
+                f"model ({source.format}), which ExecuTorch cannot take",
+                hint="give the PyTorch model it came from (.pt2, or a state_dict with --model-class), or pick a target that "
+                     "takes " + ("ONNX: onnx, tflite, openvino, ncnn" if source.framework == "onnx" else "it: tflite, onnx, openvino"))
+        if getattr(source, "module", None) is None or source.format == "torchscript":
+            raise PreflightError(
+                f"ExecuTorch programs are built by torch.export, which cannot trace a TorchScript module ({source.path})",
+                hint="save the original nn.Module with torch.export.save(torch.export.export(model, args), 'model.pt2'), "
+                     "or pick another target (onnx, tflite, openvino, ncnn take TorchScript)")
         torch = require("torch", why="for ExecuTorch")
         require("executorch", why="for the ExecuTorch target (pip install 'edgeconv[executorch]')")
         from executorch.devtools.backend_debug import get_delegation_info

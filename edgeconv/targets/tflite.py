@@ -199,7 +199,7 @@ class TfliteTarget(Target):
         try:
             if source.framework == "keras":
                 tf = require("tensorflow", why="to build TFLite models")
-                saved = self._saved_model_from_keras(source, build)
+                saved = self._saved_model_from_keras(tf, source, build, None if opts.dynamic_batch else opts.extra["input_shapes"])
                 route = f"tf.lite.TFLiteConverter from the Keras/TensorFlow model (tensorflow {tf.__version__})"
                 moved = False
                 data = tflite_from_saved_model(tf, saved, opts.precision, opts.extra.get("calibration"), opts.extra["io_dtype"],
@@ -228,12 +228,26 @@ class TfliteTarget(Target):
             extra["float_ops"] = left
         return [Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)]
 
-    def _saved_model_from_keras(self, source, build: Path) -> Path:
-        if source.format == "savedmodel":
+    def _saved_model_from_keras(self, tf, source, build: Path, shapes: dict[str, list] | None) -> Path:
+        """The SavedModel TFLiteConverter reads. With ``shapes`` (static conversions) its signature has exactly the
+        resolved input shapes, batch included: a Keras model's own signature keeps the batch (and any open
+        dimension) dynamic, and a dynamic batch in the TFLite graph keeps every op off the Edge TPU."""
+        if source.format == "savedmodel" and shapes is None:
             return source.path
         out = build / "saved_model"
+        specs = [tf.TensorSpec(shapes[s.name], s.dtype, name=s.name) for s in source.inputs] if shapes else None
         try:
-            source.model.export(str(out), format="tf_saved_model", verbose=False)
+            if source.format == "savedmodel":
+                fn = tf.function(lambda *xs: source.signature(**{s.name: x for s, x in zip(source.inputs, xs)}),
+                                 input_signature=specs)
+                holder = tf.Module()
+                holder.loaded = source._loaded  # keeps the variables the signature reads
+                tf.saved_model.save(holder, str(out), signatures=fn.get_concrete_function())
+            else:
+                signature = None
+                if specs:
+                    signature = [specs[0]] if len(specs) == 1 else [specs]
+                source.model.export(str(out), format="tf_saved_model", verbose=False, input_signature=signature)
         except Exception as exc:
             raise ConversionFailed(f"Keras could not export a SavedModel for TFLite: {type(exc).__name__}: {exc}") from exc
         return out
@@ -246,7 +260,7 @@ class TfliteTarget(Target):
             raise MissingDependency("onnx2tf is not installed (needed to turn ONNX into TFLite)",
                                     hint="install it with: pip install 'edgeconv[tflite]'")
         require_installed("tensorflow", why="to build TFLite models")
-        work = build / "onnx2tf"
+        work = (build / "onnx2tf").resolve()  # the child runs in it: every path it is given must be absolute
         work.mkdir()
         copy = work / "model.onnx"
         shutil.copyfile(onnx_path, copy)  # onnx2tf rewrites its input in place

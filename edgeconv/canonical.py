@@ -1,0 +1,386 @@
+"""The canonical ONNX step: what older or odd exporters wrote is upgraded once, so every target sees one clean graph.
+
+:func:`canonicalize` takes the exported graph and, in this order:
+
+1. turns graph inputs that are really constants into initializers (``constant_inputs``: tf2onnx lists a
+   ``tf.function``'s captured tensors, e.g. a Keras ``Normalization`` layer's mean and variance, as graph inputs;
+   :func:`lifted_constants` recovers their values);
+2. takes initializers out of the graph inputs (IR < 4 required every initializer to be listed as an input: they
+   are weights, not the model's inputs) and drops inputs no node reads when they are not the model's inputs;
+3. upgrades an old opset with ``onnx.version_converter`` (never above the device's ``max_opset``, never down);
+4. folds constants and simplifies with onnxslim (weights built at run time: ConstantOfShape, Shape → Gather →
+   Concat chains on static shapes, Conv+BatchNorm) — keeping the graph's inputs and outputs (names, order, types,
+   dynamic dims) and the source's node names and ``metadata_props`` where a node survives under its name;
+5. lists control-flow and recurrent nodes (If/Loop/Scan, LSTM/GRU/RNN) so a target's preflight can refuse them
+   with the node named.
+
+Everything it changed is said in :class:`CanonicalRecord` (``manifest["export"]["canonical"]``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeconv.errors import ConversionFailed
+from edgeconv.lazy import require, version_of
+from edgeconv.onnx_tools import opset_of
+
+# Where an old opset is upgraded to: every target's converter (ONNX Runtime, TensorRT ≥ 8.4, onnx2tf, OpenVINO,
+# pnnx) reads 17, and it is what the exporters write by default.
+UPGRADE_OPSET = 17
+# Below this an opset is "old" and gets upgraded (13: Split/Squeeze/Unsqueeze/ReduceSum take their axes as inputs,
+# QuantizeLinear gets per-channel ``axis``; int8 Q/DQ graphs need it).
+MIN_OPSET = 13
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan", "LSTM", "GRU", "RNN")
+
+
+@dataclass
+class CanonicalRecord:
+    """What the canonical step changed; goes into ``manifest["export"]["canonical"]``."""
+
+    changes: list[str] = field(default_factory=list)  # one human sentence per change, in the order they were made
+    opset_before: int = 0
+    opset_after: int = 0
+    ir_before: int = 0
+    ir_after: int = 0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    # control-flow / recurrent nodes still in the graph, for targets' preflights: [{"node": name, "op": "Loop"}]
+    control_flow: list[dict[str, str]] = field(default_factory=list)
+    tools: dict[str, str | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def canonicalize(proto, *, min_opset: int = MIN_OPSET, max_opset: int | None = None, keep_inputs: list[str] | None = None,
+                 constant_inputs: dict[str, np.ndarray] | None = None, fold: bool = True):
+    """The canonical graph of ``proto`` (not modified) and the record of what changed.
+
+    ``min_opset``: an opset below it is upgraded to :data:`UPGRADE_OPSET`, or to ``max_opset`` (the device's limit)
+    when that is lower. A graph newer than ``max_opset`` is left alone: the target's preflight refuses it.
+    ``keep_inputs``: the model's inputs (the source's input names). Graph inputs outside it that no node reads are
+    dropped; one that a node reads and that has no value is an error. ``None``: every graph input that is not an
+    initializer is a model input. ``constant_inputs``: graph inputs that are constants, with their values.
+    ``fold``: run onnxslim (constant folding and simplification); raises MissingDependency when it is not installed.
+    """
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    rec = CanonicalRecord(opset_before=opset_of(model), ir_before=int(model.ir_version), nodes_before=len(graph.node))
+    rec.tools["onnx"] = onnx.__version__
+
+    _constant_inputs_to_initializers(graph, constant_inputs or {}, rec)
+    min_ir = _drop_non_model_inputs(graph, keep_inputs, rec)
+    _upgrade_opset(model, min_opset, max_opset, rec)
+    _bump_ir(model, min_ir, rec)
+    if fold:
+        model = _fold(model, rec)
+    _metadata_note(proto, model, restore_node_names(proto, model), rec)
+    rec.opset_after = opset_of(model)
+    rec.ir_after = int(model.ir_version)
+    rec.nodes_after = len(model.graph.node)
+    rec.control_flow = control_flow_nodes(model)
+    return model, rec
+
+
+# -- 1. constants an exporter lifted into graph inputs ---------------------------------------------------------------
+def _constant_inputs_to_initializers(graph, constants: dict[str, np.ndarray], rec: CanonicalRecord) -> None:
+    if not constants:
+        return
+    from onnx import helper, numpy_helper
+
+    inits = {i.name for i in graph.initializer}
+    for vi in list(graph.input):
+        if vi.name not in constants:
+            continue
+        elem = vi.type.tensor_type.elem_type
+        value = np.asarray(constants[vi.name])
+        if elem:
+            value = value.astype(helper.tensor_dtype_to_np_dtype(elem), copy=False)
+        graph.input.remove(vi)
+        shape = "x".join(map(str, value.shape)) or "scalar"
+        what = f"input {vi.name!r} was a constant the exporter lifted into the graph inputs ({shape} {value.dtype})"
+        if not _is_read(graph, vi.name):
+            rec.changes.append(f"{what}, read by no node: removed")
+            continue
+        if vi.name not in inits:
+            graph.initializer.append(numpy_helper.from_array(value, vi.name))
+        rec.changes.append(f"{what}: made a weight")
+
+
+def _is_read(graph, name: str) -> bool:
+    return any(name in n.input for n in graph.node) or any(name in _subgraph_inputs(n) for n in graph.node)
+
+
+def _subgraph_inputs(node) -> set[str]:
+    """Every tensor name the subgraphs of ``node`` read (outer-scope names included)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for n in g.node:
+                names.update(n.input)
+                names |= _subgraph_inputs(n)
+    return names
+
+
+# -- 2. initializers listed as inputs (IR < 4), inputs that are not the model's ---------------------------------------
+def _drop_non_model_inputs(graph, keep_inputs: list[str] | None, rec: CanonicalRecord) -> int:
+    """Returns the IR version the graph needs afterwards (4 once initializers are no longer inputs)."""
+    keep = set(keep_inputs) if keep_inputs is not None else None
+    inits = {i.name for i in graph.initializer}
+    as_inputs = [vi for vi in graph.input if vi.name in inits and (keep is None or vi.name not in keep)]
+    min_ir = 0
+    if as_inputs:
+        for vi in as_inputs:
+            graph.input.remove(vi)
+        min_ir = 4
+        why = f"IR {rec.ir_before}: " if rec.ir_before < 4 else ""
+        rec.changes.append(f"{why}{len(as_inputs)} initializer(s) removed from the graph inputs (weights, not model inputs)")
+    if keep is None:
+        return min_ir
+    missing_values = []
+    for vi in list(graph.input):
+        if vi.name in keep or vi.name in inits:
+            continue
+        if _is_read(graph, vi.name):
+            missing_values.append(vi.name)
+        else:
+            graph.input.remove(vi)
+            rec.changes.append(f"graph input {vi.name!r} is not a model input and no node reads it: removed")
+    if missing_values:
+        raise ConversionFailed(
+            f"the exported graph has inputs that are not the model's inputs ({sorted(keep)}) and have no value: "
+            f"{missing_values}",
+            hint="an exporter lifted constants into graph inputs (tf2onnx does this with a tf.function's captured "
+                 "tensors); their values must be given as constant_inputs",
+        )
+    return min_ir
+
+
+# -- 3. opset upgrade ------------------------------------------------------------------------------------------------
+def target_opset(have: int, min_opset: int = MIN_OPSET, max_opset: int | None = None) -> int:
+    """The opset the canonical graph gets: ``have`` unless it is below ``min_opset``; never above ``max_opset``,
+    never lower than ``have``."""
+    if have >= min_opset:
+        return have
+    want = UPGRADE_OPSET if max_opset is None else min(UPGRADE_OPSET, max_opset)
+    return max(want, have)
+
+
+def _upgrade_opset(model, min_opset: int, max_opset: int | None, rec: CanonicalRecord) -> None:
+    have = opset_of(model)
+    want = target_opset(have, min_opset, max_opset)
+    if want == have:
+        return
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, want)
+    except Exception as exc:
+        raise ConversionFailed(f"onnx.version_converter cannot upgrade the graph from opset {have} to {want}: "
+                               f"{_converter_culprit(model, str(exc))}",
+                               hint="re-export the model at a newer opset (--opset for torch sources)") from exc
+    renamed = _restore_tensor_names(model, converted)
+    model.CopyFrom(converted)
+    rec.changes.append(f"opset {have} → {want} (onnx.version_converter)")
+    if renamed:
+        rec.changes.append(f"{renamed} tensor name(s) the version converter had replaced (_v_N) given back their source names")
+
+
+def _restore_tensor_names(before, after) -> int:
+    """onnx.version_converter names the output of every node it replaces ``_v_N``: give such tensors back their
+    names, found where a node that kept its name reads or writes them. Top-level graph only. Returns the count."""
+    def tensors(g) -> set[str]:
+        names = {v.name for v in list(g.input) + list(g.output)} | {i.name for i in g.initializer}
+        for n in g.node:
+            names.update(n.input)
+            names.update(n.output)
+        return names
+
+    old, new = tensors(before.graph), tensors(after.graph)
+    new_by_name = {n.name: n for n in after.graph.node if n.name}
+    rename: dict[str, str] = {}
+    for n0 in before.graph.node:
+        n1 = new_by_name.get(n0.name) if n0.name else None
+        if n1 is None:
+            continue
+        for a, b in list(zip(n1.input, n0.input)) + list(zip(n1.output, n0.output)):
+            if a and b and a != b and a not in old and b not in new and b not in rename.values():
+                rename.setdefault(a, b)
+    if not rename:
+        return 0
+    for n in after.graph.node:
+        for i, name in enumerate(n.input):
+            n.input[i] = rename.get(name, name)
+        for i, name in enumerate(n.output):
+            n.output[i] = rename.get(name, name)
+    for v in after.graph.value_info:
+        v.name = rename.get(v.name, v.name)
+    return len(rename)
+
+
+def _converter_culprit(model, message: str) -> str:
+    """The converter's C++ assertion text names the op but not the node (and sometimes mangles the op name with the
+    versions appended, e.g. ``FooBar917``): name the nodes whose op it mentions, and ops ONNX has no schema for."""
+    from onnx import defs
+
+    text = message.strip().splitlines()[0][:300] if message.strip() else "no message"
+    nodes = [n for n in model.graph.node if n.domain in ("", "ai.onnx")]
+    named = [n for n in nodes if n.op_type and n.op_type in message]
+    unknown = [n for n in nodes if not defs.has(n.op_type)]
+    culprits = {(n.name or "(unnamed)", n.op_type) for n in named + unknown}
+    if not culprits:
+        return text
+    listed = ", ".join(f"node {name!r} ({op})" for name, op in sorted(culprits)[:10])
+    return f"{listed} — {text}"
+
+
+def _bump_ir(model, min_ir: int, rec: CanonicalRecord) -> None:
+    from onnx import helper
+
+    need = max(min_ir, helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+    if need > model.ir_version:
+        rec.changes.append(f"IR version {model.ir_version} → {need} (the oldest that opset {opset_of(model)} allows)")
+        model.ir_version = need
+
+
+# -- 4. folding with onnxslim ----------------------------------------------------------------------------------------
+def _fold(model, rec: CanonicalRecord):
+    import onnx
+
+    onnxslim = require("onnxslim", why="to fold constants in the canonical ONNX graph")
+    rec.tools["onnxslim"] = version_of("onnxslim")
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    try:
+        slim = onnxslim.slim(model)  # its freeze() edits the graph it is given: ``before`` is the untouched copy
+    except Exception as exc:
+        raise ConversionFailed(f"onnxslim {rec.tools['onnxslim']} could not fold the graph: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+    if slim is None:
+        raise ConversionFailed(f"onnxslim {rec.tools['onnxslim']} returned no graph")
+    _restore_interface(before, slim, rec)
+    ops_before = Counter(n.op_type for n in before.graph.node)
+    ops_after = Counter(n.op_type for n in slim.graph.node)
+    n0, n1 = len(before.graph.node), len(slim.graph.node)
+    if ops_before != ops_after:
+        gone = ops_before - ops_after
+        new = ops_after - ops_before
+        diff = ", ".join([f"−{c} {op}" for op, c in gone.most_common()] + [f"+{c} {op}" for op, c in new.most_common()])
+        rec.changes.append(f"constants folded and graph simplified (onnxslim {rec.tools['onnxslim']}): {n0} → {n1} nodes ({diff})")
+    return slim
+
+
+def _restore_interface(before, after, rec: CanonicalRecord) -> None:
+    """The graph's inputs and outputs as they were: names, order, types and dynamic dims (onnxslim drops inputs no
+    node reads and may rewrite dims through its own shape inference); model-level fields it does not carry over."""
+    g0, g1 = before.graph, after.graph
+    out_names = [o.name for o in g1.output]
+    if out_names != [o.name for o in g0.output]:
+        raise ConversionFailed(f"onnxslim changed the graph outputs from {[o.name for o in g0.output]} to {out_names}")
+    del g1.input[:]
+    g1.input.extend(g0.input)
+    del g1.output[:]
+    g1.output.extend(g0.output)
+    inits = {i.name for i in g1.initializer}
+    for o in g0.output:
+        if o.name in inits:
+            rec.changes.append(f"output {o.name!r} is a constant: it does not depend on the inputs")
+    for name in ("doc_string", "domain", "model_version"):
+        setattr(after, name, getattr(before, name))
+    after.graph.name = before.graph.name
+    have_props = {p.key for p in after.metadata_props}
+    for p in before.metadata_props:
+        if p.key not in have_props:
+            after.metadata_props.add(key=p.key, value=p.value)
+
+
+def restore_node_names(source, model) -> tuple[int, int]:
+    """Give ``model``'s nodes back the names, ``metadata_props`` and ``doc_string`` they had in ``source``.
+
+    onnx.version_converter drops every node's ``metadata_props`` (where torch's dynamo exporter writes the source
+    module and stack trace) and the name of each node it replaces (Upsample → Resize); onnxslim's graph IR drops
+    ``metadata_props`` and ``doc_string`` too, and names a fused node after its first input node's output tensor
+    (Conv+BatchNorm → ``/c1/Conv_output_0``). A node is matched to its source node by name, else by the tensor it
+    writes (or the tensor its fused name says). Returns (nodes with metadata now, nodes with metadata in source).
+    """
+    src_nodes = list(source.graph.node)
+    by_name = {n.name: n for n in src_nodes if n.name}
+    by_output = {n.output[0]: n for n in src_nodes if n.output and n.output[0]}
+    taken = {n.name for n in model.graph.node if n.name}
+    for n in model.graph.node:
+        orig = by_name.get(n.name) if n.name else None
+        if orig is None:
+            orig = by_output.get(n.name) or (by_output.get(n.output[0]) if n.output else None)
+            if orig is None or not orig.name or orig.name in taken:
+                continue
+            taken.discard(n.name)
+            n.name = orig.name
+            taken.add(orig.name)
+        if not n.metadata_props:
+            n.metadata_props.extend(orig.metadata_props)
+        if not n.doc_string:
+            n.doc_string = orig.doc_string
+    had = sum(1 for n in src_nodes if n.metadata_props)
+    kept = sum(1 for n in model.graph.node if n.metadata_props)
+    return kept, had
+
+
+def _metadata_note(source, model, counts: tuple[int, int], rec: CanonicalRecord) -> None:
+    kept, had = counts
+    if not had or kept >= had:
+        return
+    names = {n.name for n in model.graph.node}
+    gone = Counter(n.op_type for n in source.graph.node if n.metadata_props and n.name not in names)
+    listed = ", ".join(f"{c} {op}" for op, c in gone.most_common())
+    new = sum(1 for n in model.graph.node if not n.metadata_props)
+    rec.changes.append(f"source metadata (metadata_props) kept on {kept} of the {had} nodes that had it"
+                       + (f"; folded or fused away: {listed}" if listed else "")
+                       + (f"; {new} node(s) made by fusions have none" if new else ""))
+
+
+# -- 5. control flow -------------------------------------------------------------------------------------------------
+def control_flow_nodes(model) -> list[dict[str, str]]:
+    """Control-flow and recurrent nodes, nested ones included (``node`` is ``outer/inner`` for those)."""
+    found: list[dict[str, str]] = []
+
+    def walk(nodes, prefix: str) -> None:
+        for n in nodes:
+            name = n.name or f"({n.op_type})"
+            if n.op_type in CONTROL_FLOW_OPS and n.domain in ("", "ai.onnx"):
+                found.append({"node": prefix + name, "op": n.op_type})
+            for attr in n.attribute:
+                for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    walk(g.node, f"{prefix}{name}/")
+
+    walk(model.graph.node, "")
+    return found
+
+
+# -- tf2onnx: constants it lifts into graph inputs --------------------------------------------------------------------
+def lifted_constants(fn, input_signature) -> dict[str, np.ndarray]:
+    """Values of the graph inputs tf2onnx invents for ``fn`` (a ``tf.function``): its captured tensors.
+
+    ``tf2onnx.convert.from_function`` declares every non-resource input of the concrete function as an ONNX graph
+    input — the model's own inputs, and also the tensors the function captured by value. Keras 3's
+    ``Normalization`` keeps its adapted (or given) mean and variance as such tensors, so its ONNX graph asks for
+    ``…/normalization/Sub/y:0`` and ``…/Sqrt/x:0`` as inputs (read by a node, or by none once TensorFlow's
+    optimizer folded them). The names are the capture placeholders' names, which tf2onnx keeps. Variables
+    (resource captures) are frozen into initializers by tf2onnx and are not listed here.
+    """
+    import tensorflow as tf
+
+    concrete = fn.get_concrete_function(*input_signature)  # the one from_function traced: tf.function caches it
+    out = {}
+    for external, internal in concrete.graph.captures:
+        if internal.dtype == tf.resource or not hasattr(external, "numpy"):
+            continue
+        out[internal.name] = np.asarray(external.numpy())
+    return out

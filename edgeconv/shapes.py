@@ -1,0 +1,208 @@
+"""Input shapes and dtypes from what the user gave: the model's own record, ``--input-shape``, then the data files.
+
+A TorchScript file keeps no shapes; an ONNX or Keras model may keep its height, width or sequence length dynamic.
+The user's data says what they are: ``--sample``, then ``--data``, then ``--calib`` fill every dimension the model
+leaves open (the first axis of a data file counts samples; the batch is 1 unless ``--dynamic-batch``). Where each
+dimension came from is recorded. Only when no data is given is ``--input-shape`` asked for, with a hint that fits
+the input (its rank and dtype, or the model's first layer), never an image default for token ids or audio.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeconv.errors import BadInput
+from edgeconv.specs import Dim, TensorSpec, apply_input_shapes, guess_layout
+
+# One tensor may take at most this share of the machine's memory: reference data holds several samples of each
+# input, and the runtimes keep their own copies and intermediates.
+MEMORY_SHARE = 0.25
+
+
+@dataclass
+class ShapeRequest:
+    input_shapes: dict[str | None, list[Dim]] = field(default_factory=dict)
+    input_dtypes: dict[str | None, str] = field(default_factory=dict)
+    dynamic_batch: bool = False
+    data_files: list[tuple[str, Path]] = field(default_factory=list)  # ("--sample", path), ... in order of precedence
+
+
+@dataclass
+class ResolvedInputs:
+    specs: list[TensorSpec]
+    origins: dict[str, dict[str, object]]  # input → {"shape": [origin per dim], "dtype": origin}
+    notes: list[str]
+
+
+def data_files(sample: Path | None, data: Path | None, calib: str | None) -> list[tuple[str, Path]]:
+    """The data files that can tell shapes, in order of precedence (an image folder or 'random' cannot)."""
+    out = [("--sample", sample), ("--data", data)]
+    if calib and calib != "random" and Path(calib).suffix in (".npy", ".npz"):
+        out.append(("--calib", Path(calib)))
+    return [(flag, p) for flag, p in out if p is not None]
+
+
+def resolve(source, req: ShapeRequest) -> ResolvedInputs:
+    """The source's inputs with every dimension and dtype known (the batch dynamic only with ``dynamic_batch``)."""
+    from edgeconv.data import pick_inputs, read_arrays
+
+    specs = [TensorSpec(s.name, list(s.shape), s.dtype, s.layout)
+             for s in apply_input_shapes(source.inputs, req.input_shapes, baked=source.shapes_baked)]
+    dtypes = _named(req.input_dtypes, [s.name for s in specs], "--input-shape …:DTYPE")
+    origins: dict[str, dict[str, object]] = {}
+    notes: list[str] = []
+    given = {n for n in req.input_shapes if n is not None} | ({specs[0].name} if None in req.input_shapes and specs else set())
+    for s in specs:
+        shape_from = ["model" if s.name not in given else "--input-shape"] * len(s.shape)
+        origins[s.name] = {"shape": shape_from, "dtype": "model" if s.dtype else None}
+        if s.name in dtypes:
+            s.dtype = dtypes[s.name]
+            origins[s.name]["dtype"] = "--input-shape"
+    loaded: dict[Path, dict[str, np.ndarray]] = {}
+    for flag, path in req.data_files:
+        if all(_complete(s) for s in specs):
+            break
+        if path not in loaded:
+            loaded[path] = read_arrays(path)
+        picked = pick_inputs(path, loaded[path], specs, labels=flag == "--data")
+        for s in specs:
+            if not _complete(s):
+                _fill(s, picked[s.name], f"{flag} {path.name}", origins[s.name])
+    out = []
+    for s in specs:
+        if s.dtype is None:
+            s.dtype = "float32"
+            origins[s.name]["dtype"] = "assumed (no data given)"
+            notes.append(f"input {s.name!r}: dtype float32 assumed ({source.format} records none); "
+                         "give --sample or --input-shape NAME=SHAPE:int64 for integer inputs")
+        if source.shapes_baked and req.dynamic_batch and s.shape and isinstance(s.shape[0], int):
+            raise BadInput(
+                f"{source.path} ({source.format}) was exported with a fixed batch of {s.shape[0]} for input {s.name!r}; "
+                "--dynamic-batch cannot undo that",
+                hint="re-export it with dynamic_shapes={'%s': {0: torch.export.Dim('batch')}}, or drop --dynamic-batch" % s.name,
+            )
+        if not s.shape:
+            raise BadInput(
+                f"{source.path} does not record the shape of input {s.name!r} ({source.format} keeps no shapes), "
+                "and no data file was given to take it from",
+                hint=("give a sample input (--sample x.npy, first axis = samples)" if len(specs) == 1 else
+                      "give sample inputs (--sample FILE.npz with one array per input: "
+                      + ", ".join(x.name for x in specs) + ")")
+                     + f", or the shape: --input-shape {s.name}={source.input_hint(s.name)}",
+            )
+        shape = list(s.shape)
+        if not isinstance(shape[0], int) and not req.dynamic_batch:
+            notes.append(f"input {s.name!r}: dynamic batch {s.shape[0]!r} fixed to 1 (static shapes; --dynamic-batch keeps "
+                         "it dynamic where the target allows)")
+            origins[s.name]["shape"][0] = "batch 1 (static)"
+        if not isinstance(shape[0], int) or req.dynamic_batch:
+            shape[0] = "batch" if req.dynamic_batch else 1
+            if req.dynamic_batch:
+                origins[s.name]["shape"][0] = "dynamic (--dynamic-batch)"
+        open_dims = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
+        if open_dims:
+            spelled = "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
+            raise BadInput(
+                f"input {s.name!r} ({spelled}, {s.dtype}) has dynamic dimensions {open_dims} and no data file gives them",
+                hint="give a sample input (--sample FILE.npy / .npz, first axis = samples), or the sizes: --input-shape "
+                     + s.name + "=" + "x".join(str(d) if isinstance(d, int) else _placeholder(i, shape, s.layout or guess_layout(shape, source.layout_default))
+                                             for i, d in enumerate(shape)),
+            )
+        out.append(TensorSpec(s.name, shape, s.dtype, s.layout or guess_layout(shape, source.layout_default)))
+    check_memory(out)
+    return ResolvedInputs(out, origins, notes)
+
+
+def _complete(s: TensorSpec) -> bool:
+    return bool(s.shape) and s.dtype is not None and all(isinstance(d, int) for d in s.shape[1:])
+
+
+def _fill(s: TensorSpec, arr: np.ndarray, origin: str, record: dict[str, object]) -> None:
+    """Take what ``s`` leaves open from ``arr`` (first axis = samples): rank, dynamic dims, dtype."""
+    if s.dtype is None and arr.dtype.kind in "fiub":
+        # numpy's default float64 is never an edge model's input type
+        s.dtype = "float32" if arr.dtype == np.float64 else str(arr.dtype)
+        record["dtype"] = origin + (" (float64 read as float32)" if arr.dtype == np.float64 else "")
+    if arr.ndim == 0:
+        return
+    if not s.shape:
+        s.shape = [1, *arr.shape[1:]]
+        record["shape"] = ["batch 1 (static)"] + [origin] * (arr.ndim - 1)
+        return
+    if arr.ndim != len(s.shape):
+        return  # the data loader names the mismatch with the expected shape
+    shape_from = record["shape"]
+    for i in range(1, len(s.shape)):
+        if not isinstance(s.shape[i], int):
+            s.shape[i] = int(arr.shape[i])
+            shape_from[i] = origin
+
+
+def _placeholder(i: int, shape: list[Dim], layout: str | None) -> str:
+    hw = {"NCHW": (2, 3), "NHWC": (1, 2)}.get(layout or "", ())
+    return ("H", "W")[hw.index(i)] if i in hw else "N"
+
+
+def _named(values: dict[str | None, str], names: list[str], flag: str) -> dict[str, str]:
+    if None in values:
+        if len(names) != 1:
+            raise BadInput(f"the model has {len(names)} inputs ({', '.join(names)}); {flag} needs NAME=SHAPE:DTYPE")
+        return {names[0]: values[None]}
+    unknown = [n for n in values if n not in names]
+    if unknown:
+        raise BadInput(f"{flag} names unknown input(s) {unknown}; the model's inputs are {names}")
+    return dict(values)
+
+
+def memory_limit() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return int(total * MEMORY_SHARE)
+
+
+def check_memory(specs: list[TensorSpec], what: str = "input") -> None:
+    """Refuse a tensor this machine cannot hold, before anything is allocated."""
+    limit = memory_limit()
+    for s in specs:
+        dims = [d if isinstance(d, int) else 1 for d in s.shape]
+        size = int(np.prod(dims, dtype=np.float64) * np.dtype(s.dtype).itemsize)
+        if size > limit:
+            raise BadInput(
+                f"{what} {s.name!r} of shape {'x'.join(map(str, s.shape))} ({s.dtype}) needs {size / 2**30:.1f} GiB for one "
+                f"sample; this machine allows {limit / 2**30:.1f} GiB per tensor ({MEMORY_SHARE:.0%} of its memory)",
+                hint="check --input-shape and the data's shape",
+            )
+
+
+def check_graph_memory(proto, specs: list[TensorSpec]) -> None:
+    """Refuse an ONNX graph whose intermediate tensors, at the resolved input shapes, this machine cannot hold:
+    shapes are inferred, nothing is run. Large weights are left out of the copy (typed inputs keep their shapes);
+    small ones stay, since shape tensors fold from them."""
+    import onnx
+
+    from edgeconv.onnx_tools import _value_spec, set_input_shapes
+
+    shell = onnx.ModelProto()
+    shell.ir_version = proto.ir_version
+    shell.opset_import.extend(proto.opset_import)
+    small = [t for t in proto.graph.initializer if t.ByteSize() <= 1 << 16]
+    large = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+             for t in proto.graph.initializer if t.ByteSize() > 1 << 16]
+    taken = {t.name for t in proto.graph.initializer}
+    shell.graph.CopyFrom(onnx.helper.make_graph(list(proto.graph.node), proto.graph.name or "g",
+                                                [v for v in proto.graph.input if v.name not in taken] + large,
+                                                list(proto.graph.output), initializer=small))
+    set_input_shapes(shell, specs, False)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(shell, data_prop=True)
+    except Exception:  # a graph shape inference refuses is refused, with its message, at the graph check
+        return
+    known = [_value_spec(v, None) for v in inferred.graph.value_info if v.type.HasField("tensor_type")]
+    check_memory([s for s in known if s.dtype and not s.dtype.startswith("onnx:") and s.shape
+                  and all(isinstance(d, int) for d in s.shape)], what="intermediate tensor")
