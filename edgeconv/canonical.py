@@ -77,9 +77,10 @@ def canonicalize(proto, *, min_opset: int = MIN_OPSET, max_opset: int | None = N
     rec.tools["onnx"] = onnx.__version__
 
     _constant_inputs_to_initializers(graph, constant_inputs or {}, rec)
-    min_ir = _drop_non_model_inputs(graph, keep_inputs, rec)
+    if _drop_non_model_inputs(graph, keep_inputs, rec) and model.ir_version < 4:
+        model.ir_version = 4  # before the converter: at IR < 4 it only sees initializers that are also inputs
     _upgrade_opset(model, min_opset, max_opset, rec)
-    _bump_ir(model, min_ir, rec)
+    _bump_ir(model, rec)
     if fold:
         model = _fold(model, rec)
     _metadata_note(proto, model, restore_node_names(proto, model), rec)
@@ -131,20 +132,18 @@ def _subgraph_inputs(node) -> set[str]:
 
 
 # -- 2. initializers listed as inputs (IR < 4), inputs that are not the model's ---------------------------------------
-def _drop_non_model_inputs(graph, keep_inputs: list[str] | None, rec: CanonicalRecord) -> int:
-    """Returns the IR version the graph needs afterwards (4 once initializers are no longer inputs)."""
+def _drop_non_model_inputs(graph, keep_inputs: list[str] | None, rec: CanonicalRecord) -> bool:
+    """Returns whether initializers were taken out of the inputs (the graph then needs IR 4 or newer)."""
     keep = set(keep_inputs) if keep_inputs is not None else None
     inits = {i.name for i in graph.initializer}
     as_inputs = [vi for vi in graph.input if vi.name in inits and (keep is None or vi.name not in keep)]
-    min_ir = 0
     if as_inputs:
         for vi in as_inputs:
             graph.input.remove(vi)
-        min_ir = 4
         why = f"IR {rec.ir_before}: " if rec.ir_before < 4 else ""
         rec.changes.append(f"{why}{len(as_inputs)} initializer(s) removed from the graph inputs (weights, not model inputs)")
     if keep is None:
-        return min_ir
+        return bool(as_inputs)
     missing_values = []
     for vi in list(graph.input):
         if vi.name in keep or vi.name in inits:
@@ -161,7 +160,7 @@ def _drop_non_model_inputs(graph, keep_inputs: list[str] | None, rec: CanonicalR
             hint="an exporter lifted constants into graph inputs (tf2onnx does this with a tf.function's captured "
                  "tensors); their values must be given as constant_inputs",
         )
-    return min_ir
+    return bool(as_inputs)
 
 
 # -- 3. opset upgrade ------------------------------------------------------------------------------------------------
@@ -242,13 +241,14 @@ def _converter_culprit(model, message: str) -> str:
     return f"{listed} — {text}"
 
 
-def _bump_ir(model, min_ir: int, rec: CanonicalRecord) -> None:
+def _bump_ir(model, rec: CanonicalRecord) -> None:
     from onnx import helper
 
-    need = max(min_ir, helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
-    if need > model.ir_version:
-        rec.changes.append(f"IR version {model.ir_version} → {need} (the oldest that opset {opset_of(model)} allows)")
-        model.ir_version = need
+    need = max(int(model.ir_version), helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+    model.ir_version = need
+    if need != rec.ir_before:
+        rec.changes.append(f"IR version {rec.ir_before} → {need} (the oldest that opset {opset_of(model)} allows"
+                           + (" without initializers listed as inputs)" if rec.ir_before < 4 and need == 4 else ")"))
 
 
 # -- 4. folding with onnxslim ----------------------------------------------------------------------------------------
@@ -274,7 +274,8 @@ def _fold(model, rec: CanonicalRecord):
         gone = ops_before - ops_after
         new = ops_after - ops_before
         diff = ", ".join([f"−{c} {op}" for op, c in gone.most_common()] + [f"+{c} {op}" for op, c in new.most_common()])
-        rec.changes.append(f"constants folded and graph simplified (onnxslim {rec.tools['onnxslim']}): {n0} → {n1} nodes ({diff})")
+        rec.changes.append(f"constants folded and graph simplified (onnxslim {rec.tools['onnxslim']}): "
+                           f"{n0} → {n1} nodes ({diff})")
     return slim
 
 

@@ -26,7 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
 )
 
 _state = {"debug": False}
@@ -37,12 +37,12 @@ InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="NAME=1x
 ModelClassOpt = Annotated[str | None, typer.Option("--model-class", help="pkg.module:Class or path/to/file.py:Class for a state_dict.")]
 ModelKwargsOpt = Annotated[str | None, typer.Option("--model-kwargs", help="JSON keyword arguments for --model-class.")]
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled modules / Keras Lambda layers (runs code from the file).")]
-RemoteOpt = Annotated[list[str], typer.Option("--remote", help="Run on a device over SSH: user@host[:port] (repeatable; in parallel).")]
-HostsOpt = Annotated[Path | None, typer.Option("--hosts", help="File with one user@host[:port] per line.")]
-IdentityOpt = Annotated[Path | None, typer.Option("--identity", help="SSH private key (else your ssh config and agent).")]
-SshOptionOpt = Annotated[list[str], typer.Option("--ssh-option", help="Passed to ssh as -o OPTION (repeatable).")]
-RemotePythonOpt = Annotated[str, typer.Option("--remote-python", help="Python on the device (e.g. a venv's).")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="SSH connect/command timeout in seconds.")]
+RemoteOpt = Annotated[list[str], typer.Option("--remote", help="Run on a device over SSH: user@host[:port] (repeatable; in parallel).", rich_help_panel="SSH (--remote)")]
+HostsOpt = Annotated[Path | None, typer.Option("--hosts", help="File with one user@host[:port] per line.", rich_help_panel="SSH (--remote)")]
+IdentityOpt = Annotated[Path | None, typer.Option("--identity", help="SSH private key (else your ssh config and agent).", rich_help_panel="SSH (--remote)")]
+SshOptionOpt = Annotated[list[str], typer.Option("--ssh-option", help="Passed to ssh as -o OPTION (repeatable).", rich_help_panel="SSH (--remote)")]
+RemotePythonOpt = Annotated[str, typer.Option("--remote-python", help="Python on the device (e.g. a venv's).", rich_help_panel="SSH (--remote)")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="SSH connect/command timeout in seconds.", rich_help_panel="SSH (--remote)")]
 AtolOpt = Annotated[list[str], typer.Option("--atol", help="Max abs error allowed: VALUE for every output or NAME=VALUE (repeatable).")]
 
 
@@ -241,8 +241,28 @@ def _load_options(model_class, model_kwargs, trust_pickle):
     return LoadOptions(model_class=model_class, model_kwargs=kwargs, trust_pickle=trust_pickle)
 
 
+def _with_target_options(fn):
+    """Add every target's declared options (edgeconv/target_options.py) to ``fn``'s signature, each in its
+    target's help panel; their values arrive in ``**target_options``."""
+    import inspect
+
+    from edgeconv.target_options import TARGET_OPTIONS
+
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for opt in TARGET_OPTIONS:
+        typ = list[opt.type] if opt.multiple else (bool if opt.type is bool else opt.type | None)
+        info = typer.Option(opt.flag, help=f"{opt.help} ({', '.join(opt.backends)})", rich_help_panel=f"Target: {opt.panel}",
+                            show_default=False)
+        params.append(inspect.Parameter(opt.key, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[typ, info],
+                                        default=[] if opt.multiple else opt.default))
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
+
+
 @app.command()
 @_handled()
+@_with_target_options
 def convert(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="Source model: .pt/.pth, .pt2, .keras, .h5, SavedModel dir, .onnx.")],
@@ -260,26 +280,16 @@ def convert(
     atol: AtolOpt = [],  # noqa: B006
     data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): record source and artifact accuracy.")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more points than this on --data.")] = None,
-    calib: Annotated[str | None, typer.Option("--calib", help="int8 calibration data: .npz, .npy, a folder of images, or 'random' (flagged).")] = None,
-    calib_count: Annotated[int, typer.Option("--calib-count", help="Calibration samples to use (seeded subset).")] = 200,
-    calib_size: Annotated[str | None, typer.Option("--calib-size", help="Images: resize to H,W (default: the model's size).")] = None,
-    mean: Annotated[str | None, typer.Option("--mean", help="Images: per-channel mean after scaling, e.g. 0.485,0.456,0.406.")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="Images: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
-    scale: Annotated[float, typer.Option("--scale", help="Images: multiply pixel values (0-255) by this first.")] = 1 / 255.0,
-    channels: Annotated[str, typer.Option("--channels", help="Images: rgb or bgr.")] = "rgb",
-    calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).")] = None,
-    quant_preset: Annotated[str, typer.Option("--quant-preset", help="OpenVINO int8: performance (symmetric) or mixed.")] = "performance",
-    ignore_node: Annotated[list[str], typer.Option("--ignore-node", help="OpenVINO int8: keep this node in float (repeatable).")] = [],  # noqa: B006
-    io_dtype: Annotated[str | None, typer.Option("--io-dtype", help="TFLite int8: input/output tensors float, int8 or uint8 (default: the profile's; float for LiteRT, int8 for Coral/Ethos-U).")] = None,
-    allow_float_ops: Annotated[bool, typer.Option("--allow-float-ops", help="TFLite int8: keep ops that have no int8 kernel in float instead of failing (listed in the manifest).")] = False,
-    dla_core: Annotated[int | None, typer.Option("--dla-core", help="Jetson: build the engine for this DLA core.")] = None,
-    max_batch: Annotated[int | None, typer.Option("--max-batch", help="Jetson with --dynamic-batch: the largest batch of the engine's profile (default 8).")] = None,
-    workspace: Annotated[int | None, typer.Option("--workspace", help="Jetson: TensorRT builder workspace in MB (default 1024).")] = None,
-    min_tpu_share: Annotated[float | None, typer.Option("--min-tpu-share", help="Coral: fail (exit 1) when less than this share of ops is predicted to run on the Edge TPU (default: fail only when none does).")] = None,
-    min_npu_share: Annotated[float | None, typer.Option("--min-npu-share", help="Ethos-U: fail (exit 1) when Vela puts less than this share of ops on the NPU (default: fail only when none).")] = None,
-    compiler: Annotated[str | None, typer.Option("--compiler", help="Coral: path to edgetpu_compiler (default: found on PATH).")] = None,
-    et_backend: Annotated[str | None, typer.Option("--et-backend", help="ExecuTorch: xnnpack (default) or portable (no delegate).")] = None,
+    calib: Annotated[str | None, typer.Option("--calib", help="int8 calibration data: .npz, .npy, a folder of images, or 'random' (flagged).", rich_help_panel="Calibration (int8)")] = None,
+    calib_count: Annotated[int, typer.Option("--calib-count", help="Calibration samples to use (seeded subset).", rich_help_panel="Calibration (int8)")] = 200,
+    calib_size: Annotated[str | None, typer.Option("--calib-size", help="Images: resize to H,W (default: the model's size).", rich_help_panel="Calibration (int8)")] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="Images: per-channel mean after scaling, e.g. 0.485,0.456,0.406.", rich_help_panel="Calibration (int8)")] = None,
+    std: Annotated[str | None, typer.Option("--std", help="Images: per-channel std, e.g. 0.229,0.224,0.225.", rich_help_panel="Calibration (int8)")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Images: multiply pixel values (0-255) by this first.", rich_help_panel="Calibration (int8)")] = 1 / 255.0,
+    channels: Annotated[str, typer.Option("--channels", help="Images: rgb or bgr.", rich_help_panel="Calibration (int8)")] = "rgb",
+    calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).", rich_help_panel="Calibration (int8)")] = None,
     as_json: JsonOpt = False,
+    **target_options: Any,
 ) -> None:
     """Convert a model into a deployable, checked bundle for a target device."""
     from edgeconv.convert import ConvertRequest
@@ -298,14 +308,9 @@ def convert(
                         mean=parse_floats(mean, "--mean") or (0.0,), std=parse_floats(std, "--std") or (1.0,),
                         channels=channels, layout=calib_layout)
         calib_req = CalibrationRequest(source=calib, count=calib_count, preprocess=pp)
-    if quant_preset not in ("performance", "mixed"):
-        raise BadInput(f"--quant-preset must be performance or mixed, not {quant_preset!r}")
     req = ConvertRequest(
         model=model, target=target, precision=precision, output=output, force=force, calib=calib_req,
-        target_extra={"quant_preset": quant_preset, "ignored_nodes": ignore_node, "io_dtype": io_dtype,
-                      "allow_float_ops": allow_float_ops, "dla_core": dla_core, "max_batch": max_batch, "workspace_mb": workspace,
-                      "min_tpu_share": min_tpu_share, "min_npu_share": min_npu_share, "compiler": compiler,
-                      "et_backend": et_backend},
+        target_extra=target_options,
         input_shapes=parse_input_shapes(input_shape), input_dtypes=parse_input_dtypes(input_shape),
         dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,

@@ -28,6 +28,7 @@ from edgeconv.runners import open_runner
 from edgeconv.shapes import ResolvedInputs, ShapeRequest, check_graph_memory, data_files, resolve
 from edgeconv.specs import Dim, TensorSpec, random_inputs, sha256_of
 from edgeconv.targets import Artifact, TargetOptions, backend
+from edgeconv.target_options import check_for
 
 REFERENCE_BATCHES = 4
 DEVICE_RUNNER = Path(__file__).resolve().parent / "device" / "edgeconv_runner.py"
@@ -52,7 +53,7 @@ class ConvertRequest:
     data: Path | None = None
     max_accuracy_drop: float | None = None
     calib: CalibrationRequest | None = None
-    target_extra: dict[str, Any] = field(default_factory=dict)  # backend options: quant_preset, ignored_nodes, ...
+    target_extra: dict[str, Any] = field(default_factory=dict)  # the target's own options (edgeconv/target_options.py)
     command_line: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -136,7 +137,8 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
     if req.precision is None:
         req.precision = profile.raw.get("default_precision", "fp32")
     target = backend(profile.backend)
-    topts = TargetOptions(precision=req.precision, dynamic_batch=req.dynamic_batch, extra=dict(req.target_extra))
+    topts = TargetOptions(precision=req.precision, dynamic_batch=req.dynamic_batch,
+                          extra=check_for(profile.backend, profile.name, req.target_extra))
     target.check_options(profile, topts)
     needs_calib = req.precision in getattr(target, "needs_calibration", ())
     if needs_calib and req.calib is None:

@@ -165,3 +165,28 @@ def test_json_output_is_one_document(cli, samples, tmp_path):
     assert doc["ok"] and doc["bundle"].endswith("o")
     r = cli("validate", tmp_path / "nope", "--json")
     assert r.code == 2 and json.loads(r.stdout)["error"]["exit_code"] == 2
+
+
+def test_target_options_belong_to_their_targets(cli, samples, tmp_path):
+    """An option is declared once, by the targets that take it; given to another target it is refused (exit 2)
+    naming those that do, before any work."""
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "onnx", "--dla-core", "0", "-o", tmp_path / "b")
+    assert r.code == 2 and "--dla-core is an option of jetson" in r.stderr and "onnxruntime-cpu" in r.stderr, r
+    assert not (tmp_path / "b").exists()
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "openvino", "--quant-preset", "fastest", "-o", tmp_path / "b")
+    assert r.code == 2 and "performance, mixed" in r.stderr, r
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "openvino", "--io-dtype", "int8", "-o", tmp_path / "b")
+    assert r.code == 2 and "tflite, coral, ethos-u" in r.stderr, r
+
+
+def test_convert_help_groups_options_in_panels():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edgeconv", "convert", "--help"], capture_output=True, text=True, timeout=60,
+                         env={**__import__("os").environ, "COLUMNS": "120"}, check=True).stdout
+    for panel in ("Calibration (int8)", "Target: Jetson", "Target: OpenVINO", "Target: TFLite, Coral, Ethos-U",
+                  "Target: ExecuTorch"):
+        assert panel in out, panel
+    jetson = out[out.index("Target: Jetson"):]
+    assert "--dla-core" in jetson.split("╰")[0]
