@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,3 @@ def _compile_edgetpu(bundle: Bundle, art: dict[str, Any], compiler: str | None, 
     write_json(bundle.path / MANIFEST, manifest)
     return {"format": "edgetpu-compile", **record}
 
-
-def describe(record: dict[str, Any]) -> str:
-    return json.dumps(record, indent=2, default=str)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,20 @@ def canonicalize(proto, *, min_opset: int = MIN_OPSET, max_opset: int | None = N
     rec.nodes_after = len(model.graph.node)
     rec.control_flow = control_flow_nodes(model)
     return model, rec
+
+
+def canonicalize_file(path: Path, **options) -> CanonicalRecord:
+    """:func:`canonicalize` the ONNX file at ``path`` in place (weights in ``<name>.data`` beside it over 2 GB)."""
+    import onnx
+
+    from edgeconv.onnx_tools import TWO_GB, load_onnx
+
+    model, rec = canonicalize(load_onnx(path), **options)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx.save appends to an existing data file: the old weights would stay in it
+    big = model.ByteSize() > TWO_GB
+    onnx.save(model, str(path), save_as_external_data=big, location=data.name if big else None)
+    return rec
 
 
 # -- 1. constants an exporter lifted into graph inputs ---------------------------------------------------------------

@@ -27,17 +27,13 @@ import numpy as np
 from edgeconv.errors import ConversionFailed, MissingDependency
 from edgeconv.lazy import require, require_installed, version_of
 from edgeconv.targets.base import Artifact, Target, TargetOptions
+from edgeconv.targets.tflite_job import TFLITE_FAILED, channel_last_perm, tflite_from_saved_model
 
 ONNX2TF_TESTED = ">=1.28,<1.29"  # the onnx2tf range this code was tested with (1.28.8, TF 2.21)
 ONNX2TF_TIMEOUT_S = 1800
 # onnx2tf looks for this file in its working directory before it would fetch it from the network.
 ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 IO_DTYPES = ("float", "int8", "uint8")
-
-
-def channel_last_perm(rank: int) -> list[int]:
-    """The permutation onnx2tf applies to rank ≥ 3 tensors: channels (axis 1) move last."""
-    return [0, *range(2, rank), 1]
 
 
 def artifact_layouts(source_shapes: dict[str, list], artifact_shapes: dict[str, list], assume_moved: bool) -> dict[str, list[int] | None]:
@@ -130,34 +126,6 @@ def float_ops(path: Path) -> list[str]:
         if any(tensors[i]["dtype"] in ("float32", "float16") for i in op["inputs"] + op["outputs"]):
             out.append(f"{op['op']} ({tensors[op['outputs'][0]]['name']})" if op["outputs"] else op["op"])
     return out
-
-
-def tflite_from_saved_model(tf, saved: Path, precision: str, samples: list[dict[str, np.ndarray]] | None, io_dtype: str,
-                            moved: bool) -> bytes:
-    """TFLiteConverter for exactly one precision. ``moved``: onnx2tf made the graph channel-last, so the (source
-    layout) calibration samples are transposed the same way."""
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-    if precision == "fp16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif precision == "int8-dynamic":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif precision == "int8":
-        names = list(samples[0])
-
-        def representative():
-            for s in samples:
-                yield [np.transpose(s[n], channel_last_perm(s[n].ndim)) if moved and s[n].ndim >= 3 else s[n] for n in names]
-
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if io_dtype != "float":
-            conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
-    try:
-        return conv.convert()
-    except Exception as exc:
-        raise ConversionFailed(f"TFLiteConverter failed for {precision}: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}") from exc
 
 
 class TfliteTarget(Target):
@@ -254,8 +222,6 @@ class TfliteTarget(Target):
 
     def _from_onnx(self, onnx_path: Path, build: Path, opts: TargetOptions) -> bytes:
         """onnx2tf and TFLiteConverter in one child process (edgeconv/targets/tflite_job.py)."""
-        from edgeconv.targets.tflite_job import TFLITE_FAILED
-
         if version_of("onnx2tf") is None:
             raise MissingDependency("onnx2tf is not installed (needed to turn ONNX into TFLite)",
                                     hint="install it with: pip install 'edgeconv[tflite]'")

@@ -1,6 +1,7 @@
 """ONNX → TFLite in one child process: onnx2tf writes the SavedModel, then TFLiteConverter builds the precision asked
 for. Run by the TFLite target as ``python -m edgeconv.targets.tflite_job JOB.json`` in onnx2tf's working directory.
 
+The TFLite target imports ``tflite_from_saved_model`` from here for Keras sources (never the other way round).
 One process for both steps imports TensorFlow once, and never into edgeconv's own process; onnx2tf's
 process-wide settings (TF_USE_LEGACY_KERAS=1) stay in the child.
 
@@ -16,7 +17,44 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from edgeconv.errors import ConversionFailed
+
 TFLITE_FAILED = 70
+
+
+def channel_last_perm(rank: int) -> list[int]:
+    """The permutation onnx2tf applies to rank ≥ 3 tensors: channels (axis 1) move last."""
+    return [0, *range(2, rank), 1]
+
+
+def tflite_from_saved_model(tf, saved: Path, precision: str, samples: list[dict[str, np.ndarray]] | None, io_dtype: str,
+                            moved: bool) -> bytes:
+    """TFLiteConverter for exactly one precision. ``moved``: onnx2tf made the graph channel-last, so the (source
+    layout) calibration samples are transposed the same way."""
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if precision == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif precision == "int8-dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif precision == "int8":
+        names = list(samples[0])
+
+        def representative():
+            for s in samples:
+                yield [np.transpose(s[n], channel_last_perm(s[n].ndim)) if moved and s[n].ndim >= 3 else s[n] for n in names]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_dtype != "float":
+            conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
+    try:
+        return conv.convert()
+    except Exception as exc:
+        raise ConversionFailed(f"TFLiteConverter failed for {precision}: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}") from exc
 
 
 def main(argv: list[str]) -> int:
@@ -33,11 +71,7 @@ def main(argv: list[str]) -> int:
     if not (saved / "saved_model.pb").exists():
         return 1
 
-    import numpy as np
     import tensorflow as tf
-
-    from edgeconv.errors import ConversionFailed
-    from edgeconv.targets.tflite import tflite_from_saved_model
 
     samples = None
     if job["calibration"]:
