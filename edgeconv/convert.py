@@ -16,6 +16,7 @@ import numpy as np
 from edgeconv import __version__
 from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, BundleWriter, save_reference, write_json
 from edgeconv.calibration import CalibrationRequest, load_calibration
+from edgeconv.canonical import canonicalize_file
 from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
 from edgeconv.errors import BadInput, CheckFailed, ConversionFailed, EdgeconvError, converter_of
 from edgeconv.frontends import LoadOptions, SourceModel, load_source
@@ -27,8 +28,8 @@ from edgeconv.progress import Steps
 from edgeconv.runners import open_runner
 from edgeconv.shapes import ResolvedInputs, ShapeRequest, check_graph_memory, data_files, resolve
 from edgeconv.specs import Dim, TensorSpec, random_inputs, sha256_of
-from edgeconv.targets import Artifact, TargetOptions, backend
 from edgeconv.target_options import check_for
+from edgeconv.targets import Artifact, TargetOptions, backend
 
 REFERENCE_BATCHES = 4
 DEVICE_RUNNER = Path(__file__).resolve().parent / "device" / "edgeconv_runner.py"
@@ -187,6 +188,9 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         failed_dir = out.with_name(out.name + ".failed-build")
         with steps.step(f"Exporting ONNX ({source.frontend})"), converter_step(f"{source.framework} → ONNX export", failed_dir):
             record = source.export_onnx(onnx_path, inputs=inputs, opset=opset, dynamic_batch=req.dynamic_batch)
+        with steps.step("Canonical ONNX graph (opset upgrade, weights out of the inputs, constants folded)"):
+            canon = canonicalize_file(onnx_path, max_opset=req.opset or profile.max_opset,
+                                      keep_inputs=[s.name for s in inputs], constant_inputs=record.constant_inputs)
         with steps.step("Checking the ONNX graph (onnx.checker, shape inference)"):
             proto = check_and_infer(onnx_path)
             onnx_inputs, outputs = io_specs(proto)
@@ -254,8 +258,9 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 "sha256": sha256_of(req.model), "frontend": source.frontend,
                 "load_options": {"model_class": req.load.model_class, "model_kwargs": req.load.model_kwargs},
             },
-            "export": {"exporter": record.exporter, "opset": record.opset, "fallback_reason": record.fallback_reason,
-                       "notes": shape_notes + record.notes},
+            "export": {"exporter": record.exporter, "opset": canon.opset_after, "exported_opset": record.opset,
+                       "fallback_reason": record.fallback_reason, "notes": shape_notes + record.notes,
+                       "canonical": canon.to_dict()},
             "target": {"profile": profile.name, "family": profile.family, "backend": profile.backend,
                        "profile_file": profile.path.name if profile.path else None, "profile_data": profile.raw},
             "precision": req.precision,

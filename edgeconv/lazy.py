@@ -25,6 +25,7 @@ EXTRAS = {
     "matplotlib": "plot",
     "onnxruntime": "(base install)",
     "onnx": "(base install)",
+    "onnxslim": "(base install)",
 }
 
 

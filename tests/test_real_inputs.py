@@ -203,3 +203,62 @@ def test_relative_output_path_for_a_subprocess_converter(files, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "rel-bundle" / "model.tflite").is_file()
+
+
+class _BnCnn(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(2).mean(2))
+
+
+@pytest.fixture(scope="module")
+def opset9(files):
+    """An old exporter's file: opset 9, weights listed as graph inputs, BatchNorm unfused."""
+    torch.manual_seed(1)
+    m = _BnCnn().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 2.0)
+    path = files / "old9.onnx"
+    torch.onnx.export(m, torch.randn(1, 3, 24, 24), str(path), dynamo=False, opset_version=9, input_names=["x"],
+                      output_names=["y"], do_constant_folding=False, keep_initializers_as_inputs=True)
+    return path
+
+
+@pytest.mark.parametrize("target, precision", [("jetson", "int8"), ("tflite", "fp32"), ("openvino", "fp32")])
+def test_opset9_graph_is_upgraded_once_for_every_target(cli, opset9, files, tmp_path, target, precision):
+    calib = ["--calib", files / "cnn_x.npy"] if precision == "int8" else []
+    r = cli("convert", opset9, "-t", target, "-p", precision, *calib, "--sample", files / "cnn_x.npy", "-o", tmp_path / "b",
+            "--json")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    canon = m["export"]["canonical"]
+    assert canon["opset_before"] == 9 and canon["opset_after"] == m["export"]["opset"] >= 13
+    assert any("input" in c for c in canon["changes"]), canon  # the weights listed as inputs are weights again
+    assert [s["name"] for s in m["inputs"]] == ["x"]
+    assert all(c["ok"] for c in m["checks"])
+
+
+def test_keras_preprocessing_constants_are_folded_back(cli, tmp_path):
+    """tf2onnx lifts a Normalization layer's mean and variance into graph inputs; the model's only input stays 'x'."""
+    keras = pytest.importorskip("keras", reason="the keras extra is not installed")
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((64, 10)) * 3 + 5).astype(np.float32)
+    norm = keras.layers.Normalization()
+    norm.adapt(data)
+    inp = keras.Input((10,), name="x")
+    out = keras.layers.Dense(4)(keras.layers.Rescaling(0.5)(norm(inp)))
+    path = tmp_path / "pre.keras"
+    keras.Model(inp, out).save(path)
+    np.save(tmp_path / "x.npy", data[:8])
+    r = cli("convert", path, "--sample", tmp_path / "x.npy", "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    assert [s["name"] for s in m["inputs"]] == ["x"]
+    assert any("constant" in c for c in m["export"]["canonical"]["changes"]), m["export"]["canonical"]
+    assert m["checks"][0]["ok"] and m["checks"][0]["outputs"][0]["max_abs"] < 1e-4

@@ -24,6 +24,9 @@ class ExportRecord:
     opset: int
     fallback_reason: str | None = None
     notes: list[str] = field(default_factory=list)
+    # graph inputs the exporter lifted out of constants (tf2onnx: a Keras Normalization's mean and variance), with
+    # their values: the canonical ONNX step folds them back (not written to the manifest)
+    constant_inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

@@ -134,8 +134,11 @@ class KerasSource(SourceModel):
         rename_outputs(model_proto, default_output_names(len(model_proto.graph.output)))
         import onnx
 
+        from edgeconv.canonical import lifted_constants
+
         onnx.save(model_proto, str(dest))
-        return ExportRecord(exporter=f"tf2onnx {tf2onnx.__version__} from_function (tensorflow {tf.__version__})", opset=opset)
+        return ExportRecord(exporter=f"tf2onnx {tf2onnx.__version__} from_function (tensorflow {tf.__version__})", opset=opset,
+                            constant_inputs=lifted_constants(fn, sig))
 
     def versions(self) -> dict[str, str | None]:
         return {"tensorflow": version_of("tensorflow-cpu") or version_of("tensorflow"), "keras": version_of("keras"),
