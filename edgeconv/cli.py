@@ -443,6 +443,7 @@ def compare_cmd(
     threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Keep every bundle here (default: a temporary folder).")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="Show every column, however wide the terminal.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert to every target and precision that can be built here, validate each, one table."""
@@ -463,7 +464,7 @@ def compare_cmd(
     else:
         from edgeconv.render import render_compare
 
-        render_compare(result)
+        render_compare(result, wide=wide)
 
 
 @app.command()

@@ -155,24 +155,59 @@ def render_profile(r: dict[str, Any]) -> None:
     console.print(f"[dim]{r['method']} · report: {r['report_file']}[/]")
 
 
-def render_compare(r: dict[str, Any]) -> None:
+def fitted_table(title: str, columns: list[tuple[str, int, str]], rows: list[list[str]], wide: bool = False) -> tuple[Table, list[str]]:
+    """A table that fits the terminal without cutting a header to "…": columns ``(name, priority, justify)`` are
+    dropped from the highest priority number down until every column's narrowest form (its longest word) fits.
+    Returns the table and the names of the columns left out (``wide`` keeps them all)."""
+    keep = list(range(len(columns)))
+
+    def narrowest(i: int) -> int:
+        words = columns[i][0].split() + [w for r in rows for w in str(r[i]).split()]
+        return max((console.measure(w).maximum for w in words), default=1)
+
+    def build(cols: list[int]) -> Table:
+        t = Table(title=title, title_justify="left")
+        for i in cols:
+            # a column that wrapping cannot narrow is marked so: rich then narrows only those that can wrap
+            widest = max([console.measure(columns[i][0]).maximum] + [console.measure(str(r[i])).maximum for r in rows])
+            t.add_column(columns[i][0], justify=columns[i][2], min_width=narrowest(i), no_wrap=widest == narrowest(i))
+        for r in rows:
+            t.add_row(*[r[i] for i in cols])
+        return t
+
+    if not wide:
+        for i in sorted(keep, key=lambda i: -columns[i][1]):
+            if columns[i][1] == 0 or sum(narrowest(j) for j in keep) + 3 * len(keep) + 1 <= console.width:
+                continue
+            keep.remove(i)
+    return build(keep), [columns[i][0] for i in range(len(columns)) if i not in keep]
+
+
+def _print_fitted(t: Table, hidden: list[str]) -> None:
+    console.print(t)
+    if hidden:
+        console.print(f"[dim]left out to fit {console.width} columns: {', '.join(hidden)} (--wide shows them; --json has all)[/]")
+
+
+def render_compare(r: dict[str, Any], wide: bool = False) -> None:
     base = r["source_baseline"]
-    t = Table(title=f"{r['model']} on this machine" + (f" · baseline: {base['framework']} {base['p50_ms']:.3f} ms (p50, batch 1)" if base else ""),
-              title_justify="left")
-    for col in ("target", "precision", "status", "size", "parity max abs", "top-1", "drop", "p50 ms", "items/s", "speed-up", "measured"):
-        t.add_column(col, justify="left" if col in ("target", "precision", "status", "measured") else "right")
+    title = f"{r['model']} on this machine" + (f" · baseline: {base['framework']} {base['p50_ms']:.3f} ms (p50, batch 1)" if base else "")
+    columns = [("target", 0, "left"), ("precision", 0, "left"), ("status", 0, "left"), ("size", 4, "right"),
+               ("parity max abs", 3, "right"), ("top-1", 2, "right"), ("drop", 2, "right"), ("p50 ms", 1, "right"),
+               ("items/s", 6, "right"), ("speed-up", 5, "right"), ("measured", 7, "left")]
     icons = {"ok": "✅", "check-failed": "❎", "failed": "❌"}
+    rows = []
     for row in r["rows"]:
         status = icons.get(row.get("status"), "?") + (f" {row['reason']}" if row.get("reason") else "")
         if "p50_ms" not in row:
-            t.add_row(row["target"], row["precision"], status, *[""] * 8)
+            rows.append([row["target"], row["precision"], status, *[""] * 8])
             continue
-        t.add_row(row["target"], row["precision"], status, _size(row["bytes"]), f"{row['parity_max_abs']:.1e}",
-                  "—" if row["top1"] is None else f"{row['top1']:.2%}", "—" if row["drop_points"] is None else f"{row['drop_points']:+.2f}",
-                  f"{row['p50_ms']:.3f}", f"{row['throughput_items_s']:.0f}",
-                  f"{row['speedup_vs_source']:.1f}×" if row.get("speedup_vs_source") else "—",
-                  f"{row['runtime']} ({row['measured']})")
-    console.print(t)
+        rows.append([row["target"], row["precision"], status, _size(row["bytes"]), f"{row['parity_max_abs']:.1e}",
+                     "—" if row["top1"] is None else f"{row['top1']:.2%}", "—" if row["drop_points"] is None else f"{row['drop_points']:+.2f}",
+                     f"{row['p50_ms']:.3f}", f"{row['throughput_items_s']:.0f}",
+                     f"{row['speedup_vs_source']:.1f}×" if row.get("speedup_vs_source") else "—",
+                     f"{row['runtime']} ({row['measured']})"])
+    _print_fitted(*fitted_table(title, columns, rows, wide))
     console.print(f"[dim]{r['note']}[/]")
 
 

@@ -118,3 +118,23 @@ def test_compare_one_table(cli, samples, tmp_path):
     rows = r.json()["rows"]
     assert any(row["target"] == "toaster" and row["status"] == "failed" for row in rows)
     assert json.dumps(rows)  # serialisable
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_compare_table_fits_the_terminal_without_cut_headers(samples, columns):
+    import os
+    import subprocess
+    import sys
+
+    from rich.cells import cell_len
+
+    proc = subprocess.run([sys.executable, "-m", "edgeconv", "compare", str(samples / "digits_cnn.pt2"), "--targets",
+                           "onnx,tflite", "--precisions", "fp32", "--runs", "5", "--data", str(samples / "digits_test.npz")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": str(columns)}, check=True)
+    lines = proc.stdout.splitlines()
+    assert all(cell_len(line) <= columns for line in lines), proc.stdout
+    table = [line for line in lines if line.startswith(("┃", "│"))]
+    assert table and all(line.endswith(("┃", "│")) for line in table), proc.stdout  # nothing cropped at the right
+    assert "…" not in proc.stdout
+    assert "target" in proc.stdout and "p50 ms".split()[0] in proc.stdout
+    assert "left out to fit" in proc.stdout and "--wide" in proc.stdout
