@@ -259,7 +259,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 "load_options": {"model_class": req.load.model_class, "model_kwargs": req.load.model_kwargs},
             },
             "export": {"exporter": record.exporter, "opset": canon.opset_after, "exported_opset": record.opset,
-                       "fallback_reason": record.fallback_reason, "notes": shape_notes + record.notes,
+                       "fallback_reason": record.fallback_reason, "notes": source.notes + shape_notes + record.notes,
                        "canonical": canon.to_dict()},
             "target": {"profile": profile.name, "family": profile.family, "backend": profile.backend,
                        "profile_file": profile.path.name if profile.path else None, "profile_data": profile.raw},

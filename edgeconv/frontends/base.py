@@ -56,6 +56,7 @@ class SourceModel(ABC):
     def __init__(self, path: Path):
         self.path = path
         self.inputs: list[TensorSpec] = []
+        self.notes: list[str] = []  # what loading had to do (recorded in the manifest)
 
     @abstractmethod
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -66,6 +66,37 @@ def _load_class(ref: str):
         raise BadInput(f"{mod_name!r} has no attribute {cls_name!r} (from --model-class {ref})") from None
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _dict_return_as_tuple(torch, module) -> bool:
+    """A traced model that returns a dict (Hugging Face models with ``return_dict=True``) ends its graph in
+    ``prim::DictConstruct``, which the TorchScript ONNX exporter cannot export; return its values as a tuple, in
+    the dict's order (what ``run`` gives for the reference)."""
+    graph = module.graph
+    ret = graph.return_node()
+    node = ret.inputsAt(0).node()
+    if node.kind() != "prim::DictConstruct":
+        return False
+    values = list(node.inputs())[1::2]
+    tup = graph.create("prim::TupleConstruct", values, 1)
+    tup.insertBefore(ret)
+    tup.output().setType(torch._C.TupleType([v.type() for v in values]))
+    ret.replaceInput(0, tup.output())
+    torch._C._jit_pass_dce(graph)
+    return True
+
+
 class TorchSource(SourceModel):
     framework = "torch"
     frontend = "OnnxFromTorch"
@@ -95,7 +126,15 @@ class TorchSource(SourceModel):
         self.format = "torch.export"
         self.shapes_baked = True
         try:
-            self.program = torch.export.load(str(self.path))
+            try:
+                with _quiet_logger("torch.export"):  # its warning about an unregistered type is handled below
+                    self.program = torch.export.load(str(self.path))
+            except RuntimeError:
+                # An output (or input) of a class registered with torch's pytree by its library, e.g. transformers'
+                # ModelOutput: the library registers it when imported, and the program names it.
+                if not self._import_pytree_types():
+                    raise
+                self.program = torch.export.load(str(self.path))
         except Exception as exc:
             raise BadInput(
                 f"{self.path} is not a readable torch.export program (.pt2): {type(exc).__name__}: {exc}",
@@ -109,6 +148,31 @@ class TorchSource(SourceModel):
             dtype = str(val.dtype).replace("torch.", "")
             self.inputs.append(TensorSpec(name, shape, dtype, guess_layout(shape, self.layout_default)))
         self.module = self.program.module()
+
+    def _import_pytree_types(self) -> list[str]:
+        """Import the installed modules that define the pytree node types a .pt2 program's signature names
+        (``transformers.modeling_outputs.ImageClassifierOutput`` → ``transformers.modeling_outputs``). Only
+        modules of installed packages are imported, never code from the file. Returns those imported."""
+        import re
+
+        names: set[str] = set()
+        with zipfile.ZipFile(self.path) as z:
+            for member in z.namelist():
+                if member.endswith(".json") and "/models/" in member:
+                    names |= set(re.findall(r'\\?"type\\?": \\?"([A-Za-z_][\w.]*\.[A-Za-z_]\w*)', z.read(member).decode(errors="replace")))
+        imported = []
+        for name in sorted(names):
+            module = name.rpartition(".")[0]
+            top = module.split(".")[0]
+            if top in ("builtins", "collections", "torch", "typing") or importlib.util.find_spec(top) is None:
+                continue
+            try:
+                importlib.import_module(module)
+            except Exception:  # a module that does not import is not the one that registers the type
+                continue
+            imported.append(module)
+        self.notes.extend(f"imported {m} (installed) to read the program's output structure" for m in dict.fromkeys(imported))
+        return imported
 
     def _load_torchscript(self, torch) -> None:
         self.format = "torchscript"
@@ -239,11 +303,15 @@ class TorchSource(SourceModel):
 
     def _export_torchscript(self, torch, dest, args, names, out_names, opset, dynamic_batch, reason) -> ExportRecord:
         axes = {n: {0: "batch"} for n in names + out_names} if dynamic_batch else None
+        module = self.module
+        if self.format == "torchscript":
+            module = torch.jit.load(str(self.path), map_location="cpu").eval()  # a copy: the reference keeps the original
+            _dict_return_as_tuple(torch, module)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    self.module, args, str(dest), dynamo=False, opset_version=opset,
+                    module, args, str(dest), dynamo=False, opset_version=opset,
                     input_names=names, output_names=out_names, dynamic_axes=axes,
                 )
         except Exception as exc:

@@ -53,8 +53,11 @@ class NcnnTarget(Target):
         param, binary = build / "model.ncnn.param", build / "model.ncnn.bin"
         if proc.returncode != 0 or not param.exists():
             log = proc.stdout + proc.stderr
+            failed_dir = Path(opts.extra["failed_build_dir"])
+            failed_dir.mkdir(parents=True, exist_ok=True)
+            (failed_dir / "pnnx.log").write_text(log)
             raise ConversionFailed(f"pnnx {version_of('pnnx')} could not convert the graph (exit {proc.returncode})",
-                                   details="\n".join(log.strip().splitlines()[-15:]))
+                                   details="\n".join(log.strip().splitlines()[-15:]), hint=f"full log: {failed_dir / 'pnnx.log'}")
         blobs_in, blobs_out = _io_blobs(param.read_text())
         names = list(shapes) + list(opts.extra["output_shapes"])
         if len(blobs_in) != len(shapes) or len(blobs_out) != len(opts.extra["output_shapes"]):
