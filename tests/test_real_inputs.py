@@ -262,3 +262,35 @@ def test_keras_preprocessing_constants_are_folded_back(cli, tmp_path):
     assert [s["name"] for s in m["inputs"]] == ["x"]
     assert any("constant" in c for c in m["export"]["canonical"]["changes"]), m["export"]["canonical"]
     assert m["checks"][0]["ok"] and m["checks"][0]["outputs"][0]["max_abs"] < 1e-4
+
+
+def _tiny_bert():
+    transformers = pytest.importorskip("transformers", reason="the zoo extra (transformers) is not installed")
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(cfg).eval()
+
+
+def test_hugging_face_torchscript_returning_a_dict(cli, tmp_path):
+    """A traced Hugging Face model returns a dict (prim::DictConstruct), which the TorchScript exporter cannot
+    write; its values become the outputs."""
+    model = _tiny_bert()
+    ids = torch.randint(0, 100, (1, 10))
+    mask = torch.ones_like(ids)
+    torch.jit.trace(model, (ids, mask), strict=False).save(str(tmp_path / "bert.pt"))
+    np.savez(tmp_path / "s.npz", input_ids=np.random.default_rng(0).integers(0, 100, (2, 10)), attention_mask=np.ones((2, 10), np.int64))
+    r = cli("convert", tmp_path / "bert.pt", "--sample", tmp_path / "s.npz", "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    assert [s["dtype"] for s in m["inputs"]] == ["int64", "int64"] and m["outputs"][0]["shape"] == [1, 2]
+
+
+def test_pt2_with_library_output_types(cli, tmp_path):
+    """torch.export of a Hugging Face model returns a ModelOutput, a pytree type transformers registers on import."""
+    model = _tiny_bert()
+    ids = torch.randint(0, 100, (1, 10))
+    torch.export.save(torch.export.export(model, (ids,)), str(tmp_path / "bert.pt2"))
+    r = cli("convert", tmp_path / "bert.pt2", "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    assert any("transformers.modeling_outputs" in n for n in r.json()["manifest"]["export"]["notes"])
