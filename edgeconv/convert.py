@@ -155,6 +155,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
 
     with steps.step(f"Loading {req.model.name}"):
         source = load_source(req.model, req.load)
+        target.check_source(source)
         resolved = resolve_inputs(source, req)
         inputs, shape_notes = resolved.specs, list(resolved.notes)
         if source.framework == "onnx":

@@ -29,3 +29,16 @@ def test_executorch_roundtrip(cli, samples, tmp_path, precision, backend):
 def test_executorch_refuses_torchscript(cli, samples, tmp_path):
     r = cli("convert", samples / "digits_cnn.pt", "--target", "executorch", "-o", tmp_path / "o")
     assert r.code == 2 and "torch.export" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_executorch_refuses_an_onnx_source_in_its_own_terms(cli, samples, tmp_path):
+    """An ONNX file is not told that TorchScript cannot be re-exported: it is told ExecuTorch needs the PyTorch
+    model, and which targets take ONNX; before any export work (nothing written)."""
+    onnx_file = tmp_path / "m.onnx"
+    r = cli("convert", samples / "digits_cnn.pt", "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    (tmp_path / "b" / "model.onnx").rename(onnx_file)
+    r = cli("convert", onnx_file, "--target", "executorch", "-o", tmp_path / "o")
+    assert r.code == 2 and "is a onnx model" not in r.stderr, r
+    assert "onnx model (onnx)" in r.stderr and "takes ONNX: onnx, tflite, openvino, ncnn" in r.stderr, r
+    assert "TorchScript" not in r.stderr and "Exporting" not in r.stderr and not (tmp_path / "o").exists()

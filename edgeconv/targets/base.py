@@ -56,6 +56,9 @@ class Target(ABC):
         if problems:
             raise PreflightError(f"target {profile.name} refuses the options: " + "; ".join(problems))
 
+    def check_source(self, source) -> None:
+        """Refuse, right after loading, a source this backend cannot build from (most take any: they start from ONNX)."""
+
     def preflight(self, proto, profile: Profile, opts: TargetOptions) -> None:
         """Check the canonical ONNX graph against the profile; collect every problem, raise once."""
         problems = self.graph_problems(proto, profile, opts)

@@ -32,8 +32,7 @@ class ExecuTorchTarget(Target):
         if opts.precision == "int8" and backend == "portable":
             raise PreflightError("int8 ExecuTorch programs run their quantized ops through XNNPACK; use --et-backend xnnpack")
 
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
-        source = opts.extra["source_model"]
+    def check_source(self, source) -> None:
         if source.framework != "torch":
             raise PreflightError(
                 f"ExecuTorch programs are built from a PyTorch model by torch.export; {source.path} is a {source.framework} "
@@ -45,6 +44,9 @@ class ExecuTorchTarget(Target):
                 f"ExecuTorch programs are built by torch.export, which cannot trace a TorchScript module ({source.path})",
                 hint="save the original nn.Module with torch.export.save(torch.export.export(model, args), 'model.pt2'), "
                      "or pick another target (onnx, tflite, openvino, ncnn take TorchScript)")
+
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+        source = opts.extra["source_model"]
         torch = require("torch", why="for ExecuTorch")
         require("executorch", why="for the ExecuTorch target (pip install 'edgeconv[executorch]')")
         from executorch.devtools.backend_debug import get_delegation_info
