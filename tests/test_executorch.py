@@ -39,6 +39,6 @@ def test_executorch_refuses_an_onnx_source_in_its_own_terms(cli, samples, tmp_pa
     assert r.code == 0, r
     (tmp_path / "b" / "model.onnx").rename(onnx_file)
     r = cli("convert", onnx_file, "--target", "executorch", "-o", tmp_path / "o")
-    assert r.code == 2 and "is a onnx model" not in r.stderr, r
-    assert "onnx model (onnx)" in r.stderr and "takes ONNX: onnx, tflite, openvino, ncnn" in r.stderr, r
+    assert r.code == 2, r
+    assert "is an ONNX model (onnx)" in r.stderr and "takes ONNX: onnx, tflite, openvino, ncnn" in r.stderr, r
     assert "TorchScript" not in r.stderr and "Exporting" not in r.stderr and not (tmp_path / "o").exists()

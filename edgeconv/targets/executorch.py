@@ -35,8 +35,9 @@ class ExecuTorchTarget(Target):
     def check_source(self, source) -> None:
         if source.framework != "torch":
             raise PreflightError(
-                f"ExecuTorch programs are built from a PyTorch model by torch.export; {source.path} is a {source.framework} "
-                f"model ({source.format}), which ExecuTorch cannot take",
+                f"ExecuTorch programs are built from a PyTorch model by torch.export; {source.path} is "
+                f"{ {'onnx': 'an ONNX', 'keras': 'a Keras'}.get(source.framework, source.framework)} model ({source.format}), "
+                "which ExecuTorch cannot take",
                 hint="give the PyTorch model it came from (.pt2, or a state_dict with --model-class), or pick a target that "
                      "takes " + ("ONNX: onnx, tflite, openvino, ncnn" if source.framework == "onnx" else "it: tflite, onnx, openvino"))
         if getattr(source, "module", None) is None or source.format == "torchscript":
