@@ -278,7 +278,7 @@ def convert(
     trust_pickle: TrustPickleOpt = False,
     sample: Annotated[Path | None, typer.Option("--sample", help="Reference inputs: .npy (one input) or .npz (x, or one array per input name); first axis = samples. Also gives the shapes the model leaves open (default: calibration data, else seeded random).")] = None,
     atol: AtolOpt = [],  # noqa: B006
-    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): record source and artifact accuracy.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): source and artifact accuracy; or unlabelled .npy/.npz: the artifact's agreement with the source on it. Its shapes also fill the model's open dimensions.")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more points than this on --data.")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="int8 calibration data: .npz, .npy, a folder of images, or 'random' (flagged).", rich_help_panel="Calibration (int8)")] = None,
     calib_count: Annotated[int, typer.Option("--calib-count", help="Calibration samples to use (seeded subset).", rich_help_panel="Calibration (int8)")] = 200,
@@ -350,17 +350,13 @@ def validate(
     inference_precision: Annotated[str | None, typer.Option("--inference-precision", help="OpenVINO: f32 (default, for parity) or native (the device's default, e.g. bf16).")] = None,
     performance_hint: Annotated[str | None, typer.Option("--performance-hint", help="OpenVINO: latency (default) or throughput (adds an async-queue throughput figure).")] = None,
     io_layout: Annotated[str, typer.Option("--io-layout", help="TFLite: source (default: data in the source model's layout) or nhwc (data in the artifact's own layout).")] = "source",
+    request: Annotated[Path | None, typer.Option("--request", help="Run this request.json (what --remote sends a device) instead of the options above.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a bundle on this machine's runtime (or on devices with --remote): parity, accuracy, latency; exit 1 when a
-    check or budget is missed."""
-    if remote or hosts:
-        _on_devices("validate", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, [],
-                    data=data, runs=runs, warmup=warmup, threads=threads)
-        return
+    check or budget is missed. One request, executed here or sent with the bundle to each device."""
     from edgeconv.parity import parse_atol_overrides
-    from edgeconv.validate import ValidateRequest
-    from edgeconv.validate import validate as run_validate
+    from edgeconv.validate import ValidateRequest, build_request, read_request, run_request
 
     req = ValidateRequest(
         bundle=bundle, data=data, source=source, trust_pickle=trust_pickle, runs=runs, warmup=warmup, threads=threads,
@@ -368,7 +364,17 @@ def validate(
         atol=parse_atol_overrides(atol), device=device, inference_precision=inference_precision, performance_hint=performance_hint,
         io_layout=io_layout,
     )
-    result = run_validate(req, _steps(as_json))
+    steps = _steps(as_json)
+    if request is not None:
+        if req.to_request() != ValidateRequest(bundle).to_request() or source is not None or remote or hosts:
+            raise BadInput("--request carries the run's options: pass it alone (with --report and --json at most)")
+        result = run_request(bundle, read_request(request), report=report, steps=steps, base_dir=request.parent)
+    elif remote or hosts:
+        _on_devices("validate", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, [],
+                    request=build_request(req, steps, check_data=True))
+        return
+    else:
+        result = run_request(bundle, build_request(req, steps), report=report, steps=steps)
     if as_json:
         _emit_json(result)
     else:
@@ -397,11 +403,14 @@ def profile(
     ssh_option: SshOptionOpt = [],  # noqa: B006
     remote_python: RemotePythonOpt = "python3",
     timeout: TimeoutOpt = 30.0,
+    request: Annotated[Path | None, typer.Option("--request", help="Run this request.json (what --remote sends a device) instead of the options above.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency and throughput per batch size, the knee, the best batch under a budget, batch-dependent outputs."""
+    from edgeconv.device.edgeconv_runner import REQUEST_SCHEMA, complete_request
     from edgeconv.profile import ProfileRequest
     from edgeconv.profile import profile as run_profile
+    from edgeconv.validate import read_request, runner_errors
 
     sizes = None
     if batch_sizes:
@@ -411,14 +420,23 @@ def profile(
             raise BadInput(f"--batch-sizes {batch_sizes!r} is not a comma-separated list of whole numbers") from None
         if not sizes or sizes[0] < 1:
             raise BadInput("--batch-sizes must be positive whole numbers")
+    # one request, as validate's: run here, or sent with the bundle to each device
+    req = {"schema": REQUEST_SCHEMA, "command": "profile", "batch_sizes": sizes, "threads": threads, "runs": runs, "warmup": warmup,
+           "min_time_s": min_time, "budget_ms": budget_ms}
+    if request is not None:
+        if remote or hosts or any(v is not None for v in (batch_sizes, threads, min_time, budget_ms)):
+            raise BadInput("--request carries the run's options: pass it alone (with --plot, --csv and --json at most)")
+        req = read_request(request)
+    with runner_errors():
+        req = complete_request(req)
+    if req["command"] != "profile":
+        raise BadInput(f"a {req['command']} request given to profile")
     if remote or hosts:
-        args = [a for k, v in (("--batch-sizes", batch_sizes), ("--threads", threads), ("--budget-ms", budget_ms),
-                               ("--min-time", min_time)) if v is not None for a in (k, str(v))]
-        _on_devices("profile", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json,
-                    [*args, "--runs", str(runs), "--warmup", str(warmup)])
+        _on_devices("profile", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, [], request=req)
         return
-    report = run_profile(ProfileRequest(bundle=bundle, batch_sizes=sizes, threads=threads, runs=runs, warmup=warmup,
-                                        min_time_s=min_time, budget_ms=budget_ms, plot=plot, csv=csv_file), _steps(as_json))
+    report = run_profile(ProfileRequest(bundle=bundle, batch_sizes=req["batch_sizes"], threads=req["threads"], runs=req["runs"],
+                                        warmup=req["warmup"], min_time_s=req["min_time_s"], budget_ms=req["budget_ms"], plot=plot,
+                                        csv=csv_file), _steps(as_json))
     if as_json:
         _emit_json(report)
     else:

@@ -169,12 +169,13 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         expected = _run_source(source, feed, batch)
         data_feed = labels = None
         if req.data is not None:
-            data_feed, labels = load_inputs(req.data, inputs, need_labels=True)
-            # the source's own scores on --data, once: the accuracy check and accuracy-controlled quantization share them
+            data_feed, labels = load_inputs(req.data, inputs, need_labels=req.max_accuracy_drop is not None)
+            # the source's own outputs on --data, once: the accuracy check and accuracy-controlled quantization share them
             data_scores = _run_source(source, data_feed, batch)
             score_index = classifier_output(data_scores)
-            if score_index is None:
-                raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
+            if score_index is None and labels is not None:
+                raise BadInput(f"{req.data} has labels 'y', which need a classifier output of shape (N, classes); this model "
+                               "has none", hint="leave 'y' out: unlabelled --data measures the artifact's agreement with the source")
 
     with BundleWriter(out, req.force) as work:
         onnx_path = work / "model.onnx"
@@ -217,7 +218,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         topts.extra["input_shapes"] = {s.name: s.shape for s in onnx_inputs}
         topts.extra["output_shapes"] = {s.name: s.shape for s in outputs}
         topts.extra["failed_build_dir"] = str(failed_dir)
-        if data_feed is not None and req.max_accuracy_drop is not None:
+        if labels is not None and req.max_accuracy_drop is not None:
             topts.extra["accuracy_data"] = (data_feed, labels, score_index)
             topts.extra["max_accuracy_drop"] = req.max_accuracy_drop
         check_overrides = target.check_runner_options(req.precision, profile)
@@ -237,11 +238,15 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                                            details=rep.failure_text(), hint=_tolerance_hint(profile))
         source_accuracy = None
         checks += topts.extra.get("checks", [])  # the target's own checks (e.g. the Edge TPU mapping)
-        if data_feed is not None:
+        if labels is not None:
             with steps.step(f"Measuring accuracy on {req.data.name}"):
                 source_accuracy, acc_check = _accuracy_check(source, data_scores[score_index], score_index, data_feed, labels,
                                                              batch, work, model_art, req, check_options)
                 checks.append(acc_check)
+        elif data_feed is not None:
+            with steps.step(f"Checking agreement with {source.framework} on {req.data.name} (no labels)"):
+                checks.append(_agreement_check(source, data_scores, score_index, data_feed, batch, work, model_art, names,
+                                               profile.tolerance(req.precision), req, check_options))
         failed = [c for c in checks if not c["ok"]]
         status = "failed-check" if failed else "ok"
         save_reference(work / REFERENCE, feed, expected, names)
@@ -295,6 +300,8 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
 def _failure_reason(check: dict[str, Any], req: ConvertRequest) -> str:
     if check["kind"] == "accuracy":
         return f"accuracy drop {check['drop_points']:.2f} points exceeds --max-accuracy-drop {req.max_accuracy_drop}"
+    if check["kind"] == "agreement":
+        return f"the artifact does not agree with the source on {check['data']['path']} within its tolerance"
     return check.get("reason") or f"check {check['kind']} failed"
 
 
@@ -320,6 +327,19 @@ def _artifact_entry(work: Path, a: Artifact) -> dict[str, Any]:
     p = work / a.file
     return {"file": a.file, "role": a.role, "precision": a.precision, "runner": a.runner, "sha256": sha256_of(p),
             "bytes": p.stat().st_size, **a.extra}
+
+
+def _agreement_check(source, src_out, idx, data_feed, batch, work, model_art, names, tol, req, options) -> dict:
+    """Unlabelled --data: the artifact against the source on every item, with the artifact's parity tolerance, and
+    how often their top-1 agrees when an output is class scores."""
+    with open_runner(model_art.runner, work / model_art.file, options=options) as r:
+        art_out = run_batched(r.infer, data_feed, batch)
+    rep = compare(f"{model_art.file} ({model_art.runner}) vs {source.framework} on {req.data.name}", names, src_out, art_out,
+                  tol, req.atol)
+    check = {"kind": "agreement", **rep.to_dict(), "data": data_record(req.data, len(next(iter(data_feed.values()))))}
+    if idx is not None:
+        check["top1_agreement"] = float((src_out[idx].argmax(1) == art_out[idx].argmax(1)).mean())
+    return check
 
 
 def _accuracy_check(source, src_scores, idx, data_feed, labels, batch, work, model_art, req, options) -> tuple[dict, dict]:

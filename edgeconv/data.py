@@ -91,7 +91,7 @@ def pick_inputs(path: Path, arrays: dict[str, np.ndarray], specs: list[TensorSpe
 
 def load_inputs(path: Path, specs: list[TensorSpec], *, need_labels: bool) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Inputs keyed ``x`` (one-input models) or by input name, from an .npz or an .npy; labels ``y``
-    (integer class ids, .npz only)."""
+    (integer class ids, .npz only) when the file has them, required with ``need_labels``."""
     arrays = read_arrays(path)
     if need_labels and path.suffix == ".npy":
         raise BadInput(f"{path} is a single array (inputs only); labels need an .npz", hint="numpy.savez(path, x=..., y=...)")
@@ -103,13 +103,11 @@ def load_inputs(path: Path, specs: list[TensorSpec], *, need_labels: bool) -> tu
     n = counts.pop()
     if n == 0:
         raise BadInput(f"{path} holds no samples")
-    y = None
-    if need_labels:
-        if "y" not in arrays:
-            raise BadInput(f"{path} has no labels 'y' (arrays: {sorted(arrays)})", hint="save it with numpy.savez(path, x=..., y=...)")
-        y = arrays["y"]
-        if y.dtype.kind not in "iu" or y.ndim != 1 or len(y) != n:
-            raise BadInput(f"{path}: 'y' must be {n} integer class ids, got dtype {y.dtype} shape {list(y.shape)}")
+    y = arrays.get("y") if path.suffix == ".npz" else None
+    if y is None and need_labels:
+        raise BadInput(f"{path} has no labels 'y' (arrays: {sorted(arrays)})", hint="save it with numpy.savez(path, x=..., y=...)")
+    if y is not None and (y.dtype.kind not in "iu" or y.ndim != 1 or len(y) != n):
+        raise BadInput(f"{path}: 'y' must be {n} integer class ids, got dtype {y.dtype} shape {list(y.shape)}")
     return feed, y
 
 

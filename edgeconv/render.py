@@ -52,8 +52,10 @@ def render_convert(result) -> None:
     console.print(f"exported with {exp['exporter']}, opset {exp['opset']}"
                   + (f" [dim](fallback: {exp['fallback_reason']})[/]" if exp["fallback_reason"] else ""))
     for c in m["checks"]:
-        if c["kind"] == "parity":
-            console.print(_parity_table(c, f"Parity: {c['label']} ({c['samples']} samples)"))
+        if c["kind"] in ("parity", "agreement"):
+            console.print(_parity_table(c, f"{c['kind'].capitalize()}: {c['label']} ({c['samples']} samples)"))
+            if c.get("top1_agreement") is not None:
+                console.print(f"top-1 agreement with the source: {c['top1_agreement']:.2%}")
         elif c["kind"] == "accuracy":
             console.print(f"accuracy on {c['data']['path']} ({c['data']['count']} samples): source top-1 "
                           f"{c['source']['top1']:.2%}, artifact top-1 {c['artifact']['top1']:.2%}, drop {c['drop_points']:.2f} points")
@@ -233,21 +235,30 @@ def render_remote(r: dict[str, Any]) -> None:
         if "latency" not in rep:
             continue
         mo = rep["measured_on"]
-        par = rep["parity"]
-        par_ok = par["ok"] if isinstance(par, dict) else all(p["ok"] for p in par)
         acc = rep.get("accuracy") or {}
-        top1 = acc.get("top1", acc.get("artifact", {}).get("top1") if isinstance(acc.get("artifact"), dict) else None)
+        top1 = acc["artifact"]["top1"] if acc else None
         lat = rep["latency"]
         facts = f"{mo.get('host')} {mo.get('machine')} py{mo.get('python', '')} {rep['device'].get('power_mode') or ''}".strip()
-        t.add_row(d["target"], "✅" if d["ok"] else "❎", "ok" if par_ok else "FAILED", "—" if top1 is None else f"{top1:.2%}",
+        missed = [b["name"] for b in rep["budgets"] if not b["ok"]]
+        verdict = "✅" if d["ok"] else "❎ " + ", ".join(missed or ["parity"])
+        t.add_row(d["target"], verdict, "ok" if rep["parity"]["ok"] else "FAILED", "—" if top1 is None else f"{top1:.2%}",
                   "—" if acc.get("drop_points") is None else f"{acc['drop_points']:+.2f}", f"{lat['p50_ms']:.3f}", f"{lat['p99_ms']:.3f}",
                   f"{mo.get('runtime')} {mo.get('version') or ''}", facts)
     console.print(t)
     for d in r["devices"]:
         if d.get("report"):
-            console.print(f"[dim]{d['target']}: report {d['report']['report_file']} ({d['report']['device']['ran']})[/]")
+            rep = d["report"]
+            for b in rep.get("budgets", []):
+                if not b["ok"]:
+                    console.print(f"[red]❎[/] {d['target']}: budget {b['name']} missed: {b['value']:.4g} > {b['limit']}", soft_wrap=True)
+            if "parity" in rep and not rep["parity"]["ok"]:
+                console.print(f"[red]❎[/] {d['target']}: parity failed: " + "; ".join(
+                    f"{o['name']}: {o['reason']}" for o in rep["parity"]["outputs"] if not o["ok"]), soft_wrap=True)
+            console.print(f"[dim]{d['target']}: report {rep['report_file']} ({rep['device']['ran']})[/]", soft_wrap=True)
         else:
-            console.print(f"[red]❌[/] {d['error']}", soft_wrap=True)
+            console.print(f"[red]❌[/] {escape(d['error'])} [dim](exit {d.get('exit_code', 1)})[/]", soft_wrap=True)
+            if d.get("details"):
+                console.print(d["details"], markup=False, soft_wrap=True)
 
 
 def render_inspect(info: dict[str, Any]) -> None:

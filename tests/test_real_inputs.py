@@ -133,10 +133,20 @@ def test_inspect_counts_macs_at_the_sample_shape_or_says_why_not(cli, files):
     assert r.code == 0 and r.json()["inputs"][0]["dtype"] == "int64", r
 
 
+def test_unlabelled_data_measures_agreement_with_the_source(cli, files, tmp_path):
+    """--data without labels (an .npy of real inputs): every item through source and artifact, the artifact's
+    tolerance applied, top-1 agreement for class scores; its shapes also resolve the model's."""
+    r = cli("convert", files / "dyn.onnx", "-t", "openvino", "-p", "int8", "--calib", files / "cnn_x.npy", "--data",
+            files / "cnn_x.npy", "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    agree = next(c for c in m["checks"] if c["kind"] == "agreement")
+    assert agree["samples"] == 6 and agree["data"]["count"] == 6 and 0.0 <= agree["top1_agreement"] <= 1.0
+    assert agree["outputs"][0]["cosine"] > 0.9 and m["input_origins"]["x"]["shape"][2].startswith("--data")
+
+
 def test_data_files_checked_against_the_model(cli, files, tmp_path):
-    labels_npy = tmp_path / "x.npy"
-    np.save(labels_npy, np.zeros((2, 3, 24, 24), np.float32))
-    _refused(cli("convert", files / "cnn.pt", "--sample", files / "cnn_x.npy", "--data", labels_npy, "-o", tmp_path / "b"),
+    _refused(cli("convert", files / "cnn.pt", "--data", files / "cnn_x.npy", "--max-accuracy-drop", "1", "-o", tmp_path / "b"),
              2, "labels need an .npz")
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((2, 3, 20, 20), np.float32))
