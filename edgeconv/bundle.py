@@ -134,13 +134,11 @@ class Bundle:
         return next((a for a in self.manifest["artifacts"] if a["role"] == role), None)
 
     def artifact_to_run(self) -> dict[str, Any]:
-        """A device-built artifact (TensorRT engine) where its runtime is present, else the main one."""
-        import importlib.util
+        """What this machine runs: the device runner's one rule (a TensorRT engine where TensorRT is installed, the
+        Edge TPU model where its library loads, else the main model)."""
+        from edgeconv.device.edgeconv_runner import artifact_to_run
 
-        engine = self.artifact("engine")
-        if engine is not None and importlib.util.find_spec("tensorrt") is not None:
-            return engine
-        return self.model_artifact
+        return artifact_to_run(self.manifest)[0]
 
     @property
     def inputs(self) -> list[TensorSpec]:

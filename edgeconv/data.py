@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.device import edgeconv_runner as device
 from edgeconv.errors import BadInput
 from edgeconv.specs import TensorSpec, sha256_of
-
 
 DATA_FORMS = (".npz with 'x' (or one array per input name) and 'y' for labels, or .npy (one input, no labels); "
               "first axis = samples")
@@ -115,32 +115,32 @@ def data_record(path: Path, n: int) -> dict:
     return {"path": str(path), "sha256": sha256_of(path), "count": int(n)}
 
 
+class _Call:
+    """A plain function as the device runner's backend interface (prepare, run), so batching is written once."""
+
+    def __init__(self, fn: Callable[[dict[str, np.ndarray]], list[np.ndarray]]):
+        self.run = fn
+
+    @staticmethod
+    def prepare(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return feed
+
+
 def run_batched(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feed: dict[str, np.ndarray],
                 batch: int | None, chunk: int = 64) -> list[np.ndarray]:
     """Run ``feed`` through in slices of the model's fixed batch (or ``chunk`` when batch is dynamic)."""
-    n = len(next(iter(feed.values())))
-    step = batch or chunk
-    if batch and n % batch:
-        raise BadInput(f"{n} samples do not split into batches of {batch} (the model's fixed batch)")
-    parts: list[list[np.ndarray]] = []
-    for i in range(0, n, step):
-        parts.append(run({k: v[i : i + step] for k, v in feed.items()}))
-    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
-
-
-def classifier_output(outputs: list[np.ndarray]) -> int | None:
-    """Index of the first output that looks like class scores: shape (N, C) with C > 1."""
-    for i, o in enumerate(outputs):
-        if o.ndim == 2 and o.shape[1] > 1:
-            return i
-    return None
+    try:
+        return device.run_batched(_Call(run), feed, batch, chunk)
+    except device.BadRequest as exc:
+        raise BadInput(str(exc)) from None
 
 
 def accuracy(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    if scores.shape[1] <= int(y.max()):
-        raise BadInput(f"labels go up to {int(y.max())} but the model has {scores.shape[1]} classes")
-    order = np.argsort(-scores, axis=1)
-    out = {"top1": float((order[:, 0] == y).mean())}
-    if scores.shape[1] >= 5:
-        out["top5"] = float((order[:, :5] == y[:, None]).any(axis=1).mean())
-    return out
+    """Top-1 (and top-5) against integer labels: the device runner's rule."""
+    try:
+        return device.topk_accuracy(scores, y)
+    except device.BadRequest as exc:
+        raise BadInput(str(exc)) from None
+
+
+classifier_output = device.classifier_output

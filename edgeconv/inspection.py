@@ -8,8 +8,8 @@ from typing import Any
 
 from edgeconv.errors import BadInput
 from edgeconv.frontends import LoadOptions, load_source
-from edgeconv.shapes import ShapeRequest, resolve
 from edgeconv.onnx_tools import summarize
+from edgeconv.shapes import ShapeRequest, resolve
 from edgeconv.specs import Dim, sha256_of
 
 

@@ -1,7 +1,9 @@
 """Output agreement between a reference (the source framework) and an artifact, with tolerances as data.
 
-Every output is checked (name, shape, values); every failure is collected; the caller raises once with the
-tolerance each failing output would have needed.
+The rule itself (every output checked for name, shape and values; per-output ``atol`` overrides; one cosine
+rule, where a zero output against a non-zero reference scores 0) lives once, in the single-file device runner,
+so the device and this host judge alike. This module gives it typed results for the host: the caller raises
+once with the tolerance each failing output would have needed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edgeconv.device.edgeconv_runner import compare_outputs, tolerance_of
 from edgeconv.errors import BadInput
 
 
@@ -52,6 +55,10 @@ class ParityReport:
     def to_dict(self) -> dict:
         return {"label": self.label, "ok": self.ok, "samples": self.samples, "outputs": [asdict(o) for o in self.outputs]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ParityReport:
+        return cls(d["label"], [OutputCheck(**o) for o in d["outputs"]], d["samples"])
+
     def failure_text(self) -> str:
         lines = [f"{'output':<20} {'max abs':>11} {'allowed':>10} {'cosine':>9} {'needs':>8}  reason"]
         for o in self.failures:
@@ -65,10 +72,7 @@ class ParityReport:
 
 def tolerance_from_dict(d: dict) -> Tolerance:
     """From profile TOML or a manifest: ``{atol = 1e-4, min_cosine = 0.9999, max_rel = 0.1}``."""
-    atol = d.get("atol")
-    max_rel = d.get("max_rel")
-    return Tolerance(None if atol is None else float(atol), float(d.get("min_cosine", 0.999)),
-                     None if max_rel is None else float(max_rel))
+    return Tolerance(**tolerance_of(d))
 
 
 def parse_atol_overrides(values: list[str]) -> dict[str | None, float]:
@@ -83,14 +87,6 @@ def parse_atol_overrides(values: list[str]) -> dict[str | None, float]:
     return out
 
 
-def tolerance_for(name: str, default: Tolerance, overrides: dict[str | None, float]) -> Tolerance:
-    if name in overrides:
-        return Tolerance(overrides[name], default.min_cosine, default.max_rel)
-    if None in overrides:
-        return Tolerance(overrides[None], default.min_cosine, default.max_rel)
-    return default
-
-
 def compare(
     label: str,
     names: list[str],
@@ -99,41 +95,5 @@ def compare(
     default: Tolerance,
     overrides: dict[str | None, float] | None = None,
 ) -> ParityReport:
-    overrides = overrides or {}
-    report = ParityReport(label, samples=int(expected[0].shape[0]) if expected and expected[0].ndim else 1)
-    if len(expected) != len(actual):
-        report.outputs.append(
-            OutputCheck("(outputs)", [len(expected)], [len(actual)], None, None, None, default.atol, default.min_cosine,
-                        False, f"{len(actual)} outputs where {len(expected)} were expected")
-        )
-        return report
-    for name, ref, got in zip(names, expected, actual):
-        tol = tolerance_for(name, default, overrides)
-        ref = np.asarray(ref)
-        got = np.asarray(got)
-        if ref.shape != got.shape:
-            report.outputs.append(OutputCheck(name, list(ref.shape), list(got.shape), None, None, None, tol.atol,
-                                              tol.min_cosine, False, "shape differs"))
-            continue
-        r = ref.astype(np.float64).ravel()
-        g = got.astype(np.float64).ravel()
-        if not np.all(np.isfinite(g)) and np.all(np.isfinite(r)):
-            report.outputs.append(OutputCheck(name, list(ref.shape), list(got.shape), None, None, None, tol.atol,
-                                              tol.min_cosine, False, "artifact output has NaN/Inf"))
-            continue
-        diff = np.abs(r - g)
-        max_abs = float(diff.max()) if diff.size else 0.0
-        scale = float(np.abs(r).max()) if r.size else 0.0
-        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-        nr, ng = np.linalg.norm(r), np.linalg.norm(g)
-        cosine = float(r @ g / (nr * ng)) if nr > 0 and ng > 0 else (1.0 if nr == ng else 0.0)
-        reasons = []
-        if tol.atol is not None and max_abs > tol.atol:
-            reasons.append(f"max abs {max_abs:.3e} > {tol.atol:.1e}")
-        if tol.max_rel is not None and max_rel > tol.max_rel:
-            reasons.append(f"max rel {max_rel:.3e} > {tol.max_rel:.1e}")
-        if cosine < tol.min_cosine:
-            reasons.append(f"cosine {cosine:.6f} < {tol.min_cosine}")
-        report.outputs.append(OutputCheck(name, list(ref.shape), list(got.shape), max_abs, max_rel, cosine, tol.atol,
-                                          tol.min_cosine, not reasons, "; ".join(reasons), tol.max_rel))
-    return report
+    """The device runner's ``compare_outputs`` (the one parity rule), as a typed report."""
+    return ParityReport.from_dict(compare_outputs(label, names, expected, actual, vars(default), overrides))

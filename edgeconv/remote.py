@@ -145,7 +145,7 @@ class Ssh:
         return MissingDependency(f"{self.target}: ssh failed", details=stderr.strip()[-2000:])
 
 
-def _tar(bundle: Path, extra: dict[str, Path]) -> bytes:
+def _tar(bundle: Path, extra: dict[str, Path | bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for p in sorted(bundle.iterdir()):
@@ -156,26 +156,79 @@ def _tar(bundle: Path, extra: dict[str, Path]) -> bytes:
             from edgeconv.convert import DEVICE_RUNNER
 
             tar.add(DEVICE_RUNNER, arcname="bundle/edgeconv_runner.py")
-        for name, p in extra.items():
-            tar.add(p, arcname=name)
+        for name, content in extra.items():
+            if isinstance(content, bytes):
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(content))
+            else:
+                tar.add(content, arcname=name)
     return buf.getvalue()
+
+
+class DeviceFailed(EdgeconvError):
+    """The run on the device ended without a report, or with the device's own refusal: the device's exit code."""
+
+    def __init__(self, message: str, exit_code: int, **kw):
+        super().__init__(message, **kw)
+        self.exit_code = exit_code
 
 
 @dataclass
 class RemoteRequest:
     bundle: Path
     remotes: list[str]
-    data: Path | None = None
-    runs: int = 100
-    warmup: int = 10
-    threads: int | None = None
+    command: str = "validate"  # validate, profile (a request each); build (needs edgeconv on the device)
+    request: dict[str, Any] | None = None  # validate/profile: the request, executed on the device as it is here
     identity: Path | None = None
     ssh_options: list[str] = field(default_factory=list)
     remote_python: str = "python3"
     timeout: float = 30.0
     run_timeout: float = 1800.0
-    command: str = "validate"  # or "profile", "build": those need edgeconv on the device
-    args: list[str] = field(default_factory=list)  # the command's own options, passed through
+    args: list[str] = field(default_factory=list)  # build's own options, passed through
+
+
+def _device_request(req: RemoteRequest, bundle: Bundle, has_edgeconv: bool) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The request as the device reads it (its data file beside it) and the files to send with it."""
+    request = dict(req.request or {}, where="device")
+    files: dict[str, Path] = {}
+    if request.get("data"):
+        local = Path(request["data"]["file"])
+        name = "data" + (local.suffix or ".npz")
+        files[name] = local
+        request["data"] = {**request["data"], "file": name}
+    if req.command == "profile" and not request.get("batch_sizes") and not has_edgeconv:
+        from edgeconv.profile import default_batch_sizes
+
+        request["batch_sizes"] = default_batch_sizes(bundle.manifest)
+    return request, files
+
+
+def _device_result(res: subprocess.CompletedProcess, target: Target, ran: str, bundle: Bundle,
+                   remote_python: str) -> dict[str, Any]:
+    """The device's report; or its refusal (its message and exit code); or, when it crashed or printed no report,
+    its own exit code with the tail of its stderr."""
+    tail = "\n".join(res.stderr.strip().splitlines()[-30:])[-3000:] or None
+    try:
+        doc = json.loads(res.stdout.decode())
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        err = doc["error"]
+        code = res.returncode or int(err.get("exit_code") or 1)
+        raise DeviceFailed(f"{target}: {err.get('message')}", code, hint=err.get("hint"),
+                           details=tail if code not in (2, 3) else None)
+    if res.returncode in (0, 1) and isinstance(doc, dict):
+        return doc
+    missing = re.search(r"No module named '([\w.]+)'", res.stderr)
+    if missing:
+        raise MissingDependency(f"{target}: {remote_python} has no {missing.group(1)}: install it on the device "
+                                f"({_install_hint(missing.group(1), bundle)})", details=tail)
+    what = "crashed" if res.returncode not in (0, 1) else "printed no report"
+    signal_note = f", signal {res.returncode - 128}" if 128 < res.returncode < 160 else ""
+    raise DeviceFailed(f"{target}: the {ran} {what} (exit {res.returncode}{signal_note}); its stderr ends:",
+                       res.returncode or 1, details=tail or "(nothing on stderr)")
 
 
 def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
@@ -185,61 +238,44 @@ def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
     if not workdir.startswith("/"):
         raise MissingDependency(f"{target}: could not create a temporary directory on the device")
     try:
-        extra = {"data.npz": req.data} if req.data else {}
-        progress(f"{target}: copying {bundle.path.name} to {workdir}")
-        ssh.run(["tar", "-C", workdir, "-xf", "-"], stdin=_tar(bundle.path, extra), timeout=req.run_timeout)
         remote_bundle = f"{workdir}/bundle"
         has_edgeconv = ssh.run([req.remote_python, "-c", "import edgeconv"], check=False, timeout=req.timeout).returncode == 0
-        sweep = req.command == "profile" and not has_edgeconv
-        opts = dict(zip(req.args[::2], req.args[1::2]))  # the command's own options, all NAME VALUE pairs
-        if req.command != "validate" and not sweep:
+        ran = "edgeconv" if has_edgeconv else "device runner"
+        extra: dict[str, Path | bytes] = {}
+        if req.command == "build":
             if not has_edgeconv:
-                raise MissingDependency(f"{target}: `edgeconv {req.command} --remote` needs edgeconv on the device, and "
+                raise MissingDependency(f"{target}: `edgeconv build --remote` needs edgeconv on the device, and "
                                         f"{req.remote_python} there has none (pip install edgeconv plus the runtime extra; "
                                         "`validate` and `profile --remote` work without it)")
-            cmd = [req.remote_python, "-m", "edgeconv", req.command, remote_bundle, "--json", *req.args]
-        elif sweep:  # the bundle's device runner sweeps; the knee and the budget are worked out here
-            from edgeconv.profile import default_batch_sizes
-
-            sizes = opts.get("--batch-sizes") or ",".join(map(str, default_batch_sizes(bundle.manifest)))
-            cmd = [req.remote_python, f"{remote_bundle}/edgeconv_runner.py", remote_bundle, "--json", "--batch-sizes", sizes,
-                   *[a for k in ("--runs", "--warmup", "--threads", "--min-time") if k in opts for a in (k, opts[k])]]
-        elif has_edgeconv:
-            cmd = [req.remote_python, "-m", "edgeconv", "validate", remote_bundle, "--json", "--runs", str(req.runs),
-                   "--warmup", str(req.warmup), "--report", f"{workdir}/report.json"]
-            if req.data:
-                cmd += ["--data", f"{workdir}/data.npz"]
+            cmd = [req.remote_python, "-m", "edgeconv", "build", remote_bundle, "--json", *req.args]
         else:
-            cmd = [req.remote_python, f"{remote_bundle}/edgeconv_runner.py", remote_bundle, "--json", "--runs", str(req.runs),
-                   "--warmup", str(req.warmup)]
-            if req.data:
-                cmd += ["--data", f"{workdir}/data.npz"]
-        if req.threads and req.command == "validate":
-            cmd += ["--threads", str(req.threads)]
+            request, files = _device_request(req, bundle, has_edgeconv)
+            extra = {"request.json": json.dumps(request, indent=2).encode(), **files}
+            where = [remote_bundle, "--request", f"{workdir}/request.json", "--json"]
+            if has_edgeconv:  # edgeconv there executes the same request with the same function, on its richer runners
+                cmd = [req.remote_python, "-m", "edgeconv", req.command, *where]
+                if req.command == "validate":
+                    cmd += ["--report", f"{workdir}/report.json"]
+            else:
+                cmd = [req.remote_python, f"{remote_bundle}/edgeconv_runner.py", *where]
+        progress(f"{target}: copying {bundle.path.name} to {workdir}")
+        ssh.run(["tar", "-C", workdir, "-xf", "-"], stdin=_tar(bundle.path, extra), timeout=req.run_timeout)
         progress(f"{target}: running {'edgeconv' if has_edgeconv else 'the bundle device runner'} with {req.remote_python}")
-        res = ssh.run(cmd, check=False, timeout=req.run_timeout, stream=lambda line: progress(f"{target}: {line}"))
-        if res.returncode == 3:
-            raise MissingDependency(f"{target}: the device lacks what this bundle needs: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'runtime missing'}")
-        if res.returncode not in (0, 1):
-            missing = re.search(r"No module named '([\w.]+)'", res.stderr)
-            if missing:
-                raise MissingDependency(f"{target}: {req.remote_python} has no {missing.group(1)}: install it on the device "
-                                        f"({_install_hint(missing.group(1), bundle)})")
-            raise MissingDependency(f"{target}: the remote run failed (exit {res.returncode})", details=res.stderr[-2000:])
-        try:
-            report = json.loads(res.stdout.decode())
-        except ValueError as exc:
-            raise MissingDependency(f"{target}: the device printed no report", details=res.stderr[-2000:]) from exc
-        if sweep:
+        # through sh, so that a runner killed by a signal comes back as 128+N, not as ssh's own 255
+        res = ssh.run(["sh", "-c", '"$@"; exit $?', "sh", *cmd], check=False, timeout=req.run_timeout,
+                      stream=lambda line: progress(f"{target}: {line}"))
+        report = _device_result(res, target, ran, bundle, req.remote_python)
+        if req.command == "profile" and not has_edgeconv:  # the device runner sweeps; the knee is worked out here
             from edgeconv.profile import profile_report
 
-            budget = float(opts["--budget-ms"]) if "--budget-ms" in opts else None
-            report = profile_report(bundle, {"file": report["artifact"]}, report["measured_on"],
-                                    report["sweep"]["rows"], report["sweep"]["notes"], budget,
-                                    f"per batch: {opts.get('--warmup')} warm-up, ≥ {opts.get('--runs')} timed runs; "
-                                    f"{report['sweep']['method']}; measured by the bundle's device runner")
+            r = report["request"]
+            report = profile_report(bundle, {"file": report["artifact"]}, report["measured_on"], report["sweep"]["rows"],
+                                    report["sweep"]["notes"], r.get("budget_ms"),
+                                    f"per batch: {r['warmup']} warm-up, ≥ {r['runs']} timed runs"
+                                    + (f" and ≥ {r['min_time_s']} s" if r.get("min_time_s") else "")
+                                    + f"; {report['sweep']['method']}; measured by the bundle's device runner")
         facts = ssh.run(["uname", "-a"], check=False, timeout=req.timeout).stdout.decode().strip()
-        report["device"] = {"target": str(target), "uname": facts, "ran": "edgeconv" if has_edgeconv else "device runner"}
+        report["device"] = {"target": str(target), "uname": facts, "ran": ran}
         nv = ssh.run(["sh", "-c", "command -v nvpmodel >/dev/null && nvpmodel -q"], check=False, timeout=req.timeout)
         if nv.returncode == 0:
             report["device"]["power_mode"] = nv.stdout.decode().strip()

@@ -1,29 +1,37 @@
-"""``edgeconv validate``: run a bundle's artifact on this machine's runtime and report parity, accuracy and
-latency, with budgets that fail the run (exit 1) when missed."""
+"""``edgeconv validate``: run a bundle's artifact and report parity, accuracy and latency, with budgets that fail
+the run (exit 1) when missed.
+
+A validate run is one serialisable request (``ValidateRequest.to_request``: budgets, tolerances, runtime
+options, data, runs, warm-up, threads, layout). Here it is executed in-process by the device runner's own
+``execute`` on edgeconv's runners; with ``--remote`` the same request travels with the bundle and the device
+executes it with the same function (edgeconv_runner.py, or edgeconv where the device has it), so the report,
+the numbers and the verdict are computed by one piece of code wherever they are measured.
+"""
 
 from __future__ import annotations
 
-import platform
-import socket
+import contextlib
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeconv.bundle import Bundle, write_json
-from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
-from edgeconv.errors import BadInput
+from edgeconv.data import data_record, load_inputs, run_batched
+from edgeconv.device import edgeconv_runner as device
+from edgeconv.errors import BadInput, MissingDependency
 from edgeconv.frontends import LoadOptions, load_source
-from edgeconv.parity import compare, tolerance_from_dict
 from edgeconv.progress import Steps
-from edgeconv.runners import open_runner, runner_class
-from edgeconv.stats import cold_start, summarize_latency, time_runner
+from edgeconv.runners import open_runner
+from edgeconv.specs import TensorSpec, sha256_of
 
 
 @dataclass
 class ValidateRequest:
     bundle: Path
     data: Path | None = None
-    source: Path | None = None
+    source: Path | None = None  # measured here, at validate time; its accuracy travels in the request
     trust_pickle: bool = False
     runs: int = 100
     warmup: int = 10
@@ -37,112 +45,129 @@ class ValidateRequest:
     performance_hint: str | None = None  # OpenVINO: latency (default) or throughput (adds an async-queue figure)
     io_layout: str = "source"  # "nhwc": --data is in the artifact's own layout (TFLite NHWC), fed as it is
 
+    def to_request(self) -> dict[str, Any]:
+        """The serialisable request (edgeconv_runner.REQUEST_DEFAULTS names every field)."""
+        options = {"device": self.device, "inference_precision": self.inference_precision,
+                   "performance_hint": self.performance_hint}
+        return {"schema": device.REQUEST_SCHEMA, "command": "validate", "runs": self.runs, "warmup": self.warmup,
+                "threads": self.threads, "max_latency_ms": self.max_latency_ms, "max_accuracy_drop": self.max_accuracy_drop,
+                "atol": {"*" if k is None else k: v for k, v in self.atol.items()},
+                "runner_options": {k: v for k, v in options.items() if v is not None}, "io_layout": self.io_layout,
+                "data": None if self.data is None else {"file": str(self.data.resolve()), "path": str(self.data)}}
 
-def _source_accuracy(req: ValidateRequest, bundle: Bundle, feed, labels, batch) -> dict[str, Any] | None:
-    record = data_record(req.data, len(labels))
-    if req.source is not None:
-        lo = bundle.manifest["source"].get("load_options", {})
-        source = load_source(req.source, LoadOptions(lo.get("model_class"), lo.get("model_kwargs") or {}, req.trust_pickle))
-        out = run_batched(source.run, feed, batch)
-        idx = classifier_output(out)
-        return {**record, **accuracy(out[idx], labels), "measured_with": f"{source.framework} (at validate time)"}
-    recorded = bundle.manifest.get("source_accuracy")
-    if recorded and recorded.get("sha256") == record["sha256"]:
-        return {**recorded, "measured_with": f"{recorded.get('measured_with')} (recorded at convert time)"}
-    return None
+
+@contextlib.contextmanager
+def runner_errors() -> Iterator[None]:
+    """The device runner's refusals as edgeconv's typed errors (same messages, same exit codes)."""
+    try:
+        yield
+    except device.MissingRuntime as exc:
+        raise MissingDependency(exc.message, hint=exc.hint) from None
+    except device.BadRequest as exc:
+        raise BadInput(exc.message, hint=exc.hint) from None
+
+
+def _data_specs(bundle: Bundle, art: dict[str, Any], io_layout: str) -> list[TensorSpec]:
+    """The inputs --data must match: the source layout, or with --io-layout nhwc the artifact's own."""
+    specs = bundle.inputs
+    if io_layout != "nhwc":
+        return specs
+    perms = (art.get("runner_options") or {}).get("permutations") or {}
+    return [TensorSpec(s.name, [s.shape[i] for i in perms[s.name]], s.dtype) if perms.get(s.name) else s for s in specs]
+
+
+def build_request(req: ValidateRequest, steps: Steps | None = None, *, check_data: bool = False) -> dict[str, Any]:
+    """The request for ``req``, checked here. With ``--source`` the source model's accuracy on --data is measured
+    here (the device has no torch or TensorFlow) and sent along. ``check_data``: read --data now (a remote run,
+    where a bad file should fail before any connection)."""
+    steps = steps or Steps()
+    request = req.to_request()
+    with runner_errors():
+        request = device.complete_request(request)
+    bundle = Bundle.open(req.bundle)
+    art, options = device.artifact_to_run(bundle.manifest)
+    with runner_errors():
+        device.runner_options(art, options, request)  # --io-layout and friends, refused here as on the device
+    if req.source is not None and req.data is None:
+        raise BadInput("--source measures the source model's accuracy on --data: pass --data too")
+    if req.data is not None and (check_data or req.source is not None):
+        feed, labels = load_inputs(req.data, _data_specs(bundle, art, req.io_layout), need_labels=True)
+        request["data"]["sha256"] = sha256_of(req.data)
+        if req.source is not None:
+            with steps.step(f"Source accuracy on {req.data.name} ({req.source.name})"):
+                request["source_accuracy"] = _source_accuracy(req, bundle, art, feed, labels)
+    return request
+
+
+def _source_accuracy(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], feed, labels) -> dict[str, Any]:
+    if req.io_layout == "nhwc":  # the source takes its own layout
+        perms = (art.get("runner_options") or {}).get("permutations") or {}
+        feed = {k: v.transpose(device.inverse_perm(perms[k])) if perms.get(k) else v for k, v in feed.items()}
+    lo = bundle.manifest["source"].get("load_options", {})
+    source = load_source(req.source, LoadOptions(lo.get("model_class"), lo.get("model_kwargs") or {}, req.trust_pickle))
+    batch = bundle.inputs[0].shape[0] if bundle.inputs and isinstance(bundle.inputs[0].shape[0], int) else None
+    out = run_batched(source.run, feed, batch)
+    idx = device.classifier_output(out)
+    if idx is None:
+        raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
+    with runner_errors():
+        acc = device.topk_accuracy(out[idx], labels)
+    return {**data_record(req.data, len(labels)), **acc, "measured_with": f"{source.framework} (at validate time)"}
+
+
+def run_request(bundle_path: Path, request: dict[str, Any], *, report: Path | None = None, steps: Steps | None = None,
+                base_dir: Path | None = None) -> dict[str, Any]:
+    """Execute a validate request in-process: open the artifact on edgeconv's runner and run the device runner's
+    ``execute`` on it. ``base_dir``: where a relative data file in the request is (the request file's folder)."""
+    steps = steps or Steps()
+    with runner_errors():
+        request = device.complete_request(request)
+    if request["command"] != "validate":
+        raise BadInput(f"a {request['command']} request given to validate")
+    bundle = Bundle.open(bundle_path)
+    m = bundle.manifest
+    art, options = device.artifact_to_run(m)
+    with runner_errors():
+        options = device.runner_options(art, options, request)
+    data = None
+    if request["data"]:
+        path = Path(request["data"]["file"])
+        path = path if path.is_absolute() or base_dir is None else base_dir / path
+        feed, labels = load_inputs(path, _data_specs(bundle, art, request["io_layout"]), need_labels=True)
+        record = data_record(path, len(labels))
+        if request["data"].get("sha256") not in (None, record["sha256"]):
+            raise BadInput(f"{path} changed on its way here (sha256 differs from the request's)")
+        data = (feed, labels, {**record, "path": request["data"].get("path") or str(path)})
+    artifact = bundle.path / art["file"]
+
+    def open_it():
+        return open_runner(art["runner"], artifact, threads=request["threads"], options=options)
+
+    with steps.step(f"Loading {art['file']} on {art['runner']}"):
+        runner = open_it()
+    with runner, runner_errors():
+        result = device.execute(request, str(bundle.path), m, art, runner, data, reopen=open_it, step=steps.step)
+    dest = report or bundle.path / "validation.json"
+    write_json(dest, result)
+    result["report_file"] = str(dest)
+    return result
 
 
 def validate(req: ValidateRequest, steps: Steps | None = None) -> dict[str, Any]:
-    steps = steps or Steps()
-    if req.runs < 1 or req.warmup < 0:
-        raise BadInput("--runs must be ≥ 1 and --warmup ≥ 0")
-    if req.max_accuracy_drop is not None and req.data is None:
-        raise BadInput("--max-accuracy-drop needs --data (a labelled .npz)")
-    bundle = Bundle.open(req.bundle)
-    m = bundle.manifest
-    art = bundle.artifact_to_run()
-    artifact = bundle.path / art["file"]
-    runner_name = art["runner"]
-    # The artifact's own runner options (device, layouts, ...) with the command line's on top.
-    if req.io_layout not in ("source", "nhwc"):
-        raise BadInput(f"--io-layout must be source or nhwc, not {req.io_layout!r}")
-    if req.io_layout == "nhwc" and art["runner"] != "litert":
-        raise BadInput(f"--io-layout nhwc applies to TFLite artifacts; {art['file']} takes the source layout")
-    options = {**art.get("runner_options", {}), **({"io_layout": "artifact"} if req.io_layout == "nhwc" else {}),
-               **{k: v for k, v in {"device": req.device, "inference_precision": req.inference_precision,
-                                    "performance_hint": req.performance_hint}.items() if v is not None}}
-    with steps.step(f"Loading {art['file']} on {runner_name}"):
-        runner = open_runner(runner_name, artifact, threads=req.threads, options=options)
-    report: dict[str, Any] = {
-        "bundle": str(bundle.path),
-        "target": m["target"]["profile"],
-        "precision": m["precision"],
-        "artifact": art["file"],
-        "measured_on": {"host": socket.gethostname(), "machine": platform.machine(), "platform": platform.platform(),
-                        "kind": "host emulation, not device" if art.get("host_emulation") else "host", **runner.info()},
-        "checks": [],
-        "budgets": [],
-        "calibration": m.get("calibration"),
-        "io_layout": req.io_layout,
-    }
-    if art.get("host_emulation"):
-        report["measured_on"]["note"] = art.get("host_emulation_note")
-    with runner:
-        batch = runner.fixed_batch()
-        ref_in, ref_out = bundle.reference()
-        if req.io_layout == "nhwc":  # the reference is in the source layout: bring it to the artifact's
-            perms = art.get("runner_options", {}).get("permutations") or {}
-            ref_in = {k: v.transpose(perms[k]) if perms.get(k) else v for k, v in ref_in.items()}
-            ref_out = [v.transpose(perms[s.name]) if perms.get(s.name) else v for s, v in zip(bundle.outputs, ref_out)]
-        names = [s.name for s in bundle.outputs]
-        with steps.step("Parity against reference.npz"):
-            tol = tolerance_from_dict(m["tolerances"][m["precision"]])
-            overrides = {None if k == "None" else k: v for k, v in m["tolerances"].get("overrides", {}).items()}
-            actual = run_batched(runner.infer, ref_in, batch)
-            parity = compare(f"{art['file']} ({runner_name}) vs {m['source']['framework']} reference", names, ref_out,
-                             actual, tol, overrides | req.atol)
-            report["parity"] = parity.to_dict()
-            report["checks"].append({"name": "parity", "ok": parity.ok})
-        if req.data is not None:
-            with steps.step(f"Accuracy on {req.data.name}"):
-                feed, labels = load_inputs(req.data, runner.inputs if req.io_layout == "nhwc" else bundle.inputs, need_labels=True)
-                out = run_batched(runner.infer, feed, batch)
-                idx = classifier_output(out)
-                if idx is None:
-                    raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
-                acc = {"artifact": accuracy(out[idx], labels), "data": data_record(req.data, len(labels))}
-                src = _source_accuracy(req, bundle, feed, labels, batch)
-                acc["source"] = src
-                acc["drop_points"] = None if src is None else (src["top1"] - acc["artifact"]["top1"]) * 100
-                report["accuracy"] = acc
-                if req.max_accuracy_drop is not None:
-                    if src is None:
-                        raise BadInput("--max-accuracy-drop needs the source model's accuracy on this data: pass "
-                                       "--source MODEL, or convert with --data on the same file")
-                    ok = acc["drop_points"] <= req.max_accuracy_drop
-                    report["budgets"].append({"name": "max_accuracy_drop_points", "limit": req.max_accuracy_drop,
-                                              "value": acc["drop_points"], "ok": ok})
-        lat_batch = batch or 1
-        feed = {k: v[:lat_batch] for k, v in ref_in.items()}
-        with steps.step(f"Latency: {req.warmup} warm-up + {req.runs} timed runs, batch {lat_batch}"):
-            samples = time_runner(runner, feed, warmup=req.warmup, runs=req.runs)
-            lat = summarize_latency(samples, lat_batch)
-            lat.update({"batch": lat_batch, "warmup": req.warmup,
-                        "method": "runtime call only, inputs prepared once, time.perf_counter"})
-            report["latency"] = lat
-        if hasattr(runner, "async_throughput"):
-            with steps.step("Throughput (async queue)"):
-                tput = runner.async_throughput(feed)
-                if tput:
-                    report["throughput_async"] = tput
-        with steps.step("Cold start (load + first inference)"):
-            cls = runner_class(runner_name)
-            report["cold_start"] = cold_start(lambda: cls(artifact, threads=req.threads, options=options), feed)
-    if req.max_latency_ms is not None:
-        report["budgets"].append({"name": "max_latency_ms_p50", "limit": req.max_latency_ms, "value": lat["p50_ms"],
-                                  "ok": lat["p50_ms"] <= req.max_latency_ms})
-    report["ok"] = parity.ok and all(b["ok"] for b in report["budgets"])
-    dest = req.report or bundle.path / "validation.json"
-    write_json(dest, report)
-    report["report_file"] = str(dest)
-    return report
+    return run_request(req.bundle, build_request(req, steps), report=req.report, steps=steps)
+
+
+def read_request(path: Path) -> dict[str, Any]:
+    """A request.json (as ``validate --remote`` sends it, or written by hand)."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise BadInput(f"cannot read the request {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{path} is not a request (a JSON object)")
+    return doc
+
+
+__all__ = ["ValidateRequest", "build_request", "read_request", "run_request", "runner_errors", "validate"]

@@ -64,9 +64,11 @@ def sshd(tmp_path_factory):
 @pytest.fixture(scope="module")
 def device_python(tmp_path_factory):
     """A 'device' Python: a fresh venv with only numpy and the runtimes, no edgeconv, no torch or TensorFlow."""
-    d = tmp_path_factory.mktemp("devicevenv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, timeout=120)
-    subprocess.run([str(d / "bin" / "pip"), "install", "--quiet", "numpy", "onnxruntime", "ai-edge-litert"], check=True, timeout=900)
+    d = tmp_path_factory.getbasetemp() / "devicevenv" / "venv"  # one per session: test_one_path.py uses it too
+    if not (d.parent / "ready").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, timeout=120)
+        subprocess.run([str(d / "bin" / "pip"), "install", "--quiet", "numpy", "onnxruntime", "ai-edge-litert"], check=True, timeout=900)
+        (d.parent / "ready").write_text("")
     return str(d / "bin" / "python")
 
 
@@ -99,8 +101,8 @@ def test_device_runner_in_a_bare_venv(cli, sshd, device_python, samples, tmp_pat
     assert r.code == 0, r
     rep = r.json()["devices"][0]["report"]
     assert rep["device"]["ran"] == "device runner" and rep["measured_on"]["runtime"] == ("onnxruntime" if target == "onnx" else "litert")
-    assert rep["ok"] and all(p["ok"] for p in rep["parity"])
-    assert rep["accuracy"]["top1"] > 0.9 and rep["accuracy"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
+    assert rep["ok"] and rep["parity"]["ok"]
+    assert rep["accuracy"]["artifact"]["top1"] > 0.9 and rep["accuracy"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
     assert (out / "reports" / "127.0.0.1" / "validation.json").exists()
 
 

@@ -1,19 +1,29 @@
 #!/usr/bin/env python3
 """edgeconv device runner: run an edgeconv bundle on the device with only numpy and the device's runtime.
 
-    python3 edgeconv_runner.py [BUNDLE_DIR] [--runs 100] [--warmup 10] [--threads N] [--data test.npz]
-                               [--batch-sizes 1,2,4,8 [--min-time S]] [--json]
+    python3 edgeconv_runner.py [BUNDLE_DIR] --request request.json [--json]
+    python3 edgeconv_runner.py [BUNDLE_DIR] [--runs 100] [--warmup 10] [--threads N] [--data test.npz] [--json]
+    python3 edgeconv_runner.py [BUNDLE_DIR] --batch-sizes 1,2,4,8 [--min-time S] [--runs 50] [--json]
 
-It checks the artifact against reference.npz (the source model's own outputs) with the manifest's tolerance
-and measures latency (warm-up, timed runs of the runtime call only, percentiles). Exit 0 when parity holds,
-1 when it does not, 3 when the runtime or device is missing or the artifact was built for another device.
+This file is the one implementation of what a validate or profile run *is*: the request (budgets, tolerances,
+runtime options, data, runs), the artifact choice, the parity rule, the latency statistics, accuracy, budgets,
+the verdict and the report. ``edgeconv validate`` runs :func:`execute` in-process with its own runners;
+``edgeconv validate --remote`` sends the same request with the bundle and this file (or edgeconv, where the
+device has it) runs the same :func:`execute` there, so a budget missed on a device fails exactly as it does on
+the desk (Apache TVM's one ``run_module`` for local and RPC sessions).
+
+Exit codes: 0 the checks and budgets hold · 1 a check or budget was missed · 2 the request cannot be honoured
+here (an option this runner or runtime does not take, bad data) · 3 the runtime or device is missing, or the
+artifact was built for another device. With ``--json`` an error is also one JSON document on stdout.
 
 Written for Python 3.6 (JetPack 4.6) and 3.7 (Coral Dev Board): no dataclasses, no walrus, no
-``from __future__ import annotations``; a test parses it with feature_version=(3, 6). edgeconv itself uses
-the backends below (LiteRT, TensorRT) so there is one implementation of each.
+``from __future__ import annotations``; a test parses it with feature_version=(3, 6). edgeconv itself imports
+the backends (ONNX Runtime, LiteRT, TensorRT), the parity rule, the statistics and :func:`execute` from here.
 """
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -23,15 +33,59 @@ import time
 
 import numpy as np
 
-EXIT_OK, EXIT_CHECK, EXIT_MISSING = 0, 1, 3
+EXIT_OK, EXIT_CHECK, EXIT_BAD_REQUEST, EXIT_MISSING = 0, 1, 2, 3
+REQUEST_SCHEMA = 1
 
 
-class MissingRuntime(Exception):
+class RunnerError(Exception):
+    """A reason this run cannot go on, with the exit code that says which kind."""
+
+    exit_code = EXIT_BAD_REQUEST
+
+    def __init__(self, message, hint=None):
+        Exception.__init__(self, message)
+        self.message = message
+        self.hint = hint
+
+
+class BadRequest(RunnerError):
+    """The request cannot be honoured here: an option the runtime does not take, bad data (exit 2)."""
+
+    exit_code = EXIT_BAD_REQUEST
+
+
+class MissingRuntime(RunnerError):
     """The runtime, device or a compatible build is not here (exit 3)."""
+
+    exit_code = EXIT_MISSING
+
+
+class Backend(object):
+    """One runtime: ``inputs``/``outputs`` (name, shape, dtype), ``prepare(feed)`` once, ``run(prepared)`` timed into
+    ``last_s``, ``info()``; edgeconv's runners have the same shape (``prepare``, ``run``, ``last_s``)."""
+
+    inputs = []
+
+    def fixed_batch(self):
+        """The batch every call must have, or None when the first axis is dynamic."""
+        shape = self.inputs[0]["shape"] if self.inputs else None
+        return shape[0] if shape else None
+
+    def close(self):
+        pass
 
 
 def inverse_perm(perm):
     return [int(i) for i in np.argsort(perm)]
+
+
+def check_options(runtime, accepted, options):
+    """Refuse, never ignore, a runtime option this runtime does not take."""
+    unknown = sorted(set(k for k, v in options.items() if v is not None) - set(accepted))
+    if unknown:
+        names = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise BadRequest("%s does not apply to the %s runner%s" % (
+            names, runtime, " (it takes %s)" % ", ".join(accepted) if accepted else ""))
 
 
 # -- LiteRT / TFLite (and the Edge TPU through its delegate) -------------------------------------------------
@@ -49,13 +103,16 @@ def tflite_interpreter_module():
         raise MissingRuntime("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)")
 
 
-class LiteRtBackend(object):
+class LiteRtBackend(Backend):
     """Tensors by the manifest's names, in the source layout, float in and out (quantized tensors are
     quantized/dequantized with their own scale and zero point). Times ``invoke()``."""
 
     name = "litert"
+    accepted_options = ("tensor_names", "permutations", "io_layout", "delegate")
 
     def __init__(self, path, threads=None, tensor_names=None, permutations=None, io_layout="source", delegate=None):
+        if io_layout not in ("source", "artifact"):
+            raise BadRequest("--io-layout must be source or artifact, not %r" % (io_layout,))
         mod = tflite_interpreter_module()
         delegates = []
         if delegate:
@@ -69,6 +126,7 @@ class LiteRtBackend(object):
         self.interp = mod.Interpreter(**kwargs)
         self.interp.allocate_tensors()
         self.delegate = delegate
+        self.io_layout = io_layout
         sig = self.interp.get_signature_runner()
         details = {}
         for kind, table in (("in", sig.get_input_details()), ("out", sig.get_output_details())):
@@ -89,6 +147,7 @@ class LiteRtBackend(object):
         self.last_s = 0.0
 
     def prepare(self, feed):
+        missing_inputs(self.inputs, feed)
         prepared = []
         for e in self.inputs:
             x = np.asarray(feed[e["name"]])
@@ -122,9 +181,10 @@ class LiteRtBackend(object):
         return outs
 
     def info(self):
-        return {"runtime": "litert", "delegate": self.delegate or "XNNPACK (default CPU)"}
+        return {"runtime": "litert", "delegate": self.delegate or "XNNPACK (default CPU)", "io_layout": self.io_layout}
 
 
+# -- TensorRT ------------------------------------------------------------------------------------------------
 # -- TensorRT ------------------------------------------------------------------------------------------------
 def cuda_runtime():
     """cuda-python's runtime module (a maintained binding)."""
@@ -147,14 +207,15 @@ def _check(result):
     return result[1] if isinstance(result, tuple) and len(result) == 2 else result
 
 
-class TensorRtBackend(object):
+class TensorRtBackend(Backend):
     """A serialized engine on the GPU. Name-based API (TensorRT 8.5+) where present, bindings otherwise
     (TensorRT 8.2, JetPack 4.6). Inputs are copied to the device in ``prepare``; ``run`` times the execution
     and synchronisation; outputs are copied back after the clock stops."""
 
     name = "tensorrt"
+    accepted_options = ("built_on",)
 
-    def __init__(self, path, built_on=None):
+    def __init__(self, path, threads=None, built_on=None):
         try:
             import tensorrt as trt
         except ImportError:
@@ -209,6 +270,7 @@ class TensorRtBackend(object):
         return tuple(self.context.get_binding_shape(self.engine.get_binding_index(name)))
 
     def prepare(self, feed):
+        missing_inputs(self.inputs, feed)
         cudart = self.cudart
         for e in self.inputs:
             x = np.ascontiguousarray(feed[e["name"]], dtype=e["dtype"])
@@ -269,10 +331,18 @@ def engine_mismatch(built, device):
 
 
 # -- ONNX Runtime -----------------------------------------------------------------------------------------
-class OnnxRuntimeBackend(object):
-    name = "onnxruntime"
+# -- ONNX Runtime (edgeconv's own ONNX Runtime runner is this backend) ------------------------------------------
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(int64)": "int64",
+              "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
-    def __init__(self, path, threads=None):
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX model on ONNX Runtime (CPU execution provider unless ``providers`` says otherwise); times ``run``."""
+
+    name = "onnxruntime"
+    accepted_options = ("providers",)
+
+    def __init__(self, path, threads=None, providers=None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -280,13 +350,27 @@ class OnnxRuntimeBackend(object):
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self.inputs = [{"name": i.name, "dtype": np.float32 if i.type == "tensor(float)" else None} for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # a damaged or unsupported model: ONNX Runtime's own words
+            raise BadRequest("ONNX Runtime cannot load %s: %s" % (path, exc))
+        self.inputs = [self._entry(a) for a in self.session.get_inputs()]
+        self.outputs = [self._entry(a) for a in self.session.get_outputs()]
+        self.output_names = [o["name"] for o in self.outputs]
         self.version = ort.__version__
+        self.threads = threads
         self.last_s = 0.0
 
+    @staticmethod
+    def _entry(arg):
+        dtype = ORT_DTYPES.get(arg.type)
+        shape = [d if isinstance(d, int) else None for d in arg.shape]
+        return {"name": arg.name, "shape": shape, "dtype": np.dtype(dtype) if dtype else None, "type": dtype or arg.type}
+
     def prepare(self, feed):
+        missing_inputs(self.inputs, feed)
         return dict((e["name"], np.ascontiguousarray(feed[e["name"]], dtype=e["dtype"])) for e in self.inputs)
 
     def run(self, prepared):
@@ -296,49 +380,186 @@ class OnnxRuntimeBackend(object):
         return out
 
     def info(self):
-        return {"runtime": "onnxruntime", "version": self.version}
+        so = self.session.get_session_options()
+        return {"runtime": "onnxruntime", "version": self.version, "providers": self.session.get_providers(), "device": "CPU",
+                "threads": so.intra_op_num_threads or "default (one per physical core)", "precision": "as stored in the graph"}
+
+def missing_inputs(entries, feed):
+    missing = [e["name"] for e in entries if e["name"] not in feed]
+    if missing:
+        raise BadRequest("no data for input(s) %s; the model's inputs are %s" % (missing, [e["name"] for e in entries]))
 
 
-# -- the runner ------------------------------------------------------------------------------------------
-def open_backend(bundle_dir, manifest, threads=None):
-    """The best artifact this device can run: a built engine or compiled model first, else the main one."""
+# -- which artifact, on which backend, with which options (the one choice, here and on the device) -------------
+BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "litert": LiteRtBackend, "tensorrt": TensorRtBackend}
+EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+
+def _has_module(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _has_edgetpu():
+    import ctypes
+
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1"))
+        return True
+    except OSError:
+        return False
+
+
+def artifact_to_run(manifest, has_module=_has_module, has_edgetpu=_has_edgetpu):
+    """The artifact this machine runs and its runner options: a TensorRT engine where TensorRT is installed, the
+    Edge TPU model where the Edge TPU library is, else the bundle's main model."""
     arts = manifest["artifacts"]
     for art in arts:
-        if art["role"] == "engine" and art.get("runner") == "tensorrt":
-            return TensorRtBackend(os.path.join(bundle_dir, art["file"]), built_on=art.get("built_on")), art
+        if art["role"] == "engine" and art.get("runner") == "tensorrt" and has_module("tensorrt"):
+            return art, dict(art.get("runner_options") or {})
     for art in arts:
-        if art["role"] == "edgetpu-model":
-            opts = art.get("runner_options", {})
-            delegate = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}[platform.system()]
-            return LiteRtBackend(os.path.join(bundle_dir, art["file"]), threads, opts.get("tensor_names"),
-                                 opts.get("permutations"), delegate=delegate), art
+        if art["role"] == "edgetpu-model" and has_edgetpu():
+            return art, dict(art.get("runner_options") or {}, delegate=EDGETPU_LIBRARY[platform.system()])
     art = [a for a in arts if a["role"] == "model"][0]
-    path = os.path.join(bundle_dir, art["file"])
-    opts = art.get("runner_options", {})
-    if art["runner"] == "onnxruntime":
-        return OnnxRuntimeBackend(path, threads), art
-    if art["runner"] == "litert":
-        return LiteRtBackend(path, threads, opts.get("tensor_names"), opts.get("permutations")), art
-    raise MissingRuntime("this device runner has no backend for %r; use `edgeconv validate`" % art["runner"])
+    return art, dict(art.get("runner_options") or {})
 
 
-def run_batched(backend, feed, batch):
+def runner_options(art, options, request):
+    """The artifact's runner options with the request's on top (``--device``, ``--io-layout`` …)."""
+    layout = request.get("io_layout", "source")
+    if layout not in ("source", "nhwc"):
+        raise BadRequest("--io-layout must be source or nhwc, not %r" % (layout,))
+    out = dict(options)
+    if layout == "nhwc":
+        if art["runner"] != "litert":
+            raise BadRequest("--io-layout nhwc applies to TFLite artifacts; %s takes the source layout" % art["file"])
+        out["io_layout"] = "artifact"
+    for k, v in (request.get("runner_options") or {}).items():
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def open_backend(bundle_dir, art, options, threads=None):
+    """This file's backend for ``art`` (edgeconv has more: OpenVINO, ncnn, ExecuTorch)."""
+    cls = BACKENDS.get(art["runner"])
+    if cls is None:
+        raise MissingRuntime("this device runner has no backend for %r: install edgeconv with its %s extra on the device "
+                             "(pip install 'edgeconv[%s]') and run again" % (art["runner"], art["runner"], art["runner"]))
+    check_options(art["runner"], cls.accepted_options, options)
+    kwargs = dict((k, v) for k, v in options.items() if v is not None)
+    return cls(os.path.join(bundle_dir, art["file"]), threads=threads, **kwargs)
+
+
+def run_batched(backend, feed, batch, chunk=64):
+    """``feed`` through the backend in slices of the model's fixed batch (or ``chunk`` when it is dynamic)."""
     n = len(next(iter(feed.values())))
-    step = batch or n
+    if batch and n % batch:
+        raise BadRequest("%d samples do not split into batches of %d (the model's fixed batch)" % (n, batch))
+    step = batch or chunk
     parts = []
     for i in range(0, n, step):
         parts.append(backend.run(backend.prepare(dict((k, v[i:i + step]) for k, v in feed.items()))))
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
-# -- statistics and the batch sweep (edgeconv's own validate/profile use these too: one method everywhere) ---
+# -- parity: every output, per-output tolerances, one cosine rule --------------------------------------------
+def tolerance_of(d):
+    """``{atol, min_cosine, max_rel}`` from a profile or manifest, defaults filled."""
+    atol, max_rel = d.get("atol"), d.get("max_rel")
+    return {"atol": None if atol is None else float(atol), "min_cosine": float(d.get("min_cosine", 0.999)),
+            "max_rel": None if max_rel is None else float(max_rel)}
+
+
+def tolerance_for(name, default, overrides):
+    """The output's own ``atol`` override, else the every-output one (key None, "None" or "*"), else the default."""
+    overrides = overrides or {}
+    for key in (name, None, "None", "*"):
+        if key in overrides:
+            return dict(default, atol=float(overrides[key]))
+    return default
+
+
+def check_output(name, ref, got, tol):
+    """One output against its reference: shape, finiteness, max abs/rel error, cosine. A zero output against a
+    non-zero reference (or the reverse) has cosine 0; two zero outputs agree (cosine 1)."""
+    ref, got = np.asarray(ref), np.asarray(got)
+    row = {"name": name, "expected_shape": list(ref.shape), "actual_shape": list(got.shape), "max_abs": None, "max_rel": None,
+           "cosine": None, "atol": tol["atol"], "min_cosine": tol["min_cosine"], "ok": False, "reason": "",
+           "allowed_rel": tol["max_rel"]}
+    if ref.shape != got.shape:
+        row["reason"] = "shape differs"
+        return row
+    r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    if not np.all(np.isfinite(g)) and np.all(np.isfinite(r)):
+        row["reason"] = "artifact output has NaN/Inf"
+        return row
+    diff = np.abs(r - g)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(r).max()) if r.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    nr, ng = np.linalg.norm(r), np.linalg.norm(g)
+    cosine = float(r.dot(g) / (nr * ng)) if nr > 0 and ng > 0 else (1.0 if nr == ng else 0.0)
+    reasons = []
+    if tol["atol"] is not None and max_abs > tol["atol"]:
+        reasons.append("max abs %.3e > %.1e" % (max_abs, tol["atol"]))
+    if tol["max_rel"] is not None and max_rel > tol["max_rel"]:
+        reasons.append("max rel %.3e > %.1e" % (max_rel, tol["max_rel"]))
+    if cosine < tol["min_cosine"]:
+        reasons.append("cosine %.6f < %s" % (cosine, tol["min_cosine"]))
+    row.update(max_abs=max_abs, max_rel=max_rel, cosine=cosine, ok=not reasons, reason="; ".join(reasons))
+    return row
+
+
+def compare_outputs(label, names, expected, actual, default, overrides=None):
+    """The parity report: ``{label, ok, samples, outputs: [one row per output]}``; every output is checked."""
+    samples = int(expected[0].shape[0]) if expected and np.ndim(expected[0]) else 1
+    if len(expected) != len(actual):
+        row = {"name": "(outputs)", "expected_shape": [len(expected)], "actual_shape": [len(actual)], "max_abs": None,
+               "max_rel": None, "cosine": None, "atol": default["atol"], "min_cosine": default["min_cosine"], "ok": False,
+               "reason": "%d outputs where %d were expected" % (len(actual), len(expected)), "allowed_rel": None}
+        return {"label": label, "ok": False, "samples": samples, "outputs": [row]}
+    rows = [check_output(n, r, g, tolerance_for(n, default, overrides)) for n, r, g in zip(names, expected, actual)]
+    return {"label": label, "ok": all(r["ok"] for r in rows), "samples": samples, "outputs": rows}
+
+
+# -- latency: one method and one throughput definition everywhere ---------------------------------------------
+LATENCY_METHOD = "runtime call only, inputs prepared once, time.perf_counter; throughput = batch / median latency"
+
+
 def summarize_latency(seconds, batch=1):
-    """p50/p90/p99/mean/std/min/max in milliseconds, throughput in items per second."""
+    """p50 (the median)/p90/p99/mean/std/min/max in milliseconds; throughput in items per second from the median,
+    so one slow run cannot move it."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"runs": int(ms.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
+    p50 = float(np.median(ms))
+    p90, p99 = np.percentile(ms, [90, 99])
+    return {"runs": int(ms.size), "p50_ms": p50, "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": float(ms.mean()),
             "std_ms": float(ms.std(ddof=1)) if ms.size > 1 else 0.0, "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "throughput_items_s": float(batch * 1e3 / ms.mean())}
+            "throughput_items_s": float(batch * 1e3 / p50) if p50 > 0 else None}
+
+
+def time_backend(backend, feed, warmup, runs):
+    """Per-inference seconds as the backend measured them around the runtime call (inputs prepared once)."""
+    prepared = backend.prepare(feed)
+    for _ in range(warmup):
+        backend.run(prepared)
+    out = []
+    for _ in range(runs):
+        backend.run(prepared)
+        out.append(backend.last_s)
+    return out
+
+
+def cold_start(make_backend, feed):
+    """Load + first inference of a fresh backend, in milliseconds."""
+    t0 = time.perf_counter()
+    backend = make_backend()
+    t1 = time.perf_counter()
+    backend.run(backend.prepare(feed))
+    t2 = time.perf_counter()
+    backend.close()
+    return {"load_ms": (t1 - t0) * 1e3, "first_inference_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}
 
 
 def rss_bytes():
@@ -397,10 +618,9 @@ def sweep(prepare, run, last_s, ref, sizes, runs, warmup, min_time_s=None, atol=
             samples.append(last_s())
             peak = max(peak, rss_bytes())
         lat = summarize_latency(samples, b)
-        for k in ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms"):
+        for k in ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_items_s"):
             row[k] = lat[k]
         row["per_item_ms"] = lat["p50_ms"] / b
-        row["throughput_items_s"] = b * 1e3 / lat["p50_ms"]  # from the median: one slow run must not move the knee
         row["rss_delta_mb"] = (peak - base) / 2.0 ** 20
         if singles is not None:
             row.update(agreement(outs, [np.concatenate([s[j] for s in singles[:b]]) for j in range(len(outs))], atol))
@@ -412,111 +632,311 @@ SWEEP_METHOD = ("runtime call only (validate's timing); throughput and per-item 
                 "peak (sampled after every run) minus RSS before the batch size's first run")
 
 
-def compare(expected, actual, tol):
-    rows = []
-    for name, ref, got in zip(sorted(expected), [expected[k] for k in sorted(expected)], [actual[k] for k in sorted(expected)]):
-        r, g = ref.astype(np.float64).ravel(), np.asarray(got, np.float64).ravel()
-        if r.shape != g.shape:
-            rows.append({"name": name, "ok": False, "reason": "shape differs"})
-            continue
-        max_abs = float(np.abs(r - g).max()) if r.size else 0.0
-        scale = float(np.abs(r).max()) if r.size else 0.0
-        max_rel = max_abs / scale if scale > 0 else 0.0
-        nr, ng = np.linalg.norm(r), np.linalg.norm(g)
-        cosine = float(r.dot(g) / (nr * ng)) if nr > 0 and ng > 0 else 1.0
-        ok = cosine >= tol.get("min_cosine", 0.999)
-        if tol.get("atol") is not None:
-            ok = ok and max_abs <= tol["atol"]
-        if tol.get("max_rel") is not None:
-            ok = ok and max_rel <= tol["max_rel"]
-        rows.append({"name": name, "ok": bool(ok), "max_abs": max_abs, "max_rel": max_rel, "cosine": cosine})
-    return rows
+# -- accuracy -----------------------------------------------------------------------------------------------
+def classifier_output(outputs):
+    """Index of the first output that looks like class scores: shape (N, C) with C > 1."""
+    for i, o in enumerate(outputs):
+        if o.ndim == 2 and o.shape[1] > 1:
+            return i
+    return None
 
 
-def accuracy(backend, manifest, path, batch):
-    """Top-1 on a labelled .npz, and the drop against the source model's accuracy recorded at convert time
-    (when it was measured on the same file)."""
-    import hashlib
+def topk_accuracy(scores, y):
+    """Top-1 (and top-5 where there are 5 classes or more) of class scores against integer labels."""
+    if scores.shape[1] <= int(y.max()):
+        raise BadRequest("labels go up to %d but the model has %d classes" % (int(y.max()), scores.shape[1]))
+    order = np.argsort(-scores, axis=1)
+    out = {"top1": float((order[:, 0] == y).mean())}
+    if scores.shape[1] >= 5:
+        out["top5"] = float((order[:, :5] == y[:, None]).any(axis=1).mean())
+    return out
 
+
+def file_sha256(path):
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    z = np.load(path)
-    names = [s["name"] for s in manifest["inputs"]]
-    feed = dict((n, z[n] if n in z.files else z["x"]) for n in names)
-    outs = run_batched(backend, feed, batch)
-    scores = [o for o in outs if o.ndim == 2 and o.shape[1] > 1][0]
-    top1 = float((scores.argmax(1) == z["y"]).mean())
-    src = manifest.get("source_accuracy") or {}
-    drop = (src["top1"] - top1) * 100 if src.get("sha256") == digest else None
-    return {"top1": top1, "count": int(len(z["y"])), "source_top1": src.get("top1") if drop is not None else None, "drop_points": drop}
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_labelled(path, names):
+    """Inputs (by input name, or ``x`` for a one-input model) and labels ``y`` from an .npz; an .npy is ``x``."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BadRequest("%s is not a readable .npy/.npz file: %s" % (path, exc))
+    arrays = {"x": loaded} if isinstance(loaded, np.ndarray) else dict((k, loaded[k]) for k in loaded.files)
+    feed = {}
+    for n in names:
+        key = n if n in arrays else ("x" if len(names) == 1 and "x" in arrays else None)
+        if key is None:
+            raise BadRequest("%s has arrays %s; expected %s" % (path, sorted(arrays), ", ".join(repr(v) for v in names)))
+        feed[n] = arrays[key]
+    return feed, arrays.get("y")
+
+
+def source_accuracy(manifest, record, request):
+    """The source model's accuracy on this data: measured at validate time (``--source``, sent in the request),
+    else the one recorded at convert time when it was measured on the same file (same sha256)."""
+    if request.get("source_accuracy"):
+        return request["source_accuracy"]
+    recorded = manifest.get("source_accuracy")
+    if recorded and recorded.get("sha256") == record["sha256"]:
+        return dict(recorded, measured_with="%s (recorded at convert time)" % recorded.get("measured_with"))
+    return None
+
+
+# -- the request ----------------------------------------------------------------------------------------------
+REQUEST_DEFAULTS = {
+    "schema": REQUEST_SCHEMA,
+    "command": "validate",  # or "profile"
+    "runs": 100, "warmup": 10, "threads": None,
+    "max_latency_ms": None,  # budget: p50 latency
+    "max_accuracy_drop": None,  # budget: top-1 points below the source
+    "atol": {},  # max abs error per output name ("*": every output), over the manifest's tolerances
+    "runner_options": {},  # runtime options: device, inference_precision, performance_hint (OpenVINO) …
+    "io_layout": "source",  # "nhwc": the data is in the TFLite artifact's own layout
+    "data": None,  # {"file": where to read it (relative: to the request file), "path": its name for the report, "sha256"}
+    "source_accuracy": None,  # measured on the host with --source, sent along
+    "where": "host",  # "device" when it runs on a device for a host
+    "batch_sizes": None, "min_time_s": None, "budget_ms": None,  # profile
+}
+
+
+def complete_request(request):
+    """The request with every field, checked: an unknown field or schema is refused, not ignored."""
+    unknown = sorted(set(request) - set(REQUEST_DEFAULTS))
+    if unknown:
+        raise BadRequest("the request has fields this runner does not know: %s (a newer edgeconv made it: convert the "
+                         "bundle again so it carries a matching runner)" % ", ".join(unknown))
+    out = dict(REQUEST_DEFAULTS)
+    out.update(request)
+    if out["schema"] != REQUEST_SCHEMA:
+        raise BadRequest("request schema %r; this runner reads schema %d" % (out["schema"], REQUEST_SCHEMA))
+    if out["command"] not in ("validate", "profile"):
+        raise BadRequest("request command %r: this runner runs validate and profile" % (out["command"],))
+    if int(out["runs"]) < 1 or int(out["warmup"]) < 0:
+        raise BadRequest("--runs must be >= 1 and --warmup >= 0")
+    if out["max_accuracy_drop"] is not None and out["data"] is None:
+        raise BadRequest("--max-accuracy-drop needs --data (a labelled .npz)")
+    return out
+
+
+def reference(bundle_dir, manifest, art, io_layout):
+    """reference.npz's inputs and outputs; with io_layout nhwc brought into the artifact's own layout."""
+    with np.load(os.path.join(bundle_dir, "reference.npz")) as z:
+        ref_in = dict((s["name"], z["input:" + s["name"]]) for s in manifest["inputs"])
+        ref_out = [z["output:" + s["name"]] for s in manifest["outputs"]]
+    if io_layout == "nhwc":
+        perms = (art.get("runner_options") or {}).get("permutations") or {}
+        ref_in = dict((k, v.transpose(perms[k]) if perms.get(k) else v) for k, v in ref_in.items())
+        ref_out = [v.transpose(perms[s["name"]]) if perms.get(s["name"]) else v for s, v in zip(manifest["outputs"], ref_out)]
+    return ref_in, ref_out
+
+
+@contextlib.contextmanager
+def _no_step(label):
+    yield
+
+
+def measured_on(art, backend, where):
+    mo = {"host": socket.gethostname(), "machine": platform.machine(), "platform": platform.platform(),
+          "python": platform.python_version(), "numpy": np.__version__,
+          "kind": "host emulation, not device" if art.get("host_emulation") else where}
+    mo.update(backend.info())
+    if art.get("host_emulation"):
+        mo["note"] = art.get("host_emulation_note")
+    return mo
+
+
+def execute(request, bundle_dir, manifest, art, backend, data=None, reopen=None, step=None):
+    """Run a complete validate request on an open backend and return the report.
+
+    ``backend``: ``prepare(feed)``, ``run(prepared) -> outputs``, ``last_s``, ``info()``, ``fixed_batch()``
+    (and ``async_throughput(feed)`` where the runtime has one). ``data``: ``(feed, labels, record)`` with
+    ``record = {path, sha256, count}``. ``reopen()``: a fresh backend, for the cold-start figure. ``step(label)``:
+    a context manager announcing each step."""
+    step = step or _no_step
+    m = manifest
+    report = {
+        "bundle": str(bundle_dir), "target": m["target"]["profile"], "precision": m["precision"], "artifact": art["file"],
+        "runner": art["runner"], "measured_on": measured_on(art, backend, request["where"]), "checks": [], "budgets": [],
+        "calibration": m.get("calibration"), "io_layout": request["io_layout"],
+    }
+    batch = backend.fixed_batch()
+    ref_in, ref_out = reference(bundle_dir, m, art, request["io_layout"])
+    with step("Parity against reference.npz"):
+        overrides = dict(m["tolerances"].get("overrides") or {})
+        overrides.update(request["atol"] or {})
+        actual = run_batched(backend, ref_in, batch)
+        parity = compare_outputs("%s (%s) vs %s reference" % (art["file"], art["runner"], m["source"]["framework"]),
+                                 [s["name"] for s in m["outputs"]], ref_out, actual,
+                                 tolerance_of(m["tolerances"].get(m["precision"]) or {}), overrides)
+        report["parity"] = parity
+        report["checks"].append({"name": "parity", "ok": parity["ok"]})
+    if data is not None:
+        feed, labels, record = data
+        with step("Accuracy on %s" % os.path.basename(record["path"])):
+            if labels is None:
+                raise BadRequest("%s has no labels 'y': accuracy needs an .npz with x and y" % record["path"])
+            out = run_batched(backend, feed, batch)
+            idx = classifier_output(out)
+            if idx is None:
+                raise BadRequest("--data needs a classifier output of shape (N, classes); this model has none")
+            acc = {"artifact": topk_accuracy(out[idx], labels), "data": record}
+            src = source_accuracy(m, record, request)
+            acc["source"] = src
+            acc["drop_points"] = None if src is None else (src["top1"] - acc["artifact"]["top1"]) * 100
+            report["accuracy"] = acc
+            if request["max_accuracy_drop"] is not None:
+                if src is None:
+                    raise BadRequest("--max-accuracy-drop needs the source model's accuracy on this data: pass --source MODEL, "
+                                     "or convert with --data on the same file")
+                report["budgets"].append({"name": "max_accuracy_drop_points", "limit": request["max_accuracy_drop"],
+                                          "value": acc["drop_points"], "ok": acc["drop_points"] <= request["max_accuracy_drop"]})
+    lat_batch = batch or 1
+    one = dict((k, v[:lat_batch]) for k, v in ref_in.items())
+    with step("Latency: %d warm-up + %d timed runs, batch %d" % (request["warmup"], request["runs"], lat_batch)):
+        lat = summarize_latency(time_backend(backend, one, request["warmup"], request["runs"]), lat_batch)
+        lat.update({"batch": lat_batch, "warmup": request["warmup"], "method": LATENCY_METHOD})
+        report["latency"] = lat
+    if hasattr(backend, "async_throughput"):
+        with step("Throughput (async queue)"):
+            tput = backend.async_throughput(one)
+            if tput:
+                report["throughput_async"] = tput
+    if reopen is not None:
+        with step("Cold start (load + first inference)"):
+            report["cold_start"] = cold_start(reopen, one)
+    if request["max_latency_ms"] is not None:
+        report["budgets"].append({"name": "max_latency_ms_p50", "limit": request["max_latency_ms"], "value": lat["p50_ms"],
+                                  "ok": lat["p50_ms"] <= request["max_latency_ms"]})
+    report["ok"] = bool(parity["ok"] and all(b["ok"] for b in report["budgets"]))
+    report["request"] = request
+    return report
+
+
+def execute_profile(request, bundle_dir, manifest, art, backend, step=None):
+    """A profile request's sweep on an open backend: the rows, and a note where the batch is fixed. The knee and the
+    best batch under the budget are worked out by edgeconv's profile, wherever the rows were measured."""
+    step = step or _no_step
+    fixed = backend.fixed_batch()
+    resizable = fixed is None or (art["runner"] == "litert" and not getattr(backend, "delegate", None))
+    sizes = sorted(set(int(b) for b in (request["batch_sizes"] or [fixed or 1])))
+    notes = []
+    if not resizable and any(b != fixed for b in sizes):
+        notes.append("the artifact has a fixed batch of %d, so only batch %d is profiled" % (fixed, fixed))
+        sizes = [fixed]
+    ref_in, _ = reference(bundle_dir, manifest, art, "source")
+    tol = manifest["tolerances"].get(manifest["precision"]) or {}
+    with step("Profiling batch sizes %s on %s" % (", ".join(map(str, sizes)), art["runner"])):
+        rows = sweep(backend.prepare, backend.run, lambda: backend.last_s, ref_in, sizes, request["runs"], request["warmup"],
+                     request["min_time_s"], tolerance_of(tol)["atol"], can_single=resizable or fixed == 1)
+    return {"artifact": art["file"], "measured_on": measured_on(art, backend, request["where"]),
+            "sweep": {"rows": rows, "notes": notes, "method": SWEEP_METHOD}, "request": request}
+
+
+# -- the command line on the device -------------------------------------------------------------------------
+def request_from_args(args):
+    if args.request:
+        with open(args.request) as f:
+            request = json.load(f)
+        given = [k for k in ("runs", "warmup", "threads", "data", "batch_sizes", "min_time") if getattr(args, k) is not None]
+        if given:
+            raise BadRequest("--request carries the options; do not also pass %s"
+                             % ", ".join("--" + k.replace("_", "-") for k in given))
+        request = complete_request(request)
+        if request["data"] and not os.path.isabs(request["data"]["file"]):
+            request["data"] = dict(request["data"], file=os.path.join(os.path.dirname(os.path.abspath(args.request)),
+                                                                       request["data"]["file"]))
+        return request
+    request = {"runs": args.runs if args.runs is not None else 100, "warmup": args.warmup if args.warmup is not None else 10,
+               "threads": args.threads, "where": "device"}
+    if args.batch_sizes:
+        if args.data:
+            raise BadRequest("--data applies to a validate run; --batch-sizes makes this a profile run")
+        request.update(command="profile", batch_sizes=[int(v) for v in args.batch_sizes.split(",") if v.strip()],
+                       min_time_s=args.min_time)
+    elif args.data:
+        request["data"] = {"file": os.path.abspath(args.data), "path": args.data}
+    return complete_request(request)
+
+
+def _stderr_step(label):
+    sys.stderr.write("%s\n" % label)
+    sys.stderr.flush()
+    return _no_step(label)
+
+
+def run(args):
+    """Open the bundle and the backend, execute the request, print the report; returns the exit code."""
+    request = request_from_args(args)
+    with open(os.path.join(args.bundle, "manifest.json")) as f:
+        manifest = json.load(f)
+    art, options = artifact_to_run(manifest)
+    options = runner_options(art, options, request)
+    backend = open_backend(args.bundle, art, options, request["threads"])
+    try:
+        if request["command"] == "profile":
+            report = execute_profile(request, os.path.abspath(args.bundle), manifest, art, backend, _stderr_step)
+            report["ok"] = True
+        else:
+            data = None
+            if request["data"]:
+                path = request["data"]["file"]
+                digest = file_sha256(path)
+                if request["data"].get("sha256") not in (None, digest):
+                    raise BadRequest("%s changed on its way here (sha256 differs from the request's)" % path)
+                feed, labels = load_labelled(path, [s["name"] for s in manifest["inputs"]])
+                data = (feed, labels, {"path": request["data"].get("path") or path, "sha256": digest, "count": int(len(labels))
+                                       if labels is not None else 0})
+            report = execute(request, os.path.abspath(args.bundle), manifest, art, backend, data,
+                             reopen=lambda: open_backend(args.bundle, art, options, request["threads"]), step=_stderr_step)
+    finally:
+        backend.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif request["command"] == "profile":
+        for row in report["sweep"]["rows"]:
+            what = row.get("error") or "p50 %.3f ms, %.0f items/s" % (row["p50_ms"], row["throughput_items_s"])
+            print("  batch %-4d %s" % (row["batch"], what))
+    else:
+        mo, lat = report["measured_on"], report["latency"]
+        print("%s on %s (%s): %s, p50 %.3f ms, p99 %.3f ms over %d runs" % (
+            report["artifact"], mo["runtime"], mo["host"], "ok" if report["ok"] else "FAILED", lat["p50_ms"], lat["p99_ms"],
+            lat["runs"]))
+        if "accuracy" in report:
+            acc = report["accuracy"]
+            print("  top-1 %.2f%% (drop %s points)" % (100 * acc["artifact"]["top1"],
+                                                      "unknown" if acc["drop_points"] is None else "%.2f" % acc["drop_points"]))
+        for r in report["parity"]["outputs"]:
+            print("  %-20s %s" % (r["name"], "ok" if r["ok"] else "FAILED %s" % r["reason"]))
+        for b in report["budgets"]:
+            print("  %-20s %s (%.4g, limit %s)" % (b["name"], "ok" if b["ok"] else "FAILED", b["value"], b["limit"]))
+    return EXIT_OK if report["ok"] else EXIT_CHECK
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Run an edgeconv bundle on this device.")
     ap.add_argument("bundle", nargs="?", default=os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--runs", type=int, default=100)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--request", default=None, help="a request.json written by edgeconv (validate or profile)")
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data", default=None, help="labelled .npz (x, y): top-1 accuracy on the device")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    ap.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 1,2,4,8: also a latency/throughput sweep")
+    ap.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 1,2,4,8: a latency/throughput sweep")
     ap.add_argument("--min-time", type=float, default=None, help="sweep: run each batch size for at least this many seconds")
     args = ap.parse_args(argv)
-    with open(os.path.join(args.bundle, "manifest.json")) as f:
-        manifest = json.load(f)
     try:
-        backend, art = open_backend(args.bundle, manifest, args.threads)
-    except MissingRuntime as exc:
-        sys.stderr.write("error: %s\n" % exc)
-        return EXIT_MISSING
-    ref = np.load(os.path.join(args.bundle, "reference.npz"))
-    feed = dict((s["name"], ref["input:" + s["name"]]) for s in manifest["inputs"])
-    expected = dict((s["name"], ref["output:" + s["name"]]) for s in manifest["outputs"])
-    batch = manifest["inputs"][0]["shape"][0]
-    batch = batch if isinstance(batch, int) else None
-    outs = run_batched(backend, feed, batch)
-    actual = dict(zip([s["name"] for s in manifest["outputs"]], outs))
-    tol = manifest["tolerances"].get(manifest["precision"], {"min_cosine": 0.999})
-    parity = compare(expected, actual, tol)
-    one = dict((k, v[: (batch or 1)]) for k, v in feed.items())
-    prepared = backend.prepare(one)
-    for _ in range(args.warmup):
-        backend.run(prepared)
-    times = []
-    for _ in range(args.runs):
-        backend.run(prepared)
-        times.append(backend.last_s)
-    lat = summarize_latency(times, batch or 1)
-    report = {
-        "ok": all(r["ok"] for r in parity),
-        "bundle": os.path.abspath(args.bundle),
-        "artifact": art["file"],
-        "measured_on": dict({"host": socket.gethostname(), "machine": platform.machine(), "python": platform.python_version(),
-                             "os": platform.platform(), "numpy": np.__version__, "kind": "device runner"}, **backend.info()),
-        "parity": parity,
-        "latency": dict(lat, warmup=args.warmup, batch=batch or 1, method="runtime call only, inputs prepared once"),
-    }
-    if args.batch_sizes:
-        sizes = sorted(set(int(v) for v in args.batch_sizes.split(",") if v.strip()))
-        resizable = batch is None or (isinstance(backend, LiteRtBackend) and not backend.delegate)
-        notes = []
-        if not resizable and any(b != batch for b in sizes):
-            notes.append("the artifact has a fixed batch of %d, so only batch %d is profiled" % (batch, batch))
-            sizes = [batch]
-        report["sweep"] = {"rows": sweep(backend.prepare, backend.run, lambda: backend.last_s, feed, sizes, args.runs,
-                                         args.warmup, args.min_time, tol.get("atol"), can_single=resizable or batch == 1),
-                           "notes": notes, "method": SWEEP_METHOD}
-    if args.data:
-        report["accuracy"] = accuracy(backend, manifest, args.data, batch)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print("%s on %s (%s): parity %s, p50 %.3f ms, p99 %.3f ms over %d runs" % (
-            art["file"], report["measured_on"]["runtime"], report["measured_on"]["host"],
-            "ok" if report["ok"] else "FAILED", report["latency"]["p50_ms"], report["latency"]["p99_ms"], len(times)))
-        for r in parity:
-            print("  %-20s %s" % (r["name"], "ok" if r["ok"] else "FAILED %s" % r))
-    return EXIT_OK if report["ok"] else EXIT_CHECK
+        return run(args)
+    except RunnerError as exc:
+        sys.stderr.write("error: %s\n" % exc.message + ("hint: %s\n" % exc.hint if exc.hint else ""))
+        if args.json:
+            print(json.dumps({"ok": False, "error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+                                                     "exit_code": exc.exit_code}}, indent=2))
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.device.edgeconv_runner import BadRequest, check_options
 from edgeconv.errors import BadInput
 from edgeconv.specs import TensorSpec
 
@@ -25,11 +26,10 @@ class Runner(ABC):
         self.artifact = artifact
         self.threads = threads
         self.options = {k: v for k, v in (options or {}).items() if v is not None}
-        unknown = sorted(set(self.options) - set(self.accepted_options))
-        if unknown:
-            names = ", ".join("--" + k.replace("_", "-") for k in unknown)
-            raise BadInput(f"{names} does not apply to the {self.runtime} runner"
-                           + (f" (it takes {', '.join(self.accepted_options)})" if self.accepted_options else ""))
+        try:  # the device runner's rule: an option the runtime does not take is refused, never ignored
+            check_options(self.runtime, self.accepted_options, self.options)
+        except BadRequest as exc:
+            raise BadInput(exc.message) from None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.last_inference_s = 0.0
@@ -54,6 +54,15 @@ class Runner(ABC):
 
     def infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.run_prepared(self.prepare(feed))
+
+    # The device runner's backend interface (``prepare``/``run``/``last_s``), so the one ``execute`` and the
+    # statistics in edgeconv_runner.py drive edgeconv's runners exactly as they drive the device's backends.
+    def run(self, prepared: Any) -> list[np.ndarray]:
+        return self.run_prepared(prepared)
+
+    @property
+    def last_s(self) -> float:
+        return self.last_inference_s
 
     def fixed_batch(self) -> int | None:
         """The batch every call must have, or None when the first axis is dynamic."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeconv.device.edgeconv_runner import LiteRtBackend, MissingRuntime
+from edgeconv.device.edgeconv_runner import BadRequest, LiteRtBackend, MissingRuntime
 from edgeconv.errors import BadInput, MissingDependency
 from edgeconv.lazy import version_of
 from edgeconv.runners.base import Runner
@@ -33,6 +33,8 @@ def _backend(path: Path, threads: int | None = None, **options) -> LiteRtBackend
         return LiteRtBackend(path, threads, **options)
     except MissingRuntime as exc:
         raise MissingDependency(str(exc), hint="pip install 'edgeconv[tflite]'") from exc
+    except BadRequest as exc:
+        raise BadInput(exc.message) from exc
     except (ValueError, RuntimeError) as exc:
         raise BadInput(f"LiteRT cannot load {path}: {exc}") from exc
 

@@ -1,62 +1,43 @@
-"""ONNX Runtime runner (CPU execution provider)."""
+"""ONNX Runtime runner (CPU execution provider): the device runner's OnnxRuntimeBackend behind edgeconv's runner
+interface, so the host and the device run ONNX models through the same code."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
-from edgeconv.errors import BadInput
+from edgeconv.device.edgeconv_runner import BadRequest, MissingRuntime, OnnxRuntimeBackend
+from edgeconv.errors import BadInput, MissingDependency
 from edgeconv.runners.base import Runner
 from edgeconv.specs import TensorSpec
 
 
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
-    accepted_options = ("providers",)
+    accepted_options = OnnxRuntimeBackend.accepted_options
 
     def load(self) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        providers = self.options.get("providers") or ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(self.artifact), so, providers=providers)
-        except Exception as exc:
-            raise BadInput(f"ONNX Runtime cannot load {self.artifact}: {exc}") from exc
-        self.inputs = [self._spec(a) for a in self.session.get_inputs()]
-        self.outputs = [self._spec(a) for a in self.session.get_outputs()]
-        self._output_names = [o.name for o in self.outputs]
+            self.backend = OnnxRuntimeBackend(self.artifact, self.threads, **self.options)
+        except MissingRuntime as exc:
+            raise MissingDependency(exc.message, hint="pip install onnxruntime") from exc
+        except BadRequest as exc:
+            raise BadInput(exc.message) from exc
+        self.session = self.backend.session
+        self.inputs = [TensorSpec(e["name"], e["shape"], e["type"]) for e in self.backend.inputs]
+        self.outputs = [TensorSpec(e["name"], e["shape"], e["type"]) for e in self.backend.outputs]
 
-    @staticmethod
-    def _spec(arg):
-        dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-                 "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
-                 "tensor(uint8)": "uint8", "tensor(bool)": "bool"}.get(arg.type, arg.type)
-        shape = [d if isinstance(d, int) else (d or None) for d in arg.shape]
-        return TensorSpec(arg.name, shape, dtype)
+    def prepare(self, feed: dict[str, np.ndarray]) -> Any:
+        try:
+            return self.backend.prepare(feed)
+        except BadRequest as exc:
+            raise BadInput(exc.message) from None
 
     def run_prepared(self, prepared: dict[str, np.ndarray]) -> list[np.ndarray]:
-        t0 = time.perf_counter()
-        out = self.session.run(self._output_names, prepared)
-        self.last_inference_s = time.perf_counter() - t0
+        out = self.backend.run(prepared)
+        self.last_inference_s = self.backend.last_s
         return out
 
     def info(self) -> dict[str, Any]:
-        import onnxruntime as ort
-
-        so = self.session.get_session_options()
-        return {
-            "runtime": "onnxruntime",
-            "version": ort.__version__,
-            "providers": self.session.get_providers(),
-            "device": "CPU",
-            "threads": so.intra_op_num_threads or "default (one per physical core)",
-            "precision": "as stored in the graph",
-        }
-
+        return self.backend.info()

@@ -184,6 +184,7 @@ class CoralTarget(TfliteTarget):
     dynamic_batch = False
     needs_calibration = ("int8",)
     float_ops_reported = True  # the CPU runs them; the mapping report and --min-*-share decide
+    static_shapes = True  # the accelerator's compiler maps no op whose tensors have a dynamic dimension
 
     def graph_problems(self, proto, profile, opts: TargetOptions) -> list[str]:
         # Unmappable ONNX ops do not stop the conversion (the CPU runs the rest); they are reported with the

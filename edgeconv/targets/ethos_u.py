@@ -249,6 +249,7 @@ class EthosUTarget(TfliteTarget):
     dynamic_batch = False
     needs_calibration = ("int8",)
     float_ops_reported = True  # the CPU runs them; the mapping report and --min-*-share decide
+    static_shapes = True  # the accelerator's compiler maps no op whose tensors have a dynamic dimension
 
     def check_options(self, profile, opts: TargetOptions) -> None:
         try:

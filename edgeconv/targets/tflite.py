@@ -139,6 +139,9 @@ class TfliteTarget(Target):
     # int8 ops left in float: refused unless --allow-float-ops; accelerator targets whose compilers hand them to
     # the CPU say True and report the split themselves
     float_ops_reported = False
+    # Keras sources: the SavedModel signature takes the resolved shapes, batch included (an accelerator needs them);
+    # LiteRT on a CPU keeps the model's dynamic batch, so profile can resize it
+    static_shapes = False
 
     def check_options(self, profile, opts: TargetOptions) -> None:
         super().check_options(profile, opts)
@@ -167,7 +170,7 @@ class TfliteTarget(Target):
         try:
             if source.framework == "keras":
                 tf = require("tensorflow", why="to build TFLite models")
-                saved = self._saved_model_from_keras(tf, source, build, None if opts.dynamic_batch else opts.extra["input_shapes"])
+                saved = self._saved_model_from_keras(tf, source, build, opts.extra["input_shapes"] if self.static_shapes else None)
                 route = f"tf.lite.TFLiteConverter from the Keras/TensorFlow model (tensorflow {tf.__version__})"
                 moved = False
                 data = tflite_from_saved_model(tf, saved, opts.precision, opts.extra.get("calibration"), opts.extra["io_dtype"],
