@@ -36,6 +36,7 @@ class OutputCheck:
     ok: bool
     reason: str = ""
     allowed_rel: float | None = None
+    allowed_abs: float | None = None  # atol, times the output's magnitude beyond 1 unless it is an --atol override
 
 
 @dataclass
@@ -65,7 +66,7 @@ class ParityReport:
             needed = "n/a" if o.max_abs is None else f"{o.max_abs:.2e}"
             mx = "n/a" if o.max_abs is None else f"{o.max_abs:.3e}"
             cs = "n/a" if o.cosine is None else f"{o.cosine:.6f}"
-            allowed = "—" if o.atol is None else f"{o.atol:.1e}"
+            allowed = "—" if o.allowed_abs is None else f"{o.allowed_abs:.1e}"
             lines.append(f"{o.name:<20} {mx:>11} {allowed:>10} {cs:>9} {needed:>8}  {o.reason}")
         return "\n".join(lines)
 

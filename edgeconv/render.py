@@ -25,8 +25,9 @@ def _size(n: int) -> str:
 
 def _allowed(o: dict[str, Any]) -> str:
     parts = []
-    if o["atol"] is not None:
-        parts.append(f"abs ≤ {o['atol']:.0e}")
+    allowed = o.get("allowed_abs", o["atol"])
+    if allowed is not None:
+        parts.append(f"abs ≤ {allowed:.0e}" + (" (scaled)" if o["atol"] is not None and allowed > o["atol"] else ""))
     if o.get("allowed_rel") is not None:
         parts.append(f"rel ≤ {o['allowed_rel']:.0e}")
     parts.append(f"cos ≥ {o['min_cosine']}")

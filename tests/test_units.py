@@ -116,3 +116,16 @@ def test_write_json_never_replaces_a_device(tmp_path):
         os.close(fd)
     write_json(tmp_path / "r.json", {"b": 2})
     assert (tmp_path / "r.json").read_text().startswith("{") and not (tmp_path / "r.json.tmp").exists()
+
+
+def test_profile_atol_scales_with_the_output_magnitude_but_an_override_does_not():
+    """float error grows with magnitude: an output reaching 1e6 may differ by 1e-4 x 1e6 under the profile's atol;
+    --atol NAME=VALUE is what the user asked, absolute."""
+    ref = [np.array([[1e6, -3e5, 2.0]], np.float32)]
+    got = [ref[0] + np.array([[50.0, 0.0, 0.0]], np.float32)]
+    rep = compare("t", ["y"], ref, got, Tolerance(1e-4, 0.99))
+    assert rep.ok and rep.outputs[0].allowed_abs == pytest.approx(100.0)
+    rep = compare("t", ["y"], ref, got, Tolerance(1e-4, 0.99), {"y": 1.0})
+    assert not rep.ok and rep.outputs[0].allowed_abs == 1.0 and "max abs" in rep.outputs[0].reason
+    small = [np.array([[0.5, -0.25]], np.float32)]
+    assert not compare("t", ["y"], small, [small[0] + 1e-3], Tolerance(1e-4, 0.99)).ok  # unit scale: unchanged

@@ -477,17 +477,21 @@ def tolerance_for(name, default, overrides):
     overrides = overrides or {}
     for key in (name, None, "None", "*"):
         if key in overrides:
-            return dict(default, atol=float(overrides[key]))
+            return dict(default, atol=float(overrides[key]), atol_scaled=False)  # what the user asked: absolute
     return default
 
 
 def check_output(name, ref, got, tol):
     """One output against its reference: shape, finiteness, max abs/rel error, cosine. A zero output against a
-    non-zero reference (or the reverse) has cosine 0; two zero outputs agree (cosine 1)."""
+    non-zero reference (or the reverse) has cosine 0; two zero outputs agree (cosine 1).
+
+    A profile's ``atol`` holds at unit scale: float error grows with magnitude, so an output whose reference
+    reaches beyond 1 in absolute value is allowed ``atol`` times that magnitude (``allowed_abs``). An ``--atol``
+    override is absolute, as given."""
     ref, got = np.asarray(ref), np.asarray(got)
     row = {"name": name, "expected_shape": list(ref.shape), "actual_shape": list(got.shape), "max_abs": None, "max_rel": None,
-           "cosine": None, "atol": tol["atol"], "min_cosine": tol["min_cosine"], "ok": False, "reason": "",
-           "allowed_rel": tol["max_rel"]}
+           "cosine": None, "atol": tol["atol"], "allowed_abs": tol["atol"], "min_cosine": tol["min_cosine"], "ok": False,
+           "reason": "", "allowed_rel": tol["max_rel"]}
     if ref.shape != got.shape:
         row["reason"] = "shape differs"
         return row
@@ -502,8 +506,12 @@ def check_output(name, ref, got, tol):
     nr, ng = np.linalg.norm(r), np.linalg.norm(g)
     cosine = float(r.dot(g) / (nr * ng)) if nr > 0 and ng > 0 else (1.0 if nr == ng else 0.0)
     reasons = []
-    if tol["atol"] is not None and max_abs > tol["atol"]:
-        reasons.append("max abs %.3e > %.1e" % (max_abs, tol["atol"]))
+    allowed = tol["atol"]
+    if allowed is not None and tol.get("atol_scaled", True) and scale > 1.0:
+        allowed = allowed * scale
+    row["allowed_abs"] = allowed
+    if allowed is not None and max_abs > allowed:
+        reasons.append("max abs %.3e > %.1e" % (max_abs, allowed))
     if tol["max_rel"] is not None and max_rel > tol["max_rel"]:
         reasons.append("max rel %.3e > %.1e" % (max_rel, tol["max_rel"]))
     if cosine < tol["min_cosine"]:
@@ -517,7 +525,8 @@ def compare_outputs(label, names, expected, actual, default, overrides=None):
     samples = int(expected[0].shape[0]) if expected and np.ndim(expected[0]) else 1
     if len(expected) != len(actual):
         row = {"name": "(outputs)", "expected_shape": [len(expected)], "actual_shape": [len(actual)], "max_abs": None,
-               "max_rel": None, "cosine": None, "atol": default["atol"], "min_cosine": default["min_cosine"], "ok": False,
+               "max_rel": None, "cosine": None, "atol": default["atol"], "allowed_abs": default["atol"],
+               "min_cosine": default["min_cosine"], "ok": False,
                "reason": "%d outputs where %d were expected" % (len(actual), len(expected)), "allowed_rel": None}
         return {"label": label, "ok": False, "samples": samples, "outputs": [row]}
     rows = [check_output(n, r, g, tolerance_for(n, default, overrides)) for n, r, g in zip(names, expected, actual)]
