@@ -127,7 +127,13 @@ def _host() -> dict[str, str]:
 
 def _parity(label, names, expected, artifact: Path, runner: str, batch: int | None, feed, tol, atol,
             options: dict[str, Any] | None = None) -> ParityReport:
-    with open_runner(runner, artifact, options=options) as r:
+    try:
+        r = open_runner(runner, artifact, options=options)
+    except BadInput as exc:  # the artifact was written by this conversion: its runtime refusing it is a conversion failure
+        raise ConversionFailed(f"{runner} cannot run the artifact this conversion wrote: {exc.message}",
+                               hint="the converter produced a graph its runtime refuses; another --precision or target may "
+                                    "avoid it (please report the model)") from exc
+    with r:
         actual = run_batched(r.infer, feed, batch)
     return compare(label, names, expected, actual, tol, atol)
 
@@ -265,7 +271,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 "load_options": {"model_class": req.load.model_class, "model_kwargs": req.load.model_kwargs},
             },
             "export": {"exporter": record.exporter, "opset": canon.opset_after, "exported_opset": record.opset,
-                       "fallback_reason": record.fallback_reason, "notes": source.notes + shape_notes + record.notes,
+                       "fallback_reason": record.fallback_reason, "notes": source.notes + shape_notes + record.notes + topts.extra.get("notes", []),
                        "canonical": canon.to_dict()},
             "target": {"profile": profile.name, "family": profile.family, "backend": profile.backend,
                        "profile_file": profile.path.name if profile.path else None, "profile_data": profile.raw},

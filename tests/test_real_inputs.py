@@ -304,3 +304,31 @@ def test_pt2_with_library_output_types(cli, tmp_path):
     r = cli("convert", tmp_path / "bert.pt2", "-o", tmp_path / "b", "--json")
     assert r.code == 0, r
     assert any("transformers.modeling_outputs" in n for n in r.json()["manifest"]["export"]["notes"])
+
+
+class _PoolNet(torch.nn.Module):
+    """A ResNet stem: conv, ReLU, then a padded 3x3/2 MaxPool that TF's SAME padding cannot express."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(3, 2, padding=1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.pool(torch.relu(self.conv(x))).mean((2, 3)))
+
+
+def test_int8_tflite_padded_maxpool_after_relu(cli, files, tmp_path):
+    """onnx2tf pads such a MaxPool with float32's minimum; int8 calibration then gets a ~1e36 scale for that tensor
+    (XNNPACK refuses it, and nothing survives). The pool's input is non-negative, so a zero Pad is the same."""
+    pytest.importorskip("onnx2tf", reason="the tflite extra is not installed")
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(_PoolNet().eval(), (torch.randn(1, 3, 24, 24),)), str(tmp_path / "pool.pt2"))
+    r = cli("convert", tmp_path / "pool.pt2", "-t", "tflite", "-p", "int8", "--calib", files / "cnn_x.npy", "-o", tmp_path / "b",
+            "--json")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    assert any("MaxPool" in n and "zero Pad" in n for n in m["export"]["notes"]), m["export"]["notes"]
+    parity = [c for c in m["checks"] if c["kind"] == "parity"][-1]
+    assert parity["ok"] and parity["outputs"][0]["cosine"] > 0.99

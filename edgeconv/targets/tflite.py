@@ -128,6 +128,60 @@ def float_ops(path: Path) -> list[str]:
     return out
 
 
+# ops whose output is never negative: a MaxPool after them may pad with 0 instead of -inf and compute the same
+NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Sqrt"}
+
+
+def zero_pads_before_maxpool(path: Path) -> list[str]:
+    """For int8: a MaxPool with explicit pads that TF's SAME padding cannot express becomes, in onnx2tf, a pad with
+    float32's minimum followed by an unpadded pool. TFLiteConverter's calibration then sees -3.4e38 in that tensor,
+    its int8 scale becomes ~1e36 (nothing else survives, and XNNPACK refuses the node). When the pool's input is
+    non-negative (after a Relu, a Clip with min >= 0, ...), padding with 0 gives exactly the same result: write that
+    Pad explicitly and let the pool run unpadded. Returns the rewritten nodes' names; rewrites ``path`` in place."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+    def non_negative(name: str) -> bool:
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type in NON_NEGATIVE:
+            return True
+        if node.op_type == "Clip" and len(node.input) > 1 and node.input[1] in consts:
+            return float(consts[node.input[1]]) >= 0
+        return node.op_type in ("MaxPool", "Identity") and non_negative(node.input[0])
+
+    changed, new_nodes = [], []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        pads = list(attrs.get("pads", []))
+        if (node.op_type != "MaxPool" or not any(pads) or attrs.get("ceil_mode", 0) or len(node.output) != 1
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or not non_negative(node.input[0])):
+            new_nodes.append(node)
+            continue
+        half = len(pads) // 2
+        pad_name = f"{node.name or node.output[0]}/zero_pads"
+        graph.initializer.append(numpy_helper.from_array(np.array([0, 0, *pads[:half], 0, 0, *pads[half:]], np.int64),
+                                                         pad_name + "_amounts"))
+        new_nodes.append(helper.make_node("Pad", [node.input[0], pad_name + "_amounts"], [pad_name + "_out"], name=pad_name,
+                                          mode="constant"))
+        del node.attribute[:]
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items() if k != "pads")
+        node.input[0] = pad_name + "_out"
+        new_nodes.append(node)
+        changed.append(node.name or node.output[0])
+    if changed:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        onnx.save(model, str(path))
+    return changed
+
+
 class TfliteTarget(Target):
     name = "tflite"
     precisions = ("fp32", "fp16", "int8", "int8-dynamic")
@@ -233,6 +287,13 @@ class TfliteTarget(Target):
         work.mkdir()
         copy = work / "model.onnx"
         shutil.copyfile(onnx_path, copy)  # onnx2tf rewrites its input in place
+        if opts.precision == "int8":
+            moved_pads = zero_pads_before_maxpool(copy)
+            if moved_pads:
+                opts.extra.setdefault("notes", []).append(
+                    f"int8: the padding of {len(moved_pads)} MaxPool node(s) on non-negative inputs ({', '.join(moved_pads[:3])}"
+                    f"{' …' if len(moved_pads) > 3 else ''}) made an explicit zero Pad (the same values; onnx2tf would pad with "
+                    "float32's minimum, which leaves int8 no resolution in that tensor)")
         np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(opts.extra["reference_inputs"]))
         saved = work / "saved_model"
         samples = opts.extra.get("calibration") if opts.precision == "int8" else None
