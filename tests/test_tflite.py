@@ -81,7 +81,7 @@ def test_io_layout_nhwc_feeds_the_artifacts_layout(tfl, cli, samples, tmp_path):
     assert rep["accuracy"]["artifact"]["top1"] == src["accuracy"]["artifact"]["top1"]
     # NCHW data given as NHWC is refused with both shapes
     bad = cli("validate", out, "--io-layout", "nhwc", "--data", samples / "digits_test.npz")
-    assert bad.code == 2 and "1x8x8x1" in bad.stderr
+    assert bad.code == 2 and "expects Nx8x8x1" in bad.stderr
 
 
 def test_int8_io_dtypes(cli, samples, tmp_path):
@@ -102,7 +102,7 @@ def test_int8_needs_calib_and_mismatch_is_exit_2(cli, samples, tmp_path):
     np.savez(tmp_path / "c.npz", x=np.zeros((5, 3, 8, 8), np.float32))
     r = cli("convert", samples / "digits_cnn.pt", "--target", "tflite", "--precision", "int8", "--calib", tmp_path / "c.npz",
             "-o", tmp_path / "x")
-    assert r.code == 2 and "shape [5, 3, 8, 8]" in r.stderr and "1x1x8x8" in r.stderr
+    assert r.code == 2 and "shape 5x3x8x8" in r.stderr and "expects Nx1x8x8" in r.stderr
 
 
 def test_runner_resizes_batch(tfl, samples):
