@@ -397,6 +397,7 @@ def profile(
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch (p99) for the best-batch answer.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: throughput and p50/p99 against batch size.")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
+    report_file: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/profile.json).")] = None,
     remote: RemoteOpt = [],  # noqa: B006
     hosts: HostsOpt = None,
     identity: IdentityOpt = None,
@@ -436,7 +437,7 @@ def profile(
         return
     report = run_profile(ProfileRequest(bundle=bundle, batch_sizes=req["batch_sizes"], threads=req["threads"], runs=req["runs"],
                                         warmup=req["warmup"], min_time_s=req["min_time_s"], budget_ms=req["budget_ms"], plot=plot,
-                                        csv=csv_file), _steps(as_json))
+                                        csv=csv_file, report=report_file), _steps(as_json))
     if as_json:
         _emit_json(report)
     else:

@@ -63,6 +63,9 @@ def test_profile_sweep_on_onnxruntime(cli, dyn, tmp_path):
     assert [int(t["batch"]) for t in table] == [1, 2, 4, 8] and float(table[0]["p50_ms"]) > 0
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "p.png").stat().st_size > 20_000
     assert (dyn / "profile.json").exists()
+    r = cli("profile", dyn, "--batch-sizes", "1", "--runs", "5", "--report", tmp_path / "elsewhere.json", "--json")
+    assert r.code == 0 and r.json()["report_file"] == str(tmp_path / "elsewhere.json"), r
+    assert json.loads((tmp_path / "elsewhere.json").read_text())["rows"][0]["batch"] == 1
 
 
 def test_profile_static_bundle_profiles_its_batch_only(cli, bundles):

@@ -601,7 +601,8 @@ def agreement(batched, singles, atol):
 
 def sweep(prepare, run, last_s, ref, sizes, runs, warmup, min_time_s=None, atol=None, can_single=True):
     """One row per batch size: latency percentiles of the runtime call, per-item time, throughput (from the median),
-    RSS delta (peak, sampled after every run, minus RSS before the batch size's first run) and agreement with
+    RSS delta (peak, sampled after the first and every warm-up run and after the timed runs, minus RSS before the
+    batch size's first run: reading /proc between timed runs would slow the next one) and agreement with
     batch-1 outputs. ``prepare(feed)``, ``run(prepared) -> outputs`` and ``last_s()`` are the runtime's."""
     items = tile(ref, max(sizes))
     singles = [run(prepare(dict((k, v[i:i + 1]) for k, v in items.items()))) for i in range(max(sizes))] if can_single else None
@@ -622,10 +623,10 @@ def sweep(prepare, run, last_s, ref, sizes, runs, warmup, min_time_s=None, atol=
             peak = max(peak, rss_bytes())
         samples = []
         t_end = time.perf_counter() + (min_time_s or 0)
-        while len(samples) < runs or time.perf_counter() < t_end:
+        while len(samples) < runs or time.perf_counter() < t_end:  # nothing but the runtime between timed runs
             run(prepared)
             samples.append(last_s())
-            peak = max(peak, rss_bytes())
+        peak = max(peak, rss_bytes())
         lat = summarize_latency(samples, b)
         for k in ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_items_s"):
             row[k] = lat[k]
@@ -638,7 +639,7 @@ def sweep(prepare, run, last_s, ref, sizes, runs, warmup, min_time_s=None, atol=
 
 
 SWEEP_METHOD = ("runtime call only (validate's timing); throughput and per-item time from the median latency; RSS delta: "
-                "peak (sampled after every run) minus RSS before the batch size's first run")
+                "peak (sampled after each warm-up run and after the timed runs) minus RSS before the batch size's first run")
 
 
 # -- accuracy -----------------------------------------------------------------------------------------------
