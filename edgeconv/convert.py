@@ -208,7 +208,8 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 raise ConversionFailed(f"the exported graph's inputs {[s.name for s in onnx_inputs]} differ from the source's {[s.name for s in inputs]}")
             names = [s.name for s in outputs]
         checks: list[dict[str, Any]] = []
-        with steps.step(f"Checking ONNX against {source.framework} on {len(next(iter(feed.values())))} reference samples"):
+        with steps.step(f"Checking ONNX against {source.framework} on {len(next(iter(feed.values())))} reference samples"), \
+                converter_step("running the exported ONNX graph on onnxruntime", failed_dir):
             rep = _parity(f"onnx (onnxruntime) vs {source.framework}", names, expected, onnx_path, "onnxruntime",
                           batch, feed, profile.tolerances.get("fp32", CANONICAL_FP32), req.atol)
             checks.append({"kind": "parity", **rep.to_dict()})
@@ -234,7 +235,8 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         model_art = next(a for a in artifacts if a.role == "model")
         check_options = {**model_art.extra.get("runner_options", {}), **check_overrides}
         if model_art.file != onnx_path.name:
-            with steps.step(f"Checking the {req.precision} artifact against {source.framework}"):
+            with steps.step(f"Checking the {req.precision} artifact against {source.framework}"), converter_step(
+                    f"running the {req.precision} artifact {model_art.file} on {model_art.runner}", failed_dir):
                 rep = _parity(f"{model_art.file} ({model_art.runner}) vs {source.framework}", names, expected,
                               work / model_art.file, model_art.runner, batch, feed, profile.tolerance(req.precision), req.atol,
                               check_options)
@@ -245,12 +247,14 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         source_accuracy = None
         checks += topts.extra.get("checks", [])  # the target's own checks (e.g. the Edge TPU mapping)
         if labels is not None:
-            with steps.step(f"Measuring accuracy on {req.data.name}"):
+            with steps.step(f"Measuring accuracy on {req.data.name}"), converter_step(
+                    f"running {model_art.file} on {model_art.runner}", failed_dir):
                 source_accuracy, acc_check = _accuracy_check(source, data_scores[score_index], score_index, data_feed, labels,
                                                              batch, work, model_art, req, check_options)
                 checks.append(acc_check)
         elif data_feed is not None:
-            with steps.step(f"Checking agreement with {source.framework} on {req.data.name} (no labels)"):
+            with steps.step(f"Checking agreement with {source.framework} on {req.data.name} (no labels)"), converter_step(
+                    f"running {model_art.file} on {model_art.runner}", failed_dir):
                 checks.append(_agreement_check(source, data_scores, score_index, data_feed, batch, work, model_art, names,
                                                profile.tolerance(req.precision), req, check_options))
         failed = [c for c in checks if not c["ok"]]
