@@ -29,7 +29,7 @@ from edgeconv.runners import open_runner
 from edgeconv.shapes import ResolvedInputs, ShapeRequest, check_graph_memory, data_files, resolve
 from edgeconv.specs import Dim, TensorSpec, random_inputs, sha256_of
 from edgeconv.target_options import check_for
-from edgeconv.targets import Artifact, TargetOptions, backend
+from edgeconv.targets import Artifact, TargetContext, TargetOptions, backend
 
 REFERENCE_BATCHES = 4
 DEVICE_RUNNER = Path(__file__).resolve().parent / "device" / "edgeconv_runner.py"
@@ -169,7 +169,6 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         calib_samples = calib_record = None
         if needs_calib:
             calib_samples, calib_record = load_calibration(req.calib, inputs)
-            topts.extra["calibration"] = calib_samples
         feed, feed_origin = reference_feed(req, inputs, None if calib_record and calib_record["random"] else calib_samples)
         batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
         expected = _run_source(source, feed, batch)
@@ -218,20 +217,18 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                                        details=rep.failure_text(), hint=_tolerance_hint(profile))
         with steps.step(f"Preflight for {profile.name}"):
             target.preflight(proto, profile, topts)
-        topts.extra["layouts"] = {s.name: s.layout for s in onnx_inputs}
-        topts.extra["source"] = {"path": str(req.model), "format": source.format, "framework": source.framework}
-        topts.extra["source_model"] = source
-        topts.extra["reference_inputs"] = feed
-        topts.extra["input_shapes"] = {s.name: s.shape for s in onnx_inputs}
-        topts.extra["output_shapes"] = {s.name: s.shape for s in outputs}
-        topts.extra["failed_build_dir"] = str(failed_dir)
-        if labels is not None and req.max_accuracy_drop is not None:
-            topts.extra["accuracy_data"] = (data_feed, labels, score_index)
-            topts.extra["max_accuracy_drop"] = req.max_accuracy_drop
+        accuracy_aware = labels is not None and req.max_accuracy_drop is not None
+        ctx = TargetContext(
+            source_model=source, reference_inputs=feed, input_shapes={s.name: s.shape for s in onnx_inputs},
+            output_shapes={s.name: s.shape for s in outputs}, layouts={s.name: s.layout for s in onnx_inputs},
+            failed_build_dir=failed_dir, calibration=calib_samples,
+            accuracy_data=(data_feed, labels, score_index) if accuracy_aware else None,
+            max_accuracy_drop=req.max_accuracy_drop if accuracy_aware else None)
         check_overrides = target.check_runner_options(req.precision, profile)
         with steps.step(f"Converting for {profile.name} ({req.precision})"), converter_step(
                 f"the {profile.backend} conversion ({req.precision})", failed_dir):
-            artifacts = target.convert(onnx_path, work, profile, topts)
+            conversion = target.convert(onnx_path, work, profile, topts, ctx)
+        artifacts = conversion.artifacts
         model_art = next(a for a in artifacts if a.role == "model")
         check_options = {**model_art.extra.get("runner_options", {}), **check_overrides}
         if model_art.file != onnx_path.name:
@@ -245,7 +242,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                     raise ConversionFailed(f"the {req.precision} artifact for {profile.name} does not compute what the source computes",
                                            details=rep.failure_text(), hint=_tolerance_hint(profile))
         source_accuracy = None
-        checks += topts.extra.get("checks", [])  # the target's own checks (e.g. the Edge TPU mapping)
+        checks += conversion.checks  # the target's own checks (e.g. the Edge TPU mapping)
         if labels is not None:
             with steps.step(f"Measuring accuracy on {req.data.name}"), converter_step(
                     f"running {model_art.file} on {model_art.runner}", failed_dir):
@@ -275,7 +272,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 "load_options": {"model_class": req.load.model_class, "model_kwargs": req.load.model_kwargs},
             },
             "export": {"exporter": record.exporter, "opset": canon.opset_after, "exported_opset": record.opset,
-                       "fallback_reason": record.fallback_reason, "notes": source.notes + shape_notes + record.notes + topts.extra.get("notes", []),
+                       "fallback_reason": record.fallback_reason, "notes": source.notes + shape_notes + record.notes + conversion.notes,
                        "canonical": canon.to_dict()},
             "target": {"profile": profile.name, "family": profile.family, "backend": profile.backend,
                        "profile_file": profile.path.name if profile.path else None, "profile_data": profile.raw},

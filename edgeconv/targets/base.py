@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edgeconv.errors import PreflightError
 from edgeconv.onnx_tools import opset_of
 
@@ -25,9 +27,42 @@ class Artifact:
 
 @dataclass
 class TargetOptions:
+    """What the user asked of the target: the precision, a dynamic batch, and the target's own options (declared in
+    edgeconv/target_options.py; ``extra`` holds only those)."""
+
     precision: str
     dynamic_batch: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TargetContext:
+    """What the pipeline hands a target besides the user's options: the loaded source, its reference inputs, the
+    canonical graph's I/O, calibration and accuracy data, where a failed build's logs go."""
+
+    source_model: Any  # the frontend's SourceModel (ExecuTorch and Keras → TFLite build from it directly)
+    reference_inputs: dict[str, np.ndarray]
+    input_shapes: dict[str, list]
+    output_shapes: dict[str, list]
+    layouts: dict[str, str | None]
+    failed_build_dir: Path
+    calibration: list[dict[str, np.ndarray]] | None = None  # int8: one feed per sample
+    accuracy_data: tuple | None = None  # (inputs, labels, index of the class-score output) for accuracy-aware int8
+    max_accuracy_drop: float | None = None
+
+    @property
+    def source(self) -> dict[str, str]:
+        s = self.source_model
+        return {"path": str(s.path), "format": s.format, "framework": s.framework}
+
+
+@dataclass
+class Conversion:
+    """What a target returns: its artifacts, the checks it made (e.g. the Edge TPU mapping) and notes for the manifest."""
+
+    artifacts: list[Artifact]
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class Target(ABC):
@@ -76,5 +111,5 @@ class Target(ABC):
         return problems
 
     @abstractmethod
-    def convert(self, onnx_path: Path, workdir: Path, profile: Profile, opts: TargetOptions) -> list[Artifact]:
-        """Write the artifacts into ``workdir`` (the bundle being built) and describe them."""
+    def convert(self, onnx_path: Path, workdir: Path, profile: Profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
+        """Write the artifacts into ``workdir`` (the bundle being built); return them with the checks made."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
 from edgeconv.errors import ConversionFailed, PreflightError
-from edgeconv.targets.base import Artifact, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, TargetContext, TargetOptions
 from edgeconv.targets.tflite import TfliteTarget, tflite_graph
 
 TABLE = Path(__file__).resolve().parents[1] / "device_data" / "edgetpu_ops.toml"
@@ -189,19 +189,19 @@ class CoralTarget(TfliteTarget):
     def graph_problems(self, proto, profile, opts: TargetOptions) -> list[str]:
         # Unmappable ONNX ops do not stop the conversion (the CPU runs the rest); they are reported with the
         # prediction, and --min-tpu-share decides.
-        opts.extra["onnx_findings"] = onnx_findings(proto)
+        self._onnx_findings = onnx_findings(proto)
         return super().graph_problems(proto, profile, opts)
 
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
-        artifacts = super().convert(onnx_path, workdir, profile, opts)
-        model = next(a for a in artifacts if a.role == "model")
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
+        conv = super().convert(onnx_path, workdir, profile, opts, ctx)
+        model = next(a for a in conv.artifacts if a.role == "model")
         prediction = predict(workdir / model.file)
-        prediction["onnx_findings"] = opts.extra.get("onnx_findings", [])
+        prediction["onnx_findings"] = getattr(self, "_onnx_findings", [])
         if prediction["subgraphs"] > 1:
             raise PreflightError(f"the model has {prediction['subgraphs']} subgraphs; the Edge TPU compiles one")
         min_share = opts.extra.get("min_tpu_share")
         ok = prediction["tpu_ops"] > 0 if min_share is None else prediction["tpu_share_ops"] >= min_share
-        opts.extra.setdefault("checks", []).append({
+        conv.checks.append({
             "kind": "edgetpu-mapping", "ok": ok, "min_tpu_share": min_share, **prediction,
             "reason": None if ok else (f"predicted TPU share {prediction['tpu_share_ops']:.0%} of ops is below --min-tpu-share "
                                        f"{min_share}" if min_share is not None else "no op would map to the Edge TPU")
@@ -218,9 +218,9 @@ class CoralTarget(TfliteTarget):
                 "command": f"edgetpu_compiler -s -o BUNDLE BUNDLE/{model.file}  (or: edgeconv build BUNDLE where it is installed)",
                 "tflite": model.file,
             }
-            return artifacts
+            return conv
         record = compile_model(compiler, workdir / model.file, workdir, prediction)
         model.extra["device_build"] = {"format": "edgetpu-compile", "built": True, "tflite": model.file, **record}
-        artifacts.append(Artifact(record["file"], "edgetpu-model", "int8", "litert", {"runner_options": model.extra["runner_options"]}))
-        artifacts.append(Artifact(record["log"], "log", "int8"))
-        return artifacts
+        conv.artifacts.append(Artifact(record["file"], "edgetpu-model", "int8", "litert", {"runner_options": model.extra["runner_options"]}))
+        conv.artifacts.append(Artifact(record["log"], "log", "int8"))
+        return conv

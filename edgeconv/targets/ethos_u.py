@@ -29,7 +29,7 @@ from typing import Any
 
 from edgeconv.errors import ConversionFailed, MissingDependency, PreflightError
 from edgeconv.lazy import version_of
-from edgeconv.targets.base import Artifact, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, TargetContext, TargetOptions
 from edgeconv.targets.tflite import TfliteTarget
 
 VELA_DIST = "ethos-u-vela"
@@ -268,11 +268,11 @@ class EthosUTarget(TfliteTarget):
             raise PreflightError(f"device profile {profile.name} does not describe a system Vela can compile for:\n  - "
                                  + "\n  - ".join(problems), hint=f"the profile is {profile.path}")
 
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
         from edgeconv.targets.tflite import tflite_graph
 
-        artifacts = super().convert(onnx_path, workdir, profile, opts)
-        model = next(a for a in artifacts if a.role == "model")
+        conv = super().convert(onnx_path, workdir, profile, opts, ctx)
+        model = next(a for a in conv.artifacts if a.role == "model")
         settings = device_settings(profile)
         outdir = workdir / VELA_DIR
         outdir.mkdir()
@@ -280,8 +280,7 @@ class EthosUTarget(TfliteTarget):
         config = outdir / "vela.ini"
         source_ini = vela_config_file(settings["vela_config"])
         shutil.copyfile(source_ini, config)
-        failed = opts.extra.get("failed_build_dir")
-        run = run_vela(workdir / model.file, outdir, settings, config, Path(failed) if failed else None)
+        run = run_vela(workdir / model.file, outdir, settings, config, ctx.failed_build_dir)
         report = parse_vela_stdout(run["stdout"])
         estimate = parse_summary_csv(run["summary_csv"])
         # The LiteRT interpreter loads a model with a custom op (it only refuses at allocate_tensors), so the
@@ -297,7 +296,7 @@ class EthosUTarget(TfliteTarget):
                                    f"{estimate['core_clock_mhz']:g} MHz, which the estimate uses")
         vela_version = version_of(VELA_DIST)
         check.update({"vela_version": vela_version, **settings})
-        opts.extra.setdefault("checks", []).append(check)
+        conv.checks.append(check)
         model.extra["host_emulation"] = True
         model.extra["host_emulation_note"] = HOST_EMULATION_NOTE
 
@@ -315,8 +314,7 @@ class EthosUTarget(TfliteTarget):
             "runs_on": "an Ethos-U NPU (or Arm's Corstone FVP) through TensorFlow Lite Micro's ethos-u kernel; not this host",
         }
         model.extra["npu_build"] = {"format": "vela", "built": True, "file": rel(run["compiled"])}
-        artifacts.append(Artifact(rel(run["compiled"]), "npu-model", "int8", None, {"vela": record, "estimate": estimate}))
-        artifacts.append(Artifact(rel(run["summary_csv"]), "report", "int8"))
-        artifacts.append(Artifact(rel(run["log"]), "log", "int8"))
-        artifacts.append(Artifact(rel(config), "config", "int8"))
-        return artifacts
+        conv.artifacts += [Artifact(rel(run["compiled"]), "npu-model", "int8", None, {"vela": record, "estimate": estimate}),
+                           Artifact(rel(run["summary_csv"]), "report", "int8"), Artifact(rel(run["log"]), "log", "int8"),
+                           Artifact(rel(config), "config", "int8")]
+        return conv

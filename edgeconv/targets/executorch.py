@@ -13,7 +13,7 @@ from typing import Any
 
 from edgeconv.errors import ConversionFailed, PreflightError
 from edgeconv.lazy import require, version_of
-from edgeconv.targets.base import Artifact, Target, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 
 BACKENDS = ("xnnpack", "portable")
 
@@ -46,16 +46,16 @@ class ExecuTorchTarget(Target):
                 hint="save the original nn.Module with torch.export.save(torch.export.export(model, args), 'model.pt2'), "
                      "or pick another target (onnx, tflite, openvino, ncnn take TorchScript)")
 
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
-        source = opts.extra["source_model"]
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
+        source = ctx.source_model
         torch = require("torch", why="for ExecuTorch")
         require("executorch", why="for the ExecuTorch target (pip install 'edgeconv[executorch]')")
         from executorch.devtools.backend_debug import get_delegation_info
         from executorch.exir import to_edge_transform_and_lower
 
         backend = opts.extra.get("et_backend") or "xnnpack"
-        feed = opts.extra["reference_inputs"]
-        names = [s for s in opts.extra["input_shapes"]]
+        feed = ctx.reference_inputs
+        names = list(ctx.input_shapes)
         args = tuple(torch.from_numpy(feed[n][:1].copy()) for n in names)
         module = source.module
         log = io.StringIO()
@@ -64,7 +64,7 @@ class ExecuTorchTarget(Target):
                 warnings.simplefilter("ignore")
                 quant: dict[str, Any] | None = None
                 if opts.precision == "int8":
-                    module, quant = self._quantize(torch, module, args, names, opts)
+                    module, quant = self._quantize(torch, module, args, names, ctx)
                 program = torch.export.export(module, args)
                 partitioners = []
                 if backend == "xnnpack":
@@ -87,10 +87,10 @@ class ExecuTorchTarget(Target):
                       "per_op": ops.to_dict(orient="records") if ops is not None else None}
         extra = {"converter": f"executorch {version_of('executorch')} to_edge_transform_and_lower ({backend})",
                  "delegation": delegation, "quantization": quant, "runner_options": {"input_names": names}}
-        return [Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)]
+        return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)])
 
     @staticmethod
-    def _quantize(torch, module, args, names, opts: TargetOptions):
+    def _quantize(torch, module, args, names, ctx: TargetContext):
         try:
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         except ImportError:  # older torch keeps PT2E in torch.ao
@@ -99,7 +99,7 @@ class ExecuTorchTarget(Target):
 
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
-        samples = opts.extra["calibration"]
+        samples = ctx.calibration
         with torch.no_grad():
             for s in samples:
                 prepared(*(torch.from_numpy(s[n]) for n in names))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeconv.errors import ConversionFailed, PreflightError
-from edgeconv.targets.base import Artifact, Target, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 
 DEFAULT_WORKSPACE_MB = 1024
 
@@ -109,7 +109,7 @@ class JetsonTarget(Target):
                             f"TensorRT {trt} ONNX parser")
         return problems
 
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
         import onnx
 
         clean = workdir / "model_trt.onnx"
@@ -121,7 +121,7 @@ class JetsonTarget(Target):
         engine_onnx = clean.name
         if precision == "int8":
             qdq = workdir / "model_int8_qdq.onnx"
-            extra["quantization"] = self._quantize(clean, qdq, opts)
+            extra["quantization"] = self._quantize(clean, qdq, ctx)
             engine_onnx = qdq.name
             artifacts.append(Artifact(clean.name, "tensorrt-onnx-fp32", "fp32"))
             artifacts.append(Artifact(qdq.name, "model", "int8", "onnxruntime", extra))
@@ -146,7 +146,7 @@ class JetsonTarget(Target):
         script.write_text(build_script(build, trtexec))
         script.chmod(0o755)
         artifacts.append(Artifact(script.name, "build-script", precision))
-        return artifacts
+        return Conversion(artifacts)
 
     @staticmethod
     def _clean(src: Path, dest: Path) -> list[str]:
@@ -174,13 +174,13 @@ class JetsonTarget(Target):
         return notes
 
     @staticmethod
-    def _quantize(src: Path, dest: Path, opts: TargetOptions) -> dict[str, Any]:
+    def _quantize(src: Path, dest: Path, ctx: TargetContext) -> dict[str, Any]:
         """Explicit int8: symmetric (zero point 0) activations, symmetric per-channel weights, Q/DQ pairs that
         TensorRT fuses; bias left in float (TensorRT quantizes it itself)."""
         from onnxruntime import __version__ as ort_version
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        samples = opts.extra["calibration"]
+        samples = ctx.calibration
 
         class Reader(CalibrationDataReader):
             def __init__(self):

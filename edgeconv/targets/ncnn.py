@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgeconv.errors import ConversionFailed, MissingDependency, PreflightError
 from edgeconv.lazy import version_of
-from edgeconv.targets.base import Artifact, Target, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 
 PNNX_TIMEOUT_S = 900
 
@@ -30,7 +30,7 @@ class NcnnTarget(Target):
                                  "use --precision fp32 or fp16 for ncnn (or --target tflite/openvino for int8)")
         super().check_options(profile, opts)
 
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
         try:
             import pnnx
 
@@ -39,7 +39,7 @@ class NcnnTarget(Target):
             raise MissingDependency("pnnx is not installed (needed for the ncnn target)", hint="pip install 'edgeconv[ncnn]'") from exc
         build = workdir / "_pnnx"
         build.mkdir()
-        shapes = opts.extra["input_shapes"]
+        shapes = ctx.input_shapes
         shape_arg = ",".join("[" + ",".join(str(int(d)) for d in s) + "]" for s in shapes.values())
         fp16 = 1 if opts.precision == "fp16" else 0
         cmd = [exe, "model.onnx", f"inputshape={shape_arg}", f"fp16={fp16}", "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin",
@@ -53,14 +53,14 @@ class NcnnTarget(Target):
         param, binary = build / "model.ncnn.param", build / "model.ncnn.bin"
         if proc.returncode != 0 or not param.exists():
             log = proc.stdout + proc.stderr
-            failed_dir = Path(opts.extra["failed_build_dir"])
+            failed_dir = ctx.failed_build_dir
             failed_dir.mkdir(parents=True, exist_ok=True)
             (failed_dir / "pnnx.log").write_text(log)
             raise ConversionFailed(f"pnnx {version_of('pnnx')} could not convert the graph (exit {proc.returncode})",
                                    details="\n".join(log.strip().splitlines()[-15:]), hint=f"full log: {failed_dir / 'pnnx.log'}")
         blobs_in, blobs_out = _io_blobs(param.read_text())
-        names = list(shapes) + list(opts.extra["output_shapes"])
-        if len(blobs_in) != len(shapes) or len(blobs_out) != len(opts.extra["output_shapes"]):
+        names = list(shapes) + list(ctx.output_shapes)
+        if len(blobs_in) != len(shapes) or len(blobs_out) != len(ctx.output_shapes):
             raise ConversionFailed(f"the ncnn graph has inputs {blobs_in} and outputs {blobs_out}; the model has {names}")
         for f in (param, binary):
             shutil.move(str(f), workdir / f.name)
@@ -69,8 +69,9 @@ class NcnnTarget(Target):
                    "bin_file": binary.name}
         extra = {"converter": f"pnnx {version_of('pnnx')} (fp16={fp16})", "runner_options": options,
                  "weights_storage": "fp16" if fp16 else "fp32"}
-        return [Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(param.name, "model", opts.precision, profile.runner, extra),
-                Artifact(binary.name, "weights", opts.precision)]
+        return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"),
+                           Artifact(param.name, "model", opts.precision, profile.runner, extra),
+                           Artifact(binary.name, "weights", opts.precision)])
 
 
 def _io_blobs(param_text: str) -> tuple[list[str], list[str]]:

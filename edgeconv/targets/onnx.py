@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeconv.errors import ConversionFailed
-from edgeconv.targets.base import Artifact, Target, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 
 
 class OnnxTarget(Target):
@@ -13,9 +13,9 @@ class OnnxTarget(Target):
     precisions = ("fp32", "fp16")
     dynamic_batch = True
 
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
         if opts.precision == "fp32":
-            return [Artifact(onnx_path.name, "model", "fp32", profile.runner)]
+            return Conversion([Artifact(onnx_path.name, "model", "fp32", profile.runner)])
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -26,7 +26,7 @@ class OnnxTarget(Target):
         except Exception as exc:
             raise ConversionFailed(f"fp16 conversion of the ONNX graph failed: {type(exc).__name__}: {exc}") from exc
         # Inputs and outputs stay float32 so callers feed the same data; the graph computes in fp16.
-        return [
+        return Conversion([
             Artifact(onnx_path.name, "canonical-onnx", "fp32"),
             Artifact(dest.name, "model", "fp16", profile.runner, {"io_dtype": "float32", "converter": "onnxruntime.transformers.float16"}),
-        ]
+        ])

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeconv.errors import ConversionFailed
 from edgeconv.lazy import require
-from edgeconv.targets.base import Artifact, Target, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 
 QUANTIZABLE = {"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"}
 
@@ -62,7 +62,7 @@ class OpenVinoTarget(Target):
         # Convert-time checks run on this host's CPU with f32 math, so they measure the artifact, not bf16.
         return {"device": "CPU", "inference_precision": "f32"}
 
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
         ov = _ov()
         try:
             model = ov.convert_model(str(onnx_path))
@@ -71,24 +71,24 @@ class OpenVinoTarget(Target):
         extra: dict[str, Any] = {"runner_options": {"device": profile.raw.get("runtime", {}).get("device", "CPU")},
                                  "openvino": ov.__version__}
         if opts.precision == "int8":
-            model, qinfo = self._quantize(model, opts)
+            model, qinfo = self._quantize(model, opts, ctx)
             extra["quantization"] = qinfo
-        for key, value in {"target": profile.name, "precision": opts.precision, "layouts": json.dumps(opts.extra.get("layouts", {})),
-                           "source": json.dumps(opts.extra.get("source", {}))}.items():
+        for key, value in {"target": profile.name, "precision": opts.precision, "layouts": json.dumps(ctx.layouts),
+                           "source": json.dumps(ctx.source)}.items():
             model.set_rt_info(str(value), ["edgeconv", key])
         dest = workdir / "model.xml"
         compress = opts.precision == "fp16"
         ov.save_model(model, str(dest), compress_to_fp16=compress)
         extra["compress_to_fp16"] = compress
-        return [
+        return Conversion([
             Artifact(onnx_path.name, "canonical-onnx", "fp32"),
             Artifact(dest.name, "model", opts.precision, profile.runner, extra),
             Artifact("model.bin", "weights", opts.precision),
-        ]
+        ])
 
-    def _quantize(self, model, opts: TargetOptions):
+    def _quantize(self, model, opts: TargetOptions, ctx: TargetContext):
         nncf = require("nncf", why="for OpenVINO int8")
-        calib = opts.extra["calibration"]
+        calib = ctx.calibration
         names = [i.get_any_name() for i in model.inputs]
         items = [[s[n] for n in names] if len(names) > 1 else s[names[0]] for s in calib]
         dataset = nncf.Dataset(items)
@@ -97,8 +97,8 @@ class OpenVinoTarget(Target):
         kwargs = {"preset": preset, "subset_size": len(items)}
         if ignored:
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
-        data = opts.extra.get("accuracy_data")
-        max_drop = opts.extra.get("max_accuracy_drop")
+        data = ctx.accuracy_data
+        max_drop = ctx.max_accuracy_drop
         info: dict[str, Any] = {"tool": f"nncf {nncf.__version__}", "preset": preset.name.lower(), "ignored_nodes": ignored,
                                 "samples": len(items)}
         try:

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeconv.errors import ConversionFailed, MissingDependency
 from edgeconv.lazy import require, require_installed, version_of
-from edgeconv.targets.base import Artifact, Target, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 from edgeconv.targets.tflite_job import TFLITE_FAILED, channel_last_perm, tflite_from_saved_model
 
 ONNX2TF_TESTED = ">=1.28,<1.29"  # the onnx2tf range this code was tested with (1.28.8, TF 2.21)
@@ -217,20 +217,21 @@ class TfliteTarget(Target):
             raise PreflightError(f"--io-dtype {io} needs --precision int8 (full integer); {opts.precision} keeps float I/O")
 
     # -- conversion ------------------------------------------------------------------------------------
-    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions) -> list[Artifact]:
+    def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
         build = workdir / "_build"
         build.mkdir()
-        source = opts.extra["source_model"]
+        source = ctx.source_model
         try:
+            notes: list[str] = []
             if source.framework == "keras":
                 tf = require("tensorflow", why="to build TFLite models")
-                saved = self._saved_model_from_keras(tf, source, build, opts.extra["input_shapes"] if self.static_shapes else None)
+                saved = self._saved_model_from_keras(tf, source, build, ctx.input_shapes if self.static_shapes else None)
                 route = f"tf.lite.TFLiteConverter from the Keras/TensorFlow model (tensorflow {tf.__version__})"
                 moved = False
-                data = tflite_from_saved_model(tf, saved, opts.precision, opts.extra.get("calibration"), opts.extra["io_dtype"],
+                data = tflite_from_saved_model(tf, saved, opts.precision, ctx.calibration, opts.extra["io_dtype"],
                                                moved)
             else:
-                data = self._from_onnx(onnx_path, build, opts)
+                data, notes = self._from_onnx(onnx_path, build, opts, ctx)
                 route = (f"onnx2tf {version_of('onnx2tf')} → SavedModel → tf.lite.TFLiteConverter "
                          f"(tensorflow {version_of('tensorflow-cpu') or version_of('tensorflow')}), one child process")
                 moved = True
@@ -248,10 +249,11 @@ class TfliteTarget(Target):
                 + ", ".join(left[:8]) + (" …" if len(left) > 8 else ""),
                 hint="TFLite has no int8 kernel for them: --allow-float-ops keeps them in float (listed in the manifest); "
                      "or use --precision int8-dynamic or fp16, or replace those ops in the model")
-        extra = self._describe(dest, opts, moved, route)
+        extra = self._describe(dest, opts, ctx, moved, route)
         if opts.precision == "int8":
             extra["float_ops"] = left
-        return [Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)]
+        return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"),
+                           Artifact(dest.name, "model", opts.precision, profile.runner, extra)], notes=notes)
 
     def _saved_model_from_keras(self, tf, source, build: Path, shapes: dict[str, list] | None) -> Path:
         """The SavedModel TFLiteConverter reads. With ``shapes`` (static conversions) its signature has exactly the
@@ -277,7 +279,7 @@ class TfliteTarget(Target):
             raise ConversionFailed(f"Keras could not export a SavedModel for TFLite: {type(exc).__name__}: {exc}") from exc
         return out
 
-    def _from_onnx(self, onnx_path: Path, build: Path, opts: TargetOptions) -> bytes:
+    def _from_onnx(self, onnx_path: Path, build: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[bytes, list[str]]:
         """onnx2tf and TFLiteConverter in one child process (edgeconv/targets/tflite_job.py)."""
         if version_of("onnx2tf") is None:
             raise MissingDependency("onnx2tf is not installed (needed to turn ONNX into TFLite)",
@@ -287,16 +289,17 @@ class TfliteTarget(Target):
         work.mkdir()
         copy = work / "model.onnx"
         shutil.copyfile(onnx_path, copy)  # onnx2tf rewrites its input in place
+        notes = []
         if opts.precision == "int8":
             moved_pads = zero_pads_before_maxpool(copy)
             if moved_pads:
-                opts.extra.setdefault("notes", []).append(
+                notes.append(
                     f"int8: the padding of {len(moved_pads)} MaxPool node(s) on non-negative inputs ({', '.join(moved_pads[:3])}"
                     f"{' …' if len(moved_pads) > 3 else ''}) made an explicit zero Pad (the same values; onnx2tf would pad with "
                     "float32's minimum, which leaves int8 no resolution in that tensor)")
-        np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(opts.extra["reference_inputs"]))
+        np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(ctx.reference_inputs))
         saved = work / "saved_model"
-        samples = opts.extra.get("calibration") if opts.precision == "int8" else None
+        samples = ctx.calibration if opts.precision == "int8" else None
         if samples:
             np.savez(work / "calibration.npz", **{n: np.stack([s[n] for s in samples]) for n in samples[0]})
         job = {"onnx2tf_args": ["-i", str(copy), "-o", str(saved), "-osd", "-nuo", "-v", "error"], "saved_model": str(saved),
@@ -311,11 +314,11 @@ class TfliteTarget(Target):
         except subprocess.TimeoutExpired as exc:
             raise ConversionFailed(f"onnx2tf and TFLiteConverter did not finish in {ONNX2TF_TIMEOUT_S} s") from exc
         if proc.returncode == 0:
-            return (work / "model.tflite").read_bytes()
+            return (work / "model.tflite").read_bytes(), notes
         if proc.returncode == TFLITE_FAILED:
             raise ConversionFailed((work / "tflite_error.txt").read_text())
         log = proc.stdout + proc.stderr
-        failed_dir = Path(opts.extra.get("failed_build_dir", work))
+        failed_dir = ctx.failed_build_dir
         failed_dir.mkdir(parents=True, exist_ok=True)
         (failed_dir / "onnx2tf.log").write_text(log)
         import onnx
@@ -331,12 +334,12 @@ class TfliteTarget(Target):
             hint=f"full log: {failed_dir / 'onnx2tf.log'}",
         )
 
-    def _describe(self, tflite: Path, opts: TargetOptions, moved: bool, route: str) -> dict[str, Any]:
+    def _describe(self, tflite: Path, opts: TargetOptions, ctx: TargetContext, moved: bool, route: str) -> dict[str, Any]:
         from edgeconv.runners.litert import signature_io
 
         ins, outs = signature_io(tflite)
-        src_in = opts.extra["input_shapes"]
-        src_out = opts.extra["output_shapes"]
+        src_in = ctx.input_shapes
+        src_out = ctx.output_shapes
         in_names = list(src_in)
         out_names = list(src_out)
         in_map = dict(zip(in_names, _match(in_names, [d["name"] for d in ins])))
