@@ -176,9 +176,9 @@ def digits_onnx() -> Path:
     return bundle(ROOT / "samples" / "digits_cnn.pt", "digits-onnx")
 
 
-def alternating(measure, labels: tuple[str, str], rounds: int) -> list[dict]:
-    """``rounds`` rounds of ``measure(label)`` for both labels, the order alternating each round (A, B, then B, A), so drift
-    on a shared machine lands on both sides. Returns one ``{label: value}`` per round."""
+def alternating(measure, labels: tuple[str, ...], rounds: int) -> list[dict]:
+    """``rounds`` rounds of ``measure(label)`` for every label, the order reversed each round (A, B, then B, A), so drift
+    on a shared machine lands on every side. Returns one ``{label: value}`` per round."""
     out = []
     for i in range(rounds):
         row = {}

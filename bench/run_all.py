@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["help_time.py", "validate_vs_bare.py", "openvino_bench.py", "tflite_bench.py", "tflite_layers.py", "profile_bench.py"]
+SCRIPTS = ["help_time.py", "validate_vs_bare.py", "openvino_bench.py", "tflite_bench.py", "tflite_layers.py", "profile_bench.py",
+           "compress_bench.py"]
 
 
 def main() -> int:

@@ -1,7 +1,9 @@
 """The bundle: a directory holding artifacts, ``manifest.json`` and ``reference.npz``, written atomically.
 
 A bundle is built in a temporary sibling directory and renamed into place at the end, so a failed or
-interrupted convert leaves nothing at ``-o``.
+interrupted convert leaves nothing at ``-o``. The exception is a conversion that worked but whose artifact misses a
+check (an accuracy budget; for int8, parity too): that bundle is written whole, with ``"status": "failed-check"``
+and the failing check in its manifest, so ``edgeconv debug`` and ``validate`` can open what was built.
 """
 
 from __future__ import annotations

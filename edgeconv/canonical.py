@@ -53,6 +53,7 @@ class CanonicalRecord:
     # control-flow / recurrent nodes still in the graph, for targets' preflights: [{"node": name, "op": "Loop"}]
     control_flow: list[dict[str, str]] = field(default_factory=list)
     tools: dict[str, str | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was looked at and left alone, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +84,12 @@ def canonicalize(proto, *, min_opset: int = MIN_OPSET, max_opset: int | None = N
     _upgrade_opset(model, min_opset, max_opset, rec)
     _bump_ir(model, rec)
     if fold:
-        model = _fold(model, rec)
+        reason = fold_trigger(model.graph)
+        if reason is None:
+            rec.notes.append("onnxslim not run: nothing to fold or simplify (no Constant, Shape/Size, Identity/Dropout or "
+                             "BatchNormalization node, no node computed from weights alone, no unused node)")
+        else:
+            model = _fold(model, rec)
     _metadata_note(proto, model, restore_node_names(proto, model), rec)
     rec.opset_after = opset_of(model)
     rec.ir_after = int(model.ir_version)
@@ -267,6 +273,28 @@ def _bump_ir(model, rec: CanonicalRecord) -> None:
 
 
 # -- 4. folding with onnxslim ----------------------------------------------------------------------------------------
+# Nodes that onnxslim folds or fuses away wherever they are: constants kept as nodes, shape arithmetic that static
+# shapes decide, no-ops at inference, BatchNormalization (into the Conv before it).
+FOLD_OPS = ("Constant", "ConstantOfShape", "Shape", "Size", "Identity", "Dropout", "BatchNormalization")
+
+
+def fold_trigger(graph) -> str | None:
+    """Why onnxslim has work on this graph, or None when it has none: then it is not run (importing it alone costs
+    half a second). Conservative: any subgraph, foldable op, node computed from weights alone or unused node."""
+    consts = {i.name for i in graph.initializer} | {""}
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for n in graph.node:
+        if any(a.g.node or a.graphs for a in n.attribute):
+            return f"node {n.name or n.op_type} has a subgraph"
+        if n.op_type in FOLD_OPS:
+            return f"{n.op_type} node {n.name!r}"
+        if n.input and all(i in consts for i in n.input):
+            return f"{n.op_type} node {n.name!r} computes from weights alone"
+        if not any(o in used for o in n.output):
+            return f"{n.op_type} node {n.name!r} is not used"
+    return None
+
+
 def _fold(model, rec: CanonicalRecord):
     import onnx
 

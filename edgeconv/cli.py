@@ -288,6 +288,8 @@ def convert(
     scale: Annotated[float, typer.Option("--scale", help="Images: multiply pixel values (0-255) by this first.", rich_help_panel="Calibration (int8)")] = 1 / 255.0,
     channels: Annotated[str, typer.Option("--channels", help="Images: rgb or bgr.", rich_help_panel="Calibration (int8)")] = "rgb",
     calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).", rich_help_panel="Calibration (int8)")] = None,
+    fallback: Annotated[str, typer.Option("--fallback", help="int8: auto keeps the layers `edgeconv debug` ranks most harmful in float, one more at a time, until --max-accuracy-drop holds on --data (none: never).", rich_help_panel="int8 guard")] = "none",
+    max_float_layers: Annotated[int, typer.Option("--max-float-layers", help="int8 guard: the most layers --fallback auto may keep in float before it gives up (exit 1).", rich_help_panel="int8 guard")] = 3,
     as_json: JsonOpt = False,
     **target_options: Any,
 ) -> None:
@@ -315,7 +317,7 @@ def convert(
         dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
-        command_line=_command_line(ctx),
+        fallback=fallback, max_float_layers=max_float_layers, command_line=_command_line(ctx),
     )
     result = run_convert(req, _steps(as_json))
     if as_json:
@@ -397,7 +399,9 @@ def profile(
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch (p99) for the best-batch answer.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: throughput and p50/p99 against batch size.")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
-    report_file: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/profile.json).")] = None,
+    report_file: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/profile.json, with --layers BUNDLE/profile_layers.json).")] = None,
+    layers: Annotated[bool, typer.Option("--layers", help="Time each layer with the runtime's own profiler (ONNX Runtime, OpenVINO) at one batch size, instead of the sweep.")] = False,
+    top: Annotated[int, typer.Option("--top", help="--layers: the slowest N layers in the table (--json and --csv have all).")] = 20,
     remote: RemoteOpt = [],  # noqa: B006
     hosts: HostsOpt = None,
     identity: IdentityOpt = None,
@@ -407,7 +411,8 @@ def profile(
     request: Annotated[Path | None, typer.Option("--request", help="Run this request.json (what --remote sends a device) instead of the options above.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Latency and throughput per batch size, the knee, the best batch under a budget, batch-dependent outputs."""
+    """Latency and throughput per batch size, the knee, the best batch under a budget, batch-dependent outputs; with
+    --layers, each layer's time from the runtime's own profiler against the end-to-end p50."""
     from edgeconv.device.edgeconv_runner import REQUEST_SCHEMA, complete_request
     from edgeconv.profile import ProfileRequest
     from edgeconv.profile import profile as run_profile
@@ -423,9 +428,9 @@ def profile(
             raise BadInput("--batch-sizes must be positive whole numbers")
     # one request, as validate's: run here, or sent with the bundle to each device
     req = {"schema": REQUEST_SCHEMA, "command": "profile", "batch_sizes": sizes, "threads": threads, "runs": runs, "warmup": warmup,
-           "min_time_s": min_time, "budget_ms": budget_ms}
+           "min_time_s": min_time, "budget_ms": budget_ms, "layers": layers}
     if request is not None:
-        if remote or hosts or any(v is not None for v in (batch_sizes, threads, min_time, budget_ms)):
+        if remote or hosts or layers or any(v is not None for v in (batch_sizes, threads, min_time, budget_ms)):
             raise BadInput("--request carries the run's options: pass it alone (with --plot, --csv and --json at most)")
         req = read_request(request)
     with runner_errors():
@@ -437,9 +442,14 @@ def profile(
         return
     report = run_profile(ProfileRequest(bundle=bundle, batch_sizes=req["batch_sizes"], threads=req["threads"], runs=req["runs"],
                                         warmup=req["warmup"], min_time_s=req["min_time_s"], budget_ms=req["budget_ms"], plot=plot,
-                                        csv=csv_file, report=report_file), _steps(as_json))
+                                        csv=csv_file, report=report_file, layers=req["layers"], where=req["where"]),
+                         _steps(as_json))
     if as_json:
         _emit_json(report)
+    elif "layers" in report:
+        from edgeconv.render import render_profile_layers
+
+        render_profile_layers(report, top)
     else:
         from edgeconv.render import render_profile
 
@@ -484,6 +494,73 @@ def compare_cmd(
         from edgeconv.render import render_compare
 
         render_compare(result, wide=wide)
+
+
+@app.command("debug")
+@_handled()
+def debug_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert` (a failed int8 bundle too).")],
+    data: Annotated[Path, typer.Option("--data", help="Real inputs (.npz x[, y] or .npy) to run both graphs on.")],
+    samples: Annotated[int, typer.Option("--samples", help="How many samples of --data to run.")] = 32,
+    threshold_db: Annotated[float, typer.Option("--threshold-db", help="A layer diverges when its SNR, and the SNR its own error leaves, fall below this.")] = 20.0,
+    top: Annotated[int, typer.Option("--top", help="Rows in the worst-layers table.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which layer loses the accuracy: the artifact and the fp32 ONNX graph side by side, layer by layer, mapped to
+    the PyTorch module / Keras layer; the first diverging layer marked."""
+    from edgeconv.debug import DebugRequest, debug
+
+    report = debug(DebugRequest(bundle=bundle, data=data, samples=samples, threshold_db=threshold_db), _steps(as_json))
+    if as_json:
+        _emit_json(report)
+    else:
+        from edgeconv.debug.render import render_debug
+
+        render_debug(report, top=top)
+
+
+@app.command("compress")
+@_handled()
+def compress_cmd(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="Source model: .pt2, a state_dict .pt/.pth with --model-class, a pickled module with --trust-pickle.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The compressed model to write (.pt2, a torch.export program `convert` takes).")],
+    prune_channels: Annotated[float | None, typer.Option("--prune-channels", help="Structured: remove this fraction (0-1) of each group of coupled channels, by importance (Torch-Pruning DepGraph). Every runtime gets faster.", rich_help_panel="Compression")] = None,
+    round_to: Annotated[int, typer.Option("--round-to", help="--prune-channels keeps a multiple of this many channels per layer (ONNX Runtime's x86 kernels work in blocks of 8; 1 keeps the exact ratio).", rich_help_panel="Compression")] = 8,
+    sparsity: Annotated[float | None, typer.Option("--sparsity", help="Unstructured: zero this fraction (0-1) of conv/Linear weights by magnitude, iteratively with --finetune. Dense runtimes do not get faster; the zipped artifact gets smaller.", rich_help_panel="Compression")] = None,
+    low_rank: Annotated[float | None, typer.Option("--low-rank", help="Split each Linear and 1x1 conv by truncated SVD: 0-1 keeps the rank holding that fraction of the layer's energy; a whole number >= 1 is a fixed rank.", rich_help_panel="Compression")] = None,
+    finetune: Annotated[Path | None, typer.Option("--finetune", help="Labelled training .npz (x in the model's own layout, integer labels y): fine-tune with cross-entropy after compressing.", rich_help_panel="Fine-tuning")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Fine-tuning epochs (default 10).", rich_help_panel="Fine-tuning")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Fine-tuning learning rate, Adam (default 1e-3).", rich_help_panel="Fine-tuning")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Fine-tuning batch size (default 64).", rich_help_panel="Fine-tuning")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning shuffles and initialisation.", rich_help_panel="Fine-tuning")] = 0,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): top-1 before and after, on ONNX Runtime.")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed ONNX Runtime runs per model (before/after interleaved).", rich_help_panel="Measurement")] = 100,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs per model and round.", rich_help_panel="Measurement")] = 10,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime threads (default: the runtime's own).", rich_help_panel="Measurement")] = None,
+    input_shape: InputShapeOpt = [],  # noqa: B006
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file at -o.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prune (channels or weights) and factorise a PyTorch model before export, fine-tune it, and measure both side by
+    side: parameters, non-zeros, MACs, size, ONNX Runtime p50, top-1. Writes a .pt2 that `convert` takes."""
+    from edgeconv.compress import CompressRequest, RichTrainingProgress, compress, render_report
+    from edgeconv.specs import parse_input_dtypes, parse_input_shapes
+
+    req = CompressRequest(
+        model=model, output=output, prune_channels=prune_channels, round_to=round_to, sparsity=sparsity, low_rank=low_rank, finetune=finetune,
+        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, data=data, runs=runs, warmup=warmup, threads=threads,
+        input_shapes=parse_input_shapes(input_shape), input_dtypes=parse_input_dtypes(input_shape),
+        load=_load_options(model_class, model_kwargs, trust_pickle), force=force, command_line=_command_line(ctx),
+    )
+    report = compress(req, _steps(as_json), None if as_json else RichTrainingProgress())
+    if as_json:
+        _emit_json(report)
+    else:
+        render_report(report)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, BundleWriter, s
 from edgeconv.calibration import CalibrationRequest, load_calibration
 from edgeconv.canonical import canonicalize_file
 from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
-from edgeconv.errors import BadInput, CheckFailed, ConversionFailed, EdgeconvError, converter_of
+from edgeconv.errors import ArtifactRefused, BadInput, CheckFailed, ConversionFailed, EdgeconvError, converter_of
 from edgeconv.frontends import LoadOptions, SourceModel, load_source
 from edgeconv.lazy import version_of
 from edgeconv.onnx_tools import check_and_infer, io_specs
@@ -54,6 +54,8 @@ class ConvertRequest:
     data: Path | None = None
     max_accuracy_drop: float | None = None
     calib: CalibrationRequest | None = None
+    fallback: str = "none"  # "auto": the int8 guard keeps the most harmful layers in float until --max-accuracy-drop holds
+    max_float_layers: int = 3
     target_extra: dict[str, Any] = field(default_factory=dict)  # the target's own options (edgeconv/target_options.py)
     command_line: list[str] = field(default_factory=lambda: list(sys.argv))
 
@@ -104,6 +106,10 @@ def converter_step(what: str, failed_dir: Path):
     traceback kept in the failed-build directory; one raised by edgeconv's own code stays what it is (a bug)."""
     try:
         yield
+    except ArtifactRefused as exc:  # the file was written by this conversion: its runtime refusing it is this conversion's failure
+        raise ConversionFailed(f"{what}: {exc.message}",
+                               hint="the converter produced a file its runtime refuses; another --precision or target may "
+                                    "avoid it (please report the model)") from exc
     except EdgeconvError:
         raise
     except Exception as exc:
@@ -127,13 +133,7 @@ def _host() -> dict[str, str]:
 
 def _parity(label, names, expected, artifact: Path, runner: str, batch: int | None, feed, tol, atol,
             options: dict[str, Any] | None = None) -> ParityReport:
-    try:
-        r = open_runner(runner, artifact, options=options)
-    except BadInput as exc:  # the artifact was written by this conversion: its runtime refusing it is a conversion failure
-        raise ConversionFailed(f"{runner} cannot run the artifact this conversion wrote: {exc.message}",
-                               hint="the converter produced a graph its runtime refuses; another --precision or target may "
-                                    "avoid it (please report the model)") from exc
-    with r:
+    with open_runner(runner, artifact, options=options) as r:
         actual = run_batched(r.infer, feed, batch)
     return compare(label, names, expected, actual, tol, atol)
 
@@ -157,6 +157,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         raise BadInput(f"--calib applies to int8 conversions; {profile.name} {req.precision} does not calibrate")
     if req.max_accuracy_drop is not None and req.data is None:
         raise BadInput("--max-accuracy-drop needs --data (a labelled .npz) to measure accuracy on")
+    _check_fallback(req, target, profile)
     out = req.output or default_output(req, profile)
 
     with steps.step(f"Loading {req.model.name}"):
@@ -195,7 +196,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         failed_dir = out.with_name(out.name + ".failed-build")
         with steps.step(f"Exporting ONNX ({source.frontend})"), converter_step(f"{source.framework} → ONNX export", failed_dir):
             record = source.export_onnx(onnx_path, inputs=inputs, opset=opset, dynamic_batch=req.dynamic_batch)
-        with steps.step("Canonical ONNX graph (opset upgrade, weights out of the inputs, constants folded)"):
+        with steps.step("Canonical ONNX graph (old opsets upgraded, constants folded)"):
             canon = canonicalize_file(onnx_path, max_opset=req.opset or profile.max_opset,
                                       keep_inputs=[s.name for s in inputs], constant_inputs=record.constant_inputs)
         with steps.step("Checking the ONNX graph (onnx.checker, shape inference)"):
@@ -217,7 +218,8 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                                        details=rep.failure_text(), hint=_tolerance_hint(profile))
         with steps.step(f"Preflight for {profile.name}"):
             target.preflight(proto, profile, topts)
-        accuracy_aware = labels is not None and req.max_accuracy_drop is not None
+        # accuracy-aware quantization by the target itself (NNCF's accuracy control), unless the int8 guard does it
+        accuracy_aware = labels is not None and req.max_accuracy_drop is not None and req.fallback != "auto"
         ctx = TargetContext(
             source_model=source, reference_inputs=feed, input_shapes={s.name: s.shape for s in onnx_inputs},
             output_shapes={s.name: s.shape for s in outputs}, layouts={s.name: s.layout for s in onnx_inputs},
@@ -238,17 +240,42 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                               work / model_art.file, model_art.runner, batch, feed, profile.tolerance(req.precision), req.atol,
                               check_options)
                 checks.append({"kind": "parity", **rep.to_dict()})
-                if not rep.ok:
+                if not rep.ok and not req.precision.startswith("int8"):
                     raise ConversionFailed(f"the {req.precision} artifact for {profile.name} does not compute what the source computes",
                                            details=rep.failure_text(), hint=_tolerance_hint(profile))
+                # an int8 artifact that misses parity is kept, marked failed, so `edgeconv debug` can open it
+                parity_miss = None if rep.ok else rep
         source_accuracy = None
+        fallback_record = None
         checks += conversion.checks  # the target's own checks (e.g. the Edge TPU mapping)
         if labels is not None:
             with steps.step(f"Measuring accuracy on {req.data.name}"), converter_step(
                     f"running {model_art.file} on {model_art.runner}", failed_dir):
                 source_accuracy, acc_check = _accuracy_check(source, data_scores[score_index], score_index, data_feed, labels,
                                                              batch, work, model_art, req, check_options)
-                checks.append(acc_check)
+            if req.fallback == "auto" and not acc_check["ok"]:  # the int8 guard: keep the most harmful layers in float
+                from edgeconv.debug.fallback import GuardJob, guard
+
+                def measure(wdir, conv):
+                    art = next(a for a in conv.artifacts if a.role == "model")
+                    opts = {**art.extra.get("runner_options", {}), **check_overrides}
+                    with converter_step(f"running {art.file} on {art.runner}", failed_dir):
+                        rep = _parity(f"{art.file} ({art.runner}) vs {source.framework}", names, expected, wdir / art.file,
+                                      art.runner, batch, feed, profile.tolerance(req.precision), req.atol, opts)
+                        acc = _accuracy_check(source, data_scores[score_index], score_index, data_feed, labels, batch, wdir,
+                                              art, req, opts)[1]
+                    return rep, {"kind": "parity", **rep.to_dict()}, acc
+
+                kept = guard(GuardJob(target, profile, topts, ctx, onnx_path, work, conversion, source.framework, data_feed,
+                                      batch, req.max_float_layers, measure, check_options, failed_dir,
+                                      [layer.name for layer in getattr(getattr(source, "model", None), "layers", None) or []]),
+                             acc_check, steps)
+                conversion, artifacts, fallback_record = kept["conversion"], kept["conversion"].artifacts, kept["record"]
+                model_art = next(a for a in artifacts if a.role == "model")
+                parity_miss = None if kept["parity"].ok else kept["parity"]
+                checks = [checks[0], kept["parity_check"], *conversion.checks]  # the full-int8 figures are in fallback_record
+                acc_check = kept["accuracy_check"]
+            checks.append(acc_check)
         elif data_feed is not None:
             with steps.step(f"Checking agreement with {source.framework} on {req.data.name} (no labels)"), converter_step(
                     f"running {model_art.file} on {model_art.runner}", failed_dir):
@@ -270,6 +297,9 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 "path": str(req.model), "format": source.format, "framework": source.framework,
                 "sha256": sha256_of(req.model), "frontend": source.frontend,
                 "load_options": {"model_class": req.load.model_class, "model_kwargs": req.load.model_kwargs},
+                # Keras layer names, in order: TensorFlow's scopes in the ONNX graph carry uniquified copies of them
+                # (layer conv2d under conv2d_1), which edgeconv debug maps back
+                "layer_names": [layer.name for layer in getattr(getattr(source, "model", None), "layers", None) or []] or None,
             },
             "export": {"exporter": record.exporter, "opset": canon.opset_after, "exported_opset": record.opset,
                        "fallback_reason": record.fallback_reason, "notes": source.notes + shape_notes + record.notes + conversion.notes,
@@ -290,6 +320,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             "tolerances": {p: vars(t) for p, t in profile.tolerances.items()} | {"overrides": {str(k): v for k, v in req.atol.items()}},
             "source_accuracy": source_accuracy,
             "calibration": calib_record,
+            "fallback": fallback_record,
             "check_runner_options": check_overrides,
             "checks": checks,
             "tools": {"edgeconv": __version__, "onnx": version_of("onnx"), "onnxruntime": version_of("onnxruntime"),
@@ -298,13 +329,43 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
         }
         write_json(work / MANIFEST, manifest)
     result = ConvertResult(out, manifest)
+    guard_missed = fallback_record is not None and not fallback_record["ok"]  # reported as the budget it missed (exit 1)
+    if model_art.file != onnx_path.name and parity_miss is not None and not guard_missed:
+        raise ConversionFailed(
+            f"the {req.precision} artifact for {profile.name} does not compute what the source computes; the bundle at {out} "
+            "is kept and marked failed in its manifest", details=parity_miss.failure_text(),
+            hint=f"`edgeconv debug {out} --data DATA` shows which layer loses the accuracy; " + _tolerance_hint(profile))
     if not result.ok:
         reasons = [_failure_reason(c, req) for c in failed]
         raise CheckFailed("; ".join(reasons) + f"; the bundle at {out} is kept and marked failed in its manifest")
     return result
 
 
+def _check_fallback(req: ConvertRequest, target, profile: Profile) -> None:
+    """``--fallback auto`` needs an int8 conversion with labelled --data and a budget, on a backend that can keep layers
+    in float."""
+    if req.fallback not in ("none", "auto"):
+        raise BadInput(f"--fallback must be none or auto, not {req.fallback!r}")
+    if req.fallback == "none":
+        return
+    if req.precision != "int8":
+        raise BadInput(f"--fallback auto keeps layers of an int8 conversion in float; this conversion is {req.precision}")
+    if req.data is None or req.max_accuracy_drop is None:
+        raise BadInput("--fallback auto needs --data (a labelled .npz) and --max-accuracy-drop: the budget it restores")
+    if req.max_float_layers < 1:
+        raise BadInput("--max-float-layers must be at least 1")
+    if not getattr(target, "float_fallback", False):
+        from edgeconv.errors import PreflightError
+
+        raise PreflightError(f"--fallback auto: target {profile.name} ({profile.backend}) has no way to keep layers in float",
+                             hint="targets with a float fallback: onnx, jetson, openvino, tflite, coral, ethos-u")
+
+
 def _failure_reason(check: dict[str, Any], req: ConvertRequest) -> str:
+    if check["kind"] == "accuracy" and req.fallback == "auto":
+        return (f"accuracy drop {check['drop_points']:.2f} points exceeds --max-accuracy-drop {req.max_accuracy_drop} even with "
+                f"up to {req.max_float_layers} layer(s) kept in float (--max-float-layers; the manifest's fallback lists the "
+                "attempts)")
     if check["kind"] == "accuracy":
         return f"accuracy drop {check['drop_points']:.2f} points exceeds --max-accuracy-drop {req.max_accuracy_drop}"
     if check["kind"] == "agreement":

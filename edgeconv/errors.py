@@ -36,8 +36,17 @@ class BadInput(EdgeconvError):
     exit_code = 2
 
 
+class ArtifactRefused(BadInput):
+    """A runtime cannot load or run a model file. A file the user handed to validate or profile is bad input (2);
+    one that a conversion has just written is that conversion's failure: convert reports it as ConversionFailed (4)."""
+
+
 class PreflightError(BadInput):
     """A target refuses a model or an option before any conversion work starts."""
+
+
+class IntermediatesUnavailable(BadInput):
+    """``edgeconv debug``: the artifact's runtime cannot expose its intermediate tensors (or they match nothing)."""
 
 
 class MissingDependency(EdgeconvError):

@@ -1,9 +1,15 @@
 """``edgeconv profile BUNDLE``: latency and throughput per batch size, the knee, the best batch under a latency
-budget, and whether outputs change with the batch. Same statistics as ``validate``; talks only to runners."""
+budget, and whether outputs change with the batch. Same statistics as ``validate``; talks only to runners.
+
+``edgeconv profile BUNDLE --layers``: time per layer from the runtime's own profiler (ONNX Runtime's profiling trace,
+OpenVINO's performance counters), each layer's share, the PyTorch module it came from where the ONNX graph says, and
+the sum of the layers against the end-to-end p50 measured with the profiler off. The measuring is the device runner's
+``execute_layers`` (the same code on a device); naming the layers after the source is done here, from the ONNX graph."""
 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeconv.bundle import Bundle, write_json
+from edgeconv.device import edgeconv_runner as device
 from edgeconv.device.edgeconv_runner import SWEEP_METHOD, sweep
 from edgeconv.errors import BadInput
 from edgeconv.parity import tolerance_from_dict
@@ -18,6 +25,7 @@ from edgeconv.progress import Steps
 from edgeconv.runners import open_runner
 
 KNEE_GAIN = 0.10  # a doubling that adds less throughput than this is past the knee
+LAYERS_AGREE = 0.15  # --layers: a sum of the layers further than this from the end-to-end p50 gets a note saying why
 DEFAULT_MAX_BATCH = 32
 
 
@@ -33,6 +41,8 @@ class ProfileRequest:
     plot: Path | None = None
     csv: Path | None = None
     report: Path | None = None
+    layers: bool = False  # per-layer times from the runtime's profiler (one batch size) instead of the sweep
+    where: str = "host"  # the request's "where": "device" when edgeconv runs it on a device for a host
 
 
 def knee(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -74,6 +84,8 @@ def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
     steps = steps or Steps()
     if req.runs < 1:
         raise BadInput("--runs must be ≥ 1")
+    if req.layers:
+        return profile_layers(req, steps)
     bundle = Bundle.open(req.bundle)
     m = bundle.manifest
     art = bundle.artifact_to_run()
@@ -94,7 +106,7 @@ def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
     with runner, steps.step(f"Profiling batch sizes {', '.join(map(str, sizes))} on {art['runner']}"):
         rows = sweep(runner.prepare, runner.run_prepared, lambda: runner.last_inference_s, ref, sizes, req.runs, req.warmup,
                      req.min_time_s, tol.atol if tol else None, can_single=resizable or fixed == 1)
-    measured_on = {**runner.info(), "kind": "host emulation, not device" if art.get("host_emulation") else "host"}
+    measured_on = device.measured_on(art, runner, req.where)  # the device runner's: emulation detected, as validate's
     report = profile_report(bundle, art, measured_on, rows, notes, req.budget_ms,
                             f"per batch: {req.warmup} warm-up, ≥ {req.runs} timed runs"
                             + (f" and ≥ {req.min_time_s} s" if req.min_time_s else "") + "; " + SWEEP_METHOD)
@@ -119,6 +131,169 @@ def profile_report(bundle: Bundle, art: dict[str, Any], measured_on: dict[str, A
         "best_under_budget": best_under_budget(rows, budget_ms), "notes": notes,
         "divergent_batches": [r["batch"] for r in rows if r.get("diverges")],
     }
+
+
+def device_profile_report(bundle: Bundle, report: dict[str, Any]) -> dict[str, Any]:
+    """A profile report as the bundle's device runner returns it (a sweep's rows, or per-layer times), finished here: the
+    knee and the best batch under the budget, or the layers' source names."""
+    r = report["request"]
+    if "layers" in report:
+        art = next((a for a in bundle.manifest["artifacts"] if a["file"] == report["artifact"]),
+                   {"file": report["artifact"], "runner": report["runner"]})
+        return layers_report(bundle, art, report, "; measured by the bundle's device runner")
+    return profile_report(bundle, {"file": report["artifact"]}, report["measured_on"], report["sweep"]["rows"],
+                          report["sweep"]["notes"], r.get("budget_ms"),
+                          f"per batch: {r['warmup']} warm-up, ≥ {r['runs']} timed runs"
+                          + (f" and ≥ {r['min_time_s']} s" if r.get("min_time_s") else "")
+                          + f"; {report['sweep']['method']}; measured by the bundle's device runner")
+
+
+# -- per-layer times ---------------------------------------------------------------------------------------------------
+def profile_layers(req: ProfileRequest, steps: Steps) -> dict[str, Any]:
+    """``profile --layers`` here: the device runner's ``execute_layers`` on edgeconv's runner for the bundle, then the
+    layers named after the source. A runtime without a per-layer profiler is refused (exit 2) with the reason."""
+    from edgeconv.validate import runner_errors
+
+    given = [flag for flag, v in (("--min-time", req.min_time_s), ("--budget-ms", req.budget_ms), ("--plot", req.plot)) if v is not None]
+    if given:
+        raise BadInput(f"--layers times the layers of one batch size; it does not take {', '.join(given)}")
+    if req.batch_sizes and len(req.batch_sizes) != 1:
+        raise BadInput(f"--layers profiles one batch size; --batch-sizes gave {','.join(map(str, req.batch_sizes))}")
+    bundle = Bundle.open(req.bundle)
+    art = bundle.artifact_to_run()
+    runner = open_runner(art["runner"], bundle.path / art["file"], threads=req.threads, options=art.get("runner_options", {}))
+    request = {"command": "profile", "layers": True, "batch_sizes": req.batch_sizes, "runs": req.runs, "warmup": req.warmup,
+               "threads": req.threads, "where": req.where}
+    with runner, runner_errors():
+        result = device.execute_layers(device.complete_request(request), str(bundle.path), bundle.manifest, art, runner,
+                                       steps.step)
+    report = layers_report(bundle, art, result, "")
+    dest = req.report or bundle.path / "profile_layers.json"
+    write_json(dest, report)
+    report["report_file"] = str(dest)
+    if req.csv:
+        _write_layers_csv(req.csv, report["layers"]["rows"])
+    return report
+
+
+def layers_report(bundle: Bundle, art: dict[str, Any], result: dict[str, Any], where: str) -> dict[str, Any]:
+    """The per-layer report from ``execute_layers``' result, measured here or on a device: each row gets the ONNX node
+    it maps to and, where the graph records it, the PyTorch module path it came from."""
+    m = bundle.manifest
+    layers = result["layers"]
+    names = SourceNames.for_bundle(bundle, art)
+    mapped = 0
+    for row in layers["rows"]:
+        row.update(names.lookup(row["name"], row["op"]) if names else {"onnx_node": None, "source": None})
+        mapped += row["source"] is not None
+    notes = list(result.get("notes") or [])
+    if names is None:
+        notes.append("no ONNX graph in the bundle to map the runtime's layer names to source names")
+    elif not mapped:
+        notes.append(f"the ONNX graph records no source module for these layers ({names.why_none})")
+    if layers.get("not_executed"):
+        notes.append(f"{layers['not_executed']} more nodes of the compiled graph did not run on their own (fused into a "
+                     "neighbour or optimised out): their time is inside the layers listed")
+    ratio = layers.get("sum_vs_end_to_end")
+    if ratio is not None and abs(ratio - 1) > LAYERS_AGREE:
+        notes.append(f"the layers add up to {ratio:.0%} of the end-to-end p50: " + (
+            "each layer's time carries the profiler's own cost per node and its microsecond timestamps, which weigh on "
+            "layers this short" if ratio > 1 else
+            "time outside the layers (copying inputs and outputs, the runtime's work between nodes) is in no layer"))
+    if art.get("host_emulation"):
+        notes.append("host emulation: these are ONNX Runtime's layer times on this machine, not the device runtime's "
+                     "(TensorRT's per-layer profile needs the device)")
+    mo = result["measured_on"]
+    return {"bundle": str(bundle.path), "target": m["target"]["profile"], "precision": m["precision"], "artifact": result["artifact"],
+            "runner": result.get("runner", art.get("runner")), "measured_on": mo, "layers": layers,
+            "method": f"{layers['method']}; {layers['profiler']}{where}", "notes": notes, "request": result.get("request")}
+
+
+# Runtime op types that stand for an ONNX op (after the runtime's fusions), to find the ONNX node a layer is.
+_OP_ALIASES = {"FusedConv": "Conv", "NchwcConv": "Conv", "Convolution": "Conv", "GroupConvolution": "Conv", "FusedGemm": "Gemm",
+               "FullyConnected": "Gemm", "QLinearConv": "Conv", "ConvolutionBackpropData": "ConvTranspose",
+               "FusedMatMul": "MatMul", "QLinearMatMul": "MatMul", "Pooling": "MaxPool", "NchwcMaxPool": "MaxPool"}
+_RUNTIME_SUFFIXES = re.compile(r"(_nchwc|/WithoutBiases|/fq_weights_\d+|_token_\d+)+$")
+
+
+class SourceNames:
+    """Runtime layer names → the ONNX node they come from → the name the user wrote, as ``edgeconv debug`` names it.
+
+    A runtime names a layer after an ONNX node (``/features/0/0/Conv``), after the tensor it writes (ONNX Runtime's
+    NCHWc convolutions: ``/features/0/2/Clip_output_0_nchwc``), with a prefix or suffix (``fused node_linear``,
+    ``Conv__235/WithoutBiases``), or after a fused activation. The node is found by name, then by the tensor it writes,
+    then by shortening an OpenVINO-style ``a/b/c`` name; when its op is not the layer's (a Conv+Clip named after the
+    Clip), the producer chain is followed up to the node of the layer's own op. The source name is the debugger's
+    (:func:`edgeconv.debug.graph.source_name`: the torch exporter's ``pkg.torch.onnx.name_scopes``, the weight's
+    parameter name, a TorchScript-exporter scope, a Keras layer)."""
+
+    def __init__(self, graph, framework: str | None):
+        self.nodes = {n.name: n for n in graph.node if n.name}
+        self.producer = {o: n for n in graph.node for o in n.output if o}
+        self.initializers = {i.name for i in graph.initializer}
+        self.framework = framework or ""
+        self.why_none = f"the {self.framework or 'source'} exporter recorded no module or layer names in the graph"
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, art: dict[str, Any]) -> SourceNames | None:
+        path = bundle.path / art["file"] if art["file"].endswith(".onnx") else None
+        if path is None:
+            canonical = bundle.artifact("canonical-onnx")
+            path = bundle.path / canonical["file"] if canonical else None
+        if path is None or not path.exists():
+            return None
+        try:
+            import onnx
+        except ImportError:
+            return None
+        model = onnx.load(str(path), load_external_data=False)
+        return cls(model.graph, bundle.manifest.get("source", {}).get("framework"))
+
+    def _find(self, name: str):
+        bare = re.sub(r"^fused ", "", name)
+        candidates = [name, bare, _RUNTIME_SUFFIXES.sub("", bare)]
+        parts = candidates[-1].split("/")
+        candidates += ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+        for c in candidates:
+            for table, key in ((self.nodes, c), (self.producer, c), (self.producer, c + ":0")):
+                if key in table:
+                    return table[key]
+        return None
+
+    def _anchor(self, node, op: str | None):
+        want = _OP_ALIASES.get(op or "", op)
+        cur = node
+        for _ in range(4):
+            if cur.op_type == want or not want:
+                return cur
+            up = self.producer.get(cur.input[0]) if cur.input else None
+            if up is None:
+                break
+            cur = up
+        return node
+
+    def lookup(self, name: str, op: str | None) -> dict[str, Any]:
+        from edgeconv.debug.graph import source_name
+
+        node = self._find(name)
+        if node is None:
+            return {"onnx_node": None, "source": None}
+        found, node = node, self._anchor(node, op)
+        source, cls = source_name(node, self.framework, self.initializers)
+        if source is None and found is not node:  # e.g. tf2onnx's Conv__235 is nameless; its fused Relu6 names the layer
+            source, cls = source_name(found, self.framework, self.initializers)
+        out: dict[str, Any] = {"onnx_node": node.name, "source": source}
+        if cls:
+            out["source_class"] = cls
+        return out
+
+
+def _write_layers_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    cols = ["name", "op", "exec_type", "onnx_node", "source", "p50_ms", "mean_ms", "min_ms", "max_ms", "share", "runs", "order"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def default_batch_sizes(manifest: dict[str, Any]) -> list[int]:

@@ -198,7 +198,7 @@ def _device_request(req: RemoteRequest, bundle: Bundle, has_edgeconv: bool) -> t
         name = "data" + (local.suffix or ".npz")
         files[name] = local
         request["data"] = {**request["data"], "file": name}
-    if req.command == "profile" and not request.get("batch_sizes") and not has_edgeconv:
+    if req.command == "profile" and not request.get("batch_sizes") and not request.get("layers") and not has_edgeconv:
         from edgeconv.profile import default_batch_sizes
 
         request["batch_sizes"] = default_batch_sizes(bundle.manifest)
@@ -231,7 +231,94 @@ def _device_result(res: subprocess.CompletedProcess, target: Target, ran: str, b
                        res.returncode or 1, details=tail or "(nothing on stderr)")
 
 
-def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
+def _host_run(req: RemoteRequest, progress) -> dict[str, Any]:
+    """``validate --remote``: the same request executed here as well, for the artifact's outputs on this machine, so
+    each device's report can say how far its outputs are from this machine's (another CPU architecture, other
+    kernels in the same runtime). One timed run and no budgets: only the outputs are used. ``{"outputs", "report"}``,
+    or ``{"reason"}`` when this machine cannot run the artifact or the run here failed in any way: the comparison is an
+    extra, so it never fails the devices' runs (an unforeseen error's traceback goes to a file the reason names)."""
+    import tempfile
+
+    import numpy as np
+
+    from edgeconv.validate import run_request
+
+    if not req.request:
+        return {"reason": "no request to run here"}
+    request = dict(req.request, runs=1, warmup=0, max_latency_ms=None, max_accuracy_drop=None)
+    progress("this machine: running the same request here, for the cross-architecture comparison")
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeconv-host-run-") as tmp:
+            request["outputs_file"] = str(Path(tmp) / "outputs.npz")
+            report = run_request(req.bundle, request, report=Path(tmp) / "validation.json")
+            with np.load(request["outputs_file"]) as z:
+                return {"outputs": {k: z[k] for k in z.files}, "report": report}
+    except EdgeconvError as exc:
+        return {"reason": f"this machine cannot run the artifact: {exc.message}"}
+    except Exception as exc:  # noqa: BLE001 - a bug or a runtime failing here must not cost the devices their runs
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        return {"reason": f"the run on this machine failed: {type(exc).__name__}: {first} (traceback: {_traceback_file(exc)})"}
+
+
+def _traceback_file(exc: BaseException) -> str:
+    """The traceback of an error edgeconv carries on past, written to a file; its path (or why it could not be)."""
+    import os
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="edgeconv-host-run-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError as err:
+        return f"not written: {err}"
+    return path
+
+
+def _saves_outputs(ssh: Ssh, req: RemoteRequest, bundle: Bundle, has_edgeconv: bool) -> bool:
+    """Whether what runs the request on the device knows ``outputs_file`` (a runner from an older edgeconv refuses
+    a request field it does not know)."""
+    if has_edgeconv:
+        code = "from edgeconv.device.edgeconv_runner import REQUEST_DEFAULTS as d; raise SystemExit('outputs_file' not in d)"
+        return ssh.run([req.remote_python, "-c", code], check=False, timeout=req.timeout).returncode == 0
+    runner = bundle.path / "edgeconv_runner.py"
+    return not runner.exists() or '"outputs_file"' in runner.read_text()
+
+
+def cross_architecture(host: dict[str, Any], device_outputs: dict[str, Any] | None, report: dict[str, Any]) -> dict[str, Any]:
+    """The device's outputs against this machine's, for the same artifact and request (the comparison itself is the
+    device runner's ``compare_machines``): max abs difference, top-1 agreement, and each side's top-1 on the data."""
+    from edgeconv.device.edgeconv_runner import compare_machines
+
+    if "reason" in host:
+        return {"compared": False, "reason": host["reason"]}
+    if device_outputs is None:
+        return {"compared": False, "reason": "the device's runner does not save its outputs (convert the bundle again)"}
+    here = host["report"]
+    if (here["artifact"], here["runner"]) != (report["artifact"], report["runner"]):
+        return {"compared": False, "reason": f"the device ran {report['artifact']} on {report['runner']}, this machine "
+                                             f"{here['artifact']} on {here['runner']}"}
+    section = {"compared": True, **compare_machines(host["outputs"], device_outputs)}
+    for side, rep in (("host", here), ("device", report)):
+        mo = rep["measured_on"]
+        acc = (rep.get("accuracy") or {}).get("artifact") or {}
+        section[side] = {"machine": mo.get("machine"), "host": mo.get("host"), "runtime": mo.get("runtime"),
+                         "version": mo.get("version"), "numpy": mo.get("numpy"), "top1": acc.get("top1")}
+    if section["host"]["top1"] is not None and section["device"]["top1"] is not None:
+        section["top1_points_difference"] = (section["device"]["top1"] - section["host"]["top1"]) * 100
+    if report.get("accuracy"):
+        section["data"] = report["accuracy"]["data"]
+    return section
+
+
+def _fetch_outputs(ssh: Ssh, path: str, timeout: float) -> dict[str, Any]:
+    import numpy as np
+
+    with np.load(io.BytesIO(ssh.run(["cat", path], timeout=timeout).stdout)) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _one(req: RemoteRequest, target: Target, progress, host: dict[str, Any] | None = None) -> dict[str, Any]:
     bundle = Bundle.open(req.bundle)
     ssh = Ssh(target, req.identity, req.ssh_options, req.timeout)
     workdir = ssh.run(["mktemp", "-d", "-t", "edgeconv.XXXXXXXX"], timeout=req.timeout).stdout.decode().strip()
@@ -250,6 +337,8 @@ def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
             cmd = [req.remote_python, "-m", "edgeconv", "build", remote_bundle, "--json", *req.args]
         else:
             request, files = _device_request(req, bundle, has_edgeconv)
+            if host is not None and "outputs" in host and _saves_outputs(ssh, req, bundle, has_edgeconv):
+                request["outputs_file"] = f"{workdir}/outputs.npz"
             extra = {"request.json": json.dumps(request, indent=2).encode(), **files}
             where = [remote_bundle, "--request", f"{workdir}/request.json", "--json"]
             if has_edgeconv:  # edgeconv there executes the same request with the same function, on its richer runners
@@ -265,15 +354,15 @@ def _one(req: RemoteRequest, target: Target, progress) -> dict[str, Any]:
         res = ssh.run(["sh", "-c", '"$@"; exit $?', "sh", *cmd], check=False, timeout=req.run_timeout,
                       stream=lambda line: progress(f"{target}: {line}"))
         report = _device_result(res, target, ran, bundle, req.remote_python)
-        if req.command == "profile" and not has_edgeconv:  # the device runner sweeps; the knee is worked out here
-            from edgeconv.profile import profile_report
+        device_outputs = None
+        if host is not None and report.get("outputs_file"):  # read before the directory goes; its path means nothing here
+            device_outputs = _fetch_outputs(ssh, report.pop("outputs_file"), req.run_timeout)
+        if host is not None and "latency" in report:
+            report["cross_architecture"] = cross_architecture(host, device_outputs, report)
+        if req.command == "profile" and not has_edgeconv:  # the device runner measures; the knee/source names come here
+            from edgeconv.profile import device_profile_report
 
-            r = report["request"]
-            report = profile_report(bundle, {"file": report["artifact"]}, report["measured_on"], report["sweep"]["rows"],
-                                    report["sweep"]["notes"], r.get("budget_ms"),
-                                    f"per batch: {r['warmup']} warm-up, ≥ {r['runs']} timed runs"
-                                    + (f" and ≥ {r['min_time_s']} s" if r.get("min_time_s") else "")
-                                    + f"; {report['sweep']['method']}; measured by the bundle's device runner")
+            report = device_profile_report(bundle, report)
         facts = ssh.run(["uname", "-a"], check=False, timeout=req.timeout).stdout.decode().strip()
         report["device"] = {"target": str(target), "uname": facts, "ran": ran}
         nv = ssh.run(["sh", "-c", "command -v nvpmodel >/dev/null && nvpmodel -q"], check=False, timeout=req.timeout)
@@ -331,12 +420,14 @@ def run_remote(req: RemoteRequest, progress=None) -> dict[str, Any]:
 
     def run(t: Target) -> dict[str, Any]:
         try:
-            rep = _one(req, t, say)
+            rep = _one(req, t, say, host)
             return {"target": str(t), "ok": bool(rep.get("ok", True)), "report": rep}
         except EdgeconvError as exc:
             return {"target": str(t), "ok": False, "error": exc.message, "exit_code": exc.exit_code, "details": exc.details}
 
     _abort.clear()
+    # before the devices, not beside them: a loopback device (an emulated board) shares this machine's cores
+    host = _host_run(req, say) if req.command == "validate" else None
     pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(targets)))
     futures = [pool.submit(run, t) for t in targets]
     try:

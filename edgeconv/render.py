@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -70,8 +71,17 @@ def render_convert(result) -> None:
                           f"off-chip {e['off_chip_used_kib']:.1f} KiB")
             for op in c["cpu_operators"]:
                 console.print(f"  [yellow]on the CPU:[/] {op}")
+    fb = m.get("fallback")
+    if fb:
+        cost = fb["cost"]
+        layers = ", ".join(f"{x['source'] or x['layer']} ({x['op']})" for x in fb["float_layers"])
+        console.print(f"[bold]int8 guard[/] ({'met' if fb['ok'] else '[red]missed[/]'} --max-accuracy-drop {fb['max_accuracy_drop']}): "
+                      f"{len(fb['float_layers'])} layer(s) kept in float — {escape(layers)}; drop {fb['drop_before']:.2f} → "
+                      f"{fb['drop_after']:.2f} points; cost vs full int8: {cost['bytes']['delta']:+,} bytes, p50 "
+                      f"{cost['p50_ms']['full_int8']:.3f} → {cost['p50_ms']['with_float_layers']:.3f} ms "
+                      f"(x{cost['p50_ms']['ratio']:.2f}, {cost['method']})")
     if model.get("float_ops"):
-        console.print(f"[yellow]left in float (no int8 kernel):[/] {', '.join(model['float_ops'])}")
+        console.print(f"[yellow]left in float ({'the int8 guard' if fb else 'no int8 kernel'}):[/] {', '.join(model['float_ops'])}")
     build = model.get("device_build")
     if build and not build.get("built"):
         console.print(f"[yellow]not built here:[/] {build.get('reason') or build.get('how')}\n  then: {build.get('command') or 'edgeconv build BUNDLE'}")
@@ -98,7 +108,7 @@ def render_validation(r: dict[str, Any]) -> None:
     console.print(f"[bold]{r['bundle']}[/] · {r['target']} · {r['precision']} · measured on {mo['host']} ({mo['kind']}), "
                   f"{mo['runtime']} {mo['version']}, threads {mo['threads']}")
     console.print(_parity_table(r["parity"], "Parity against the source model's reference outputs"))
-    t = Table(title="Validation", title_justify="left")
+    t = Table(title="Validation" + (f" · latency {mo['kind']}" if mo.get("emulation") else ""), title_justify="left")
     t.add_column("check")
     t.add_column("value", justify="right")
     t.add_column("budget", justify="right")
@@ -115,6 +125,14 @@ def render_validation(r: dict[str, Any]) -> None:
         b = budgets.get("max_accuracy_drop_points")
         t.add_row("accuracy drop (points)", _fmt(a["drop_points"], ".2f"), "" if b is None else f"≤ {b['limit']}",
                   "" if b is None else ("✅" if b["ok"] else "❌"))
+    if "outputs_on_data" in r:
+        o = r["outputs_on_data"]
+        t.add_row(f"outputs on {Path(o['data']['path']).name} ({o['data']['count']} items)",
+                  "finite" if o["finite"] else "NaN or inf", "", "✅" if o["finite"] else "❌")
+        if "top1_agreement" in o:
+            t.add_row("top-1 agreement with the source", f"{o['top1_agreement']:.2%}", "", "")
+        else:
+            t.add_row("accuracy", "not measured (no labels)", "", "")
     lat = r["latency"]
     b = budgets.get("max_latency_ms_p50")
     t.add_row(f"latency p50 (batch {lat['batch']})", f"{lat['p50_ms']:.3f} ms", "" if b is None else f"≤ {b['limit']} ms",
@@ -156,6 +174,52 @@ def render_profile(r: dict[str, Any]) -> None:
     if r["divergent_batches"]:
         console.print(f"[red]outputs change with batch size at {r['divergent_batches']}[/] (compared with batch 1 on the same items)")
     console.print(f"[dim]{r['method']} · report: {r['report_file']}[/]")
+
+
+def _middle(text: str, width: int) -> str:
+    """``text`` shortened in the middle to ``width`` characters (the start and the end of a layer name say the most)."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2:]
+
+
+def render_profile_layers(r: dict[str, Any], top: int = 20) -> None:
+    """``profile --layers``: the slowest layers, their share, the source module, and the sum against the end-to-end p50."""
+    mo, lay = r["measured_on"], r["layers"]
+    version = str(mo.get("version") or "").split("-")[0]  # OpenVINO's carries its build hash
+    title = (f"{r['target']} · {r['precision']} · {mo.get('runtime')} {version} · threads {mo.get('threads')} · "
+             f"batch {lay['batch']} · {mo.get('kind')}")
+    columns = [("#", 0, "right"), ("layer", 0, "left"), ("op", 2, "left"), ("source", 1, "left"), ("p50 ms", 0, "right"),
+               ("mean ms", 4, "right"), ("share", 0, "right"), ("cumulative", 3, "right")]
+    rows, cum = [], 0.0
+    shown = lay["rows"][: max(top, 0)]
+    for i, row in enumerate(shown, 1):
+        cum += row["share"]
+        source = row.get("source") or "—"
+        if row.get("source_class"):
+            source += f" ({row['source_class']})"
+        rows.append([str(i), escape(_middle(row["name"], 48)), escape(row.get("op") or "?"), escape(source), f"{row['p50_ms']:.3f}",
+                     f"{row['mean_ms']:.3f}", f"{row['share']:.1%}", f"{cum:.1%}"])
+    table, hidden = fitted_table(title, columns, rows)
+    console.print(table)
+    if hidden:
+        console.print(f"[dim]left out to fit {console.width} columns: {', '.join(hidden)} (--json and --csv have all)[/]")
+    rest = lay["rows"][len(shown):]
+    if rest:
+        console.print(f"[dim]{len(rest)} more layers: {sum(x['p50_ms'] for x in rest):.3f} ms, "
+                      f"{sum(x['share'] for x in rest):.1%} (--top {lay['count']} shows all; --json and --csv have all)[/]")
+    e2e, prof = lay["end_to_end"], lay.get("profiled")
+    ratio = lay["sum_vs_end_to_end"]
+    console.print(f"sum of layers [bold]{lay['sum_ms']:.3f} ms[/] vs end-to-end p50 [bold]{e2e['p50_ms']:.3f} ms[/]"
+                  + (f" ({ratio:.0%} of it)" if ratio is not None else "")
+                  + f" · {lay['count']} layers, p50 of each over {lay['runs']} runs after {lay['warmup']} warm-up")
+    if prof:
+        console.print(f"[dim]with the profiler on, end-to-end p50 {prof['p50_ms']:.3f} ms ({lay['profiler_overhead']:+.0%} "
+                      "profiler overhead); the layer times come from those runs[/]")
+    for note in r["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"[dim]{lay['profiler']} · method and every layer in the report: {r.get('report_file')}[/]")
 
 
 def fitted_table(title: str, columns: list[tuple[str, int, str]], rows: list[list[str]], wide: bool = False) -> tuple[Table, list[str]]:
@@ -221,6 +285,8 @@ def render_remote(r: dict[str, Any]) -> None:
         console.print(f"[bold]{d['target']}[/] ({rep['device']['uname']})")
         if "rows" in rep:
             render_profile(rep)
+        elif "layers" in rep:
+            render_profile_layers(rep)
         else:
             console.print_json(data=rep.get("build", rep))
     if others and all(d.get("report") for d in r["devices"]):
@@ -228,6 +294,7 @@ def render_remote(r: dict[str, Any]) -> None:
     t = Table(title=f"{r['bundle']} on devices", title_justify="left")
     for col in ("device", "ok", "parity", "top-1", "drop", "p50 ms", "p99 ms", "runtime", "device facts"):
         t.add_column(col, justify="right" if col in ("top-1", "drop", "p50 ms", "p99 ms") else "left")
+    emulated: list[str] = []
     for d in r["devices"]:
         if "error" in d:
             t.add_row(d["target"], "❌", "see below", *[""] * 6)
@@ -240,11 +307,17 @@ def render_remote(r: dict[str, Any]) -> None:
         top1 = acc["artifact"]["top1"] if acc else None
         lat = rep["latency"]
         facts = f"{mo.get('host')} {mo.get('machine')} py{mo.get('python', '')} {rep['device'].get('power_mode') or ''}".strip()
+        if mo.get("emulation"):  # detected on the device: its timing is this host's, under qemu
+            emulated.append(d["target"])
         missed = [b["name"] for b in rep["budgets"] if not b["ok"]]
         verdict = "✅" if d["ok"] else "❎ " + ", ".join(missed or ["parity"])
         t.add_row(d["target"], verdict, "ok" if rep["parity"]["ok"] else "FAILED", "—" if top1 is None else f"{top1:.2%}",
                   "—" if acc.get("drop_points") is None else f"{acc['drop_points']:+.2f}", f"{lat['p50_ms']:.3f}", f"{lat['p99_ms']:.3f}",
                   f"{mo.get('runtime')} {mo.get('version') or ''}", facts)
+    if emulated:
+        from edgeconv.device.edgeconv_runner import EMULATED_LABEL  # the label the device runner gives measured_on
+
+        t.caption = f"latency of {', '.join(emulated)}: {EMULATED_LABEL}"
     console.print(t)
     for d in r["devices"]:
         if d.get("report"):
@@ -255,11 +328,33 @@ def render_remote(r: dict[str, Any]) -> None:
             if "parity" in rep and not rep["parity"]["ok"]:
                 console.print(f"[red]❎[/] {d['target']}: parity failed: " + "; ".join(
                     f"{o['name']}: {o['reason']}" for o in rep["parity"]["outputs"] if not o["ok"]), soft_wrap=True)
+            mo = rep.get("measured_on") or {}
+            if mo.get("emulation"):
+                console.print(f"[yellow]⚠[/] {d['target']}: latency {mo['kind']} ({'; '.join(mo['emulation']['evidence'])})",
+                              soft_wrap=True, markup=True, highlight=False)
+            cross = rep.get("cross_architecture")
+            if cross:
+                console.print(f"{d['target']}: {cross_architecture_line(cross)}", soft_wrap=True, highlight=False)
             console.print(f"[dim]{d['target']}: report {rep['report_file']} ({rep['device']['ran']})[/]", soft_wrap=True)
         else:
             console.print(f"[red]❌[/] {escape(d['error'])} [dim](exit {d.get('exit_code', 1)})[/]", soft_wrap=True)
             if d.get("details"):
                 console.print(d["details"], markup=False, soft_wrap=True)
+
+
+def cross_architecture_line(c: dict[str, Any]) -> str:
+    """One line for a validate report's cross-architecture section (this machine's outputs vs the device's)."""
+    if not c.get("compared"):
+        return f"cross-architecture comparison not made: {c['reason']}"
+    h, d = c["host"], c["device"]
+    on = f"{c['samples']} items of {Path(c['data']['path']).name}" if c.get("data") else f"reference.npz ({c['samples']} items)"
+    text = f"{d['machine']} vs {h['machine']} ({h['runtime']} {d.get('version') or ''} vs {h.get('version') or ''}) on {on}: "
+    text += "max abs difference " + ("—" if c["max_abs"] is None else f"{c['max_abs']:.3g}")
+    if c.get("top1_agreement") is not None:
+        text += f", top-1 agreement {c['top1_agreement']:.2%}"
+    if c.get("top1_points_difference") is not None:
+        text += f", top-1 {d['top1']:.2%} there vs {h['top1']:.2%} here ({c['top1_points_difference']:+.2f} points)"
+    return text
 
 
 def render_inspect(info: dict[str, Any]) -> None:

@@ -48,7 +48,8 @@ def _validate_row(report: dict[str, Any], where: str) -> dict[str, Any]:
     ok = bool(report["ok"]) and acc["drop_points"] <= SELFTEST_MAX_DROP  # the drop is also a budget in the request
     return {"where": where, "step": "validate", "ok": ok,
             "detail": f"top-1 {top1:.2%} (drop {acc['drop_points']:.2f} points, budget {SELFTEST_MAX_DROP}), "
-                      f"p50 {report['latency']['p50_ms']:.3f} ms on {report['measured_on']['runtime']}"}
+                      f"p50 {report['latency']['p50_ms']:.3f} ms on {report['measured_on']['runtime']}"
+                      + (f" ({report['measured_on']['kind']})" if report["measured_on"].get("emulation") else "")}
 
 
 def selftest(target: str, steps: Steps | None = None) -> dict[str, Any]:

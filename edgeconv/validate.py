@@ -10,9 +10,7 @@ the numbers and the verdict are computed by one piece of code wherever they are 
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,11 @@ from typing import Any
 from edgeconv.bundle import Bundle, write_json
 from edgeconv.data import data_record, load_inputs, run_batched
 from edgeconv.device import edgeconv_runner as device
-from edgeconv.errors import BadInput, MissingDependency
+from edgeconv.errors import BadInput
 from edgeconv.frontends import LoadOptions, load_source
 from edgeconv.progress import Steps
 from edgeconv.runners import open_runner
+from edgeconv.runners.base import runner_errors
 from edgeconv.specs import TensorSpec, sha256_of
 
 
@@ -56,17 +55,6 @@ class ValidateRequest:
                 "data": None if self.data is None else {"file": str(self.data.resolve()), "path": str(self.data)}}
 
 
-@contextlib.contextmanager
-def runner_errors() -> Iterator[None]:
-    """The device runner's refusals as edgeconv's typed errors (same messages, same exit codes)."""
-    try:
-        yield
-    except device.MissingRuntime as exc:
-        raise MissingDependency(exc.message, hint=exc.hint) from None
-    except device.BadRequest as exc:
-        raise BadInput(exc.message, hint=exc.hint) from None
-
-
 def _data_specs(bundle: Bundle, art: dict[str, Any], io_layout: str) -> list[TensorSpec]:
     """The inputs --data must match: the source layout, or with --io-layout nhwc the artifact's own."""
     specs = bundle.inputs
@@ -91,15 +79,26 @@ def build_request(req: ValidateRequest, steps: Steps | None = None, *, check_dat
     if req.source is not None and req.data is None:
         raise BadInput("--source measures the source model's accuracy on --data: pass --data too")
     if req.data is not None and (check_data or req.source is not None):
-        feed, labels = load_inputs(req.data, _data_specs(bundle, art, req.io_layout), need_labels=True)
+        feed, labels = load_inputs(req.data, _data_specs(bundle, art, req.io_layout), need_labels=False)
+        if labels is None and req.max_accuracy_drop is not None:
+            raise BadInput(f"--max-accuracy-drop needs labels: {req.data} has no 'y'", hint="numpy.savez(path, x=..., y=...)")
         request["data"]["sha256"] = sha256_of(req.data)
         if req.source is not None:
-            with steps.step(f"Source accuracy on {req.data.name} ({req.source.name})"):
-                request["source_accuracy"] = _source_accuracy(req, bundle, art, feed, labels)
+            what = "accuracy" if labels is not None else "predictions"
+            with steps.step(f"Source {what} on {req.data.name} ({req.source.name})"):
+                scores, framework = _source_scores(req, bundle, art, feed)
+                if labels is None:
+                    request["source_predictions"] = scores.argmax(1).tolist()
+                else:
+                    with runner_errors():
+                        acc = device.topk_accuracy(scores, labels)
+                    request["source_accuracy"] = {**data_record(req.data, len(labels)), **acc,
+                                                  "measured_with": f"{framework} (at validate time)"}
     return request
 
 
-def _source_accuracy(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], feed, labels) -> dict[str, Any]:
+def _source_scores(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], feed) -> tuple[Any, str]:
+    """The source model's class scores on --data (in the source's layout), measured here, and its framework."""
     if req.io_layout == "nhwc":  # the source takes its own layout
         perms = (art.get("runner_options") or {}).get("permutations") or {}
         feed = {k: v.transpose(device.inverse_perm(perms[k])) if perms.get(k) else v for k, v in feed.items()}
@@ -109,10 +108,8 @@ def _source_accuracy(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], 
     out = run_batched(source.run, feed, batch)
     idx = device.classifier_output(out)
     if idx is None:
-        raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
-    with runner_errors():
-        acc = device.topk_accuracy(out[idx], labels)
-    return {**data_record(req.data, len(labels)), **acc, "measured_with": f"{source.framework} (at validate time)"}
+        raise BadInput("--source compares class scores; this model has no output of shape (N, classes)")
+    return out[idx], source.framework
 
 
 def run_request(bundle_path: Path, request: dict[str, Any], *, report: Path | None = None, steps: Steps | None = None,
@@ -124,6 +121,8 @@ def run_request(bundle_path: Path, request: dict[str, Any], *, report: Path | No
         request = device.complete_request(request)
     if request["command"] != "validate":
         raise BadInput(f"a {request['command']} request given to validate")
+    if request["outputs_file"] and base_dir is not None and not Path(request["outputs_file"]).is_absolute():
+        request["outputs_file"] = str(base_dir / request["outputs_file"])  # relative to the request file, as data is
     bundle = Bundle.open(bundle_path)
     m = bundle.manifest
     art, options = device.artifact_to_run(m)
@@ -133,8 +132,8 @@ def run_request(bundle_path: Path, request: dict[str, Any], *, report: Path | No
     if request["data"]:
         path = Path(request["data"]["file"])
         path = path if path.is_absolute() or base_dir is None else base_dir / path
-        feed, labels = load_inputs(path, _data_specs(bundle, art, request["io_layout"]), need_labels=True)
-        record = data_record(path, len(labels))
+        feed, labels = load_inputs(path, _data_specs(bundle, art, request["io_layout"]), need_labels=False)
+        record = data_record(path, len(next(iter(feed.values()))))
         if request["data"].get("sha256") not in (None, record["sha256"]):
             raise BadInput(f"{path} changed on its way here (sha256 differs from the request's)")
         data = (feed, labels, {**record, "path": request["data"].get("path") or str(path)})

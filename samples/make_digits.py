@@ -1,6 +1,7 @@
 """Train the digits samples (offline, seconds) and write every committed sample file.
 
     .venv/bin/python samples/make_digits.py [--out samples]
+    .venv/bin/python samples/make_digits.py --train-only   # only digits_train.npz (deterministic; no training)
 
 Data: sklearn.datasets.load_digits (ships with scikit-learn), 8x8 grayscale scaled to [0, 1], NCHW.
 Writes:
@@ -10,6 +11,7 @@ Writes:
   digits_keras.keras     Keras 3 model taking the same NCHW input (a Permute layer makes it NHWC inside)
   digits_test.npz        x (360, 1, 8, 8) float32, y (360,) int64 — held out, never trained on
   digits_calib.npz       x (200, 1, 8, 8) float32 — from the training split, for int8 calibration
+  digits_train.npz       x (1437, 1, 8, 8) float32, y (1437,) int64 — the training split (fine-tuning in `compress`)
 """
 
 from __future__ import annotations
@@ -95,9 +97,14 @@ def train_keras(x, y, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--train-only", action="store_true", help="write only digits_train.npz (the split is deterministic)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     x_train, x_test, y_train, y_test = digits_split()
+    np.savez(args.out / "digits_train.npz", x=x_train, y=y_train)
+    if args.train_only:
+        print(f"wrote {args.out / 'digits_train.npz'}")
+        return
     np.savez(args.out / "digits_test.npz", x=x_test, y=y_test)
     rng = np.random.default_rng(SEED)
     np.savez(args.out / "digits_calib.npz", x=x_train[rng.choice(len(x_train), 200, replace=False)])

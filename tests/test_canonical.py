@@ -11,7 +11,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from edgeconv.canonical import canonicalize, canonicalize_file, target_opset
+from edgeconv.canonical import canonicalize, canonicalize_file, fold_trigger, target_opset
 from edgeconv.errors import ConversionFailed, MissingDependency
 from edgeconv.onnx_tools import opset_of
 
@@ -323,12 +323,32 @@ def test_converter_failure_names_the_node():
 
 def test_missing_onnxslim_is_a_missing_dependency(monkeypatch):
     x = h.make_tensor_value_info("x", T.FLOAT, [1, 4])
-    src = model_of([h.make_node("Relu", ["x"], ["y"])], [x], [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], 17)
+    src = model_of([h.make_node("Identity", ["x"], ["i"]), h.make_node("Relu", ["i"], ["y"])], [x],
+                   [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], 17)
     monkeypatch.setitem(sys.modules, "onnxslim", None)  # what Python does for a package that is not installed
     with pytest.raises(MissingDependency, match="onnxslim is not installed"):
         canonicalize(src)
     model, rec = canonicalize(src, fold=False)
     assert rec.changes == []
+
+
+def test_a_graph_with_nothing_to_fold_skips_onnxslim_and_says_so(monkeypatch):
+    """onnxslim costs half a second to import: a graph where it has nothing to do does not pay it (an already clean
+    export), and the record says it was not run; one thing to fold and it runs."""
+    x = h.make_tensor_value_info("x", T.FLOAT, [1, 4])
+    w = nh.from_array(np.ones((4, 4), np.float32), "w")
+    clean = model_of([h.make_node("MatMul", ["x", "w"], ["m"], name="fc"), h.make_node("Relu", ["m"], ["y"], name="act")],
+                     [x], [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], 17, [w])
+    monkeypatch.setitem(sys.modules, "onnxslim", None)  # proof that it is not even imported
+    model, rec = canonicalize(clean)
+    assert "onnxslim not run" in rec.notes[0] and "onnxslim" not in rec.tools and rec.changes == []
+    assert fold_trigger(clean.graph) is None
+    weight_math = model_of([h.make_node("Transpose", ["w"], ["wt"], name="t"), h.make_node("MatMul", ["x", "wt"], ["y"])],
+                           [x], [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], 17, [w])
+    assert "computes from weights alone" in fold_trigger(weight_math.graph)
+    dead = model_of([h.make_node("Relu", ["x"], ["y"]), h.make_node("Neg", ["x"], ["unused"], name="dead")],
+                    [x], [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], 17)
+    assert "'dead' is not used" in fold_trigger(dead.graph)
 
 
 # -- Keras through tf2onnx: the constants it lifts into graph inputs -----------------------------------------------------

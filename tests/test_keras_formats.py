@@ -62,3 +62,99 @@ def test_exact_gelu_exports_through_erf(cli, tmp_path):
         assert all(c["ok"] for c in r.json()["manifest"]["checks"])
     ops = {n.op_type for n in onnx.load(tmp_path / "onnx" / "model.onnx").graph.node}
     assert "Erf" in ops and "Erfc" not in ops
+
+
+def _keras2_h5(path, *, with_lambda=False):
+    """An .h5 as Keras 2 (tf_keras) writes it, with what Keras 3 cannot rebuild: a '/' in a layer name, as in every
+    Keras 2 MobileNetV3 ('Conv/BatchNorm'). Preprocessing inside (Rescaling)."""
+    tf_keras = pytest.importorskip("tf_keras", reason="tf_keras (Keras 2) is not installed: `make setup` installs it")
+    K = tf_keras.layers
+    inp = tf_keras.Input((16, 16, 3), name="image")
+    x = K.Rescaling(1 / 255.0)(inp)
+    x = K.Conv2D(4, 3, name="stem/conv")(x)
+    x = K.BatchNormalization(name="stem/bn")(x)
+    if with_lambda:
+        x = K.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = K.GlobalAveragePooling2D()(K.ReLU()(x))
+    tf_keras.Model(inp, K.Dense(3)(x)).save(path)
+    return path
+
+
+def test_an_h5_written_by_keras2_loads_with_keras2(cli, tmp_path):
+    """Keras 3 refuses it ('/' in a layer name); the file says Keras 2 wrote it, so Keras 2 (tf_keras) loads it, and it
+    converts and checks like any other Keras model — on the ONNX path and on TFLite's own SavedModel path."""
+    h5 = _keras2_h5(tmp_path / "k2.h5")
+    with pytest.raises(Exception):
+        keras.models.load_model(h5, compile=False)
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype(np.float32))
+    for target in ("onnx", "tflite"):
+        r = cli("convert", h5, "--target", target, "--sample", x, "-o", tmp_path / target, "--json")
+        assert r.code == 0, r
+        m = r.json()["manifest"]
+        assert m["source"]["format"] == "keras2-h5" and m["tools"]["tf_keras"]
+        assert all(c["ok"] for c in m["checks"]) and m["inputs"][0]["shape"][1:] == [16, 16, 3]
+    assert "Traceback" not in r.stderr  # tf2onnx's optimizer warnings stay quiet
+
+
+def test_a_keras2_h5_with_a_lambda_needs_consent(cli, tmp_path):
+    h5 = _keras2_h5(tmp_path / "lam.h5", with_lambda=True)
+    r = cli("convert", h5, "--target", "onnx", "--input-shape", "1x16x16x3", "-o", tmp_path / "o")
+    assert r.code == 2 and "Lambda layer(s) double" in r.stderr and "--trust-pickle" in r.stderr
+    r = cli("convert", h5, "--target", "onnx", "--input-shape", "1x16x16x3", "--trust-pickle", "-o", tmp_path / "o")
+    assert r.code == 0, r
+
+
+def test_keras_audio_conv1d_savedmodel_to_tflite(cli, tmp_path):
+    """An audio model (1 s of 16 kHz samples through a Conv1D stack) kept as a SavedModel. TFLiteConverter's
+    from_saved_model left a variable unfrozen in it (NaN on LiteRT); the Keras route converts the serving signature."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((16000, 1), name="audio")
+    x = inp
+    for f, k, s in ((16, 80, 16), (32, 3, 1), (32, 3, 1)):
+        x = L.MaxPooling1D(4)(L.Conv1D(f, k, strides=s, activation="relu")(x))
+    model = keras.Model(inp, L.Dense(12)(L.GlobalAveragePooling1D()(x)))
+    model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
+    x = tmp_path / "audio.npy"
+    np.save(x, np.random.default_rng(0).standard_normal((2, 16000, 1)).astype(np.float32))
+    r = cli("convert", tmp_path / "sm", "--target", "tflite", "--sample", x, "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    parity = [c for c in r.json()["manifest"]["checks"] if c["kind"] == "parity"][-1]
+    assert parity["ok"] and parity["outputs"][0]["max_abs"] < 1e-4
+
+
+def test_keras_lstm_text_model_to_tflite_gets_static_shapes(cli, tmp_path):
+    """A text model (token ids → Embedding → LSTM): TFLiteConverter lowers the LSTM's TensorList ops only with static
+    shapes, so the batch is fixed for it, and the manifest says why, naming the layer."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((16,), dtype="int32", name="tokens")
+    x = L.LSTM(8, name="encoder")(L.Embedding(100, 8)(inp))
+    keras.Model(inp, L.Dense(4)(x)).save(tmp_path / "lstm.keras")
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.random.default_rng(0).integers(0, 100, (3, 16)).astype(np.int32))
+    r = cli("convert", tmp_path / "lstm.keras", "--target", "tflite", "--sample", ids, "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    assert all(c["ok"] for c in m["checks"]) and m["inputs"][0]["dtype"] == "int32"
+    assert any("recurrent layer 'encoder' (LSTM)" in n for n in m["export"]["notes"]), m["export"]["notes"]
+
+
+def test_keras_augmentation_and_preprocessing_layers_to_tflite(cli, tmp_path):
+    """A model people train with its augmentation inside (RandomFlip/RandomRotation/RandomZoom) and its preprocessing
+    (Rescaling, Resizing, CenterCrop): at inference the random layers are identities. TFLite gets the model called
+    with training=False; Keras' own export() kept their random ops, which TFLite has no kernels for."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((64, 64, 3), name="img")
+    x = keras.Sequential([L.RandomFlip("horizontal"), L.RandomRotation(0.1), L.RandomZoom(0.1)], name="augment")(inp)
+    x = L.CenterCrop(40, 40)(L.Resizing(48, 48)(L.Rescaling(1 / 127.5, offset=-1)(x)))
+    x = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, activation="relu")(x))
+    keras.Model(inp, L.Dense(5, activation="softmax")(x)).save(tmp_path / "aug.keras")
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32))
+    r = cli("convert", tmp_path / "aug.keras", "--target", "tflite", "--sample", x, "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    parity = [c for c in r.json()["manifest"]["checks"] if c["kind"] == "parity"][-1]
+    assert parity["ok"] and parity["outputs"][0]["max_abs"] < 1e-4

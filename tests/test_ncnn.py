@@ -33,3 +33,20 @@ def test_ncnn_refuses_int8_with_the_reason(cli, samples, tmp_path):
     r = cli("convert", samples / "digits_cnn.pt", "--target", "ncnn", "--precision", "int8", "--calib", samples / "digits_calib.npz",
             "-o", tmp_path / "o")
     assert r.code == 2 and "ncnn2table" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_ncnn_failing_on_the_pnnx_output_is_a_conversion_failure_not_a_dead_process(cli, samples, tmp_path):
+    """ncnn segfaults on some graphs pnnx writes (Keras EfficientNet-B0 in the zoo): the probe loads and runs the
+    .param/.bin in a child process, so a crash or a refusal is a conversion failure with the files kept."""
+    from edgeconv.errors import ConversionFailed
+    from edgeconv.targets.ncnn import _probe_in_child
+
+    out = tmp_path / "ok"
+    convert_digits(cli, out, "--target", "ncnn")
+    param, binary = out / "model.ncnn.param", out / "model.ncnn.bin"
+    _probe_in_child(param, binary, {"in0": [1, 1, 8, 8]}, ["out0"], tmp_path / "failed")  # the real graph runs
+    assert not (tmp_path / "failed").exists()
+    binary.write_bytes(binary.read_bytes()[:100])  # weights cut short: ncnn refuses (or crashes) in the child
+    with pytest.raises(ConversionFailed, match=r"ncnn .* (crashes \(SIG\w+\)|fails \(exit \d+\)) loading or running"):
+        _probe_in_child(param, binary, {"in0": [1, 1, 8, 8]}, ["out0"], tmp_path / "failed")
+    assert (tmp_path / "failed" / "model.ncnn.param").exists()

@@ -37,12 +37,13 @@ def _keys(d, prefix=""):
 
 
 HOST_ONLY = {"report_file"}
-DEVICE_ONLY = {"device", "device.target", "device.uname", "device.ran", "device.power_mode"}
+DEVICE_ONLY = {"device", "device.target", "device.uname", "device.ran", "device.power_mode", "cross_architecture"}
 SAME_WHERE_MEASURED = ("parity", "checks", "calibration", "io_layout", "artifact", "runner", "target", "precision")
 
 
 def _schema(rep):
-    return {k for k in _keys(rep) if k not in HOST_ONLY | DEVICE_ONLY and not k.startswith(("measured_on.", "request."))}
+    skip = ("measured_on.", "request.", "cross_architecture.")
+    return {k for k in _keys(rep) if k not in HOST_ONLY | DEVICE_ONLY and not k.startswith(skip)}
 
 
 @pytest.mark.parametrize("where", ["device runner", "edgeconv"])
@@ -148,6 +149,24 @@ def test_source_accuracy_is_measured_here_and_sent(cli, bundles, sshd, device_py
     assert r.code == 0, r
     acc = r.json()["devices"][0]["report"]["accuracy"]
     assert "validate time" in acc["source"]["measured_with"] and acc["drop_points"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_unlabelled_npy_data_here_and_on_the_device(cli, bundles, sshd, device_python, samples, tmp_path):  # noqa: F811
+    """A .npy of inputs (no labels): every item runs, outputs must be finite, and with --source the top-1 agreement
+    with the source (its predictions computed here, sent in the request) — the same numbers here and there."""
+    with np.load(samples / "digits_test.npz") as z:
+        np.save(tmp_path / "x.npy", z["x"][:80])
+    args = ["--data", tmp_path / "x.npy", "--source", samples / "digits_cnn.pt", "--runs", "3", "--json"]
+    here = cli("validate", bundles("pt"), *map(str, args))
+    assert here.code == 0, here
+    there = _on_device(cli, sshd, device_python, bundles("pt"), *args)
+    assert there.code == 0, there
+    for rep in (here.json(), there.json()["devices"][0]["report"]):
+        o = rep["outputs_on_data"]
+        assert o["finite"] and o["data"]["count"] == 80 and o["top1_agreement"] == 1.0 and "accuracy" not in rep
+        assert {"name": "finite outputs", "ok": True} in rep["checks"]
+    r = cli("validate", bundles("pt"), "--data", tmp_path / "x.npy", "--max-accuracy-drop", "1")
+    assert r.code == 2 and "needs labels" in r.stderr
 
 
 def _with_runner(bundle, tmp_path, code: str):

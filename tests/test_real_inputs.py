@@ -205,6 +205,25 @@ def test_converter_exceptions_are_conversion_failures_and_edgeconv_bugs_are_not(
             parse_shape(123)
 
 
+def test_a_runtime_refusing_the_file_a_conversion_wrote_is_that_conversions_failure(cli, tmp_path):
+    """The same refusal is the user's bad input (exit 2) when validate is handed the file, and a conversion failure
+    (exit 4) when convert has just written it (LiteRT refusing a graph onnx2tf wrote, in the zoo)."""
+    pytest.importorskip("ai_edge_litert", reason="the tflite extra is not installed")
+    from edgeconv.convert import converter_step
+    from edgeconv.errors import ArtifactRefused, ConversionFailed
+    from edgeconv.runners import open_runner
+
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"TFL3" + bytes(200))
+    with pytest.raises(ArtifactRefused, match="LiteRT cannot load") as info:
+        open_runner("litert", bad)
+    assert info.value.exit_code == 2
+    with pytest.raises(ConversionFailed, match="running model.tflite: LiteRT cannot load") as info:
+        with converter_step("running model.tflite", tmp_path / "failed"):
+            open_runner("litert", bad)
+    assert info.value.exit_code == 4
+
+
 def test_relative_output_path_for_a_subprocess_converter(files, tmp_path):
     """onnx2tf runs in a child process with its own working directory: a relative -o must still work."""
     pytest.importorskip("onnx2tf", reason="the tflite extra is not installed")

@@ -4,6 +4,7 @@
     python3 edgeconv_runner.py [BUNDLE_DIR] --request request.json [--json]
     python3 edgeconv_runner.py [BUNDLE_DIR] [--runs 100] [--warmup 10] [--threads N] [--data test.npz] [--json]
     python3 edgeconv_runner.py [BUNDLE_DIR] --batch-sizes 1,2,4,8 [--min-time S] [--runs 50] [--json]
+    python3 edgeconv_runner.py [BUNDLE_DIR] --layers [--batch-sizes 1] [--runs 50] [--json]
 
 This file is the one implementation of what a validate or profile run *is*: the request (budgets, tolerances,
 runtime options, data, runs), the artifact choice, the parity rule, the latency statistics, accuracy, budgets,
@@ -52,6 +53,11 @@ class BadRequest(RunnerError):
     """The request cannot be honoured here: an option the runtime does not take, bad data (exit 2)."""
 
     exit_code = EXIT_BAD_REQUEST
+
+
+class ArtifactRejected(BadRequest):
+    """The runtime refuses this model file (damaged, an op or a delegate it cannot run): exit 2 here; a converter
+    that has just written the file reports it as its own failure."""
 
 
 class MissingRuntime(RunnerError):
@@ -123,8 +129,11 @@ class LiteRtBackend(Backend):
         kwargs = {"model_path": str(path), "num_threads": threads}
         if delegates:
             kwargs["experimental_delegates"] = delegates
-        self.interp = mod.Interpreter(**kwargs)
-        self.interp.allocate_tensors()
+        try:
+            self.interp = mod.Interpreter(**kwargs)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:  # a damaged model, or a kernel/delegate that refuses an op
+            raise ArtifactRejected("LiteRT cannot load %s: %s" % (path, exc))
         self.delegate = delegate
         self.io_layout = io_layout
         sig = self.interp.get_signature_runner()
@@ -181,7 +190,11 @@ class LiteRtBackend(Backend):
         return outs
 
     def info(self):
-        return {"runtime": "litert", "delegate": self.delegate or "XNNPACK (default CPU)", "io_layout": self.io_layout}
+        info = {"runtime": "litert", "delegate": self.delegate or "XNNPACK (default CPU)", "io_layout": self.io_layout}
+        package = sys.modules.get(type(self.interp).__module__.split(".")[0])
+        if getattr(package, "__version__", None):
+            info["version"] = package.__version__  # ai_edge_litert / tflite_runtime / tensorflow
+        return info
 
 
 # -- TensorRT ------------------------------------------------------------------------------------------------
@@ -347,21 +360,31 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError:
             raise MissingRuntime("onnxruntime is not installed: pip install onnxruntime")
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        self.ort, self.path, self.providers = ort, str(path), providers or ["CPUExecutionProvider"]
+        so = self._session_options(threads)
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), so, providers=self.providers)
         except Exception as exc:  # a damaged or unsupported model: ONNX Runtime's own words
-            raise BadRequest("ONNX Runtime cannot load %s: %s" % (path, exc))
+            raise ArtifactRejected("ONNX Runtime cannot load %s: %s" % (path, exc))
         self.inputs = [self._entry(a) for a in self.session.get_inputs()]
         self.outputs = [self._entry(a) for a in self.session.get_outputs()]
         self.output_names = [o["name"] for o in self.outputs]
         self.version = ort.__version__
         self.threads = threads
         self.last_s = 0.0
+
+    def _session_options(self, threads):
+        so = self.ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        return so
+
+    def layer_profiler(self, feed):
+        """ONNX Runtime's own profiler on ``feed``: a second session with the same options plus ``enable_profiling``
+        (:class:`OrtLayerProfiler`)."""
+        return OrtLayerProfiler(self, feed)
 
     @staticmethod
     def _entry(arg):
@@ -383,6 +406,68 @@ class OnnxRuntimeBackend(Backend):
         so = self.session.get_session_options()
         return {"runtime": "onnxruntime", "version": self.version, "providers": self.session.get_providers(), "device": "CPU",
                 "threads": so.intra_op_num_threads or "default (one per physical core)", "precision": "as stored in the graph"}
+
+
+class OrtLayerProfiler(object):
+    """Per-node kernel times from ONNX Runtime's profiler. ``run(n, keep)`` runs the profiling session n times (kept
+    runs are timed and counted, the others are warm-up); ``finish()`` ends profiling, parses its JSON trace with
+    :func:`ort_trace_layers` (session creation and initialisation are not counted) and deletes it. ``close()`` ends
+    profiling and deletes the trace whatever happened (``execute_layers`` calls it in ``finally``); so does a failed
+    ``__init__``, which leaves nothing behind."""
+
+    def __init__(self, backend, feed):
+        import tempfile
+
+        so = backend._session_options(backend.threads)
+        so.enable_profiling = True
+        self.tmp = tempfile.mkdtemp(prefix="edgeconv-ort-profile-")
+        so.profile_file_prefix = os.path.join(self.tmp, "ort")
+        self.session = None
+        try:
+            try:
+                self.session = backend.ort.InferenceSession(backend.path, so, providers=backend.providers)
+            except Exception as exc:  # ONNX Runtime's own words, as when the backend opened the model
+                raise ArtifactRejected("ONNX Runtime cannot load %s with profiling on: %s" % (backend.path, exc))
+            self.names = backend.output_names
+            self.prepared = backend.prepare(feed)
+        except BaseException:
+            self.close()
+            raise
+        self.keep, self.wall = [], []
+
+    def run(self, n, keep):
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.session.run(self.names, self.prepared)
+            elapsed = time.perf_counter() - t0
+            self.keep.append(keep)
+            if keep:
+                self.wall.append(elapsed)
+
+    def close(self):
+        """Profiling ended and its directory, trace included, deleted: no trace left behind on the device. Idempotent."""
+        import shutil
+
+        session, self.session = self.session, None
+        if session is not None:
+            try:  # ends profiling, so that the session, when it goes, writes no trace of its own
+                session.end_profiling()
+            except Exception:  # already failing or already ended: the directory goes all the same
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def finish(self):
+        session, self.session = self.session, None
+        try:
+            with open(session.end_profiling()) as f:
+                events = json.load(f)
+        finally:
+            self.close()
+        per_run, meta = ort_trace_layers(events, self.keep)
+        return {"wall_s": self.wall, "runs": per_run, "layers": meta, "not_executed": 0,
+                "profiler": "ONNX Runtime SessionOptions.enable_profiling: per-node kernel times (cat Node, *_kernel_time) "
+                            "of each timed run, from its JSON trace; fence, session and initialisation events not counted"}
+
 
 def missing_inputs(entries, feed):
     missing = [e["name"] for e in entries if e["name"] not in feed]
@@ -709,8 +794,12 @@ REQUEST_DEFAULTS = {
     "io_layout": "source",  # "nhwc": the data is in the TFLite artifact's own layout
     "data": None,  # {"file": where to read it (relative: to the request file), "path": its name for the report, "sha256"}
     "source_accuracy": None,  # measured on the host with --source, sent along
+    "source_predictions": None,  # unlabelled --data with --source: the source's top-1 class per item, from the host
     "where": "host",  # "device" when it runs on a device for a host
     "batch_sizes": None, "min_time_s": None, "budget_ms": None,  # profile
+    "layers": False,  # profile: per-layer times from the runtime's own profiler (one batch size) instead of the sweep
+    "outputs_file": None,  # validate: save the artifact's outputs here (a .npz file: reference:NAME, data:NAME; relative: to
+    # the request file, as data's) to compare machines
 }
 
 
@@ -730,6 +819,17 @@ def complete_request(request):
         raise BadRequest("--runs must be >= 1 and --warmup >= 0")
     if out["max_accuracy_drop"] is not None and out["data"] is None:
         raise BadRequest("--max-accuracy-drop needs --data (a labelled .npz)")
+    if out["outputs_file"] is not None and not str(out["outputs_file"]).endswith(".npz"):
+        # numpy.savez would append .npz itself, and the file would not be where the request says
+        raise BadRequest("outputs_file %r must end in .npz" % (out["outputs_file"],))
+    if out["layers"]:
+        if out["command"] != "profile":
+            raise BadRequest("layers is a profile request's option, not %s's" % out["command"])
+        given = [flag for k, flag in (("min_time_s", "--min-time"), ("budget_ms", "--budget-ms")) if out[k] is not None]
+        if len(out["batch_sizes"] or [1]) != 1:
+            given.append("several --batch-sizes")
+        if given:
+            raise BadRequest("--layers profiles one batch size with --runs and --warmup; it does not take %s" % ", ".join(given))
     return out
 
 
@@ -750,13 +850,76 @@ def _no_step(label):
     yield
 
 
+EMULATED_LABEL = "emulated on this host (qemu), not device timing"
+ISA_FAMILY = {"x86_64": "x86", "amd64": "x86", "i386": "x86", "i686": "x86", "aarch64": "arm", "arm64": "arm",
+              "armv7l": "arm", "armv8l": "arm", "armv6l": "arm"}  # a 64-bit kernel runs its 32-bit sibling natively
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def cpuinfo_family(text):
+    """The instruction-set family of the CPU /proc/cpuinfo describes ("x86", "arm"), or None when it does not say."""
+    keys = set(line.split(":", 1)[0].strip() for line in (text or "").splitlines() if ":" in line)
+    if "vendor_id" in keys and "flags" in keys:
+        return "x86"
+    if "CPU implementer" in keys or "CPU architecture" in keys:
+        return "arm"
+    return None
+
+
+def emulation(machine=None, read=_read):
+    """Evidence, read on this machine, that this process runs under a user-mode emulator (qemu-user through binfmt): the
+    kernel's own architecture, or the CPU /proc/cpuinfo describes, is of another instruction set than this process;
+    or a qemu binfmt handler for this process's own architecture is registered. None on a real board.
+
+    What qemu-user 7.2 (Debian bookworm) shows an aarch64 process in a chroot on an x86-64 host: ``platform.machine()``
+    and ``uname -m`` say aarch64 (qemu rewrites uname), /proc/sys/kernel/arch says x86_64 (the kernel's), /proc/cpuinfo is
+    the host's (vendor_id, flags); the auxv/hwcaps are the emulated CPU's, so they prove nothing; binfmt_misc is not
+    mounted inside the chroot. A real Raspberry Pi says aarch64 everywhere and its cpuinfo has "CPU implementer"."""
+    machine = machine or platform.machine()
+    mine = ISA_FAMILY.get(machine, machine)
+    evidence = []
+    kernel = (read("/proc/sys/kernel/arch") or "").strip()
+    if kernel and ISA_FAMILY.get(kernel, kernel) != mine:
+        evidence.append("the kernel is %s (/proc/sys/kernel/arch) but this process is %s" % (kernel, machine))
+    cpu = cpuinfo_family(read("/proc/cpuinfo"))
+    if cpu and cpu != mine:
+        evidence.append("/proc/cpuinfo describes an %s CPU but this process is %s" % (cpu, machine))
+    handler = read("/proc/sys/fs/binfmt_misc/qemu-%s" % machine)
+    if handler and handler.startswith("enabled"):
+        evidence.append("qemu's binfmt handler for %s is registered here (/proc/sys/fs/binfmt_misc/qemu-%s)" % (machine, machine))
+    if not evidence:
+        return None
+    return {"label": EMULATED_LABEL, "emulator": "qemu-user (binfmt)", "evidence": evidence}
+
+
+def distribution(read=_read):
+    """The OS distribution's name (/etc/os-release PRETTY_NAME), or None."""
+    for line in (read("/etc/os-release") or "").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return None
+
+
 def measured_on(art, backend, where):
+    """Where and on what the numbers were measured. Under emulation the kind is :data:`EMULATED_LABEL`, whatever the
+    request said, with the evidence (see :func:`emulation`)."""
     mo = {"host": socket.gethostname(), "machine": platform.machine(), "platform": platform.platform(),
-          "python": platform.python_version(), "numpy": np.__version__,
+          "distribution": distribution(), "python": platform.python_version(), "numpy": np.__version__,
           "kind": "host emulation, not device" if art.get("host_emulation") else where}
     mo.update(backend.info())
     if art.get("host_emulation"):
         mo["note"] = art.get("host_emulation_note")
+    emulated = emulation()
+    if emulated:
+        mo["kind"] = emulated["label"]
+        mo["emulation"] = emulated
     return mo
 
 
@@ -785,12 +948,23 @@ def execute(request, bundle_dir, manifest, art, backend, data=None, reopen=None,
                                  tolerance_of(m["tolerances"].get(m["precision"]) or {}), overrides)
         report["parity"] = parity
         report["checks"].append({"name": "parity", "ok": parity["ok"]})
+        outputs = dict(("reference:" + s["name"], a) for s, a in zip(m["outputs"], actual))
     if data is not None:
         feed, labels, record = data
+        if labels is None:
+            if request["max_accuracy_drop"] is not None:
+                raise BadRequest("--max-accuracy-drop needs labels: %s has no 'y' (save it with numpy.savez(path, x=..., y=...))"
+                                 % record["path"])
+            with step("Outputs on %s (no labels)" % os.path.basename(record["path"])):
+                data_out = run_batched(backend, feed, batch)
+                outputs.update(("data:" + s["name"], a) for s, a in zip(m["outputs"], data_out))
+                report["outputs_on_data"] = outputs_on_data(data_out, record, request)
+                report["checks"].append({"name": "finite outputs", "ok": report["outputs_on_data"]["finite"]})
+    if data is not None and data[1] is not None:
+        feed, labels, record = data
         with step("Accuracy on %s" % os.path.basename(record["path"])):
-            if labels is None:
-                raise BadRequest("%s has no labels 'y': accuracy needs an .npz with x and y" % record["path"])
             out = run_batched(backend, feed, batch)
+            outputs.update(("data:" + s["name"], a) for s, a in zip(m["outputs"], out))
             idx = classifier_output(out)
             if idx is None:
                 raise BadRequest("--data needs a classifier output of shape (N, classes); this model has none")
@@ -809,7 +983,8 @@ def execute(request, bundle_dir, manifest, art, backend, data=None, reopen=None,
     one = dict((k, v[:lat_batch]) for k, v in ref_in.items())
     with step("Latency: %d warm-up + %d timed runs, batch %d" % (request["warmup"], request["runs"], lat_batch)):
         lat = summarize_latency(time_backend(backend, one, request["warmup"], request["runs"]), lat_batch)
-        lat.update({"batch": lat_batch, "warmup": request["warmup"], "method": LATENCY_METHOD})
+        lat.update({"batch": lat_batch, "warmup": request["warmup"], "method": LATENCY_METHOD,
+                    "measured": report["measured_on"]["kind"]})  # under emulation: EMULATED_LABEL
         report["latency"] = lat
     if hasattr(backend, "async_throughput"):
         with step("Throughput (async queue)"):
@@ -822,15 +997,63 @@ def execute(request, bundle_dir, manifest, art, backend, data=None, reopen=None,
     if request["max_latency_ms"] is not None:
         report["budgets"].append({"name": "max_latency_ms_p50", "limit": request["max_latency_ms"], "value": lat["p50_ms"],
                                   "ok": lat["p50_ms"] <= request["max_latency_ms"]})
-    report["ok"] = bool(parity["ok"] and all(b["ok"] for b in report["budgets"]))
+    report["ok"] = bool(all(c["ok"] for c in report["checks"]) and all(b["ok"] for b in report["budgets"]))
     report["request"] = request
+    if request.get("outputs_file"):
+        np.savez(request["outputs_file"], **outputs)
+        report["outputs_file"] = request["outputs_file"]
     return report
+
+
+def compare_machines(here, there):
+    """The same artifact's outputs from two machines (``outputs_file`` contents: ``{"reference:NAME" or "data:NAME":
+    array}``) compared on the data set where both ran it, else on reference.npz's inputs: per output the max abs
+    difference and, for class scores (N, C), how often the top-1 class agrees."""
+    kind = "data" if any(k.startswith("data:") for k in here) and any(k.startswith("data:") for k in there) else "reference"
+    names = sorted(k for k in here if k.startswith(kind + ":") and k in there)
+    rows = []
+    for key in names:
+        a, b = np.asarray(here[key]).astype(np.float64), np.asarray(there[key]).astype(np.float64)
+        row = {"name": key.split(":", 1)[1], "shape": list(a.shape), "max_abs": None, "top1_agreement": None}
+        if a.shape != b.shape:
+            row["reason"] = "shape differs: %s vs %s" % (list(a.shape), list(b.shape))
+        else:
+            row["max_abs"] = float(np.abs(a - b).max()) if a.size else 0.0
+            if a.ndim == 2 and a.shape[1] > 1:
+                row["top1_agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
+                row["top1_disagreements"] = int((a.argmax(1) != b.argmax(1)).sum())
+        rows.append(row)
+    diffs = [r["max_abs"] for r in rows if r["max_abs"] is not None]
+    agree = [r["top1_agreement"] for r in rows if r["top1_agreement"] is not None]
+    return {"compared_on": kind, "samples": int(np.shape(here[names[0]])[0]) if names and np.ndim(here[names[0]]) else 0,
+            "outputs": rows, "max_abs": max(diffs) if diffs else None, "top1_agreement": min(agree) if agree else None}
+
+
+def outputs_on_data(out, record, request):
+    """Unlabelled --data: the artifact on every item. Outputs must be finite; with class scores, how often the
+    top-1 class agrees with the source's (``--source``: its predictions were computed on the host and sent)."""
+    res = {"data": record, "finite": bool(all(np.isfinite(o).all() for o in out if o.dtype.kind == "f")),
+           "note": "no labels: accuracy not measured"}
+    idx = classifier_output(out)
+    src = request.get("source_predictions")
+    if idx is not None:
+        top1 = out[idx].argmax(1)
+        res["classes_predicted"] = int(len(np.unique(top1)))
+        if src is not None:
+            if len(src) != len(top1):
+                raise BadRequest("the source's predictions cover %d items, the data has %d" % (len(src), len(top1)))
+            res["top1_agreement"] = float((np.asarray(src) == top1).mean())
+            res["note"] = "no labels: top-1 agreement with the source instead of accuracy"
+    return res
 
 
 def execute_profile(request, bundle_dir, manifest, art, backend, step=None):
     """A profile request's sweep on an open backend: the rows, and a note where the batch is fixed. The knee and the
-    best batch under the budget are worked out by edgeconv's profile, wherever the rows were measured."""
+    best batch under the budget are worked out by edgeconv's profile, wherever the rows were measured. A request with
+    ``layers`` is a per-layer profile instead (:func:`execute_layers`)."""
     step = step or _no_step
+    if request.get("layers"):
+        return execute_layers(request, bundle_dir, manifest, art, backend, step)
     fixed = backend.fixed_batch()
     resizable = fixed is None or (art["runner"] == "litert" and not getattr(backend, "delegate", None))
     sizes = sorted(set(int(b) for b in (request["batch_sizes"] or [fixed or 1])))
@@ -847,27 +1070,181 @@ def execute_profile(request, bundle_dir, manifest, art, backend, step=None):
             "sweep": {"rows": rows, "notes": notes, "method": SWEEP_METHOD}, "request": request}
 
 
+# -- per-layer times: the runtime's own profiler --------------------------------------------------------------
+# Where a runtime gives no per-layer times, the reason (and where such times can be had instead).
+NO_LAYER_PROFILER = {
+    "litert": "LiteRT's Python interpreter exposes no per-op times (its op profiler is in the C++ benchmark_model tool: "
+              "benchmark_model --graph=model.tflite --enable_op_profiling=true)",
+    "tensorrt": "per-layer times from TensorRT's IProfiler are not wired into edgeconv's TensorRT runner yet (on the Jetson, "
+                "trtexec --loadEngine=model.engine --dumpProfile --separateProfileRun gives them)",
+    "ncnn": "edgeconv's ncnn runner has no per-layer timing (ncnn's benchncnn times whole models only)",
+    "executorch": "edgeconv's ExecuTorch runner has no per-operator timing (ExecuTorch's ETDump/Inspector is not wired in)",
+}
+LAYERS_WORK_ON = "ONNX Runtime (onnx, jetson host emulation) and OpenVINO bundles"
+
+
+class NoLayerProfiler(BadRequest):
+    """The runtime gives no per-layer times (exit 2): --layers cannot be honoured for this bundle here."""
+
+
+def ort_trace_layers(events, keep=0):
+    """ONNX Runtime's profiling trace (the JSON list ``enable_profiling`` writes) as per-run kernel times.
+
+    ``keep``: one flag per ``model_run`` in order (False: a warm-up run, not counted), or a number of leading warm-up runs.
+    Returns ``(runs, layers)``: ``runs`` one ``{node name: seconds}`` per kept ``model_run`` event, ``layers``
+    ``{node name: {"op", "exec_type", "order"}}``. A node event (``cat`` "Node", name ``<node>_kernel_time``) counts for
+    the ``model_run`` whose span holds its start; fence events, session loading and initialisation are not counted. A node
+    that runs more than once in one run (inside a loop) adds up."""
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"])
+    kernels = sorted((e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")),
+                     key=lambda e: e["ts"])
+    if not isinstance(keep, list):
+        keep = [i >= keep for i in range(len(runs))]
+    if len(keep) != len(runs):
+        raise BadRequest("ONNX Runtime's profile has %d runs where %d were made" % (len(runs), len(keep)))
+    per_run, layers = [], {}
+    k = 0
+    for i, r in enumerate(runs):
+        start, end = r["ts"], r["ts"] + r["dur"]
+        times = {}
+        while k < len(kernels) and kernels[k]["ts"] < start:
+            k += 1
+        while k < len(kernels) and kernels[k]["ts"] <= end:
+            e = kernels[k]
+            k += 1
+            if not keep[i]:
+                continue
+            name = e["name"][:-len("_kernel_time")]
+            args = e.get("args") or {}
+            if name not in layers:
+                layers[name] = {"op": args.get("op_name"), "exec_type": args.get("provider"), "order": len(layers)}
+            times[name] = times.get(name, 0.0) + e["dur"] * 1e-6
+        if keep[i]:
+            per_run.append(times)
+    return per_run, layers
+
+
+def summarize_layers(prof, e2e):
+    """The per-layer table from a layer profiler's ``finish()`` and the end-to-end latency (measured without the profiler).
+
+    ``prof``: ``{"runs": [{layer: seconds} per timed run], "layers": {layer: {op, exec_type, order}}, "wall_s": [seconds
+    of each profiled run], "not_executed", "profiler"}``. Rows sorted by p50, slowest first: p50/mean/min/max in ms over
+    the runs (0 in a run the layer did not run in; ``runs``: how many it ran in) and the share of the sum of the p50s. ``sum_ms`` (that sum) against ``end_to_end.p50_ms`` says how much of
+    the runtime call the layers account for; ``profiled`` is the end-to-end time of the profiled runs themselves, so the
+    profiler's own overhead shows too."""
+    rows = []
+    for name, meta in prof["layers"].items():
+        # a layer the runtime skipped in some runs (OpenVINO: status NOT_RUN that time) took no time in those runs
+        ms = np.asarray([r.get(name, 0.0) for r in prof["runs"]], dtype=np.float64) * 1e3
+        if not ms.size:
+            continue
+        rows.append({"name": name, "op": meta.get("op"), "exec_type": meta.get("exec_type"), "order": meta.get("order"),
+                     "runs": sum(1 for r in prof["runs"] if name in r), "p50_ms": round(float(np.median(ms)), 6), "mean_ms": round(float(ms.mean()), 6),
+                     "min_ms": round(float(ms.min()), 6), "max_ms": round(float(ms.max()), 6)})
+    total = sum(r["p50_ms"] for r in rows)
+    for r in rows:
+        r["share"] = r["p50_ms"] / total if total > 0 else 0.0
+    rows.sort(key=lambda r: (-r["p50_ms"], r["order"]))
+    per_run_sums = [sum(r.values()) * 1e3 for r in prof["runs"]]
+    profiled = summarize_latency(prof["wall_s"]) if prof["wall_s"] else None
+    return {
+        "statistic": "p50", "rows": rows, "count": len(rows), "not_executed": prof.get("not_executed", 0),
+        "sum_ms": total, "per_run_sum_p50_ms": float(np.median(per_run_sums)) if per_run_sums else None,
+        "end_to_end": e2e, "profiled": profiled,
+        "sum_vs_end_to_end": total / e2e["p50_ms"] if e2e["p50_ms"] else None,
+        "profiler_overhead": profiled["p50_ms"] / e2e["p50_ms"] - 1.0 if profiled and e2e["p50_ms"] else None,
+        "profiler": prof["profiler"],
+    }
+
+
+LAYER_ROUNDS = 10  # blocks of each kind, alternating, so that drift on a shared machine lands on both
+LAYERS_METHOD = ("end-to-end: the runtime call timed as validate times it, with the profiler off; per-layer: the same "
+                 "number of runs with the runtime's own profiler on (a second session or compiled model with the same "
+                 "options); after the warm-up of each, the timed runs alternate between the two in %d blocks (order "
+                 "alternating, one untimed run opening each block); per layer the p50 over its timed runs; share = p50 / "
+                 "sum of the layers' p50s" % LAYER_ROUNDS)
+
+
+def execute_layers(request, bundle_dir, manifest, art, backend, step=None):
+    """A per-layer profile on an open backend, one batch size: the runtime's own per-layer profiler
+    (``backend.layer_profiler(feed)``: ``run(n, keep)``, ``finish()``, and ``close()``, always called) against the
+    end-to-end latency with the profiler off, their timed runs interleaved in blocks. A backend without a profiler is
+    refused with the reason (:data:`NO_LAYER_PROFILER`). Source names are added by edgeconv (it reads the ONNX graph),
+    wherever the times were measured."""
+    step = step or _no_step
+    make_profiler = getattr(backend, "layer_profiler", None)
+    if make_profiler is None:
+        why = NO_LAYER_PROFILER.get(art["runner"], "the %s runner has no per-layer profiler" % art["runner"])
+        raise NoLayerProfiler("profile --layers cannot time layers of %s: %s" % (art["file"], why),
+                              hint="--layers works on %s; `edgeconv profile BUNDLE` (without --layers) times the whole "
+                                   "model on this runtime" % LAYERS_WORK_ON)
+    fixed = backend.fixed_batch()
+    sizes = request.get("batch_sizes") or [fixed or 1]
+    if len(sizes) != 1:
+        raise BadRequest("--layers profiles one batch size; --batch-sizes gave %s" % ",".join(map(str, sizes)))
+    batch = int(sizes[0])
+    notes = []
+    if fixed is not None and batch != fixed and not getattr(backend, "resizes_batch", False):
+        notes.append("the artifact has a fixed batch of %d, so batch %d is profiled" % (fixed, fixed))
+        batch = fixed
+    ref_in, _ = reference(bundle_dir, manifest, art, "source")
+    feed = tile(ref_in, batch)
+    warmup, runs = int(request["warmup"]), int(request["runs"])
+    rounds = min(LAYER_ROUNDS, runs)
+    blocks = [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
+    with step("Per-layer times from %s's profiler against the end-to-end time: %d warm-up + %d timed runs each, batch %d"
+              % (art["runner"], warmup, runs, batch)):
+        prepared = backend.prepare(feed)
+        for _ in range(warmup):
+            backend.run(prepared)
+        profiler = make_profiler(feed)
+        try:
+            profiler.run(warmup, False)
+            samples = []
+            for i, n in enumerate(blocks):
+                for kind in (("e2e", "layers") if i % 2 == 0 else ("layers", "e2e")):
+                    if kind == "e2e":
+                        backend.run(prepared)
+                        for _ in range(n):
+                            backend.run(prepared)
+                            samples.append(backend.last_s)
+                    else:
+                        profiler.run(1, False)
+                        profiler.run(n, True)
+            e2e = summarize_latency(samples, batch)
+            e2e.update({"batch": batch, "warmup": warmup, "method": LATENCY_METHOD})
+            layers = summarize_layers(profiler.finish(), e2e)
+        finally:  # whatever failed in between: the profiler's session and trace do not outlive the run
+            profiler.close()
+    layers.update({"batch": batch, "warmup": warmup, "runs": runs, "method": LAYERS_METHOD})
+    return {"artifact": art["file"], "runner": art["runner"], "measured_on": measured_on(art, backend, request["where"]),
+            "layers": layers, "notes": notes, "request": request}
+
+
 # -- the command line on the device -------------------------------------------------------------------------
 def request_from_args(args):
     if args.request:
         with open(args.request) as f:
             request = json.load(f)
-        given = [k for k in ("runs", "warmup", "threads", "data", "batch_sizes", "min_time") if getattr(args, k) is not None]
+        given = [k for k in ("runs", "warmup", "threads", "data", "batch_sizes", "min_time", "layers") if getattr(args, k) is not None]
         if given:
             raise BadRequest("--request carries the options; do not also pass %s"
                              % ", ".join("--" + k.replace("_", "-") for k in given))
         request = complete_request(request)
+        here = os.path.dirname(os.path.abspath(args.request))  # relative paths in a request are relative to its file
         if request["data"] and not os.path.isabs(request["data"]["file"]):
-            request["data"] = dict(request["data"], file=os.path.join(os.path.dirname(os.path.abspath(args.request)),
-                                                                       request["data"]["file"]))
+            request["data"] = dict(request["data"], file=os.path.join(here, request["data"]["file"]))
+        if request["outputs_file"] and not os.path.isabs(request["outputs_file"]):
+            request["outputs_file"] = os.path.join(here, request["outputs_file"])
         return request
     request = {"runs": args.runs if args.runs is not None else 100, "warmup": args.warmup if args.warmup is not None else 10,
                "threads": args.threads, "where": "device"}
-    if args.batch_sizes:
+    if args.batch_sizes or args.layers:
         if args.data:
-            raise BadRequest("--data applies to a validate run; --batch-sizes makes this a profile run")
-        request.update(command="profile", batch_sizes=[int(v) for v in args.batch_sizes.split(",") if v.strip()],
-                       min_time_s=args.min_time)
+            raise BadRequest("--data applies to a validate run; --%s makes this a profile run"
+                             % ("layers" if args.layers else "batch-sizes"))
+        request.update(command="profile", batch_sizes=[int(v) for v in (args.batch_sizes or "").split(",") if v.strip()] or None,
+                       min_time_s=args.min_time, layers=bool(args.layers))
     elif args.data:
         request["data"] = {"file": os.path.abspath(args.data), "path": args.data}
     return complete_request(request)
@@ -899,14 +1276,20 @@ def run(args):
                 if request["data"].get("sha256") not in (None, digest):
                     raise BadRequest("%s changed on its way here (sha256 differs from the request's)" % path)
                 feed, labels = load_labelled(path, [s["name"] for s in manifest["inputs"]])
-                data = (feed, labels, {"path": request["data"].get("path") or path, "sha256": digest, "count": int(len(labels))
-                                       if labels is not None else 0})
+                data = (feed, labels, {"path": request["data"].get("path") or path, "sha256": digest,
+                                       "count": int(len(next(iter(feed.values()))))})
             report = execute(request, os.path.abspath(args.bundle), manifest, art, backend, data,
                              reopen=lambda: open_backend(args.bundle, art, options, request["threads"]), step=_stderr_step)
     finally:
         backend.close()
     if args.json:
         print(json.dumps(report, indent=2))
+    elif "layers" in report:
+        lay = report["layers"]
+        for row in lay["rows"][:20]:
+            print("  %8.3f ms %5.1f%%  %-16s %s" % (row["p50_ms"], 100 * row["share"], row["op"], row["name"]))
+        print("sum of layers %.3f ms vs end-to-end p50 %.3f ms (%d layers, p50 over %d runs, batch %d)" % (
+            lay["sum_ms"], lay["end_to_end"]["p50_ms"], lay["count"], lay["runs"], lay["batch"]))
     elif request["command"] == "profile":
         for row in report["sweep"]["rows"]:
             what = row.get("error") or "p50 %.3f ms, %.0f items/s" % (row["p50_ms"], row["throughput_items_s"])
@@ -938,6 +1321,8 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 1,2,4,8: a latency/throughput sweep")
     ap.add_argument("--min-time", type=float, default=None, help="sweep: run each batch size for at least this many seconds")
+    ap.add_argument("--layers", action="store_true", default=None,
+                    help="per-layer times from the runtime's own profiler (ONNX Runtime) instead of the sweep")
     args = ap.parse_args(argv)
     try:
         return run(args)

@@ -1,8 +1,10 @@
 """Keras / TensorFlow sources → ONNX with tf2onnx: ``.keras``, ``.h5`` and SavedModel directories.
 
 ``.keras`` and ``.h5`` load with Keras' safe mode on: a Lambda layer (arbitrary Python) is refused unless
-``--trust-pickle``. tf2onnx's ``from_keras`` does not follow Keras 3 output naming, so the model is wrapped
-in a ``tf.function`` and exported with ``from_function``.
+``--trust-pickle``. An ``.h5`` written by Keras 2 (its ``keras_version`` attribute) is loaded by Keras 2 itself
+(``tf_keras``): Keras 3 cannot rebuild every Keras 2 layer config (MobileNetV3's BatchNormalization, TFOpLambda).
+tf2onnx's ``from_keras`` does not follow Keras 3 output naming, so the model is wrapped in a ``tf.function`` and
+exported with ``from_function``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeconv.errors import BadInput, ConversionFailed
+from edgeconv.errors import BadInput, ConversionFailed, MissingDependency
 from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names
 from edgeconv.lazy import require, version_of
 from edgeconv.specs import TensorSpec, guess_layout
@@ -55,8 +57,12 @@ class KerasSource(SourceModel):
             self._load_keras(options)
 
     def _load_keras(self, options: LoadOptions) -> None:
-        keras = require("keras", why="to load Keras models")
         self.format = "keras-h5" if self.path.suffix in (".h5", ".hdf5") else "keras"
+        written_by = _h5_keras_version(self.path) if self.format == "keras-h5" else None
+        if written_by is not None and written_by.startswith("2."):
+            self._load_keras2_h5(written_by, options)
+            return
+        keras = require("keras", why="to load Keras models")
         try:
             self.model = keras.models.load_model(self.path, compile=False, safe_mode=not options.trust_pickle)
         except Exception as exc:
@@ -70,10 +76,36 @@ class KerasSource(SourceModel):
                 f"{self.path} is not a readable Keras model: {type(exc).__name__}: {msg.splitlines()[0] if msg else ''}",
                 hint="edgeconv reads .keras (Keras 3), .h5 (legacy) and SavedModel directories",
             ) from exc
+        self._set_inputs()
+
+    def _set_inputs(self) -> None:
         for t in self.model.inputs:
-            shape = [d if isinstance(d, int) else None for d in t.shape]
+            shape = [d if isinstance(d, int) or d is None else getattr(d, "value", None) for d in t.shape]
             name = t.name.split(":")[0]
-            self.inputs.append(TensorSpec(name, shape, str(np.dtype(t.dtype)), guess_layout(shape, self.layout_default)))
+            dtype = t.dtype.name if hasattr(t.dtype, "as_numpy_dtype") else str(np.dtype(t.dtype))
+            self.inputs.append(TensorSpec(name, shape, dtype, guess_layout(shape, self.layout_default)))
+
+    def _load_keras2_h5(self, written_by: str, options: LoadOptions) -> None:
+        """An .h5 that Keras 2 wrote, loaded by Keras 2 (tf_keras). Its h5 loader rebuilds a Lambda layer from
+        marshalled Python bytecode with no safe mode: edgeconv refuses one itself unless --trust-pickle."""
+        lambdas = _h5_lambda_layers(self.path)
+        if lambdas and not options.trust_pickle:
+            raise BadInput(f"{self.path} contains Lambda layer(s) {', '.join(lambdas[:5])} (arbitrary Python code), which "
+                           "edgeconv does not load without consent.", hint="pass --trust-pickle only if you made this file yourself")
+        try:
+            import tf_keras
+        except ImportError as exc:
+            raise MissingDependency(f"{self.path} was written by Keras {written_by}; loading it needs Keras 2 (tf_keras), "
+                                    "which is not installed (Keras 3 cannot rebuild every Keras 2 layer)",
+                                    hint="pip install --no-deps 'tf_keras~=2.21.0' (matching your TensorFlow's version)") from exc
+        self.format = "keras2-h5"  # the manifest's source format; versions() adds tf_keras
+        try:
+            self.model = tf_keras.models.load_model(self.path, compile=False)
+        except Exception as exc:
+            msg = str(exc)
+            raise BadInput(f"{self.path} is not a readable Keras {written_by} model: {type(exc).__name__}: "
+                           f"{msg.splitlines()[0] if msg else ''}") from exc
+        self._set_inputs()
 
     def _load_saved_model(self, tf) -> None:
         self.format = "savedmodel"
@@ -123,6 +155,13 @@ class KerasSource(SourceModel):
         else:
             fn = tf.function(lambda *xs: self.model(list(xs), training=False))
         opset = opset or DEFAULT_OPSET
+        import logging
+
+        tf2onnx_log = logging.getLogger("tf2onnx")
+        level = tf2onnx_log.level
+        # tf2onnx logs a traceback when one of its optional graph optimizers fails and goes on without it (the
+        # transpose optimizer on some Keras 2 models): not an error of the export, and not the user's to read.
+        tf2onnx_log.setLevel(logging.ERROR)
         try:
             model_proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=opset,
                                                            custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
@@ -131,6 +170,8 @@ class KerasSource(SourceModel):
                 f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
                 hint="run with --debug for the full traceback",
             ) from exc
+        finally:
+            tf2onnx_log.setLevel(level)
         rename_outputs(model_proto, default_output_names(len(model_proto.graph.output)))
         import onnx
 
@@ -141,5 +182,43 @@ class KerasSource(SourceModel):
                             constant_inputs=lifted_constants(fn, sig))
 
     def versions(self) -> dict[str, str | None]:
-        return {"tensorflow": version_of("tensorflow-cpu") or version_of("tensorflow"), "keras": version_of("keras"),
-                "tf2onnx": version_of("tf2onnx")}
+        keras = {"tf_keras": version_of("tf_keras")} if self.format == "keras2-h5" else {"keras": version_of("keras")}
+        return {"tensorflow": version_of("tensorflow-cpu") or version_of("tensorflow"), **keras, "tf2onnx": version_of("tf2onnx")}
+
+
+def _h5_keras_version(path: Path) -> str | None:
+    """The ``keras_version`` attribute an .h5 model file carries (who wrote it), or None."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            v = f.attrs.get("keras_version")
+    except (ImportError, OSError):
+        return None
+    return v.decode() if isinstance(v, bytes) else (str(v) if v is not None else None)
+
+
+def _h5_lambda_layers(path: Path) -> list[str]:
+    """Names of the Lambda layers in an .h5's model config (nested models included)."""
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("model_config")
+    if raw is None:
+        return []
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                found.append(str((node.get("config") or {}).get("name", "?")))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
+    return found

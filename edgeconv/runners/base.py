@@ -6,15 +6,32 @@ inference — measured around the runtime call only. Validate, profile and compa
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeconv.device.edgeconv_runner import BadRequest, check_options
-from edgeconv.errors import BadInput
+from edgeconv.device import edgeconv_runner as device
+from edgeconv.device.edgeconv_runner import check_options
+from edgeconv.errors import ArtifactRefused, BadInput, MissingDependency
 from edgeconv.specs import TensorSpec
+
+
+@contextlib.contextmanager
+def runner_errors() -> Iterator[None]:
+    """The device runner's refusals as edgeconv's typed errors (same messages, same exit codes): the one mapping,
+    for the runners here and for validate/profile executing the device runner's request code."""
+    try:
+        yield
+    except device.MissingRuntime as exc:
+        raise MissingDependency(exc.message, hint=exc.hint) from None
+    except device.ArtifactRejected as exc:
+        raise ArtifactRefused(exc.message, hint=exc.hint) from None
+    except device.BadRequest as exc:
+        raise BadInput(exc.message, hint=exc.hint) from None
 
 
 class Runner(ABC):
@@ -26,10 +43,8 @@ class Runner(ABC):
         self.artifact = artifact
         self.threads = threads
         self.options = {k: v for k, v in (options or {}).items() if v is not None}
-        try:  # the device runner's rule: an option the runtime does not take is refused, never ignored
+        with runner_errors():  # the device runner's rule: an option the runtime does not take is refused, never ignored
             check_options(self.runtime, self.accepted_options, self.options)
-        except BadRequest as exc:
-            raise BadInput(exc.message) from None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.last_inference_s = 0.0

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeconv.errors import BadInput
+from edgeconv.errors import ArtifactRefused
 from edgeconv.lazy import require, version_of
 from edgeconv.runners.base import Runner
 from edgeconv.specs import TensorSpec
@@ -23,7 +23,7 @@ class ExecuTorchRunner(Runner):
         try:
             self.method = runtime.Runtime.get().load_program(str(self.artifact)).load_method("forward")
         except Exception as exc:
-            raise BadInput(f"ExecuTorch cannot load {self.artifact}: {exc}") from exc
+            raise ArtifactRefused(f"ExecuTorch cannot load {self.artifact}: {exc}") from exc
         names = self.options.get("input_names") or ["input"]
         self.inputs = [TensorSpec(n, [1], "float32") for n in names]
         self.outputs = []

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeconv.device.edgeconv_runner import BadRequest, LiteRtBackend, MissingRuntime
-from edgeconv.errors import BadInput, MissingDependency
+from edgeconv.device.edgeconv_runner import LiteRtBackend
+from edgeconv.errors import BadInput
 from edgeconv.lazy import version_of
-from edgeconv.runners.base import Runner
+from edgeconv.runners.base import Runner, runner_errors
 from edgeconv.specs import TensorSpec
 
 
@@ -29,14 +29,8 @@ def signature_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 
 def _backend(path: Path, threads: int | None = None, **options) -> LiteRtBackend:
-    try:
+    with runner_errors():
         return LiteRtBackend(path, threads, **options)
-    except MissingRuntime as exc:
-        raise MissingDependency(str(exc), hint="pip install 'edgeconv[tflite]'") from exc
-    except BadRequest as exc:
-        raise BadInput(exc.message) from exc
-    except (ValueError, RuntimeError) as exc:
-        raise BadInput(f"LiteRT cannot load {path}: {exc}") from exc
 
 
 class LiteRtRunner(Runner):

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeconv.errors import BadInput
+from edgeconv.errors import ArtifactRefused
 from edgeconv.lazy import require, version_of
 from edgeconv.runners.base import Runner
 from edgeconv.specs import TensorSpec
@@ -33,7 +33,7 @@ class NcnnRunner(Runner):
             opt.num_threads = int(self.threads)
         binary = self.artifact.with_name(self.options.get("bin_file", self.artifact.name.replace(".param", ".bin")))
         if self.net.load_param(str(self.artifact)) != 0 or self.net.load_model(str(binary)) != 0:
-            raise BadInput(f"ncnn cannot load {self.artifact} / {binary.name}")
+            raise ArtifactRefused(f"ncnn cannot load {self.artifact} / {binary.name}")
         names = self.options.get("tensor_names") or {}
         blobs_in = [b for b in names.values() if b.startswith("in")]
         self._in = [(k, v) for k, v in names.items() if v in blobs_in]
@@ -58,7 +58,7 @@ class NcnnRunner(Runner):
             for _, blob in self._out:
                 ret, mat = ex.extract(blob)
                 if ret != 0:
-                    raise BadInput(f"ncnn could not compute blob {blob} (error {ret})")
+                    raise ArtifactRefused(f"ncnn could not compute blob {blob} (error {ret})")
                 got.append(mat)
             elapsed += time.perf_counter() - t0
             for j, mat in enumerate(got):

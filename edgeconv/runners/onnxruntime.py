@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeconv.device.edgeconv_runner import BadRequest, MissingRuntime, OnnxRuntimeBackend
-from edgeconv.errors import BadInput, MissingDependency
-from edgeconv.runners.base import Runner
+from edgeconv.device.edgeconv_runner import OnnxRuntimeBackend
+from edgeconv.runners.base import Runner, runner_errors
 from edgeconv.specs import TensorSpec
 
 
@@ -18,26 +17,24 @@ class OnnxRuntimeRunner(Runner):
     accepted_options = OnnxRuntimeBackend.accepted_options
 
     def load(self) -> None:
-        try:
+        with runner_errors():
             self.backend = OnnxRuntimeBackend(self.artifact, self.threads, **self.options)
-        except MissingRuntime as exc:
-            raise MissingDependency(exc.message, hint="pip install onnxruntime") from exc
-        except BadRequest as exc:
-            raise BadInput(exc.message) from exc
         self.session = self.backend.session
         self.inputs = [TensorSpec(e["name"], e["shape"], e["type"]) for e in self.backend.inputs]
         self.outputs = [TensorSpec(e["name"], e["shape"], e["type"]) for e in self.backend.outputs]
 
     def prepare(self, feed: dict[str, np.ndarray]) -> Any:
-        try:
+        with runner_errors():
             return self.backend.prepare(feed)
-        except BadRequest as exc:
-            raise BadInput(exc.message) from None
 
     def run_prepared(self, prepared: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = self.backend.run(prepared)
         self.last_inference_s = self.backend.last_s
         return out
+
+    def layer_profiler(self, feed: dict[str, np.ndarray]) -> Any:
+        """Per-node kernel times from ONNX Runtime's profiler: the device runner's, so host and device time layers alike."""
+        return self.backend.layer_profiler(feed)
 
     def info(self) -> dict[str, Any]:
         return self.backend.info()

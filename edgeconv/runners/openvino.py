@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeconv.errors import BadInput, MissingDependency
+from edgeconv.errors import ArtifactRefused, BadInput, MissingDependency
 from edgeconv.lazy import require
 from edgeconv.runners.base import Runner
 from edgeconv.specs import TensorSpec
@@ -38,6 +38,10 @@ m = ov.Model([ops.matmul(p, ops.constant(np.ones((256, 256), np.float32)), False
 ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})(np.ones((64, 256), np.float32))
 """
 isa_note: dict[str, str] = {}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _cpuinfo_flags() -> str:
@@ -121,7 +125,7 @@ class OpenVinoRunner(Runner):
             self.model = self.core.read_model(str(self.artifact))
             self.compiled = self.core.compile_model(self.model, device, config)
         except Exception as exc:
-            raise BadInput(f"OpenVINO cannot load {self.artifact} on {device}: {exc}") from exc
+            raise ArtifactRefused(f"OpenVINO cannot load {self.artifact} on {device}: {exc}") from exc
         self.request = self.compiled.create_infer_request()
         self.inputs = [self._spec(p) for p in self.compiled.inputs]
         self.outputs = [self._spec(p) for p in self.compiled.outputs]
@@ -133,14 +137,33 @@ class OpenVinoRunner(Runner):
         if self.fixed_batch() is None:
             return self.request
         if batch not in self._requests:
-            model = self.model.clone()
-            try:
-                model.reshape({p.get_any_name(): [batch, *p.get_partial_shape()[1:]] for p in model.inputs})
-                compiled = self.core.compile_model(model, self.device, self._config)
-            except Exception as exc:
-                raise BadInput(f"OpenVINO cannot reshape {self.artifact.name} to batch {batch}: {str(exc).splitlines()[0]}") from exc
-            self._requests[batch] = compiled.create_infer_request()
+            self._requests[batch] = self._compile_for(batch, self._config).create_infer_request()
         return self._requests[batch]
+
+    def _compile_for(self, batch: int, config: dict[str, Any]):
+        """The model compiled with ``config``, reshaped to ``batch`` when its batch is static and another. A reshape the
+        model refuses, or a compile failing after it, is the batch asked for (BadInput); a compile failing with no reshape
+        (the PERF_COUNT compile for --layers, say) is the runtime refusing the artifact (ArtifactRefused)."""
+        model, name = self.model, self.artifact.name
+        reshaped = self.fixed_batch() not in (None, batch)
+        if reshaped:
+            try:
+                model = self.model.clone()
+                model.reshape({p.get_any_name(): [batch, *p.get_partial_shape()[1:]] for p in model.inputs})
+            except Exception as exc:
+                raise BadInput(f"OpenVINO cannot reshape {name} to batch {batch}: {_first_line(exc)}") from exc
+        how = " with performance counters on (PERF_COUNT, for --layers)" if config.get("PERF_COUNT") else ""
+        try:
+            return self.core.compile_model(model, self.device, config)
+        except Exception as exc:
+            if reshaped:
+                raise BadInput(f"OpenVINO cannot compile {name} reshaped to batch {batch} on {self.device}{how}: "
+                               f"{_first_line(exc)}") from exc
+            raise ArtifactRefused(f"OpenVINO cannot compile {name} on {self.device}{how}: {_first_line(exc)}") from exc
+
+    def layer_profiler(self, feed: dict[str, np.ndarray]) -> OpenVinoLayerProfiler:
+        """OpenVINO's performance counters on ``feed`` (:class:`OpenVinoLayerProfiler`)."""
+        return OpenVinoLayerProfiler(self, feed)
 
     @staticmethod
     def _spec(port) -> TensorSpec:
@@ -203,3 +226,51 @@ class OpenVinoRunner(Runner):
             "performance_hint": prop("PERFORMANCE_HINT"),
             **isa_note,
         }
+
+
+class OpenVinoLayerProfiler:
+    """Per-node times from OpenVINO's performance counters: the model compiled again with the runner's configuration
+    plus ``PERF_COUNT=True``. ``run(n, keep)`` infers n times; after each kept (timed) inference ``get_profiling_info()``
+    gives the ``real_time`` of every node with status EXECUTED (nodes fused into a neighbour or optimised out are counted
+    apart). Node names and types are those of the compiled graph, after OpenVINO's fusions; ``exec_type`` is the kernel
+    that ran (e.g. brgconv_avx2_f32). ``finish()`` returns the device runner's layer-profile shape (see ``execute_layers``)."""
+
+    def __init__(self, runner: OpenVinoRunner, feed: dict[str, np.ndarray]):
+        arrays = Runner.prepare(runner, feed)
+        batch = len(arrays[runner.inputs[0].name]) if runner.inputs else 1
+        self.request = runner._compile_for(batch, {**runner._config, "PERF_COUNT": True}).create_infer_request()
+        for i, spec in enumerate(runner.inputs):
+            self.request.set_input_tensor(i, runner._ov.Tensor(np.array(arrays[spec.name], copy=True), shared_memory=False))
+        self.executed = runner._ov.ProfilingInfo.Status.EXECUTED
+        self.wall: list[float] = []
+        self.runs: list[dict[str, float]] = []
+        self.layers: dict[str, dict[str, Any]] = {}
+        self.not_executed = 0
+
+    def run(self, n: int, keep: bool) -> None:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.request.infer()
+            elapsed = time.perf_counter() - t0
+            if not keep:
+                continue
+            self.wall.append(elapsed)
+            times: dict[str, float] = {}
+            info = self.request.get_profiling_info()
+            for node in info:
+                if node.status != self.executed:
+                    continue
+                if node.node_name not in self.layers:
+                    self.layers[node.node_name] = {"op": node.node_type, "exec_type": node.exec_type, "order": len(self.layers)}
+                times[node.node_name] = times.get(node.node_name, 0.0) + node.real_time.total_seconds()
+            self.runs.append(times)
+            self.not_executed = len(info) - len(times)
+
+    def close(self) -> None:
+        """The PERF_COUNT request released (``execute_layers`` calls it whatever happened; nothing is on disk)."""
+        self.request = None
+
+    def finish(self) -> dict[str, Any]:
+        return {"wall_s": self.wall, "runs": self.runs, "layers": self.layers, "not_executed": self.not_executed,
+                "profiler": "OpenVINO PERF_COUNT=True: InferRequest.get_profiling_info() after each timed inference, real_time "
+                            "of the nodes with status EXECUTED (nodes fused away or not run are counted apart)"}

@@ -49,6 +49,10 @@ class TargetContext:
     calibration: list[dict[str, np.ndarray]] | None = None  # int8: one feed per sample
     accuracy_data: tuple | None = None  # (inputs, labels, index of the class-score output) for accuracy-aware int8
     max_accuracy_drop: float | None = None
+    # the int8 guard (--fallback auto): layers to keep in float, most harmful first, as edgeconv debug ranked them:
+    # {"layer", "source", "nodes": canonical ONNX node names, "tensors": their outputs, "artifact_names": the full-int8
+    # artifact's names for those tensors}; each backend keeps them in float by its own mechanism
+    float_layers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def source(self) -> dict[str, str]:
@@ -75,6 +79,8 @@ class Target(ABC):
     # gives no --opset and the source's exporter can write it)
     preferred_opset: int | None = None
     preferred_opset_why: str = ""
+    # honours TargetContext.float_layers (the int8 guard's float fallback)
+    float_fallback: bool = False
 
     def check_runner_options(self, precision: str, profile: Profile) -> dict[str, Any]:
         """Runner options for the convert-time checks on this host (recorded with the artifact)."""

@@ -69,6 +69,7 @@ class JetsonTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     dynamic_batch = True
     needs_calibration = ("int8",)
+    float_fallback = True  # onnxruntime.quantization's nodes_to_exclude
 
     def check_options(self, profile, opts: TargetOptions) -> None:
         device = profile.raw.get("device", {})
@@ -197,21 +198,24 @@ class JetsonTarget(Target):
         quiet = logging.Filter()
         quiet.filter = lambda record: "pre-processing before quantization" not in str(record.msg)
         logging.getLogger().addFilter(quiet)
+        # the int8 guard's float layers: nodes the quantizer leaves without Q/DQ (TensorRT runs them in fp16/fp32)
+        import onnx
+
+        present = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
+        exclude = [n for layer in ctx.float_layers for n in layer["nodes"] if n in present]
         try:
             quantize_static(str(src), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, extra_options=options)
+                            calibrate_method=CalibrationMethod.MinMax, extra_options=options, nodes_to_exclude=exclude or None)
         except Exception as exc:
             raise ConversionFailed(f"Q/DQ quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
         finally:
             logging.getLogger().removeFilter(quiet)
-        import onnx
-
         q = onnx.load(str(dest))
         zero_points = [i for i in q.graph.initializer if "zero_point" in i.name]
         nonzero = [i.name for i in zero_points if np.any(onnx.numpy_helper.to_array(i))]
         if nonzero:
             raise ConversionFailed(f"the Q/DQ graph has non-zero zero points ({nonzero[:3]}); TensorRT needs symmetric int8")
         return {"tool": f"onnxruntime.quantization {ort_version} quantize_static (QDQ)", "options": options,
-                "per_channel": True, "calibration_method": "MinMax", "samples": len(samples),
+                "per_channel": True, "calibration_method": "MinMax", "samples": len(samples), "nodes_to_exclude": exclude,
                 "quantize_linear_nodes": sum(1 for n in q.graph.node if n.op_type == "QuantizeLinear")}

@@ -7,9 +7,12 @@ and edgeconv does not ship a half-working substitute.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from edgeconv.errors import ConversionFailed, MissingDependency, PreflightError
@@ -17,6 +20,7 @@ from edgeconv.lazy import version_of
 from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 
 PNNX_TIMEOUT_S = 900
+PROBE_TIMEOUT_S = 300
 
 
 class NcnnTarget(Target):
@@ -62,6 +66,7 @@ class NcnnTarget(Target):
         names = list(shapes) + list(ctx.output_shapes)
         if len(blobs_in) != len(shapes) or len(blobs_out) != len(ctx.output_shapes):
             raise ConversionFailed(f"the ncnn graph has inputs {blobs_in} and outputs {blobs_out}; the model has {names}")
+        _probe_in_child(param, binary, dict(zip(blobs_in, shapes.values())), blobs_out, ctx.failed_build_dir)
         for f in (param, binary):
             shutil.move(str(f), workdir / f.name)
         shutil.rmtree(build, ignore_errors=True)
@@ -90,3 +95,45 @@ def _io_blobs(param_text: str) -> tuple[list[str], list[str]]:
     outputs = [t for t in produced if t not in consumed and t not in inputs]
     key = lambda n: int(re.sub(r"\D", "", n) or 0)  # noqa: E731 — pnnx names them in0, in1 … / out0, out1 …
     return sorted(inputs, key=key), sorted(outputs, key=key)
+
+
+def _probe_in_child(param: Path, binary: Path, inputs: dict[str, list[int]], outputs: list[str], failed_dir: Path) -> None:
+    """Load the pnnx output and run it once on zeros in a child process. ncnn crashes (a segmentation fault) on some
+    graphs pnnx writes; in edgeconv's own process that would kill the conversion with no report."""
+    cmd = [sys.executable, "-c", "from edgeconv.targets.ncnn import _probe_main; _probe_main()",
+           str(param), str(binary), json.dumps(inputs), json.dumps(outputs)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ConversionFailed(f"ncnn did not run the graph pnnx wrote within {PROBE_TIMEOUT_S} s") from exc
+    if proc.returncode == 0:
+        return
+    failed_dir.mkdir(parents=True, exist_ok=True)
+    for f in (param, binary):
+        shutil.copyfile(f, failed_dir / f.name)
+    if proc.returncode < 0:
+        how = f"crashes ({signal.Signals(-proc.returncode).name})"
+    else:
+        how = f"fails (exit {proc.returncode})"
+    raise ConversionFailed(f"ncnn {version_of('ncnn')} {how} loading or running the graph pnnx {version_of('pnnx')} wrote",
+                           details="\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:]) or None,
+                           hint=f"the .param/.bin are in {failed_dir} to report to ncnn; another target may avoid it")
+
+
+def _probe_main() -> None:
+    """Child side of ``_probe_in_child``: argv = param, bin, {blob: shape with batch}, [output blobs]."""
+    import numpy as np
+    import ncnn
+
+    param, binary, inputs, outputs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    if net.load_param(param) != 0 or net.load_model(binary) != 0:
+        sys.exit(f"ncnn cannot load {param}")
+    ex = net.create_extractor()
+    for blob, shape in inputs.items():
+        ex.input(blob, ncnn.Mat(np.zeros(shape[1:], dtype=np.float32)))
+    for blob in outputs:
+        ret, _ = ex.extract(blob)
+        if ret != 0:
+            sys.exit(f"ncnn could not compute blob {blob} (error {ret})")

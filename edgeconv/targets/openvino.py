@@ -57,6 +57,7 @@ class OpenVinoTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     dynamic_batch = True
     needs_calibration = ("int8",)
+    float_fallback = True  # NNCF's ignored scope
 
     def check_runner_options(self, precision: str, profile) -> dict[str, Any]:
         # Convert-time checks run on this host's CPU with f32 math, so they measure the artifact, not bf16.
@@ -94,15 +95,22 @@ class OpenVinoTarget(Target):
         dataset = nncf.Dataset(items)
         preset = getattr(nncf.QuantizationPreset, opts.extra.get("quant_preset", "performance").upper())
         ignored = opts.extra.get("ignored_nodes") or []
+        # the int8 guard's float layers: the OpenVINO ops the ONNX frontend made of those nodes (named after the node,
+        # ``node`` or ``node/WithoutBiases``) go into NNCF's ignored scope
+        guard_ops = [op.get_friendly_name() for op in model.get_ordered_ops()
+                     if any(op.get_friendly_name() == n or op.get_friendly_name().startswith(n + "/")
+                            for layer in ctx.float_layers for n in layer["nodes"])]
         kwargs = {"preset": preset, "subset_size": len(items)}
-        if ignored:
-            kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
+        if ignored or guard_ops:
+            kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored + guard_ops, validate=not guard_ops)
         data = ctx.accuracy_data
         max_drop = ctx.max_accuracy_drop
         info: dict[str, Any] = {"tool": f"nncf {nncf.__version__}", "preset": preset.name.lower(), "ignored_nodes": ignored,
                                 "samples": len(items)}
+        if guard_ops:
+            info["ignored_for_float_layers"] = guard_ops
         try:
-            if data is not None and max_drop is not None:
+            if data is not None and max_drop is not None and not ctx.float_layers:
                 feed, labels, out_index = data
                 val_items = [([feed[n][i : i + 1] for n in names] if len(names) > 1 else feed[names[0]][i : i + 1], int(labels[i]))
                              for i in range(len(labels))]

@@ -182,11 +182,35 @@ def zero_pads_before_maxpool(path: Path) -> list[str]:
     return changed
 
 
+RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+
+
+def recurrent_part(source) -> str | None:
+    """The first recurrent layer of a Keras model (nested models included), or for a SavedModel the first TensorList
+    op of its serving graph (what a recurrent layer becomes), named; None when there is none."""
+    if source.model is not None:
+        stack = [source.model]
+        while stack:
+            layer = stack.pop(0)
+            if type(layer).__name__ in RECURRENT_LAYERS:
+                return f"layer {layer.name!r} ({type(layer).__name__})"
+            stack += list(getattr(layer, "layers", None) or [])
+        return None
+    if source.signature is None:
+        return None
+    graph = source.signature.graph.as_graph_def()
+    for node in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]:
+        if node.op.startswith("TensorList"):
+            return f"op {node.name!r} ({node.op})"
+    return None
+
+
 class TfliteTarget(Target):
     name = "tflite"
     precisions = ("fp32", "fp16", "int8", "int8-dynamic")
     dynamic_batch = False
     needs_calibration = ("int8",)
+    float_fallback = True  # TFLite's denylisted nodes (tf.lite.experimental.QuantizationDebugger)
     preferred_opset = 20
     preferred_opset_why = ("onnx2tf turns ONNX Gelu (opset 20) into TFLite's GELU; at older opsets exporters spell GELU "
                            "with Erf, which TFLite has no builtin for")
@@ -225,11 +249,18 @@ class TfliteTarget(Target):
             notes: list[str] = []
             if source.framework == "keras":
                 tf = require("tensorflow", why="to build TFLite models")
-                saved = self._saved_model_from_keras(tf, source, build, ctx.input_shapes if self.static_shapes else None)
                 route = f"tf.lite.TFLiteConverter from the Keras/TensorFlow model (tensorflow {tf.__version__})"
                 moved = False
+                static = self.static_shapes
+                recurrent = None if static else recurrent_part(source)
+                if recurrent is not None:  # TFLite lowers a recurrent layer's TensorList ops only with static shapes
+                    static = True
+                    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in ctx.input_shapes.items())
+                    notes.append(f"input shapes fixed at {shapes} (no dynamic batch): TFLiteConverter lowers the "
+                                 f"recurrent {recurrent} only with static shapes")
+                saved = self._saved_model_from_keras(tf, source, build, ctx.input_shapes if static else None)
                 data = tflite_from_saved_model(tf, saved, opts.precision, ctx.calibration, opts.extra["io_dtype"],
-                                               moved)
+                                               moved, from_signature=True, denylisted_nodes=_denylist(ctx))
             else:
                 data, notes = self._from_onnx(onnx_path, build, opts, ctx)
                 route = (f"onnx2tf {version_of('onnx2tf')} → SavedModel → tf.lite.TFLiteConverter "
@@ -243,7 +274,7 @@ class TfliteTarget(Target):
         # TFLITE_BUILTINS_INT8: an int8 model in name only, unless the user allows it or an accelerator's own
         # split report covers it.
         left = float_ops(dest) if opts.precision == "int8" else []
-        if left and not (self.float_ops_reported or opts.extra.get("allow_float_ops")):
+        if left and not (self.float_ops_reported or opts.extra.get("allow_float_ops") or ctx.float_layers):
             raise ConversionFailed(
                 f"--precision int8 asks for a full-integer model, but {len(left)} op(s) stayed in float: "
                 + ", ".join(left[:8]) + (" …" if len(left) > 8 else ""),
@@ -256,25 +287,36 @@ class TfliteTarget(Target):
                            Artifact(dest.name, "model", opts.precision, profile.runner, extra)], notes=notes)
 
     def _saved_model_from_keras(self, tf, source, build: Path, shapes: dict[str, list] | None) -> Path:
-        """The SavedModel TFLiteConverter reads. With ``shapes`` (static conversions) its signature has exactly the
-        resolved input shapes, batch included: a Keras model's own signature keeps the batch (and any open
-        dimension) dynamic, and a dynamic batch in the TFLite graph keeps every op off the Edge TPU."""
+        """The SavedModel TFLiteConverter reads: one serving signature calling the model in inference mode
+        (``training=False``: augmentation layers such as RandomFlip are then identities, where Keras' own
+        ``export()`` keeps their random ops, which TFLite has no kernels for). With ``shapes`` (static conversions) the
+        signature has exactly the resolved input shapes, batch included: a dynamic batch in the TFLite graph keeps
+        every op off the Edge TPU."""
         if source.format == "savedmodel" and shapes is None:
             return source.path
         out = build / "saved_model"
-        specs = [tf.TensorSpec(shapes[s.name], s.dtype, name=s.name) for s in source.inputs] if shapes else None
+        specs = [tf.TensorSpec(shapes[s.name] if shapes else s.shape, s.dtype, name=s.name) for s in source.inputs]
+        def infer(*xs):
+            return source.model(list(xs) if len(xs) > 1 else xs[0], training=False)
+
         try:
+            if source.format == "keras":  # Keras 3: its ExportArchive tracks the model's variables
+                import keras
+
+                archive = keras.export.ExportArchive()
+                archive.track(source.model)
+                archive.add_endpoint("serve", infer, input_signature=specs)
+                archive.write_out(str(out), verbose=False)
+                return out
+            holder = tf.Module()
             if source.format == "savedmodel":
                 fn = tf.function(lambda *xs: source.signature(**{s.name: x for s, x in zip(source.inputs, xs)}),
                                  input_signature=specs)
-                holder = tf.Module()
                 holder.loaded = source._loaded  # keeps the variables the signature reads
-                tf.saved_model.save(holder, str(out), signatures=fn.get_concrete_function())
-            else:
-                signature = None
-                if specs:
-                    signature = [specs[0]] if len(specs) == 1 else [specs]
-                source.model.export(str(out), format="tf_saved_model", verbose=False, input_signature=signature)
+            else:  # Keras 2 (tf_keras): the model is a tf.Module
+                fn = tf.function(infer, input_signature=specs)
+                holder.model = source.model
+            tf.saved_model.save(holder, str(out), signatures=fn.get_concrete_function())
         except Exception as exc:
             raise ConversionFailed(f"Keras could not export a SavedModel for TFLite: {type(exc).__name__}: {exc}") from exc
         return out
@@ -305,7 +347,10 @@ class TfliteTarget(Target):
         job = {"onnx2tf_args": ["-i", str(copy), "-o", str(saved), "-osd", "-nuo", "-v", "error"], "saved_model": str(saved),
                "precision": opts.precision, "io_dtype": opts.extra["io_dtype"],
                "calibration": str(work / "calibration.npz") if samples else None,
-               "output": str(work / "model.tflite"), "error": str(work / "tflite_error.txt")}
+               "output": str(work / "model.tflite"), "error": str(work / "tflite_error.txt"),
+               # the int8 guard's float layers: the full-int8 model's tensor names for them (onnx2tf names the TF ops
+               # the same way on every run of the same graph)
+               "denylisted_nodes": _denylist(ctx)}
         (work / "job.json").write_text(json.dumps(job))
         cmd = [sys.executable, "-m", "edgeconv.targets.tflite_job", str(work / "job.json")]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -355,6 +400,12 @@ class TfliteTarget(Target):
             "runner_options": {"tensor_names": {**in_map, **out_map}, "permutations": perms},
             "onnx2tf_tested": ONNX2TF_TESTED if moved else None,
         }
+
+
+def _denylist(ctx: TargetContext) -> list[str]:
+    """The int8 guard's float layers as TFLite tensor names (what the debugger matched them to in the full-int8 model;
+    the same converter names the same ops the same way on every run)."""
+    return [n for layer in ctx.float_layers for n in layer.get("artifact_names", [])]
 
 
 def _match(wanted: list[str], have: list[str]) -> list[str]:

@@ -30,10 +30,18 @@ def channel_last_perm(rank: int) -> list[int]:
 
 
 def tflite_from_saved_model(tf, saved: Path, precision: str, samples: list[dict[str, np.ndarray]] | None, io_dtype: str,
-                            moved: bool) -> bytes:
+                            moved: bool, denylisted_nodes: list[str] | None = None, from_signature: bool = False) -> bytes:
     """TFLiteConverter for exactly one precision. ``moved``: onnx2tf made the graph channel-last, so the (source
-    layout) calibration samples are transposed the same way."""
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    layout) calibration samples are transposed the same way. ``denylisted_nodes`` (int8): ops, by output tensor name,
+    kept in float, through TensorFlow's QuantizationDebugger (the public route to the quantizer's denylist).
+    ``from_signature``: convert the loaded SavedModel's serving signature as a concrete function (the Keras route).
+    ``from_saved_model`` on a Keras 3 export can keep a variable unfrozen: a Conv1D stack then gave NaN in LiteRT
+    (READ_VARIABLE on an uninitialised variable without XNNPACK), where its concrete function converts correctly."""
+    if from_signature:
+        loaded = tf.saved_model.load(str(saved))
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures["serving_default"]], loaded)
+    else:
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     if precision == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -52,6 +60,13 @@ def tflite_from_saved_model(tf, saved: Path, precision: str, samples: list[dict[
         if io_dtype != "float":
             conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
     try:
+        if precision == "int8" and denylisted_nodes:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(denylisted_nodes),
+                                                                    fully_quantize=io_dtype != "float")
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=representative,
+                                                                 debug_options=options)
+            return debugger.get_nondebug_quantized_model()
         return conv.convert()
     except Exception as exc:
         raise ConversionFailed(f"TFLiteConverter failed for {precision}: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}") from exc
@@ -79,7 +94,8 @@ def main(argv: list[str]) -> int:
             stacked = {k: z[k] for k in z.files}
         samples = [{k: v[i] for k, v in stacked.items()} for i in range(len(next(iter(stacked.values()))))]
     try:
-        data = tflite_from_saved_model(tf, saved, job["precision"], samples, job["io_dtype"], moved=True)
+        data = tflite_from_saved_model(tf, saved, job["precision"], samples, job["io_dtype"], moved=True,
+                                       denylisted_nodes=job.get("denylisted_nodes"))
     except ConversionFailed as exc:
         Path(job["error"]).write_text(exc.message)
         return TFLITE_FAILED

@@ -1,0 +1,171 @@
+"""Does `edgeconv compress --prune-channels 0.3` make a MobileNetV2-sized PyTorch model faster where it runs?
+
+The source is samples/mobilenet_torch.py's MobileNetV2 (3.5 M parameters, ~300 M MACs, BatchNorm statistics from data,
+random weights: nothing is downloaded) saved as a torch.export program. `edgeconv compress SOURCE -o PRUNED
+--prune-channels 0.3 --json` runs as a user runs it (its report gives the MACs of both). Then both models are converted
+by `edgeconv convert` (ONNX fp32; LiteRT int8 calibrated on bench/models/mobilenet_calib.npz) and timed in one run,
+interleaved, the order alternating every round:
+
+- ONNX Runtime fp32: the bare ONNX Runtime script of bench/common.py (its own process, 2 threads) on each model.onnx,
+  the same pruning with `--round-to 1` (exact widths) timed in the same rounds as a third model;
+- LiteRT int8: `edgeconv profile BUNDLE --batch-sizes 1 --threads 2 --json` on each tflite bundle.
+
+Budgets (issue 17): MACs <= 0.6x, ORT fp32 p50 >= 1.4x faster (median of per-round ratios), LiteRT int8 of the pruned
+model faster than of the original. Accuracy is not measured here (random weights): the digits tests measure it.
+
+    .venv/bin/python bench/compress_bench.py [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    EDGECONV,
+    MODELS,
+    ROOT,
+    _hash_files,
+    _keyed,
+    alternating,
+    bare_ort,
+    bundle,
+    median,
+    timed_json,
+    versions,
+    write_result,
+)
+
+RATIO = 0.3
+MAX_MACS = 0.6
+MIN_ORT_SPEEDUP = 1.4
+THREADS = 2
+CALIB = MODELS / "mobilenet_calib.npz"  # x (32, 3, 224, 224) float32, NCHW
+
+
+def mobilenet_pt2() -> Path:
+    """The MobileNetV2-sized model as a torch.export program in bench/models/, remade when the script that defines it or
+    torch changes."""
+    maker = ROOT / "samples" / "mobilenet_torch.py"
+    key = hashlib.sha256((_hash_files([maker, Path(__file__).resolve()], ROOT) + json.dumps(versions(("torch",)))).encode()).hexdigest()[:12]
+    out = _keyed("mobilenetv2-export", key, ".pt2")
+    if not out.exists():
+        MODELS.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.stem + ".tmp.pt2")
+        code = ("import sys, torch; sys.path.insert(0, 'samples'); from mobilenet_torch import MobileNetV2, with_data_statistics; "
+                "m = with_data_statistics(MobileNetV2()); "
+                f"torch.export.save(torch.export.export(m, (torch.zeros(1, 3, 224, 224),)), {str(tmp)!r})")
+        r = subprocess.run([sys.executable, "-c", code], timeout=600, cwd=ROOT, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise SystemExit(f"exporting {maker.name}'s MobileNetV2 to {tmp.name} failed (exit {r.returncode}):\n"
+                             + (r.stderr or r.stdout)[-3000:])
+        tmp.replace(out)
+    return out
+
+
+def compress(source: Path, out: Path, *extra: str) -> dict:
+    """`edgeconv compress SOURCE -o OUT --prune-channels 0.3 --json`: the report."""
+    cmd = [*EDGECONV, "compress", str(source), "-o", str(out), "--prune-channels", str(RATIO), "--threads", str(THREADS),
+           "--runs", "40", "--force", "--json", *extra]
+    wall, report = timed_json(cmd)
+    return {"command": " ".join(["edgeconv", *cmd[3:]]), "wall_s": wall, "report": report}
+
+
+ORT_METHOD = (f"bare ONNX Runtime script per model and round (own process, {THREADS} intra-op threads, CPU provider, "
+              "10 warm-up + 100 timed runs of session.run, batch 1), every model in the same rounds, order reversed each "
+              "round; speedup = median of per-round original/compressed p50 ratios")
+
+
+def ort_fp32(bundles: dict[str, Path], rounds: int) -> list[dict]:
+    """The bare ONNX Runtime script on each bundle's model.onnx, all of them in the same rounds, the order reversed each
+    round (so every compressed model is timed next to the same original runs). One ``{label: p50_ms}`` per round."""
+    with tempfile.TemporaryDirectory(prefix="edgeconv-bench-") as tmp:
+        import numpy as np
+
+        with np.load(CALIB) as z:
+            x = z["x"][:1]
+        cmds = {}
+        for label, b in bundles.items():
+            manifest = json.loads((b / "manifest.json").read_text())
+            feed = Path(tmp) / f"{label}.npz"
+            np.savez(feed, **{manifest["inputs"][0]["name"]: x})
+            cmds[label] = bare_ort(b / "model.onnx", feed, THREADS, 10, 100)
+        return alternating(lambda label: timed_json(cmds[label])[1]["p50_ms"], tuple(bundles), rounds)
+
+
+def ort_speedup(rows: list[dict], label: str) -> dict:
+    """Original vs ``label`` from the rounds of :func:`ort_fp32`."""
+    speedups = [r["original"] / r[label] for r in rows]
+    return {"method": ORT_METHOD, "rounds": [{k: r[k] for k in ("original", label)} for r in rows],
+            "original_p50_ms": median([r["original"] for r in rows]), f"{label}_p50_ms": median([r[label] for r in rows]),
+            "speedup_per_round": speedups, "speedup": median(speedups)}
+
+
+def litert_int8(original: Path, pruned: Path, rounds: int) -> dict:
+    """`edgeconv profile BUNDLE --batch-sizes 1` on each LiteRT int8 bundle (copies: profile writes its report), order
+    alternating each round."""
+    with tempfile.TemporaryDirectory(prefix="edgeconv-bench-") as tmp:
+        copies = {}
+        for label, b in (("original", original), ("pruned", pruned)):
+            copies[label] = Path(tmp) / label
+            shutil.copytree(b, copies[label])
+
+        def measure(label: str) -> float:
+            cmd = [*EDGECONV, "profile", str(copies[label]), "--batch-sizes", "1", "--runs", "50", "--warmup", "5",
+                   "--threads", str(THREADS), "--json"]
+            return timed_json(cmd)[1]["rows"][0]["p50_ms"]
+
+        rows = alternating(measure, ("original", "pruned"), rounds)
+    speedups = [r["original"] / r["pruned"] for r in rows]
+    return {"method": f"`edgeconv profile BUNDLE --batch-sizes 1 --runs 50 --warmup 5 --threads {THREADS} --json` (LiteRT "
+                      "runner) per model and round, order alternating; speedup = median of per-round ratios",
+            "rounds": rows, "original_p50_ms": median([r["original"] for r in rows]),
+            "pruned_p50_ms": median([r["pruned"] for r in rows]), "speedup_per_round": speedups, "speedup": median(speedups)}
+
+
+def main() -> dict:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 6  # smoke runs: python bench/compress_bench.py 2
+    source = mobilenet_pt2()
+    pruned = MODELS / "mobilenetv2-export-pruned.pt2"
+    comp = compress(source, pruned)
+    rep = comp["report"]
+    # Secondary: the same pruning without rounding widths to multiples of 8 (--round-to 1): ONNX Runtime's x86
+    # convolutions work in blocks of 8 channels. Timed exactly as the headline, in the same rounds.
+    exact_pt2 = MODELS / "mobilenetv2-export-round-to-1.pt2"
+    exact = compress(source, exact_pt2, "--round-to", "1")["report"]
+    onnx = {label: bundle(p, f"mobilenetv2-{label.replace('_', '-')}-onnx", "--target", "onnx")
+            for label, p in (("original", source), ("pruned", pruned), ("round_to_1", exact_pt2))}
+    tfl = {label: bundle(p, f"mobilenetv2-{label}-tflite-int8", "--target", "tflite", "--precision", "int8", "--calib", str(CALIB))
+           for label, p in (("original", source), ("pruned", pruned))}
+    ort_rows = ort_fp32(onnx, rounds)
+    ort, ort_exact = ort_speedup(ort_rows, "pruned"), ort_speedup(ort_rows, "round_to_1")
+    lite = litert_int8(tfl["original"], tfl["pruned"], rounds)
+    macs = rep["ratios"]["macs"]
+    checks = {"macs_ratio": {"value": macs, "budget": f"<= {MAX_MACS}", "ok": macs <= MAX_MACS},
+              "ort_fp32_speedup": {"value": ort["speedup"], "budget": f">= {MIN_ORT_SPEEDUP}", "ok": ort["speedup"] >= MIN_ORT_SPEEDUP},
+              "litert_int8_speedup": {"value": lite["speedup"], "budget": "> 1.0", "ok": lite["speedup"] > 1.0}}
+    result = {
+        "model": "samples/mobilenet_torch.py MobileNetV2 (random weights, BatchNorm statistics from data), torch.export .pt2, "
+                 "1x3x224x224",
+        "compress": {"command": comp["command"], "wall_s": comp["wall_s"], "before": rep["before"], "after": rep["after"],
+                     "ratios": rep["ratios"], "round_to": rep["methods"][0].get("round_to"),
+                     "groups": rep["methods"][0]["groups"], "compress_own_latency": rep["latency"]},
+        "onnxruntime_fp32": ort, "litert_int8": lite,
+        "round_to_1": {"what": "the same --prune-channels 0.3 with --round-to 1 (exact ratio, widths not multiples of 8); "
+                               "ONNX Runtime fp32 p50 timed as the headline (bare script, the same rounds)",
+                       "macs_ratio": exact["ratios"]["macs"], "groups": exact["methods"][0]["groups"],
+                       "onnxruntime_fp32": ort_exact},
+        "checks": checks, "ok": all(c["ok"] for c in checks.values()),
+    }
+    write_result("compress_bench", result)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["ok"] else 1)
