@@ -42,11 +42,12 @@ def test_ncnn_failing_on_the_pnnx_output_is_a_conversion_failure_not_a_dead_proc
     from edgeconv.targets.ncnn import _probe_in_child
 
     out = tmp_path / "ok"
-    convert_digits(cli, out, "--target", "ncnn")
+    m = convert_digits(cli, out, "--target", "ncnn")
+    options = next(a for a in m["artifacts"] if a["role"] == "model")["runner_options"]
     param, binary = out / "model.ncnn.param", out / "model.ncnn.bin"
-    _probe_in_child(param, binary, {"in0": [1, 1, 8, 8]}, ["out0"], tmp_path / "failed")  # the real graph runs
+    _probe_in_child(param, options, {"x": [1, 1, 8, 8]}, tmp_path / "failed")  # the real graph runs
     assert not (tmp_path / "failed").exists()
     binary.write_bytes(binary.read_bytes()[:100])  # weights cut short: ncnn refuses (or crashes) in the child
     with pytest.raises(ConversionFailed, match=r"ncnn .* (crashes \(SIG\w+\)|fails \(exit \d+\)) loading or running"):
-        _probe_in_child(param, binary, {"in0": [1, 1, 8, 8]}, ["out0"], tmp_path / "failed")
+        _probe_in_child(param, options, {"x": [1, 1, 8, 8]}, tmp_path / "failed")
     assert (tmp_path / "failed" / "model.ncnn.param").exists()

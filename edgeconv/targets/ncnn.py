@@ -66,12 +66,12 @@ class NcnnTarget(Target):
         names = list(shapes) + list(ctx.output_shapes)
         if len(blobs_in) != len(shapes) or len(blobs_out) != len(ctx.output_shapes):
             raise ConversionFailed(f"the ncnn graph has inputs {blobs_in} and outputs {blobs_out}; the model has {names}")
-        _probe_in_child(param, binary, dict(zip(blobs_in, shapes.values())), blobs_out, ctx.failed_build_dir)
+        options = {"tensor_names": dict(zip(names, blobs_in + blobs_out)), "fp16_storage": bool(fp16),
+                   "bin_file": binary.name}
+        _probe_in_child(param, options, shapes, ctx.failed_build_dir)
         for f in (param, binary):
             shutil.move(str(f), workdir / f.name)
         shutil.rmtree(build, ignore_errors=True)
-        options = {"tensor_names": dict(zip(names, blobs_in + blobs_out)), "fp16_storage": bool(fp16),
-                   "bin_file": binary.name}
         extra = {"converter": f"pnnx {version_of('pnnx')} (fp16={fp16})", "runner_options": options,
                  "weights_storage": "fp16" if fp16 else "fp32"}
         return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"),
@@ -97,11 +97,12 @@ def _io_blobs(param_text: str) -> tuple[list[str], list[str]]:
     return sorted(inputs, key=key), sorted(outputs, key=key)
 
 
-def _probe_in_child(param: Path, binary: Path, inputs: dict[str, list[int]], outputs: list[str], failed_dir: Path) -> None:
-    """Load the pnnx output and run it once on zeros in a child process. ncnn crashes (a segmentation fault) on some
-    graphs pnnx writes; in edgeconv's own process that would kill the conversion with no report."""
+def _probe_in_child(param: Path, options: dict, shapes: dict[str, list[int]], failed_dir: Path) -> None:
+    """Load the pnnx output and run it once on zeros with edgeconv's ncnn runner, in a child process. ncnn crashes (a
+    segmentation fault) on some graphs pnnx writes; in edgeconv's own process that would kill the conversion with no
+    report."""
     cmd = [sys.executable, "-c", "from edgeconv.targets.ncnn import _probe_main; _probe_main()",
-           str(param), str(binary), json.dumps(inputs), json.dumps(outputs)]
+           str(param), json.dumps(options), json.dumps(shapes)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -109,7 +110,7 @@ def _probe_in_child(param: Path, binary: Path, inputs: dict[str, list[int]], out
     if proc.returncode == 0:
         return
     failed_dir.mkdir(parents=True, exist_ok=True)
-    for f in (param, binary):
+    for f in (param, param.with_name(options["bin_file"])):
         shutil.copyfile(f, failed_dir / f.name)
     if proc.returncode < 0:
         how = f"crashes ({signal.Signals(-proc.returncode).name})"
@@ -121,19 +122,16 @@ def _probe_in_child(param: Path, binary: Path, inputs: dict[str, list[int]], out
 
 
 def _probe_main() -> None:
-    """Child side of ``_probe_in_child``: argv = param, bin, {blob: shape with batch}, [output blobs]."""
+    """Child side of ``_probe_in_child``: argv = param, runner options, {input: shape}. Exit 1 with the runner's
+    message when it refuses the graph; a crash is the signal the parent reports."""
     import numpy as np
-    import ncnn
 
-    param, binary, inputs, outputs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    if net.load_param(param) != 0 or net.load_model(binary) != 0:
-        sys.exit(f"ncnn cannot load {param}")
-    ex = net.create_extractor()
-    for blob, shape in inputs.items():
-        ex.input(blob, ncnn.Mat(np.zeros(shape[1:], dtype=np.float32)))
-    for blob in outputs:
-        ret, _ = ex.extract(blob)
-        if ret != 0:
-            sys.exit(f"ncnn could not compute blob {blob} (error {ret})")
+    from edgeconv.errors import EdgeconvError
+    from edgeconv.runners import open_runner
+
+    param, options, shapes = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    try:
+        with open_runner("ncnn", param, options=options) as runner:
+            runner.infer({name: np.zeros(shape, np.float32) for name, shape in shapes.items()})
+    except EdgeconvError as exc:
+        sys.exit(exc.message)
