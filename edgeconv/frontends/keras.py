@@ -58,9 +58,9 @@ class KerasSource(SourceModel):
 
     def _load_keras(self, options: LoadOptions) -> None:
         self.format = "keras-h5" if self.path.suffix in (".h5", ".hdf5") else "keras"
-        written_by = _h5_keras_version(self.path) if self.format == "keras-h5" else None
+        written_by, config = _h5_header(self.path) if self.format == "keras-h5" else (None, None)
         if written_by is not None and written_by.startswith("2."):
-            self._load_keras2_h5(written_by, options)
+            self._load_keras2_h5(written_by, config, options)
             return
         keras = require("keras", why="to load Keras models")
         try:
@@ -85,13 +85,15 @@ class KerasSource(SourceModel):
             dtype = t.dtype.name if hasattr(t.dtype, "as_numpy_dtype") else str(np.dtype(t.dtype))
             self.inputs.append(TensorSpec(name, shape, dtype, guess_layout(shape, self.layout_default)))
 
-    def _load_keras2_h5(self, written_by: str, options: LoadOptions) -> None:
+    def _load_keras2_h5(self, written_by: str, config: dict | None, options: LoadOptions) -> None:
         """An .h5 that Keras 2 wrote, loaded by Keras 2 (tf_keras). Its h5 loader rebuilds a Lambda layer from
-        marshalled Python bytecode with no safe mode: edgeconv refuses one itself unless --trust-pickle."""
-        lambdas = _h5_lambda_layers(self.path)
+        marshalled Python bytecode with no safe mode: edgeconv refuses one itself (found in ``config``, the file's
+        model config) unless --trust-pickle."""
+        lambdas = _lambda_layers(config)
         if lambdas and not options.trust_pickle:
             raise BadInput(f"{self.path} contains Lambda layer(s) {', '.join(lambdas[:5])} (arbitrary Python code), which "
-                           "edgeconv does not load without consent.", hint="pass --trust-pickle only if you made this file yourself")
+                           "edgeconv does not load without consent.",
+                           hint="pass --trust-pickle only if you made this file yourself")
         try:
             import tf_keras
         except ImportError as exc:
@@ -186,28 +188,23 @@ class KerasSource(SourceModel):
         return {"tensorflow": version_of("tensorflow-cpu") or version_of("tensorflow"), **keras, "tf2onnx": version_of("tf2onnx")}
 
 
-def _h5_keras_version(path: Path) -> str | None:
-    """The ``keras_version`` attribute an .h5 model file carries (who wrote it), or None."""
+def _h5_header(path: Path) -> tuple[str | None, dict | None]:
+    """Who wrote an .h5 model file (its ``keras_version`` attribute) and its model config, or None for either."""
+    import json
+
     try:
         import h5py
 
         with h5py.File(path, "r") as f:
-            v = f.attrs.get("keras_version")
+            version, config = f.attrs.get("keras_version"), f.attrs.get("model_config")
     except (ImportError, OSError):
-        return None
-    return v.decode() if isinstance(v, bytes) else (str(v) if v is not None else None)
+        return None, None
+    text = lambda v: v.decode() if isinstance(v, bytes) else (None if v is None else str(v))  # noqa: E731
+    return text(version), None if config is None else json.loads(text(config))
 
 
-def _h5_lambda_layers(path: Path) -> list[str]:
-    """Names of the Lambda layers in an .h5's model config (nested models included)."""
-    import json
-
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        raw = f.attrs.get("model_config")
-    if raw is None:
-        return []
+def _lambda_layers(config) -> list[str]:
+    """Names of the Lambda layers in a Keras model config (nested models included)."""
     found: list[str] = []
 
     def walk(node) -> None:
@@ -220,5 +217,5 @@ def _h5_lambda_layers(path: Path) -> list[str]:
             for v in node:
                 walk(v)
 
-    walk(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
+    walk(config)
     return found

@@ -296,6 +296,7 @@ class TfliteTarget(Target):
             return source.path
         out = build / "saved_model"
         specs = [tf.TensorSpec(shapes[s.name] if shapes else s.shape, s.dtype, name=s.name) for s in source.inputs]
+
         def infer(*xs):
             return source.model(list(xs) if len(xs) > 1 else xs[0], training=False)
 
