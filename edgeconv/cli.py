@@ -134,6 +134,10 @@ def _interrupted(as_json: bool):
     if _state["debug"]:
         return  # let the original exception and its traceback through
     _print_error("interrupted; nothing was left half-written", None, None, "Interrupted", 130, as_json)
+    # A library object that Ctrl-C cut off half-way through its constructor (TensorFlow's ApiDefMap while tf2onnx
+    # imports it) fails again in its finalizer at exit, and Python prints that as "Exception ignored … Traceback":
+    # after "interrupted", not the user's to read
+    sys.unraisablehook = lambda unraisable: None
     raise typer.Exit(130) from None
 
 
