@@ -31,6 +31,10 @@ from zoo_models import BY_NAME, FAST, Built, ZooModel
 from zoo_models import MODELS as ZOO
 
 TARGETS = ["onnx", "tflite", "openvino", "jetson", "coral", "ethos-u", "ncnn", "executorch"]
+# int8 columns of the targets whose zoo column is fp32 (`--targets onnx-int8,…`): the CNNs, calibrated on their
+# calibration set, for `edgeconv debug` on every int8 target
+INT8_VARIANTS = ["onnx-int8", "jetson-int8", "openvino-int8", "tflite-int8"]
+COLUMNS = TARGETS + INT8_VARIANTS
 FAST_TARGETS = ["onnx", "tflite", "openvino", "jetson"]
 INT8_ONLY = {"coral", "ethos-u"}  # and only image CNNs go there
 GOALS = {"onnx": 0.95, "openvino": 0.95, "jetson": 0.95, "tflite": 0.85, "coral": 0.60, "ethos-u": 0.60}
@@ -59,6 +63,9 @@ class Cell:
     traceback: bool  # a traceback in stderr of a run without --debug
     model_hash: str
     edgeconv_rev: str
+    # --debug-int8: `edgeconv debug` on the cell's int8 bundle (kept after a parity miss too): "ok: …" or why not
+    debug: str | None = None
+    debug_seconds: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,7 +134,12 @@ def edgeconv_rev() -> str:
 
 
 def precision_for(target: str) -> str:
-    return "int8" if target in INT8_ONLY else "fp32"
+    return "int8" if target in INT8_ONLY or target in INT8_VARIANTS else "fp32"
+
+
+def family(column: str) -> str:
+    """The --target of a column (onnx-int8 → onnx)."""
+    return column.removesuffix("-int8")
 
 
 # One intra-op thread per library: the zoo measures whether models convert and agree, not speed. On a shared 2-core
@@ -135,6 +147,11 @@ def precision_for(target: str) -> str:
 # 96 px took 240 ms with 2 threads, 47 ms with 1), and the reference runs of the source model dominate a cell.
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "TF_NUM_INTRAOP_THREADS": "1"}
+# `convert --cache` (through its environment variable): a model's source facts, outputs and canonical ONNX graph are
+# computed once and reused by its other targets, as a user converting one model for several devices would. Emptied at
+# the start of every run (unless --keep-export-cache), so a run's time includes every export it needs.
+EXPORT_CACHE = ZOO_DIR / "export-cache"
+ENV["EDGECONV_CACHE_DIR"] = str(EXPORT_CACHE)
 
 
 class OneShot:
@@ -323,9 +340,9 @@ def classify(code: int | None, kind: str, reason: str) -> str:
 
 
 def convert_command(m: ZooModel, folder: Path, built: Built, target: str, bundle: Path) -> list[str]:
-    cmd = ["convert", str(folder / built.model), "--target", target, "-o", str(bundle), "--force", "--json",
+    cmd = ["convert", str(folder / built.model), "--target", family(target), "-o", str(bundle), "--force", "--json",
            "--sample", str(folder / built.sample), *built.args]
-    if target in INT8_ONLY:
+    if precision_for(target) == "int8":
         cmd += ["--precision", "int8", "--calib", str(folder / (built.calib or "missing-calib"))]
     if built.data:
         cmd += ["--data", str(folder / built.data)]
@@ -341,20 +358,21 @@ def validate_command(folder: Path, built: Built, bundle: Path) -> list[str]:
 
 
 def run_cell(m: ZooModel, folder: Path, built: Built, target: str, *, work: Path, timeout: float, model_hash: str,
-             rev: str, runner: OneShot | Worker | None = None) -> Cell:
+             rev: str, runner: OneShot | Worker | None = None, debug_int8: bool = False) -> Cell:
     """convert, then validate (`edgeconv ARGS` through ``runner``, default a fresh subprocess each); the first that
-    does not exit 0 decides the cell."""
+    does not exit 0 decides the cell. With ``debug_int8``, `edgeconv debug` then runs on an int8 bundle (one that
+    validated, or one convert kept after missing parity): recorded in the cell, not part of its status."""
     runner = runner or OneShot()
     prec = precision_for(target)
 
     def cell(status, code, stage, reason, seconds, tb) -> Cell:
         return Cell(m.name, m.kind, m.fmt, target, prec, status, code, stage, reason, round(seconds, 1), tb, model_hash, rev)
 
-    if target in INT8_ONLY and not m.image_cnn:
+    if prec == "int8" and not m.image_cnn:
         return cell(NA, None, "", "not a CNN", 0.0, False)
     bundle = work / f"{m.name}-{target}"
     try:
-        total, tb = 0.0, False
+        total, tb, result = 0.0, False, None
         for stage, cmd in (("convert", convert_command(m, folder, built, target, bundle)),
                            ("validate", validate_command(folder, built, bundle))):
             code, out, err, secs = runner.run(cmd, timeout)
@@ -364,10 +382,27 @@ def run_cell(m: ZooModel, folder: Path, built: Built, target: str, *, work: Path
                 kind, reason = _reason(out, err)
                 if code is None:
                     reason = f"{stage} did not finish in {timeout:.0f} s"
-                return cell(classify(code, kind, reason), code, stage, reason, total, tb)
-        return cell(OK, 0, "validate", "", total, tb)
+                result = cell(classify(code, kind, reason), code, stage, reason, total, tb)
+                break
+        result = result or cell(OK, 0, "validate", "", total, tb)
+        if debug_int8 and prec == "int8" and (bundle / "manifest.json").is_file() and built.data:
+            result.debug, result.debug_seconds = debug_cell(runner, bundle, folder / built.data, timeout)
+        return result
     finally:
         shutil.rmtree(bundle, ignore_errors=True)
+
+
+def debug_cell(runner, bundle: Path, data: Path, timeout: float) -> tuple[str, float]:
+    """`edgeconv debug BUNDLE --data DATA --samples 4 --json`, summed up in one line."""
+    code, out, err, secs = runner.run(["debug", str(bundle), "--data", str(data), "--samples", "4", "--json"], timeout)
+    if code != 0:
+        kind, reason = _reason(out, err)
+        return f"{classify(code, kind, reason)} {code}: {reason}", round(secs, 1)
+    doc = json.loads(out)
+    first = doc.get("first_diverging") or {}
+    where = (f"first diverging {first.get('layer')} ({first.get('source') or 'no source name'}), "
+             f"{first['snr_db']:.1f} dB" if first and first.get("snr_db") is not None else "no layer diverges")
+    return f"ok: {doc['matched_layers']}/{doc['matched_layers'] + doc['unmatched_layers']} layers matched, {where}", round(secs, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -382,7 +417,10 @@ def summary(cells: list[Cell], targets: list[str]) -> dict:
         rate = ok / len(applicable) if applicable else None
         per[t] = {"ok": ok, "cells": len(applicable), "rate": None if rate is None else round(rate, 3),
                   "goal": GOALS.get(t), "goal_met": None if rate is None or t not in GOALS else rate >= GOALS[t]}
-    return {"per_target": per,
+    debugged = {t: {"ran": sum(bool(c.debug and c.debug.startswith("ok")) for c in cells if c.target == t),
+                    "bundles": sum(c.debug is not None for c in cells if c.target == t)}
+                for t in targets if any(c.debug is not None for c in cells if c.target == t)}
+    return {"per_target": per, "debug": debugged,
             "internal_errors": sum(c.status == "internal-error" for c in cells),
             "tracebacks": sum(c.traceback for c in cells),
             "statuses": {s: sum(c.status == s for c in cells) for s in sorted({c.status for c in cells})}}
@@ -413,6 +451,10 @@ def markdown(cells: list[Cell], targets: list[str], doc: dict) -> str:
         rate = "–" if r["rate"] is None else f"{100 * r['rate']:.0f}%"
         goal = "" if r["goal"] is None else f"≥{100 * r['goal']:.0f}% " + ("met" if r["goal_met"] else "**missed**")
         lines.append(f"| {t} | {r['ok']} / {r['cells']} | {rate} | {goal} |")
+    if doc["summary"].get("debug"):
+        lines += ["", "`edgeconv debug` on the int8 bundles (`--debug-int8`; a bundle that missed parity included):", "",
+                  "| target | debug ran / int8 bundles |", "|---|---|"]
+        lines += [f"| {t} | {d['ran']} / {d['bundles']} |" for t, d in doc["summary"]["debug"].items()]
     lines += ["", counts, "",
               "| model | kind | format | " + " | ".join(targets) + " |", "|---|---|---|" + "---|" * len(targets)]
     for n in names:
@@ -438,7 +480,7 @@ def load_cells() -> list[Cell]:
 
 
 def write_results(cells: list[Cell], runs: list[dict], rev: str, key: str) -> dict:
-    present = [t for t in TARGETS if any(c.target == t for c in cells)]
+    present = [t for t in COLUMNS if any(c.target == t for c in cells)]
     doc = {"benchmark": "zoo", "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
            "edgeconv_rev": rev, "corpus_key": key, "models": len({c.model for c in cells}),
            "wall_s_total": round(sum(r["wall_s"] for r in runs), 1), "runs": runs,
@@ -477,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one-shot", action="store_true",
                     help="a fresh `python -m edgeconv` per command instead of long-lived in-process workers (slower)")
     ap.add_argument("--recycle", type=int, default=40, help="commands per worker process before a fresh one (default 40)")
+    ap.add_argument("--debug-int8", action="store_true",
+                    help="also run `edgeconv debug` on every int8 bundle (coral, ethos-u, the -int8 columns); recorded per cell")
+    ap.add_argument("--keep-export-cache", action="store_true",
+                    help="start from the export cache an earlier run left (entries are keyed by edgeconv's code: none is stale)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -485,9 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(a.nice)
     models = select(a.models, a.fast)
     targets = a.targets.split(",") if a.targets else (FAST_TARGETS if a.fast else TARGETS)
-    unknown = [t for t in targets if t not in TARGETS]
+    unknown = [t for t in targets if t not in COLUMNS]
     if unknown:
-        ap.error(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
+        ap.error(f"unknown targets {unknown}; known: {', '.join(COLUMNS)}")
     if a.list:
         for m in models:
             print(f"{m.name:36} {m.kind:10} {m.fmt:12} {m.origin:26} {m.inputs}")
@@ -505,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      and done[(m.name, t)].model_hash == f"{key}/{m.name}")]
     work = ZOO_DIR / "bundles"
     work.mkdir(parents=True, exist_ok=True)
+    if not a.keep_export_cache:
+        shutil.rmtree(EXPORT_CACHE, ignore_errors=True)
     print(f"zoo: {len(wanted)} cells ({len({m.name for m, _ in wanted})} models × {','.join(targets)}), corpus {key}, "
           f"edgeconv {rev}", flush=True)
     built_cache: dict[str, tuple[Path, Built | None, str]] = {}
@@ -525,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         if built is None:
             status, why = (SKIP, why[len(SKIPPED):]) if why.startswith(SKIPPED) else ("build-failed", why)
             return Cell(m.name, m.kind, m.fmt, t, precision_for(t), status, None, "build", why, 0.0, False, mh, rev)
-        return run_cell(m, folder, built, t, work=work, timeout=a.timeout, model_hash=mh, rev=rev, runner=runner())
+        return run_cell(m, folder, built, t, work=work, timeout=a.timeout, model_hash=mh, rev=rev, runner=runner(),
+                        debug_int8=a.debug_int8)
 
     for m in {m.name: m for m, _ in wanted}.values():  # build first, in this process (one import of each library)
         t0 = time.perf_counter()
@@ -542,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in runners:
             r.close()
     order = {m.name: i for i, m in enumerate(ZOO)}
-    cells = sorted((c for c in results.values() if c.model in order), key=lambda c: (order[c.model], TARGETS.index(c.target)))
+    cells = sorted((c for c in results.values() if c.model in order), key=lambda c: (order[c.model], COLUMNS.index(c.target)))
     doc = write_results(cells, _runs(t_start, targets, models, build_s=t_built - t_start), rev, key)
     if a.update_readme:
         splice_readme(MD_OUT.read_text())

@@ -83,6 +83,10 @@ def canonicalize(proto, *, min_opset: int = MIN_OPSET, max_opset: int | None = N
         model.ir_version = 4  # before the converter: at IR < 4 it only sees initializers that are also inputs
     _upgrade_opset(model, min_opset, max_opset, rec)
     _bump_ir(model, rec)
+    invariants = _loop_invariants_out_of_state(model.graph)
+    if invariants:
+        rec.changes.append(f"{invariants} loop-carried value(s) that every Loop iteration passes through unchanged "
+                           "(TensorFlow While captures, as tf2onnx writes them) read from the outer scope instead")
     if fold:
         reason = fold_trigger(model.graph)
         if reason is None:
@@ -184,14 +188,86 @@ def _drop_non_model_inputs(graph, keep_inputs: list[str] | None, rec: CanonicalR
     return bool(as_inputs)
 
 
+# -- loop invariants --------------------------------------------------------------------------------------------------
+def _loop_invariants_out_of_state(graph) -> int:
+    """Take the loop-carried values that a Loop body passes through unchanged out of the loop state; returns how many.
+
+    A TensorFlow ``While`` carries everything its body captured (a Keras LSTM/GRU's kernels and biases) as loop
+    variables, and tf2onnx writes them as loop-carried ONNX values whose body output is the body input itself.
+    OpenVINO's ONNX frontend (2026.4, ``op/loop.cpp``) counts one body parameter too many for each of them and refuses
+    the Loop ("loop body graph canonical inputs size (10), does not match the sum of loop carried dependencies and
+    two mandatory inputs (7)": a stacked Keras GRU, three pass-through weights). A value every iteration returns
+    unchanged is a loop invariant: the body reads it from the outer scope (ONNX's own way for invariants), and
+    consumers of its final value read the initial value, which it equals. Nested bodies are handled first."""
+    count = 0
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                count += _loop_invariants_out_of_state(sub)
+    for node in graph.node:
+        if node.op_type != "Loop":
+            continue
+        body = next(a.g for a in node.attribute if a.name == "body")
+        n_state = len(node.input) - 2
+        body_defined = {o for n in body.node for o in n.output} | {i.name for i in body.initializer}
+        graph_outputs = {o.name for o in graph.output}
+        drop = []
+        for k in range(n_state):
+            b_in, b_out, init = body.input[2 + k].name, body.output[1 + k].name, node.input[2 + k]
+            if b_in != b_out or not init or init in body_defined or node.output[k] in graph_outputs:
+                continue
+            drop.append(k)
+        if not drop:
+            continue
+        renames = {body.input[2 + k].name: node.input[2 + k] for k in drop}
+        finals = {node.output[k]: node.input[2 + k] for k in drop}
+        _rename_reads(body, renames)
+        for other in graph.node:
+            if other is not node:
+                for i, name in enumerate(other.input):
+                    if name in finals:
+                        other.input[i] = finals[name]
+                _rename_reads_in_subgraphs(other, finals)
+        keep = [k for k in range(n_state) if k not in drop]
+        b_inputs = list(body.input[:2]) + [body.input[2 + k] for k in keep]
+        b_outputs = [body.output[0]] + [body.output[1 + k] for k in keep] + list(body.output[1 + n_state:])
+        n_inputs = list(node.input[:2]) + [node.input[2 + k] for k in keep]
+        n_outputs = [node.output[k] for k in keep] + list(node.output[n_state:])
+        del body.input[:], body.output[:], node.input[:], node.output[:]
+        body.input.extend(b_inputs), body.output.extend(b_outputs), node.input.extend(n_inputs), node.output.extend(n_outputs)
+        count += len(drop)
+    return count
+
+
+def _rename_reads(graph, renames: dict[str, str]) -> None:
+    """Rename the tensors that the nodes of ``graph`` (and of its subgraphs) read."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        _rename_reads_in_subgraphs(node, renames)
+
+
+def _rename_reads_in_subgraphs(node, renames: dict[str, str]) -> None:
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            shadowed = {i.name for i in sub.input} | {o for n in sub.node for o in n.output}
+            _rename_reads(sub, {k: v for k, v in renames.items() if k not in shadowed})
+
+
 # -- 3. opset upgrade ------------------------------------------------------------------------------------------------
 def target_opset(have: int, min_opset: int = MIN_OPSET, max_opset: int | None = None) -> int:
     """The opset the canonical graph gets: ``have`` unless it is below ``min_opset``; never above ``max_opset``,
     never lower than ``have``."""
     if have >= min_opset:
         return have
-    want = UPGRADE_OPSET if max_opset is None else min(UPGRADE_OPSET, max_opset)
-    return max(want, have)
+    return max(upgrade_ceiling(max_opset), have)
+
+
+def upgrade_ceiling(max_opset: int | None) -> int:
+    """The opset an old graph is upgraded to for a device whose parser reads up to ``max_opset``: the only way
+    ``max_opset`` changes what the canonical step does."""
+    return UPGRADE_OPSET if max_opset is None else min(UPGRADE_OPSET, max_opset)
 
 
 def _upgrade_opset(model, min_opset: int, max_opset: int | None, rec: CanonicalRecord) -> None:

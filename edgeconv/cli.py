@@ -294,6 +294,7 @@ def convert(
     calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).", rich_help_panel="Calibration (int8)")] = None,
     fallback: Annotated[str, typer.Option("--fallback", help="int8: auto keeps the layers `edgeconv debug` ranks most harmful in float, one more at a time, until --max-accuracy-drop holds on --data (none: never).", rich_help_panel="int8 guard")] = "none",
     max_float_layers: Annotated[int, typer.Option("--max-float-layers", help="int8 guard: the most layers --fallback auto may keep in float before it gives up (exit 1).", rich_help_panel="int8 guard")] = 3,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Keep the source's facts and outputs and the canonical ONNX graph here, and take them from here when the same model (same bytes, options and edgeconv) is converted again, e.g. for another target (default: $EDGECONV_CACHE_DIR, else no cache).")] = None,
     as_json: JsonOpt = False,
     **target_options: Any,
 ) -> None:
@@ -321,7 +322,7 @@ def convert(
         dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
         atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
-        fallback=fallback, max_float_layers=max_float_layers, command_line=_command_line(ctx),
+        fallback=fallback, max_float_layers=max_float_layers, cache_dir=cache, command_line=_command_line(ctx),
     )
     result = run_convert(req, _steps(as_json))
     if as_json:

@@ -16,9 +16,10 @@ import numpy as np
 from edgeconv import __version__
 from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, BundleWriter, save_reference, write_json
 from edgeconv.calibration import CalibrationRequest, load_calibration
-from edgeconv.canonical import canonicalize_file
+from edgeconv.canonical import canonicalize_file, upgrade_ceiling
 from edgeconv.data import accuracy, classifier_output, data_record, load_inputs, run_batched
 from edgeconv.errors import ArtifactRefused, BadInput, CheckFailed, ConversionFailed, EdgeconvError, converter_of
+from edgeconv.export_cache import ExportCache, ExportSlot, layer_names
 from edgeconv.frontends import LoadOptions, SourceModel, load_source
 from edgeconv.lazy import version_of
 from edgeconv.onnx_tools import check_and_infer, io_specs
@@ -57,6 +58,7 @@ class ConvertRequest:
     fallback: str = "none"  # "auto": the int8 guard keeps the most harmful layers in float until --max-accuracy-drop holds
     max_float_layers: int = 3
     target_extra: dict[str, Any] = field(default_factory=dict)  # the target's own options (edgeconv/target_options.py)
+    cache_dir: Path | None = None  # --cache (else $EDGECONV_CACHE_DIR): edgeconv/export_cache.py
     command_line: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -160,8 +162,10 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
     _check_fallback(req, target, profile)
     out = req.output or default_output(req, profile)
 
+    cache = ExportCache.from_request(req.cache_dir, req.model, req.load)
+    cached = (lambda what, feed, compute: cache.outputs(what, feed, batch, compute)) if cache else (lambda what, feed, compute: compute())
     with steps.step(f"Loading {req.model.name}"):
-        source = load_source(req.model, req.load)
+        source = cache.source(req.model, lambda: load_source(req.model, req.load)) if cache else load_source(req.model, req.load)
         target.check_source(source)
         resolved = resolve_inputs(source, req)
         inputs, shape_notes = resolved.specs, list(resolved.notes)
@@ -172,12 +176,12 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             calib_samples, calib_record = load_calibration(req.calib, inputs)
         feed, feed_origin = reference_feed(req, inputs, None if calib_record and calib_record["random"] else calib_samples)
         batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
-        expected = _run_source(source, feed, batch)
+        expected = cached("reference_outputs", feed, lambda: _run_source(source, feed, batch))
         data_feed = labels = None
         if req.data is not None:
             data_feed, labels = load_inputs(req.data, inputs, need_labels=req.max_accuracy_drop is not None)
             # the source's own outputs on --data, once: the accuracy check and accuracy-controlled quantization share them
-            data_scores = _run_source(source, data_feed, batch)
+            data_scores = cached("data_outputs", data_feed, lambda: _run_source(source, data_feed, batch))
             score_index = classifier_output(data_scores)
             if score_index is None and labels is not None:
                 raise BadInput(f"{req.data} has labels 'y', which need a classifier output of shape (N, classes); this model "
@@ -194,11 +198,19 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             opset = target.preferred_opset
             shape_notes.append(f"exported at opset {opset} (default {source.default_opset}): {target.preferred_opset_why}")
         failed_dir = out.with_name(out.name + ".failed-build")
-        with steps.step(f"Exporting ONNX ({source.frontend})"), converter_step(f"{source.framework} → ONNX export", failed_dir):
-            record = source.export_onnx(onnx_path, inputs=inputs, opset=opset, dynamic_batch=req.dynamic_batch)
-        with steps.step("Canonical ONNX graph (old opsets upgraded, constants folded)"):
-            canon = canonicalize_file(onnx_path, max_opset=req.opset or profile.max_opset,
-                                      keep_inputs=[s.name for s in inputs], constant_inputs=record.constant_inputs)
+        settings = {"inputs": [s.to_dict() for s in inputs], "opset": opset, "dynamic_batch": req.dynamic_batch,
+                    "upgrade_ceiling": upgrade_ceiling(req.opset or profile.max_opset)}
+        with cache.export(settings, onnx_path) if cache else contextlib.nullcontext(ExportSlot()) as slot:
+            if slot.hit:
+                record, canon = slot.hit
+                steps.note(f"ONNX export and canonical graph from the cache ({cache.dir})")
+            else:
+                with steps.step(f"Exporting ONNX ({source.frontend})"), converter_step(f"{source.framework} → ONNX export", failed_dir):
+                    record = source.export_onnx(onnx_path, inputs=inputs, opset=opset, dynamic_batch=req.dynamic_batch)
+                with steps.step("Canonical ONNX graph (old opsets upgraded, constants folded)"):
+                    canon = canonicalize_file(onnx_path, max_opset=req.opset or profile.max_opset,
+                                              keep_inputs=[s.name for s in inputs], constant_inputs=record.constant_inputs)
+                slot.keep(record, canon)
         with steps.step("Checking the ONNX graph (onnx.checker, shape inference)"):
             proto = check_and_infer(onnx_path)
             onnx_inputs, outputs = io_specs(proto)
@@ -268,13 +280,24 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
 
                 kept = guard(GuardJob(target, profile, topts, ctx, onnx_path, work, conversion, source.framework, data_feed,
                                       batch, req.max_float_layers, measure, check_options, failed_dir,
-                                      [layer.name for layer in getattr(getattr(source, "model", None), "layers", None) or []]),
+                                      layer_names(source) or []),
                              acc_check, steps)
                 conversion, artifacts, fallback_record = kept["conversion"], kept["conversion"].artifacts, kept["record"]
                 model_art = next(a for a in artifacts if a.role == "model")
                 parity_miss = None if kept["parity"].ok else kept["parity"]
                 checks = [checks[0], kept["parity_check"], *conversion.checks]  # the full-int8 figures are in fallback_record
                 acc_check = kept["accuracy_check"]
+            elif conversion.accuracy_control is not None:  # the target's own accuracy control (NNCF) kept layers in float
+                from edgeconv.debug.fallback import accuracy_control_record
+
+                def measure_full_int8(wdir, art):
+                    with converter_step(f"running {art.file} on {art.runner}", failed_dir):
+                        return _accuracy_check(source, data_scores[score_index], score_index, data_feed, labels, batch, wdir,
+                                               art, req, {**art.extra.get("runner_options", {}), **check_overrides})[1]
+
+                fallback_record = accuracy_control_record(
+                    conversion, work, onnx_path, source.framework, acc_check, measure_full_int8, check_options, data_feed,
+                    batch, layer_names(source), steps)
             checks.append(acc_check)
         elif data_feed is not None:
             with steps.step(f"Checking agreement with {source.framework} on {req.data.name} (no labels)"), converter_step(
@@ -299,11 +322,11 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
                 "load_options": {"model_class": req.load.model_class, "model_kwargs": req.load.model_kwargs},
                 # Keras layer names, in order: TensorFlow's scopes in the ONNX graph carry uniquified copies of them
                 # (layer conv2d under conv2d_1), which edgeconv debug maps back
-                "layer_names": [layer.name for layer in getattr(getattr(source, "model", None), "layers", None) or []] or None,
+                "layer_names": layer_names(source),
             },
             "export": {"exporter": record.exporter, "opset": canon.opset_after, "exported_opset": record.opset,
                        "fallback_reason": record.fallback_reason, "notes": source.notes + shape_notes + record.notes + conversion.notes,
-                       "canonical": canon.to_dict()},
+                       "canonical": canon.to_dict(), "cache": cache.record() if cache else None},
             "target": {"profile": profile.name, "family": profile.family, "backend": profile.backend,
                        "profile_file": profile.path.name if profile.path else None, "profile_data": profile.raw},
             "precision": req.precision,
@@ -315,7 +338,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             "artifacts": [_artifact_entry(work, a) for a in artifacts] + (
                 [_artifact_entry(work, Artifact(onnx_path.name, "canonical-onnx", "fp32"))]
                 if all(a.file != onnx_path.name for a in artifacts) else []),
-            "reference": {"file": REFERENCE, "samples": int(len(next(iter(feed.values())))),
+            "reference": {"file": REFERENCE, "samples": len(next(iter(feed.values()))),
                           "inputs": feed_origin},
             "tolerances": {p: vars(t) for p, t in profile.tolerances.items()} | {"overrides": {str(k): v for k, v in req.atol.items()}},
             "source_accuracy": source_accuracy,

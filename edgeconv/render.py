@@ -75,13 +75,14 @@ def render_convert(result) -> None:
     if fb:
         cost = fb["cost"]
         layers = ", ".join(f"{x['source'] or x['layer']} ({x['op']})" for x in fb["float_layers"])
-        console.print(f"[bold]int8 guard[/] ({'met' if fb['ok'] else '[red]missed[/]'} --max-accuracy-drop {fb['max_accuracy_drop']}): "
+        label = "NNCF accuracy control" if fb.get("mode") == "accuracy-control" else "int8 guard"
+        console.print(f"[bold]{label}[/] ({'met' if fb['ok'] else '[red]missed[/]'} --max-accuracy-drop {fb['max_accuracy_drop']}): "
                       f"{len(fb['float_layers'])} layer(s) kept in float — {escape(layers)}; drop {fb['drop_before']:.2f} → "
                       f"{fb['drop_after']:.2f} points; cost vs full int8: {cost['bytes']['delta']:+,} bytes, p50 "
                       f"{cost['p50_ms']['full_int8']:.3f} → {cost['p50_ms']['with_float_layers']:.3f} ms "
                       f"(x{cost['p50_ms']['ratio']:.2f}, {cost['method']})")
     if model.get("float_ops"):
-        console.print(f"[yellow]left in float ({'the int8 guard' if fb else 'no int8 kernel'}):[/] {', '.join(model['float_ops'])}")
+        console.print(f"[yellow]left in float ({('the ' + label) if fb else 'no int8 kernel'}):[/] {', '.join(model['float_ops'])}")
     build = model.get("device_build")
     if build and not build.get("built"):
         console.print(f"[yellow]not built here:[/] {build.get('reason') or build.get('how')}\n  then: {build.get('command') or 'edgeconv build BUNDLE'}")

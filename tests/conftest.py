@@ -83,3 +83,32 @@ def bundles(tmp_path_factory, cli):
         return made[name]
 
     return get
+
+
+def planted_digits(folder: Path) -> Path:
+    """The planted model of the int8 tests, as ``folder/planted.pt2``: the digits CNN with two of its second conv's
+    (``features.3``) 32 output channels scaled by 1e4 and the matching inputs of the next Linear (``head.1``) by 1e-4.
+    The function is unchanged in float; per-tensor int8 of that activation keeps the two huge channels and rounds the
+    other 30 to nothing."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(SAMPLES))
+    from digits_model import DigitsCNN
+
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(SAMPLES / "digits_cnn_state.pt", weights_only=True))
+    model.eval()
+    x = torch.from_numpy(np.load(SAMPLES / "digits_test.npz")["x"])
+    with torch.no_grad():
+        before = model(x)
+        conv, fc = model.features[3], model.head[1]
+        for c in (0, 1):
+            conv.weight[c] *= 1e4
+            conv.bias[c] *= 1e4
+            fc.weight[:, c * 16 : (c + 1) * 16] *= 1e-4
+        after = model(x)
+    assert torch.equal(before.argmax(1), after.argmax(1))  # the same function in float
+    path = folder / "planted.pt2"
+    torch.export.save(torch.export.export(model, (x[:1],)), str(path))
+    return path

@@ -10,11 +10,10 @@ layer, and `--fallback auto` meets a 1-point budget with at most 3 float layers 
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, planted_digits
 
 TARGETS = ["onnx", "jetson", "openvino", "tflite"]
 PLANTED = "features.3"
@@ -22,27 +21,7 @@ PLANTED = "features.3"
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    import torch
-
-    sys.path.insert(0, str(SAMPLES))
-    from digits_model import DigitsCNN
-
-    model = DigitsCNN()
-    model.load_state_dict(torch.load(SAMPLES / "digits_cnn_state.pt", weights_only=True))
-    model.eval()
-    x = torch.from_numpy(np.load(SAMPLES / "digits_test.npz")["x"])
-    with torch.no_grad():
-        before = model(x)
-        conv, fc = model.features[3], model.head[1]
-        for c in (0, 1):  # 2 of 32 channels carry a range 1e4 times the rest; head.1 undoes it
-            conv.weight[c] *= 1e4
-            conv.bias[c] *= 1e4
-            fc.weight[:, c * 16 : (c + 1) * 16] *= 1e-4
-        after = model(x)
-    assert torch.equal(before.argmax(1), after.argmax(1))  # the same function in float
-    path = tmp_path_factory.mktemp("planted") / "planted.pt2"
-    torch.export.save(torch.export.export(model, (x[:1],)), str(path))
-    return path
+    return planted_digits(tmp_path_factory.mktemp("planted"))
 
 
 def _int8(cli, model, out, target, *extra):

@@ -40,7 +40,9 @@ REFUSALS: dict[tuple[str, str], str] = {}
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
-    """One long-lived `zoo.py --worker` for every cell (the imports are paid once)."""
+    """One long-lived `zoo.py --worker` for every cell (the imports are paid once), with the zoo's export cache in a
+    fresh folder: a model's later targets take its export from the first, and nothing comes from an earlier session."""
+    zoo.ENV["EDGECONV_CACHE_DIR"] = str(tmp_path_factory.mktemp("export-cache"))
     w = zoo.Worker(recycle=100, scratch=tmp_path_factory.mktemp("worker"))
     yield w
     w.close()

@@ -204,12 +204,13 @@ def _rows(layers, reference, got, axis) -> list[dict[str, Any]]:
             mt = tensor_metrics(ref, art, axis)
             mt["tensor"] = t
             mt["artifact_tensor"] = got.names.get(t, t)
+            mt["matched_by"] = got.matched_by.get(t)
             if worst is None or mt["nsr"] > worst["nsr"]:
                 worst = mt
         row: dict[str, Any] = {"index": layer.index, "layer": layer.name, "source": layer.source, "source_class": layer.source_class,
                                "op": layer.op, "nodes": layer.nodes, "inputs": layer.inputs, "_tensors": layer.tensors}
         if worst is None:
-            row.update({"snr_db": None, "nsr": None, "tensor": layer.tensors[-1], "artifact_tensor": None})
+            row.update({"snr_db": None, "nsr": None, "tensor": layer.tensors[-1], "artifact_tensor": None, "matched_by": None})
         else:
             row.update(worst)
         for t in layer.tensors:

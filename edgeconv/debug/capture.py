@@ -5,7 +5,8 @@
 - OpenVINO IR: ``Model.add_outputs`` on every op whose output port carries an ONNX tensor name (the ONNX frontend
   keeps them); a FakeQuantize's output stands for the tensor it quantizes.
 - TFLite: LiteRT's ``experimental_preserve_all_tensors`` on the builtin kernels; int8 tensors dequantized with
-  their own scale and zero point, NHWC → NCHW; matched to ONNX tensors by onnx2tf's names, else by shape and order.
+  their own scale and zero point, NHWC → NCHW; matched to ONNX nodes by name through the map the conversion recorded
+  (``<model>.onnx-names.json``: onnx2tf's Keras layer → ONNX node), else by shape, order and values.
 
 Each returns ``{onnx tensor name: array (samples, ...)}`` plus notes on how it ran.
 """
@@ -31,6 +32,8 @@ class Captured:
     # onnx tensor → the artifact's names of tensors only it has, derived from that one (an inserted TRANSPOSE)
     derived: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # onnx tensor → how its artifact tensor was found: "name" (the artifact names it), "values" (shape, order, cosine)
+    matched_by: dict[str, str] = field(default_factory=dict)
 
 
 def _quiet_ort_logs():
@@ -113,7 +116,8 @@ def qdq_onnx(qdq_path: Path, feeds: list[dict[str, np.ndarray]], reference: dict
             out[name] = stacked[name]
             names[name] = name
     return Captured(out, "onnxruntime.quantization.qdq_loss_debug: the Q/DQ graph run unfused on ONNX Runtime's CPU "
-                         "kernels (each tensor after its Quantize/DequantizeLinear pair)", names)
+                         "kernels (each tensor after its Quantize/DequantizeLinear pair)", names,
+                    matched_by=dict.fromkeys(names, "name"))
 
 
 DEBUG_NAME = "edgeconv.debug:"
@@ -167,12 +171,85 @@ def openvino_ir(xml: Path, feeds: list[dict[str, np.ndarray]], reference: dict[s
             runs[t].append(np.array(res[ports[t]], copy=True))
     out = {t: np.concatenate(v) for t, v in runs.items()}
     return Captured(out, f"OpenVINO {ov.__version__} Model.add_outputs, CPU plugin, f32 inference precision (int8 where the IR "
-                         "has FakeQuantize ops; a FakeQuantize's output stands for the tensor it quantizes)", names)
+                         "has FakeQuantize ops; a FakeQuantize's output stands for the tensor it quantizes)", names,
+                    matched_by=dict.fromkeys(names, "name"))
+
+
+ONNX_NAMES_SUFFIX = ".onnx-names.json"
+
+
+def onnx_names_path(tflite: Path) -> Path:
+    """Where the conversion keeps the map of a .tflite's tensor names to the ONNX nodes they come from."""
+    return tflite.with_name(tflite.stem + ONNX_NAMES_SUFFIX)
+
+
+def record_onnx2tf_names() -> dict[str, Any]:
+    """Call in onnx2tf's own process before its ``main``/``convert`` runs; returns the dict that fills as it converts:
+    ``{"layers": {Keras layer: ONNX node}, "nodes": {ONNX node: [its output tensors]}}`` (onnx2tf's sanitized names,
+    nodes in conversion order). Write it as JSON to ``onnx_names_path(tflite)``.
+
+    Why: onnx2tf passes ``name=graph_node.name`` to its TensorFlow calls, but tf_keras' TFOpLambda drops ``name`` and
+    names each layer after its function (``tf.nn.convolution_3``), so no ONNX name reaches the .tflite. Its tensor names
+    do keep those layer names (``model_25/tf.nn.convolution_3/convolution1``; ops TFLite fused: their names joined by
+    ``;``), and onnx2tf builds every layer inside one ONNX node's ``make_node``: noting the node around each layer's
+    construction gives the exact map. The names are the same on every run of the same graph in a fresh process."""
+    import importlib
+
+    import onnx2tf.onnx2tf as core
+    from tf_keras.src.engine import base_layer
+
+    record: dict[str, Any] = {"layers": {}, "nodes": {}}
+    stack: list[str] = []
+    layer_init = base_layer.Layer.__init__
+
+    def init(self, *args, **kwargs):
+        layer_init(self, *args, **kwargs)
+        if stack and stack[-1]:
+            record["layers"].setdefault(self.name, stack[-1])
+
+    class Importer:  # onnx2tf imports each node's op module by name: hand back its make_node, wrapped
+        def __getattr__(self, name):
+            return getattr(importlib, name)
+
+        def import_module(self, name, *args):
+            mod = importlib.import_module(name, *args)
+            make_node = getattr(mod, "make_node", None)
+            if name.startswith("onnx2tf.ops.") and make_node is not None and not getattr(make_node, "edgeconv", False):
+                def wrapped(*a, **kw):
+                    node = kw.get("graph_node")
+                    stack.append(getattr(node, "name", None) or (stack[-1] if stack else ""))
+                    if node is not None:
+                        record["nodes"].setdefault(node.name, [o.name for o in node.outputs])
+                    try:
+                        return make_node(*a, **kw)
+                    finally:
+                        stack.pop()
+
+                wrapped.edgeconv = True
+                mod.make_node = wrapped
+            return mod
+
+    base_layer.Layer.__init__ = init
+    core.importlib = Importer()
+    return record
+
+
+def _onnx2tf_sanitized(name: str) -> str:
+    """onnx2tf's renaming of ONNX names before conversion (onnx2tf.py ``sanitizing``; ``wa/`` under -osd/-oiqt)."""
+    name = name.replace(":", "__")
+    return "wa/" + name[1:] if name.startswith("/") else name
+
+
+def _keras_layers(tensor_name: str) -> list[str]:
+    """``model_25/tf.nn.relu_1/Relu;model_25/tf.nn.convolution_1/convolution`` → the layer names after the model's."""
+    return [part.split("/")[1] for part in tensor_name.split(";") if part.count("/") >= 1 and part.split("/")[1]]
 
 
 def litert(tflite: Path, runner_options: dict[str, Any], feeds: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray],
            order: list[str]) -> Captured:
-    """``order``: the reference tensors in graph order (to match by position what onnx2tf renamed)."""
+    """``order``: the reference tensors in graph order (to match by position what no name resolves)."""
+    import json
+
     from edgeconv.device.edgeconv_runner import LiteRtBackend, tflite_interpreter_module
 
     mod = tflite_interpreter_module()
@@ -202,12 +279,25 @@ def litert(tflite: Path, runner_options: dict[str, Any], feeds: list[dict[str, n
         if scale and a.dtype.kind in "iu":
             a = (a.astype(np.float32) - zero) * scale
         values[t] = a.astype(np.float32, copy=False)
-    out, names, derived = _match_tflite(produced, details, values, reference, order)
-    if not out:
+    names_file = onnx_names_path(tflite)
+    record = json.loads(names_file.read_text()) if names_file.is_file() else None
+    # the graph's outputs by the signature's names (the runner's map: ONNX name → signature name → tensor)
+    signature = next(iter((interp._get_full_signature_list() or {}).values()), {}).get("outputs", {})
+    io = {onnx: int(signature[sig]) for onnx, sig in (runner_options.get("tensor_names") or {}).items()
+          if onnx in reference and sig in signature}
+    m = _match_tflite(produced, details, values, reference, order, record, io)
+    if not m.tensors:
         raise IntermediatesUnavailable(f"{tflite.name}: none of its tensors could be matched to the canonical ONNX graph")
-    return Captured(out, "LiteRT experimental_preserve_all_tensors on the builtin int8 kernels (no XNNPACK delegate); "
-                         "int8 tensors dequantized, NHWC moved back to NCHW", names, derived,
-                    notes=[f"{len(out)} of {len(order)} ONNX tensors matched to TFLite tensors"])
+    by_name = sum(1 for v in m.matched_by.values() if v == "name")
+    notes = [(f"{len(m.tensors)} of {len(order)} ONNX tensors matched to TFLite tensors: {by_name} by name (the ONNX node "
+              f"each onnx2tf layer came from, {names_file.name}), {len(m.tensors) - by_name} by shape, order and values")]
+    if record is None:
+        notes.append(f"no {names_file.name} beside {tflite.name} (converted before edgeconv recorded onnx2tf's names): every "
+                     "match is by values, and a broken layer can be taken for a neighbour of the same shape")
+    m.how = ("LiteRT experimental_preserve_all_tensors on the builtin int8 kernels (no XNNPACK delegate); int8 tensors "
+             "dequantized, NHWC moved back to NCHW")
+    m.notes = notes + m.notes
+    return m
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -231,52 +321,146 @@ def _layouts(arr: np.ndarray, ref_shape: tuple) -> list[np.ndarray]:
     return found
 
 
+def _in_layout(arr: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
+    """``arr`` in ``ref``'s layout; where both layouts fit (e.g. C == W), the one closer to it: which tensor it is was
+    settled by name, only the axis order is left to the values."""
+    fits = [a for a in _layouts(arr, ref.shape) if a.shape == ref.shape]
+    return max(fits, key=lambda a: _cosine(a, ref)) if fits else None
+
+
 # ops onnx2tf and TFLiteConverter add around the ONNX graph's own (layout changes, padding, I/O conversion)
 LAYOUT_OPS = {"QUANTIZE", "DEQUANTIZE", "DELEGATE", "TRANSPOSE", "PAD", "PADV2"}
+RESHAPE_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}  # the same values, another shape
 BACK_MATCH_COSINE = 0.9
 # how many ONNX tensors past the last match a TFLite tensor may skip (onnx2tf fuses and TFLite folds a few)
 WINDOW = 8
 
 
-def _match_tflite(produced, details, values, reference, order) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, list[str]]]:
-    """onnx2tf names TensorFlow ops after their kind (``tf.nn.convolution_1``), not after the ONNX nodes, so tensors are
-    matched by what they hold: in execution order, each TFLite op output goes to the unmatched ONNX tensor near the
-    last match (graph order) whose shape fits in either layout and whose values agree best (cosine);
-    Relu/Clip fused into a TFLite conv thereby match the activation's output, not the conv's."""
+def _match_by_name(produced, details, values, reference, record) -> tuple[dict[str, int], dict[int, set], list[str]]:
+    """ONNX tensor → the TFLite tensor holding it, through the recorded map (Keras layer → ONNX node).
+
+    A TFLite tensor's name lists the layers of every op TFLite fused into it, so it stands for the latest of their ONNX
+    nodes (graph order). A node TFLite split into several ops (HardSigmoid → mul, add, clamp; HardSwish) has several
+    such tensors: its output is the last, the one the next node reads. A node whose ops were fused into a later node's
+    tensor (a Conv whose output HardSigmoid's x/6 + 0.5 was folded into) has no tensor of its own: it stays unmatched
+    (returned in ``fused``), never given a neighbour's."""
+    node_pos = {n: i for i, n in enumerate(record.get("nodes", {}))}
+    layer_node = record.get("layers", {})
+    original = {_onnx2tf_sanitized(r): r for r in reference}
+    nodes_of: dict[int, set] = {}
+    finals: dict[str, list[int]] = {}
+    for op, t in produced:
+        ns = {layer_node[name] for name in _keras_layers(details[t]["name"]) if name in layer_node} & set(node_pos)
+        nodes_of[t] = ns
+        # a TRANSPOSE TFLite adds after an op takes that op's tensor name: the op's own tensor is the match (the
+        # transpose becomes its derived name, as by values), what a float fallback's denylist must name
+        if ns and op["op_name"] not in LAYOUT_OPS:
+            finals.setdefault(max(ns, key=node_pos.__getitem__), []).append(t)
+    found: dict[str, int] = {}
+    fused = []
+    for node, outs in record.get("nodes", {}).items():
+        outs = [original[o] for o in outs if o in original]
+        if not outs:
+            continue
+        tensors = finals.get(node, [])
+        if not tensors:
+            if any(node in ns for ns in nodes_of.values()):
+                fused.append(node)
+            continue
+        if len(outs) == 1:  # the last of its tensors that fits the shape: what the next node reads
+            hit = next((t for t in reversed(tensors) if _in_layout(values[t], reference[outs[0]]) is not None), None)
+            if hit is not None:
+                found[outs[0]] = hit
+            continue
+        free = list(tensors)  # several outputs (Split): in order, each the first free tensor of its shape
+        for o in outs:
+            hit = next((t for t in free if _in_layout(values[t], reference[o]) is not None), None)
+            if hit is not None:
+                found[o] = hit
+                free.remove(hit)
+    # A reshape TFLite merged into the next node's own (a Flatten/view followed by the Gemm's input flatten: one RESHAPE
+    # named after both) stands for the later node, but that node's output is a later tensor: the reshape's holds this
+    # node's output unchanged, a reshape does no arithmetic. (A tensor that did arithmetic, such as a Conv's output
+    # folded into HardSigmoid's x/6 + 0.5, stays unmatched.)
+    used = set(found.values())
+    for node, outs in record.get("nodes", {}).items():
+        outs = [original[o] for o in outs if o in original]
+        if len(outs) != 1 or outs[0] in found:
+            continue
+        hit = next((t for op, t in reversed(produced) if op["op_name"] in RESHAPE_OPS and t not in used
+                    and node in nodes_of.get(t, ()) and _in_layout(values[t], reference[outs[0]]) is not None), None)
+        if hit is not None:
+            found[outs[0]] = hit
+            used.add(hit)
+            if node in fused:
+                fused.remove(node)
+    return found, nodes_of, fused
+
+
+def _match_tflite(produced, details, values, reference, order, record=None, io=None) -> Captured:
+    """By name first (``record``, the map the conversion wrote; see ``_match_by_name``). What no name resolves — every
+    tensor, for a .tflite converted without the map — is matched by what it holds: in execution order, each TFLite op
+    output goes to the unmatched ONNX tensor near the last match (graph order) whose shape fits in either layout and
+    whose values agree best (cosine). That is biased toward good agreement (a layer int8 broke can be taken for a
+    healthy neighbour of the same shape, and a split op's intermediate for its output: on timm's mobilenetv3_small, 12 of
+    99 value matches disagree with the names), so every match says how it was made (``matched_by``). Nearest-first
+    did worse there (18 of 87). Name matches anchor the search, and tensors a name resolved (including a split op's
+    intermediates) are never matched by values to something else. ``io``: ONNX graph outputs → their TFLite tensors,
+    by the signature's names."""
     out: dict[str, np.ndarray] = {}
     names: dict[str, str] = {}
+    matched_by: dict[str, str] = {}
     derived: dict[str, list[str]] = {}
+    notes: list[str] = []
+    by_name: dict[int, str] = {}
+    nodes_of: dict[int, set] = {}
+    if record:
+        found, nodes_of, fused = _match_by_name(produced, details, values, reference, record)
+        by_name = {t: o for o, t in found.items()}
+        if fused:
+            notes.append(f"{len(fused)} ONNX node(s) have no TFLite tensor of their own, fused into a later node's op (a Conv "
+                         "into its Relu, or into HardSigmoid's scale and shift; the layer shows the later tensor where it "
+                         f"has one): {', '.join(fused[:5])}{' …' if len(fused) > 5 else ''}")
+    for o, t in (io or {}).items():
+        if t not in by_name and o not in by_name.values() and _in_layout(values[t], reference[o]) is not None:
+            by_name[t] = o
+    pos_of = {name: i for i, name in enumerate(order)}
+    named = set(by_name.values())
     source_of: dict[int, str] = {}  # TFLite tensor → the ONNX tensor it holds (or is a re-layout of)
     last = -1
     for op, t in produced:
+        if t in by_name:
+            onnx_name = by_name[t]
+            out[onnx_name] = _in_layout(values[t], reference[onnx_name])
+            names[onnx_name], matched_by[onnx_name] = details[t]["name"], "name"
+            source_of[t] = onnx_name
+            last = max(last, pos_of.get(onnx_name, last))
+            continue
         if op["op_name"] in LAYOUT_OPS:
             src = source_of.get(int(op["inputs"][0])) if len(op["inputs"]) else None
             if src is not None and op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
                 source_of[t] = src
                 derived.setdefault(src, []).append(details[t]["name"])
             continue
-        best = None
-        # TFLite may schedule independent branches in another order than the ONNX graph: look a little back too
+        if nodes_of.get(t):  # a named node's own intermediate (HardSigmoid's x/6 + 0.5): not another tensor's match
+            continue
+        ahead, behind = [], []
         for pos in [*range(last + 1, min(last + 1 + WINDOW, len(order))), *range(last, max(last - WINDOW, -1), -1)]:
             onnx_name = order[pos]
-            if onnx_name in out:
+            if onnx_name in out or onnx_name in named:
                 continue
             ref = reference[onnx_name]
             for arr in _layouts(values[t], ref.shape):
-                if arr.shape != ref.shape:
-                    continue
-                c = _cosine(arr, ref)
-                # ahead, the right shape is evidence enough (a layer int8 broke has a poor cosine); behind, only a
-                # clear likeness (an intermediate of an op TFLite decomposes, e.g. HardSigmoid's x+3, is not a match)
-                if pos <= last and c < BACK_MATCH_COSINE:
-                    continue
-                if best is None or c > best[0] + 1e-6:
-                    best = (c, pos, arr)
+                if arr.shape == ref.shape:
+                    (ahead if pos > last else behind).append((_cosine(arr, ref), pos, arr))
+        # ahead, the right shape is evidence enough (a layer int8 broke has a poor cosine); behind, only a clear likeness
+        # (an intermediate of an op TFLite decomposes, e.g. HardSigmoid's x+3, is not a match)
+        best = max([*ahead, *(c for c in behind if c[0] >= BACK_MATCH_COSINE)], key=lambda c: c[0], default=None)
         if best is None:
             continue
         _, pos, arr = best
         onnx_name = order[pos]
-        out[onnx_name], names[onnx_name] = arr, details[t]["name"]
+        out[onnx_name], names[onnx_name], matched_by[onnx_name] = arr, details[t]["name"], "values"
         source_of[t] = onnx_name
         last = max(last, pos)
-    return out, names, derived
+    return Captured(out, "", names, derived, notes, matched_by)

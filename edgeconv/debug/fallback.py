@@ -4,6 +4,11 @@ at a time until the drop is within budget or ``--max-float-layers`` is reached. 
 by its own mechanism (ONNX Runtime's ``nodes_to_exclude``, NNCF's ignored scope, TFLite's denylisted nodes): the
 target reads ``TargetContext.float_layers``. What the float layers cost (size, p50 latency) is measured against the
 full-int8 artifact on this host.
+
+A target may keep layers in float by its own accuracy control instead (OpenVINO: NNCF's
+``quantize_with_accuracy_control``, the path without ``--fallback auto``): ``accuracy_control_record`` gives that the
+same record — its op names mapped back to ONNX nodes and source names, the drop of the full-int8 model it started from
+and of the artifact kept, and the same cost figures.
 """
 
 from __future__ import annotations
@@ -157,15 +162,126 @@ def guard(job: GuardJob, first_accuracy: dict[str, Any], steps: Steps | None = N
         "accuracy_before": first_accuracy["artifact"],
         "accuracy_after": best["accuracy_check"]["artifact"],
         "attempts": attempts,
-        "cost": {
-            "bytes": {"full_int8": full_size, "with_float_layers": size, "delta": size - full_size},
-            "p50_ms": {"full_int8": full_p50, "with_float_layers": p50, "delta": p50 - full_p50,
-                       "ratio": p50 / full_p50 if full_p50 else None},
-            "method": f"{art.runner} on this host, batch {job.batch or 1}, {LATENCY_WARMUP} warm-up + {LATENCY_RUNS} timed "
-                      "runs each, median of the runtime call",
-        },
+        "cost": _cost(full_size, size, full_p50, p50, art.runner, job.batch),
     }
     return {**best, "record": record}
+
+
+def _cost(full_size: int, size: int, full_p50: float, p50: float, runner: str | None, batch: int | None) -> dict[str, Any]:
+    return {
+        "bytes": {"full_int8": full_size, "with_float_layers": size, "delta": size - full_size},
+        "p50_ms": {"full_int8": full_p50, "with_float_layers": p50, "delta": p50 - full_p50,
+                   "ratio": p50 / full_p50 if full_p50 else None},
+        "method": f"{runner} on this host, batch {batch or 1}, {LATENCY_WARMUP} warm-up + {LATENCY_RUNS} timed runs each, "
+                  "median of the runtime call",
+    }
+
+
+def _float_tensors(model) -> set[str]:
+    """Tensors of the graph that are (or may be) float: what the debugger's reference run would have produced."""
+    import onnx
+
+    known: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - without inferred types every output counts (the names still map)
+        inferred = model
+    for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        if v.type.HasField("tensor_type"):
+            known[v.name] = v.type.tensor_type.elem_type
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    return {o for node in model.graph.node for o in node.output if o and known.get(o, onnx.TensorProto.FLOAT) in floats}
+
+
+def layers_of_ops(onnx_path: Path, framework: str, ops: list[str],
+                  layer_names: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """An artifact's op names → the canonical graph's layers (``edgeconv debug``'s grouping, source names included),
+    in the order given, and the op names no ONNX node accounts for. OpenVINO names an op after its ONNX node (``node``)
+    or a part of it (``node/WithoutBiases``); an ONNX name may itself hold ``/``, so the longest node name wins."""
+    import onnx
+
+    from edgeconv.debug.graph import layers_of
+
+    model = onnx.load(str(onnx_path))
+    layers = layers_of(model, framework, _float_tensors(model), layer_names)
+    by_node = {n: layer for layer in layers for n in layer.nodes}
+    for node in model.graph.node:  # an op may carry the name of its node's output tensor instead
+        for o in node.output:
+            if node.name in by_node and o not in by_node:
+                by_node[o] = by_node[node.name]
+    names = sorted(by_node, key=len, reverse=True)
+    found: dict[str, dict[str, Any]] = {}
+    unmatched = []
+    for op in ops:
+        hit = next((n for n in names if op == n or op.startswith(n + "/")), None)
+        if hit is None:
+            unmatched.append(op)
+            continue
+        layer = by_node[hit]
+        entry = found.setdefault(layer.name, {"layer": layer.name, "source": layer.source, "source_class": layer.source_class,
+                                              "op": layer.op, "nodes": layer.nodes, "artifact_names": []})
+        entry["artifact_names"].append(op)
+    return list(found.values()), unmatched
+
+
+def accuracy_control_record(conversion, work: Path, onnx_path: Path, framework: str, accuracy_after: dict[str, Any],
+                            measure_accuracy, runner_options: dict[str, Any], data_feed: dict[str, np.ndarray],
+                            batch: int | None, layer_names: list[str] | None = None, steps: Steps | None = None) -> dict[str, Any]:
+    """The fallback record of a target's own accuracy control (``conversion.accuracy_control``): the layers it kept in
+    float with their source names, the drop of the full-int8 model it started from (``measure_accuracy(dir, artifact)``,
+    the same check as the kept artifact's ``accuracy_after``) and after, and the size and p50 latency against full int8.
+    The full-int8 files are removed afterwards; when nothing was reverted the artifact is the full-int8 model."""
+    steps = steps or Steps()
+    ac = conversion.accuracy_control
+    full, full_dir = ac.get("full_int8"), ac.get("full_int8_dir")
+    art = _model(conversion)
+    sample = {k: v[: batch or 1] for k, v in data_feed.items()}
+    try:
+        kept, unmatched = layers_of_ops(onnx_path, framework, ac["float_ops"], layer_names)
+        if full is None:
+            with steps.step("accuracy control kept no layer in float: p50 latency of the int8 artifact"):
+                full_p50 = p50 = _p50_ms(work, art, runner_options, sample)
+            full_size = size = _size(work, conversion)
+            before = accuracy_after
+        else:
+            full_art = _model(full)
+            with steps.step("accuracy control: accuracy of the full-int8 model it started from"):
+                before = measure_accuracy(full_dir, full_art)
+            with steps.step("accuracy control: p50 latency of the full-int8 model"):
+                full_p50 = _p50_ms(full_dir, full_art, runner_options, sample)
+            with steps.step("accuracy control: p50 latency with the float layers"):
+                p50 = _p50_ms(work, art, runner_options, sample)
+            full_size, size = _size(full_dir, full), _size(work, conversion)
+        nncf = ac.get("nncf") or {}
+        attempts = []
+        for i, step in enumerate(nncf.get("steps", []), 1):
+            layers, rest = layers_of_ops(onnx_path, framework, step["reverted"], layer_names)
+            attempts.append({"step": i, "layers": [x["source"] or x["layer"] for x in layers] + rest,
+                             "drop_points": step["drop_points"], "ok": step["ok"], "measured_with": "nncf"})
+    finally:
+        if full_dir is not None:
+            shutil.rmtree(full_dir, ignore_errors=True)
+    record = {
+        "mode": "accuracy-control",
+        "ok": bool(accuracy_after["ok"]),
+        "max_float_layers": None,  # the target's accuracy control sets its own bound
+        "max_accuracy_drop": accuracy_after.get("max_drop_points"),
+        "ranked_by": ac["ranked_by"],
+        "mechanism": ac["mechanism"],
+        "float_layers": kept + [{"layer": op, "source": None, "source_class": None, "op": None, "nodes": [],
+                                 "artifact_names": [op]} for op in unmatched],
+        "candidates": None,  # the accuracy control does not publish its ranking
+        "drop_before": before["drop_points"],
+        "drop_after": accuracy_after["drop_points"],
+        "accuracy_before": before["artifact"],
+        "accuracy_after": accuracy_after["artifact"],
+        "attempts": attempts,
+        "attempts_measured_with": nncf.get("measured_with"),
+        "cost": _cost(full_size, size, full_p50, p50, art.runner, batch),
+    }
+    if unmatched:
+        record["unmatched_ops"] = unmatched
+    return record
 
 
 def _mechanism(backend: str) -> str:

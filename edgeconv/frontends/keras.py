@@ -3,6 +3,8 @@
 ``.keras`` and ``.h5`` load with Keras' safe mode on: a Lambda layer (arbitrary Python) is refused unless
 ``--trust-pickle``. An ``.h5`` written by Keras 2 (its ``keras_version`` attribute) is loaded by Keras 2 itself
 (``tf_keras``): Keras 3 cannot rebuild every Keras 2 layer config (MobileNetV3's BatchNormalization, TFOpLambda).
+An ``.h5`` written by Keras 3 whose functional graph calls Keras ops directly (``x + 3.0`` in MobileNetV3's hard-swish)
+is loaded from its config with those nodes' module put back (see :func:`_restore_op_modules`).
 tf2onnx's ``from_keras`` does not follow Keras 3 output naming, so the model is wrapped in a ``tf.function`` and
 exported with ``from_function``.
 """
@@ -63,8 +65,12 @@ class KerasSource(SourceModel):
             self._load_keras2_h5(written_by, config, options)
             return
         keras = require("keras", why="to load Keras models")
+        op_nodes = _restore_op_modules(config) if written_by is not None and config is not None else 0
         try:
-            self.model = keras.models.load_model(self.path, compile=False, safe_mode=not options.trust_pickle)
+            if op_nodes:
+                self.model = _model_from_restored_h5(keras, self.path, config, safe_mode=not options.trust_pickle)
+            else:
+                self.model = keras.models.load_model(self.path, compile=False, safe_mode=not options.trust_pickle)
         except Exception as exc:
             msg = str(exc)
             if "safe_mode" in msg or "Lambda" in msg and "unsafe" in msg:
@@ -199,23 +205,74 @@ def _h5_header(path: Path) -> tuple[str | None, dict | None]:
             version, config = f.attrs.get("keras_version"), f.attrs.get("model_config")
     except (ImportError, OSError):
         return None, None
-    text = lambda v: v.decode() if isinstance(v, bytes) else (None if v is None else str(v))  # noqa: E731
+    text = lambda v: v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
     return text(version), None if config is None else json.loads(text(config))
+
+
+# Where Keras 3 keeps the Operation classes a functional graph records for a direct op call (``x + 3.0`` is
+# ``keras.src.ops.numpy.Add``). The native ``.keras`` format writes these module paths itself.
+_KERAS_OPS_MODULES = ("numpy", "nn", "math", "core", "image", "linalg", "einops")
+
+
+def _restore_op_modules(config: dict) -> int:
+    """Put back the ``module`` of the op nodes in a Keras-3-written ``.h5`` model config (in place); returns how many.
+
+    Keras 3 writes an ``.h5`` config with its legacy serializer, which drops every node's ``module``; its ``.h5``
+    loader then looks each bare class name up among ``keras.layers``. A node that is a Keras op called on a tensor
+    rather than a layer (``x + 3.0`` → the Operation ``keras.src.ops.numpy.Add``, config ``{"name": ...}``) is
+    rebuilt as the layer of the same name (the merge layer ``keras.layers.Add``), which refuses the constant: "Only
+    input tensors may be passed as positional arguments". Keras' functional deserializer reads an entry that has a
+    ``module`` the way the ``.keras`` format writes it, so the entry gets the module of its op class back. An op
+    node is told from a layer of the same name by its config: a layer's always has ``trainable``, an op's never."""
+    import importlib
+
+    keras = require("keras", why="to load Keras models")
+    ops_by_name: dict[str, str] = {}
+    for short in _KERAS_OPS_MODULES:
+        try:
+            mod = importlib.import_module(f"keras.src.ops.{short}")
+        except ImportError:
+            continue
+        for name, obj in vars(mod).items():
+            if (isinstance(obj, type) and obj.__module__ == mod.__name__ and issubclass(obj, keras.Operation)
+                    and not issubclass(obj, keras.layers.Layer)):
+                ops_by_name.setdefault(name, mod.__name__)
+    restored = 0
+    for node in _dicts(config):  # a model's config, nested models' too
+        layers = (node.get("config") or {}).get("layers") if isinstance(node.get("config"), dict) else None
+        for entry in layers if isinstance(layers, list) else []:
+            if (isinstance(entry, dict) and "module" not in entry and entry.get("class_name") in ops_by_name
+                    and isinstance(entry.get("config"), dict) and "trainable" not in entry["config"]):
+                entry["module"] = ops_by_name[entry["class_name"]]
+                entry["registered_name"] = entry["class_name"]
+                restored += 1
+    return restored
+
+
+def _model_from_restored_h5(keras, path: Path, config: dict, *, safe_mode: bool):
+    """The model of a Keras-3-written ``.h5`` from its (restored) config, then its weights: what Keras' own ``.h5``
+    loader does, through its public API. The top-level model gets its module too, as the ``.keras`` format writes it."""
+    if "module" not in config and config.get("class_name") == "Functional":
+        from keras.src.models.functional import Functional
+
+        config = {**config, "module": Functional.__module__}
+    model = keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
+    model.load_weights(str(path))
+    return model
 
 
 def _lambda_layers(config) -> list[str]:
     """Names of the Lambda layers in a Keras model config (nested models included)."""
-    found: list[str] = []
+    return [str((d.get("config") or {}).get("name", "?")) for d in _dicts(config) if d.get("class_name") == "Lambda"]
 
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                found.append(str((node.get("config") or {}).get("name", "?")))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
 
-    walk(config)
-    return found
+def _dicts(node):
+    """Every dict in a JSON-like config, parents before their children (a caller may change a child it was handed
+    through its parent before the walk reaches it)."""
+    if isinstance(node, dict):
+        yield node
+        for v in list(node.values()):
+            yield from _dicts(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _dicts(v)

@@ -67,6 +67,10 @@ class Conversion:
     artifacts: list[Artifact]
     checks: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # the target's own accuracy control kept layers in float (OpenVINO: NNCF): {"float_ops": the artifact's op names it
+    # reverted, "mechanism", "ranked_by", "nncf": its own figures, "full_int8": the Conversion it started from or None when nothing
+    # was reverted, "full_int8_dir": where those files are}; edgeconv/debug/fallback.py turns it into the fallback record
+    accuracy_control: dict[str, Any] | None = None
 
 
 class Target(ABC):

@@ -81,22 +81,41 @@ def condense_onnx2tf_log(log: str, limit: int = 12) -> str:
     keep = []
     for line in text.splitlines():
         s = line.strip()
-        if re.search(r"(ERROR|Error|error:|onnx_op_type|onnx_op_name|not supported|NotImplemented|Exception)", s):
-            if s not in keep:
-                keep.append(s[:300])
+        if re.search(r"(ERROR|Error|error:|onnx_op_type|onnx_op_name|not supported|NotImplemented|Exception)", s) and s not in keep:
+            keep.append(s[:300])
     return "\n".join(keep[-limit:]) if keep else "\n".join(text.strip().splitlines()[-limit:])
 
 
 def failed_ops(log: str, nodes: dict[str, list[str]]) -> list[str]:
-    """``OpType (node names)`` for the ops an onnx2tf log names as failing; ``nodes`` maps op type → node names."""
+    """``OpType (node names)`` for the ops an onnx2tf log names as failing; ``nodes`` maps op type → node names.
+    A log that names only the node (``onnx_op_name:``, the usual form of a converter exception) gets its op type from
+    the graph; onnx2tf writes a name that starts with "/" as "wa/…"."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", log)
     types = re.findall(r"onnx_op_type:\s*(\S+)", text) + re.findall(r"(\w+) OP is not yet implemented", text)
     named = re.findall(r"onnx_op_name:\s*(\S+)", text)
+    type_of = {n: t for t, names in nodes.items() for n in names}
+    named = [n if n in type_of else re.sub(r"^wa/", "/", n) for n in named]
+    types += [type_of[n] for n in named if n in type_of]
     out = []
     for t in dict.fromkeys(types):
         names = [n for n in named if n in nodes.get(t, [])] or nodes.get(t, [])
         out.append(f"{t} ({', '.join(names[:5])}{', …' if len(names) > 5 else ''})" if names else t)
     return out
+
+
+def onnx2tf_reason(log: str) -> str | None:
+    """The exception onnx2tf's conversion ended with, as one line (Keras' "Exception encountered when calling layer"
+    wrapper replaced by the message it wraps)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        m = re.match(r"^([A-Za-z_.]*(?:Error|Exception)): (.*)$", lines[i])
+        if not m:
+            continue
+        msg = m.group(2).strip()
+        if msg.startswith("Exception encountered when calling layer"):
+            msg = next((ln for ln in lines[i + 1:] if ln), msg)
+        return f"{m.group(1).split('.')[-1]}: {msg}"[:300]
+    return None
 
 
 def tflite_graph(path: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]], int, set[int]]:
@@ -182,6 +201,125 @@ def zero_pads_before_maxpool(path: Path) -> list[str]:
     return changed
 
 
+def spell_norm_reductions(path: Path) -> list[str]:
+    """ReduceL2 → Sqrt(ReduceSumSquare) and ReduceL1 → ReduceSum(Abs), the same reduction (same axes, keepdims,
+    noop_with_empty_axes). onnx2tf 1.28 translates ReduceL1/ReduceL2 with tf.norm, and its strict-mode axis search
+    hands tf.norm a numpy integer axis when the axes come as an input (opset >= 18), which tf.norm refuses ("'axis'
+    must be None, an integer, or a tuple of 2 unique integers"): EdgeNeXt's XCA (F.normalize) failed there. onnx2tf's
+    own output for ReduceL2 is sqrt(reduce_sum(square(x))) anyway. Returns the rewritten nodes' names; rewrites
+    ``path`` in place."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    changed, new_nodes = [], []
+    for node in graph.node:
+        if node.op_type not in ("ReduceL1", "ReduceL2") or node.domain not in ("", "ai.onnx"):
+            new_nodes.append(node)
+            continue
+        name = node.name or node.output[0]
+        attrs = [a for a in node.attribute]
+        inner_out = f"{name}/summed"
+        if node.op_type == "ReduceL2":
+            inner = helper.make_node("ReduceSumSquare", list(node.input), [inner_out], name=f"{name}/sum_square")
+            outer = helper.make_node("Sqrt", [inner_out], list(node.output), name=name)
+        else:
+            absolute = helper.make_node("Abs", [node.input[0]], [f"{name}/abs"], name=f"{name}/abs")
+            new_nodes.append(absolute)
+            axes_in = list(node.input[1:])
+            axes_attr = [a for a in attrs if a.name == "axes"]
+            if axes_attr and opset >= 13:  # ReduceSum takes its axes as an input from opset 13, ReduceL1 from 18
+                graph.initializer.append(numpy_helper.from_array(np.array(axes_attr[0].ints, np.int64), f"{name}/axes"))
+                axes_in, attrs = [f"{name}/axes"], [a for a in attrs if a.name != "axes"]
+            inner = helper.make_node("ReduceSum", [f"{name}/abs", *axes_in], [inner_out], name=f"{name}/sum_abs")
+            outer = helper.make_node("Identity", [inner_out], list(node.output), name=name)
+        inner.attribute.extend(attrs)
+        inner.metadata_props.extend(node.metadata_props)
+        outer.metadata_props.extend(node.metadata_props)
+        new_nodes += [inner, outer]
+        changed.append(f"{node.op_type} {name}")
+    if changed:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        onnx.save(model, str(path))
+    return changed
+
+
+ONNX2TF_ARGS = ("-osd", "-nuo")  # signatures for TFLiteConverter; the canonical graph is already simplified
+
+
+def _run_job(work: Path, job: dict[str, Any]) -> subprocess.CompletedProcess:
+    """tflite_job.py in onnx2tf's working directory, with a timeout; its exit code is the caller's to read."""
+    (work / "job.json").write_text(json.dumps(job))
+    cmd = [sys.executable, "-m", "edgeconv.targets.tflite_job", str(work / "job.json")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ConversionFailed(f"onnx2tf and TFLiteConverter did not finish in {ONNX2TF_TIMEOUT_S} s") from exc
+
+
+def _graph_nodes(onnx_path: Path, infer_shapes: bool = False):
+    """The graph's nodes (weights not loaded); with ``infer_shapes`` the graph itself, shapes inferred."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if not infer_shapes:
+        return list(model.graph.node)
+    return onnx.shape_inference.infer_shapes(model).graph
+
+
+def first_diverging(log: str, graph) -> tuple[str, str, float, tuple[str, list[int]] | None] | None:
+    """From onnx2tf's -cotof log: the first op (in graph order) whose output it reports Unmatched by more than 1e-3:
+    (op type, node name, max abs error, and (input name, shape) when that input's dimensions after the batch are all
+    equal, the shape onnx2tf's layout rule misreads). None when every op matches."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    errors = {}
+    for name, err in re.findall(r"onnx_output_name:\s*(\S+) .*?Unmatched\s+max_abs_error:\s*([0-9.eE+-]+)", text):
+        errors.setdefault(name, float(err))
+        errors.setdefault(re.sub(r"^/", "wa/", name), float(err))
+    shapes = _shapes(graph)
+    for node in graph.node:
+        hit = next((errors[o] for o in node.output if o in errors and errors[o] > 1e-3), None)
+        if hit is not None:
+            return node.op_type, node.name, hit, _equal_dims_input(node, shapes)
+    return None
+
+
+# ops whose translation depends on which axis is which (elementwise ops and MatMul do not move axes in onnx2tf)
+AXIS_OPS = {"Pad", "Split", "Concat", "Slice", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Softmax",
+            "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+            "ReduceSumSquare", "ArgMax", "ArgMin", "Expand", "Tile", "CumSum", "LayerNormalization"}
+
+
+def _equal_dims_input(node, shapes: dict[str, list[int]]) -> tuple[str, list[int]] | None:
+    for i in node.input:
+        dims = shapes.get(i, [])
+        if len(dims) >= 3 and dims[1] > 1 and all(d == dims[1] for d in dims[1:]):
+            return i, dims
+    return None
+
+
+def _shapes(graph) -> dict[str, list[int]]:
+    return {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+            for v in [*graph.input, *graph.value_info, *graph.output]}
+
+
+def first_equal_dims_reader(graph) -> tuple[str, str, tuple[str, list[int]]] | None:
+    """The first op (graph order) that moves axes and reads a rank >= 3 tensor whose dimensions after the batch are all
+    equal (1x16x16x16): onnx2tf 1.28 cannot tell such a tensor from its channel-last transpose and always takes it for
+    channel-last (utils/common_functions.py, "patterns of misjudgment when the second and subsequent dimensions are all
+    the same value"), so that op's axes are remapped when the tensor is in fact in ONNX's layout."""
+    shapes = _shapes(graph)
+    for node in graph.node:
+        cube = _equal_dims_input(node, shapes) if node.op_type in AXIS_OPS else None
+        if cube:
+            return node.op_type, node.name, cube
+    return None
+
+
 RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
 
 
@@ -245,6 +383,7 @@ class TfliteTarget(Target):
         build = workdir / "_build"
         build.mkdir()
         source = ctx.source_model
+        onnx_names = None
         try:
             notes: list[str] = []
             if source.framework == "keras":
@@ -262,7 +401,7 @@ class TfliteTarget(Target):
                 data = tflite_from_saved_model(tf, saved, opts.precision, ctx.calibration, opts.extra["io_dtype"],
                                                moved, from_signature=True, denylisted_nodes=_denylist(ctx))
             else:
-                data, notes = self._from_onnx(onnx_path, build, opts, ctx)
+                data, notes, onnx_names = self._from_onnx(onnx_path, build, opts, ctx)
                 route = (f"onnx2tf {version_of('onnx2tf')} → SavedModel → tf.lite.TFLiteConverter "
                          f"(tensorflow {version_of('tensorflow-cpu') or version_of('tensorflow')}), one child process")
                 moved = True
@@ -270,6 +409,12 @@ class TfliteTarget(Target):
             shutil.rmtree(build, ignore_errors=True)
         dest = workdir / "model.tflite"
         dest.write_bytes(data)
+        names_artifact = []
+        if onnx_names:  # onnx2tf renames every tensor: the map back to the ONNX nodes, for edgeconv debug
+            from edgeconv.debug.capture import onnx_names_path
+
+            onnx_names_path(dest).write_text(onnx_names)
+            names_artifact = [Artifact(onnx_names_path(dest).name, "debug-names", opts.precision)]
         # TFLiteConverter leaves an op without an int8 kernel in float (a DEQUANTIZE/QUANTIZE around it) even under
         # TFLITE_BUILTINS_INT8: an int8 model in name only, unless the user allows it or an accelerator's own
         # split report covers it.
@@ -281,10 +426,12 @@ class TfliteTarget(Target):
                 hint="TFLite has no int8 kernel for them: --allow-float-ops keeps them in float (listed in the manifest); "
                      "or use --precision int8-dynamic or fp16, or replace those ops in the model")
         extra = self._describe(dest, opts, ctx, moved, route)
+        if moved and opts.precision in ("fp32", "fp16"):
+            self._check_translation(onnx_path, dest, workdir, profile, opts, ctx, extra["runner_options"])
         if opts.precision == "int8":
             extra["float_ops"] = left
         return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"),
-                           Artifact(dest.name, "model", opts.precision, profile.runner, extra)], notes=notes)
+                           Artifact(dest.name, "model", opts.precision, profile.runner, extra), *names_artifact], notes=notes)
 
     def _saved_model_from_keras(self, tf, source, build: Path, shapes: dict[str, list] | None) -> Path:
         """The SavedModel TFLiteConverter reads: one serving signature calling the model in inference mode
@@ -322,17 +469,61 @@ class TfliteTarget(Target):
             raise ConversionFailed(f"Keras could not export a SavedModel for TFLite: {type(exc).__name__}: {exc}") from exc
         return out
 
-    def _from_onnx(self, onnx_path: Path, build: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[bytes, list[str]]:
-        """onnx2tf and TFLiteConverter in one child process (edgeconv/targets/tflite_job.py)."""
+    def _from_onnx(self, onnx_path: Path, build: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[bytes, list[str], str | None]:
+        """onnx2tf and TFLiteConverter in one child process (edgeconv/targets/tflite_job.py): the model, notes, and the
+        JSON map of its TensorFlow layers to ONNX nodes (None when the child could not record it)."""
         if version_of("onnx2tf") is None:
             raise MissingDependency("onnx2tf is not installed (needed to turn ONNX into TFLite)",
                                     hint="install it with: pip install 'edgeconv[tflite]'")
         require_installed("tensorflow", why="to build TFLite models")
         work = (build / "onnx2tf").resolve()  # the child runs in it: every path it is given must be absolute
+        copy, notes = self._prepare(onnx_path, work, opts, ctx)
+        saved = work / "saved_model"
+        samples = ctx.calibration if opts.precision == "int8" else None
+        if samples:
+            np.savez(work / "calibration.npz", **{n: np.stack([s[n] for s in samples]) for n in samples[0]})
+        job = {"onnx2tf_args": ["-i", str(copy), "-o", str(saved), *ONNX2TF_ARGS, "-v", "error"], "saved_model": str(saved),
+               "precision": opts.precision, "io_dtype": opts.extra["io_dtype"],
+               "calibration": str(work / "calibration.npz") if samples else None,
+               "output": str(work / "model.tflite"), "error": str(work / "tflite_error.txt"),
+               # the int8 guard's float layers: the full-int8 model's tensor names for them (onnx2tf names the TF ops
+               # the same way on every run of the same graph)
+               "denylisted_nodes": _denylist(ctx), "names": str(work / "onnx-names.json")}
+        proc = _run_job(work, job)
+        if proc.returncode == 0:
+            names = work / "onnx-names.json"
+            return (work / "model.tflite").read_bytes(), notes, names.read_text() if names.is_file() else None
+        if proc.returncode == TFLITE_FAILED:
+            raise ConversionFailed((work / "tflite_error.txt").read_text())
+        log = proc.stdout + proc.stderr
+        failed_dir = ctx.failed_build_dir
+        failed_dir.mkdir(parents=True, exist_ok=True)
+        (failed_dir / "onnx2tf.log").write_text(log)
+        nodes: dict[str, list[str]] = {}
+        for n in _graph_nodes(onnx_path):
+            nodes.setdefault(n.op_type, []).append(n.name)
+        ops = failed_ops(log, nodes)
+        reason = onnx2tf_reason(log)
+        raise ConversionFailed(
+            f"onnx2tf {version_of('onnx2tf')} could not convert "
+            + (f"{', '.join(ops)}" if ops else "the graph") + (f": {reason}" if reason else "") + f" (exit {proc.returncode})",
+            details=condense_onnx2tf_log(log),
+            hint=f"full log: {failed_dir / 'onnx2tf.log'}; onnx2tf's remedies for one op (a parameter replacement JSON, "
+                 "-kat/-ois for layouts and shapes) are in its README, or replace that op in the model",
+        )
+
+    def _prepare(self, onnx_path: Path, work: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[Path, list[str]]:
+        """onnx2tf's working directory: the copy of the graph it converts (with edgeconv's rewrites for onnx2tf, each
+        recorded as a note) and its sample-data file made from the user's inputs."""
         work.mkdir()
         copy = work / "model.onnx"
         shutil.copyfile(onnx_path, copy)  # onnx2tf rewrites its input in place
         notes = []
+        norms = spell_norm_reductions(copy)
+        if norms:
+            notes.append(f"{len(norms)} ReduceL1/ReduceL2 node(s) ({', '.join(norms[:3])}{' …' if len(norms) > 3 else ''}) "
+                         "spelled as ReduceSum(Abs) / Sqrt(ReduceSumSquare) for onnx2tf (the same reduction; onnx2tf "
+                         f"{version_of('onnx2tf')} fails on them when their axes are an input)")
         if opts.precision == "int8":
             moved_pads = zero_pads_before_maxpool(copy)
             if moved_pads:
@@ -341,44 +532,74 @@ class TfliteTarget(Target):
                     f"{' …' if len(moved_pads) > 3 else ''}) made an explicit zero Pad (the same values; onnx2tf would pad with "
                     "float32's minimum, which leaves int8 no resolution in that tensor)")
         np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(ctx.reference_inputs))
-        saved = work / "saved_model"
-        samples = ctx.calibration if opts.precision == "int8" else None
-        if samples:
-            np.savez(work / "calibration.npz", **{n: np.stack([s[n] for s in samples]) for n in samples[0]})
-        job = {"onnx2tf_args": ["-i", str(copy), "-o", str(saved), "-osd", "-nuo", "-v", "error"], "saved_model": str(saved),
-               "precision": opts.precision, "io_dtype": opts.extra["io_dtype"],
-               "calibration": str(work / "calibration.npz") if samples else None,
-               "output": str(work / "model.tflite"), "error": str(work / "tflite_error.txt"),
-               # the int8 guard's float layers: the full-int8 model's tensor names for them (onnx2tf names the TF ops
-               # the same way on every run of the same graph)
-               "denylisted_nodes": _denylist(ctx)}
-        (work / "job.json").write_text(json.dumps(job))
-        cmd = [sys.executable, "-m", "edgeconv.targets.tflite_job", str(work / "job.json")]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        return copy, notes
+
+    def _check_translation(self, onnx_path: Path, dest: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext,
+                           runner_options: dict[str, Any]) -> None:
+        """A float TFLite model that does not compute what the canonical ONNX graph computes is onnx2tf's translation
+        going wrong somewhere. Then onnx2tf runs once more with its own per-op check (-cotof), and the first op whose
+        output differs from onnxruntime's is named, with the reason when it is a known onnx2tf limitation. Nothing is
+        raised when its check finds no diverging op (the pipeline's parity check against the source then decides)."""
+        from edgeconv.data import run_batched
+        from edgeconv.parity import compare
+        from edgeconv.runners import open_runner
+
+        feed = ctx.reference_inputs
+        first = next(iter(ctx.input_shapes.values()), [None])
+        batch = first[0] if first and isinstance(first[0], int) else None
+        with open_runner("onnxruntime", onnx_path) as r:
+            expected = run_batched(r.infer, feed, batch)
+        with open_runner(profile.runner, dest, options=runner_options) as r:
+            actual = run_batched(r.infer, feed, batch)
+        names = list(ctx.output_shapes)
+        rep = compare(f"{dest.name} vs the canonical ONNX graph", names, expected, actual, profile.tolerance(opts.precision))
+        if rep.ok:
+            return
+        largest = max((float(np.max(np.abs(e))) for e in expected if np.size(e) and np.issubdtype(np.asarray(e).dtype, np.floating)),
+                      default=None)
+        if largest is not None and largest < np.finfo(np.float32).tiny:
+            raise ConversionFailed(
+                f"the model's outputs on the reference inputs are subnormal floats (largest |value| {largest:.3g}, below "
+                f"float32's smallest normal {np.finfo(np.float32).tiny:.3g}), which LiteRT's CPU kernels flush to zero, so "
+                "no float TFLite model can reproduce them",
+                details=rep.failure_text(),
+                hint="the model's activations vanish on these inputs (e.g. untrained weights that shrink every layer); "
+                     "check it with the inputs you deploy, or a trained checkpoint")
+        work = (workdir / "_onnx2tf_check").resolve()
         try:
-            proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise ConversionFailed(f"onnx2tf and TFLiteConverter did not finish in {ONNX2TF_TIMEOUT_S} s") from exc
-        if proc.returncode == 0:
-            return (work / "model.tflite").read_bytes(), notes
-        if proc.returncode == TFLITE_FAILED:
-            raise ConversionFailed((work / "tflite_error.txt").read_text())
+            copy, _ = self._prepare(onnx_path, work, TargetOptions(precision="fp32", dynamic_batch=opts.dynamic_batch,
+                                                                   extra=opts.extra), ctx)
+            job = {"onnx2tf_args": ["-i", str(copy), "-o", str(work / "saved_model"), *ONNX2TF_ARGS, "-cotof", "-v", "info"],
+                   "check_only": True}
+            proc = _run_job(work, job)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         log = proc.stdout + proc.stderr
+        graph = _graph_nodes(onnx_path, infer_shapes=True)
+        diverging = first_diverging(log, graph)
+        if diverging is not None:
+            op, node, err, cube = diverging
+            found = f"the first op its own check (-cotof) finds diverging from ONNX (max abs {err:.3g})"
+        else:  # -cotof matches tensors up to a transpose, so it can miss a moved axis: the first op the layout rule misreads
+            suspect = first_equal_dims_reader(graph)
+            if suspect is None:
+                return
+            op, node, cube = suspect
+            err = None
+            found = "the first op that reads a tensor its layout rule misreads (its own check, -cotof, saw no diverging op)"
         failed_dir = ctx.failed_build_dir
         failed_dir.mkdir(parents=True, exist_ok=True)
-        (failed_dir / "onnx2tf.log").write_text(log)
-        import onnx
-
-        nodes: dict[str, list[str]] = {}
-        for n in onnx.load(str(onnx_path), load_external_data=False).graph.node:
-            nodes.setdefault(n.op_type, []).append(n.name)
-        ops = failed_ops(log, nodes)
+        (failed_dir / "onnx2tf_check.log").write_text(log)
+        why = (f"its input {cube[0]!r} is {'x'.join(map(str, cube[1]))}, and onnx2tf takes a tensor whose dimensions after "
+               "the batch are all equal for a channel-last one, so it moves that op's axes" if cube else
+               f"its output differs from onnxruntime's by {err:.3g} (max abs)")
         raise ConversionFailed(
-            f"onnx2tf {version_of('onnx2tf')} could not convert the graph"
-            + (f"; failing op(s): {', '.join(ops)}" if ops else "") + f" (exit {proc.returncode})",
-            details=condense_onnx2tf_log(log),
-            hint=f"full log: {failed_dir / 'onnx2tf.log'}",
-        )
+            f"onnx2tf {version_of('onnx2tf')} translates {op} ({node}) wrongly, {found}: {why}",
+            details=rep.failure_text(),
+            hint=(f"onnx2tf's per-op log: {failed_dir / 'onnx2tf_check.log'}; "
+                  + ("a known onnx2tf limitation: an input size that does not make those dimensions equal (--sample / "
+                     "--data at another H×W) avoids it, or an onnx2tf parameter replacement JSON (-prf) for that node"
+                     if cube else "an onnx2tf parameter replacement JSON (-prf) for that node, or replacing that op in the model")))
 
     def _describe(self, tflite: Path, opts: TargetOptions, ctx: TargetContext, moved: bool, route: str) -> dict[str, Any]:
         from edgeconv.runners.litert import signature_io

@@ -7,7 +7,7 @@ process-wide settings (TF_USE_LEGACY_KERAS=1) stay in the child.
 
 JOB.json: ``onnx2tf_args`` (onnx2tf's command line), ``saved_model``, ``precision``, ``io_dtype``, ``calibration``
 (an .npz of stacked samples, one key per input, or null), ``output`` (the .tflite to write), ``error`` (where a
-TFLiteConverter failure's message goes). Exit 0: done; TFLITE_FAILED: onnx2tf worked and TFLiteConverter did not;
+TFLiteConverter failure's message goes); ``check_only``: run onnx2tf alone (for its -cotof log). Exit 0: done; TFLITE_FAILED: onnx2tf worked and TFLiteConverter did not;
 anything else: onnx2tf failed (its own exit code).
 """
 
@@ -76,12 +76,18 @@ def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     from onnx2tf import main as onnx2tf_main
 
+    from edgeconv.debug.capture import record_onnx2tf_names
+
+    names = record_onnx2tf_names() if job.get("names") else None  # before onnx2tf builds any layer
+
     sys.argv = ["onnx2tf", *job["onnx2tf_args"]]
     try:
         onnx2tf_main()
     except SystemExit as exc:
         if exc.code not in (None, 0):
             return exc.code if isinstance(exc.code, int) else 1
+    if job.get("check_only"):  # onnx2tf's own per-op check (-cotof): its log is the result
+        return 0
     saved = Path(job["saved_model"])
     if not (saved / "saved_model.pb").exists():
         return 1
@@ -100,6 +106,8 @@ def main(argv: list[str]) -> int:
         Path(job["error"]).write_text(exc.message)
         return TFLITE_FAILED
     Path(job["output"]).write_bytes(data)
+    if names is not None:  # which ONNX node each TensorFlow layer (and so each TFLite tensor) comes from: edgeconv debug
+        Path(job["names"]).write_text(json.dumps(names))
     return 0
 
 
