@@ -273,6 +273,8 @@ def litert(tflite: Path, runner_options: dict[str, Any], feeds: list[dict[str, n
             kept.append(np.array(interp.get_tensor(t), copy=True))
     values: dict[int, np.ndarray] = {}
     for t, arrs in runs.items():
+        if arrs[0].ndim == 0:  # a scalar (a Rescaling layer's constant): no per-sample layer output to compare
+            continue
         d = details[t]
         a = np.concatenate(arrs)
         scale, zero = d["quantization"]
@@ -285,6 +287,7 @@ def litert(tflite: Path, runner_options: dict[str, Any], feeds: list[dict[str, n
     signature = next(iter((interp._get_full_signature_list() or {}).values()), {}).get("outputs", {})
     io = {onnx: int(signature[sig]) for onnx, sig in (runner_options.get("tensor_names") or {}).items()
           if onnx in reference and sig in signature}
+    produced = [(op, t) for op, t in produced if t in values]
     m = _match_tflite(produced, details, values, reference, order, record, io)
     if not m.tensors:
         raise IntermediatesUnavailable(f"{tflite.name}: none of its tensors could be matched to the canonical ONNX graph")
