@@ -266,4 +266,11 @@ def layer_names(source) -> list[str] | None:
     `edgeconv debug` maps back); None for other sources."""
     if isinstance(source, CachedSource):
         return source.layer_names()
-    return [layer.name for layer in getattr(getattr(source, "model", None), "layers", None) or []] or None
+    return list(_layer_paths(getattr(getattr(source, "model", None), "layers", None) or [])) or None
+
+
+def _layer_paths(layers, prefix: str = ""):
+    """Every layer's name in order, a nested model's own layers after it as ``outer/inner``."""
+    for layer in layers:
+        yield prefix + layer.name
+        yield from _layer_paths(getattr(layer, "layers", None) or [], f"{prefix}{layer.name}/")

@@ -194,6 +194,12 @@ def layers_report(bundle: Bundle, art: dict[str, Any], result: dict[str, Any], w
     if layers.get("not_executed"):
         notes.append(f"{layers['not_executed']} more nodes of the compiled graph did not run on their own (fused into a "
                      "neighbour or optimised out): their time is inside the layers listed")
+    over = layers.get("counters_over_wall") or {}
+    if over.get("runs"):
+        notes.append(f"in {over['runs']} of {over['of']} profiled runs the runtime's node times add up to more than the wall "
+                     f"time of that same inference (up to {over['worst_ratio']:.1f}x, most in {over['worst_layer']}): its "
+                     "counters are not a breakdown of those runs, so do not read the layer times, that layer's above all, "
+                     "as where the time goes; rerun on a quiet machine")
     ratio = layers.get("sum_vs_end_to_end")
     if ratio is not None and abs(ratio - 1) > LAYERS_AGREE:
         notes.append(f"the layers add up to {ratio:.0%} of the end-to-end p50: " + (

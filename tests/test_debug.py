@@ -174,14 +174,33 @@ def test_debug_says_when_a_runtime_exposes_no_intermediates(tmp_path, cli):
     assert err["type"] == "IntermediatesUnavailable" and "ncnn runtime" in err["message"] and "exposes no intermediate" in err["message"]
 
 
+def test_keras_source_names_from_tf2onnx_scopes():
+    """tf2onnx's node names carry TensorFlow's uniquified scopes, op scopes inside a layer, nested models, and nodes it
+    made itself whose weight and bias keep the layers' scopes."""
+    from onnx import helper
+
+    from edgeconv.debug.graph import KerasScopes, _keras_scopes, source_name
+
+    names = ["conv2d", "conv2d_1", "bn", "backbone", "backbone/block_1_expand", "backbone/block_1_expand_BN"]
+    keras = KerasScopes(names)
+    assert keras.layer(_keras_scopes("sequential/conv2d_1/BiasAdd")) == "conv2d"  # the first trace of layer conv2d
+    assert keras.layer(_keras_scopes("sequential/conv2d_1_2/BiasAdd")) == "conv2d_1"
+    assert keras.layer(_keras_scopes("sequential/bn_1/batchnorm/add_1")) == "bn"  # not the op scope "batchnorm"
+    assert keras.layer(_keras_scopes("sequential/backbone_1/block_1_expand_1/convolution:0")) == "backbone/block_1_expand"
+    assert keras.layer(_keras_scopes("sequential/backbone_1/Relu")) == "backbone"
+    conv = helper.make_node("Conv", ["x", "sequential/backbone_1/block_1_expand_1/convolution/merged_input:0",
+                                     "sequential/backbone_1/block_1_expand_BN_1/batchnorm/sub:0"], ["y"], name="Conv__235")
+    assert source_name(conv, "keras", set(), keras) == ("backbone/block_1_expand (+backbone/block_1_expand_BN)", None)
+    assert KerasScopes(None).layer(_keras_scopes("model/dense_3/MatMul")) == "dense_3"  # no layer names: the scope as is
+
+
 def test_source_names_and_the_channel_balanced_snr():
     from edgeconv.debug import tensor_metrics
-    from edgeconv.debug.graph import _keras_layer, _torchscript_path
+    from edgeconv.debug.graph import _torchscript_path
 
     assert _torchscript_path("/features/features.3/Conv") == "features.3"
     assert _torchscript_path("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
     assert _torchscript_path("/features/0/Conv") == "features.0"
-    assert _keras_layer("sequential/conv2d_1/BiasAdd") == "conv2d_1"
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(8, 4, 5, 5))
     ref[:, 0] *= 1e4

@@ -32,8 +32,17 @@ def check_layers(rep: dict, runs: int) -> dict:
     assert lay["sum_ms"] == pytest.approx(sum(r["p50_ms"] for r in rows))
     assert lay["end_to_end"]["runs"] == runs and lay["end_to_end"]["p50_ms"] > 0 and lay["profiled"]["runs"] == runs
     assert lay["sum_vs_end_to_end"] == pytest.approx(lay["sum_ms"] / lay["end_to_end"]["p50_ms"])
-    # the profiled runs' own end-to-end time bounds the layers of the same runs
-    assert lay["per_run_sum_p50_ms"] <= lay["profiled"]["max_ms"]
+    # the profiled runs' own end-to-end time bounds the layers of the same runs, or the report says the runtime's
+    # counters broke that bound (OpenVINO's can, on a busy machine) and which runs
+    over = lay["counters_over_wall"]
+    assert over["of"] == runs and 0 <= over["runs"] <= runs
+    if over["runs"] == 0:
+        assert lay["per_run_sum_p50_ms"] <= lay["profiled"]["max_ms"] + 1e-3 * len(rows)
+    else:
+        assert over["worst_ratio"] > 1 and over["worst_layer"] in {r["name"] for r in rows}
+        assert any("more than the wall time of that same inference" in n for n in rep["notes"])
+    if over["runs"] < runs / 2:
+        assert lay["per_run_sum_p50_ms"] <= lay["profiled"]["max_ms"] + 1e-3 * len(rows)
     return {r["name"]: r for r in rows}
 
 

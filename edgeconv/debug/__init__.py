@@ -98,9 +98,9 @@ def _capture(art_path: Path, runner: str | None, runner_options: dict[str, Any],
 
     _capturable(art_path, runner, where)
     if runner == "onnxruntime":
-        return capture.qdq_onnx(art_path, feeds, reference)
+        return capture.qdq_onnx(art_path, feeds, reference, order)
     if runner == "openvino":
-        return capture.openvino_ir(art_path, feeds, reference)
+        return capture.openvino_ir(art_path, feeds, reference, order)
     return capture.litert(art_path, runner_options, feeds, reference, order)
 
 
@@ -189,7 +189,7 @@ def debug(req: DebugRequest, steps: Steps | None = None) -> dict[str, Any]:
 
 
 def _rows(layers, reference, got, axis) -> list[dict[str, Any]]:
-    by_tensor: dict[str, dict[str, Any]] = {}
+    through: dict[str, float | None] = {}
     rows = []
     for layer in layers:
         worst = None
@@ -213,16 +213,18 @@ def _rows(layers, reference, got, axis) -> list[dict[str, Any]]:
             row.update({"snr_db": None, "nsr": None, "tensor": layer.tensors[-1], "artifact_tensor": None, "matched_by": None})
         else:
             row.update(worst)
-        for t in layer.tensors:
-            by_tensor[t] = row
-        parents = [by_tensor[i] for i in layer.inputs if i in by_tensor and by_tensor[i]["nsr"] is not None]
-        nsr_in = max((p["nsr"] for p in parents), default=0.0)
+        # what a layer passes on: its own error, or, where it has no tensor of its own (fused away in the artifact),
+        # the error it received, so the layer after it does not take the inherited error for its own
+        parents = [through[i] for i in layer.inputs if through.get(i) is not None]
+        nsr_in = max(parents, default=0.0)
         row["inherited_snr_db"] = _db(nsr_in) if parents else None
         if row["nsr"] is not None:
             row["added_nsr"] = max(row["nsr"] - nsr_in, 0.0)
             row["added_snr_db"] = _db(row["added_nsr"])
         else:
             row["added_nsr"] = row["added_snr_db"] = None
+        for t in layer.tensors:
+            through[t] = row["nsr"] if row["nsr"] is not None else (nsr_in if parents else None)
         rows.append(row)
     return rows
 

@@ -96,7 +96,8 @@ def onnx_reference(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[
     return _stack(flat, _shapes(onnx.load(str(onnx_path))))
 
 
-def qdq_onnx(qdq_path: Path, feeds: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray]) -> Captured:
+def qdq_onnx(qdq_path: Path, feeds: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray],
+             order: list[str] | None = None) -> Captured:
     """A Q/DQ ONNX graph: every tensor after its Q/DQ pair (qdq_loss_debug's activation matching), else as computed."""
     import onnx
     from onnxruntime.quantization.qdq_loss_debug import create_activation_matching
@@ -115,22 +116,40 @@ def qdq_onnx(qdq_path: Path, feeds: list[dict[str, np.ndarray]], reference: dict
         elif name in stacked:
             out[name] = stacked[name]
             names[name] = name
+    notes = []
+    missing = [t for t in (order or reference) if t not in out]
+    if missing:
+        notes.append(f"{len(missing)} tensor(s) of the canonical graph are not in {qdq_path.name} (e.g. {missing[0]}): folded "
+                     "into the op after them before quantization, whose layer carries their error")
     return Captured(out, "onnxruntime.quantization.qdq_loss_debug: the Q/DQ graph run unfused on ONNX Runtime's CPU "
-                         "kernels (each tensor after its Quantize/DequantizeLinear pair)", names,
+                         "kernels (each tensor after its Quantize/DequantizeLinear pair)", names, notes=notes,
                     matched_by=dict.fromkeys(names, "name"))
 
 
 DEBUG_NAME = "edgeconv.debug:"
 
 
-def openvino_ir(xml: Path, feeds: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray]) -> Captured:
+def openvino_ir(xml: Path, feeds: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray],
+                order: list[str] | None = None) -> Captured:
+    """``order``: the canonical graph's tensors in graph order. A port that carries several of their names is an op
+    OpenVINO fused (a depthwise Conv and the BatchNorm Multiply after it): it computes the last of them only."""
     from edgeconv.runners.openvino import load_openvino
 
     ov = load_openvino()
     core = ov.Core()
     model = core.read_model(str(xml))
+    rank = {t: i for i, t in enumerate(order or [])}
+    rank |= {t: len(rank) + i for i, t in enumerate(t for t in reference if t not in rank)}
     wanted: dict[str, Any] = {}  # onnx tensor -> port
     names: dict[str, str] = {}
+    fused: dict[str, list[str]] = {}  # the tensor a port computes -> the earlier tensors fused into it
+
+    def computed(port_names) -> str | None:
+        here = sorted((t for t in port_names if t in reference), key=rank.__getitem__)
+        if len(here) > 1:
+            fused.setdefault(here[-1], []).extend(here[:-1])
+        return here[-1] if here else None
+
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         if kind in ("Result", "Constant", "Parameter"):
@@ -139,16 +158,16 @@ def openvino_ir(xml: Path, feeds: list[dict[str, np.ndarray]], reference: dict[s
             src = op.input_value(0)
             if src.get_node().get_type_name() == "Constant":
                 continue
-            for t in src.get_names():  # what the next op reads: the quantized value stands for this tensor
-                if t in reference:
-                    wanted[t] = op.output(0)
-                    names[t] = f"{op.get_friendly_name()} (FakeQuantize)"
+            t = computed(src.get_names())  # what the next op reads: the quantized value stands for this tensor
+            if t is not None:
+                wanted[t] = op.output(0)
+                names[t] = f"{op.get_friendly_name()} (FakeQuantize)"
             continue
         for port in op.outputs():
-            for t in port.get_names():
-                if t in reference and names.get(t, "").endswith("(FakeQuantize)") is False:
-                    wanted[t] = port
-                    names[t] = op.get_friendly_name()
+            t = computed(port.get_names())
+            if t is not None and not names.get(t, "").endswith("(FakeQuantize)"):
+                wanted[t] = port
+                names[t] = op.get_friendly_name()
     if not wanted:
         raise IntermediatesUnavailable(f"{xml.name}: no OpenVINO op output carries a tensor name of the canonical ONNX graph",
                                        hint="the IR was not converted from this bundle's model.onnx")
@@ -170,9 +189,16 @@ def openvino_ir(xml: Path, feeds: list[dict[str, np.ndarray]], reference: dict[s
         for t in order:
             runs[t].append(np.array(res[ports[t]], copy=True))
     out = {t: np.concatenate(v) for t, v in runs.items()}
+    notes = []
+    folded = {e: t for t, earlier in fused.items() for e in dict.fromkeys(earlier) if e not in wanted}
+    if folded:
+        example = next(iter(folded))
+        notes.append(f"{len(folded)} tensor(s) of the canonical graph exist only inside an op OpenVINO fused (e.g. {example} "
+                     f"into {names.get(folded[example], folded[example])}); their layers have no values of their own, and "
+                     "the fused op's layer carries their error")
     return Captured(out, f"OpenVINO {ov.__version__} Model.add_outputs, CPU plugin, f32 inference precision (int8 where the IR "
                          "has FakeQuantize ops; a FakeQuantize's output stands for the tensor it quantizes)", names,
-                    matched_by=dict.fromkeys(names, "name"))
+                    notes=notes, matched_by=dict.fromkeys(names, "name"))
 
 
 ONNX_NAMES_SUFFIX = ".onnx-names.json"

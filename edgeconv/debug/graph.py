@@ -61,33 +61,40 @@ def _torchscript_path(name: str) -> str | None:
     return path or None
 
 
-def _keras_layer(name: str) -> str | None:
-    """tf2onnx names nodes after the TensorFlow op: ``model/conv2d_1/BiasAdd`` → the scope ``conv2d_1``."""
-    parts = [p for p in name.split("/") if p and not p.startswith("StatefulPartitionedCall")]
-    if len(parts) >= 3:
-        return parts[-2]
-    return parts[0] if len(parts) == 2 else None
+def _keras_scopes(name: str) -> list[str]:
+    """tf2onnx names nodes and tensors after the TensorFlow op: ``model/block_1_BN_1/batchnorm/add_1:0`` → the scopes
+    ``model``, ``block_1_BN_1``, ``batchnorm`` (outermost first; the op's own name dropped)."""
+    parts = [p for p in re.sub(r":\d+$", "", name).split("/") if p and not p.startswith("StatefulPartitionedCall")]
+    return parts[:-1]
 
 
 class KerasScopes:
     """TensorFlow uniquifies the name scopes of a re-traced Keras model: layer ``conv2d`` runs under ``conv2d_1`` and
-    layer ``conv2d_1`` under ``conv2d_1_2``. Given the model's layer names in order, each scope, in the order the graph
-    first uses it, goes to the first layer not yet taken whose name it is or extends with ``_<n>``."""
+    layer ``conv2d_1`` under ``conv2d_1_2``. Given the model's layer names in order (a nested model's layers as
+    ``outer/inner``), each scope, in the order the graph first uses it, goes to the first layer not yet taken whose name
+    it is or extends with ``_<n>``. A node's layer is its innermost scope that is a layer: ``block_1_BN_1`` in
+    ``model/block_1_BN_1/batchnorm/add_1``, not the op scope ``batchnorm`` inside it."""
 
     def __init__(self, layer_names: list[str] | None):
         self.free = list(layer_names or [])
         self.known: dict[str, str] = {}
 
-    def layer(self, scope: str | None) -> str | None:
-        if scope is None or not self.free and scope not in self.known:
-            return scope
+    def _resolve(self, scope: str) -> str | None:
         if scope not in self.known:
-            hit = next((n for n in self.free if scope == n or re.fullmatch(re.escape(n) + r"_\d+", scope)), None)
+            hit = next((n for n in self.free
+                        if scope == (leaf := n.rsplit("/", 1)[-1]) or re.fullmatch(re.escape(leaf) + r"_\d+", scope)), None)
             if hit is None:
-                return scope
+                return None
             self.free.remove(hit)
             self.known[scope] = hit
         return self.known[scope]
+
+    def layer(self, scopes: list[str]) -> str | None:
+        for scope in reversed(scopes):
+            hit = self._resolve(scope)
+            if hit is not None:
+                return hit
+        return scopes[-1] if scopes else None  # no layer names (or none fits): the innermost scope as TensorFlow wrote it
 
 
 def _weight_module(node, initializers: set[str]) -> str | None:
@@ -107,8 +114,20 @@ def source_name(node, framework: str, initializers: set[str], keras: KerasScopes
     if path or weight:
         return path or weight, cls
     if framework == "keras":
-        return (keras or KerasScopes(None)).layer(_keras_layer(node.name)), None
+        return _keras_source(node, keras or KerasScopes(None)), None
     return _torchscript_path(node.name), None
+
+
+def _keras_source(node, keras: KerasScopes) -> str | None:
+    """The Keras layer of a tf2onnx node. A node tf2onnx made itself (``Conv__235``, a Conv with the BatchNorm after it
+    folded in) has no scope; its weight and bias keep theirs: ``Conv1_1/convolution/merged_input:0`` and
+    ``bn_Conv1_1/batchnorm/sub:0`` → ``Conv1 (+bn_Conv1)``."""
+    scopes = _keras_scopes(node.name)
+    if scopes or node.op_type not in WEIGHTED or len(node.input) < 2:
+        return keras.layer(scopes)
+    weight = keras.layer(_keras_scopes(node.input[1]))
+    bias = keras.layer(_keras_scopes(node.input[2])) if len(node.input) > 2 and node.input[2] else None
+    return f"{weight} (+{bias})" if weight and bias and bias != weight else weight or bias
 
 
 def layers_of(model, framework: str, float_tensors: set[str], layer_names: list[str] | None = None) -> list[Layer]:
@@ -118,7 +137,8 @@ def layers_of(model, framework: str, float_tensors: set[str], layer_names: list[
     keras = KerasScopes(layer_names) if framework == "keras" else None
     if keras is not None:  # scopes in the order the graph first uses them, every node (a layer's first op may be folded in)
         for node in graph.node:
-            keras.layer(_keras_layer(node.name))
+            for name in [node.name, *(node.input[1:3] if node.op_type in WEIGHTED else [])]:
+                keras.layer(_keras_scopes(name))
     initializers = {i.name for i in graph.initializer}
     producer_layer: dict[str, Layer] = {}
     layers: list[Layer] = []

@@ -1147,9 +1147,19 @@ def summarize_layers(prof, e2e):
     rows.sort(key=lambda r: (-r["p50_ms"], r["order"]))
     per_run_sums = [sum(r.values()) * 1e3 for r in prof["runs"]]
     profiled = summarize_latency(prof["wall_s"]) if prof["wall_s"] else None
+    # one inference's node times cannot add up to more than its wall time (a microsecond of timer rounding per node
+    # allowed); where they do, the runtime's counters are not a breakdown of that run (seen: OpenVINO 2026.4's brgemm
+    # FullyConnected reporting 4x the whole inference on a busy 2-core machine)
+    over = [(s, w * 1e3, r) for s, w, r in zip(per_run_sums, prof["wall_s"], prof["runs"]) if s > w * 1e3 + 1e-3 * len(r)]
+    over_wall = {"runs": len(over), "of": len(per_run_sums)}
+    if over:
+        worst = max(over, key=lambda o: o[0] / o[1])
+        over_wall.update({"worst_ratio": worst[0] / worst[1],
+                          "worst_layer": max(worst[2], key=worst[2].get) if worst[2] else None})
     return {
         "statistic": "p50", "rows": rows, "count": len(rows), "not_executed": prof.get("not_executed", 0),
         "sum_ms": total, "per_run_sum_p50_ms": float(np.median(per_run_sums)) if per_run_sums else None,
+        "counters_over_wall": over_wall,
         "end_to_end": e2e, "profiled": profiled,
         "sum_vs_end_to_end": total / e2e["p50_ms"] if e2e["p50_ms"] else None,
         "profiler_overhead": profiled["p50_ms"] / e2e["p50_ms"] - 1.0 if profiled and e2e["p50_ms"] else None,
