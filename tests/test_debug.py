@@ -129,15 +129,21 @@ def test_healthy_int8_has_no_diverging_layer(tmp_path, cli):
     assert [row["source"] for row in rep["layers"]][:2] == ["features.0", "features.3"]
 
 
-def test_debug_names_keras_layers(tmp_path, cli):
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_debug_names_keras_layers(tmp_path, cli, target):
     """tf2onnx's nodes carry TensorFlow's uniquified scopes (layer conv2d under conv2d_1, conv2d_1 under conv2d_1_2);
-    debug maps them back to the model's layer names, which the manifest keeps."""
-    r = _int8(cli, SAMPLES / "digits_keras.keras", tmp_path / "b", "onnx")
+    debug maps them back to the model's layer names, which the manifest keeps. A Keras model's .tflite is written by
+    TFLiteConverter from its own trace (other uniquified scopes, no onnx2tf names map): its tensors are matched by the
+    Keras layers both traces' scopes name."""
+    r = _int8(cli, SAMPLES / "digits_keras.keras", tmp_path / "b", target)
     assert r.code == 0, r
     assert r.json()["manifest"]["source"]["layer_names"][:3] == ["permute", "conv2d", "conv2d_1"]
     rep = cli("debug", tmp_path / "b", "--data", SAMPLES / "digits_test.npz", "--json").json()
-    convs = [row["source"] for row in rep["layers"] if row["op"] in ("Conv", "Gemm")]
-    assert convs == ["conv2d", "conv2d_1", "dense", "dense_1"], rep["layers"]
+    convs = [row for row in rep["layers"] if row["op"] in ("Conv", "Gemm", "MatMul")]
+    assert [row["source"] for row in convs] == ["conv2d", "conv2d_1", "dense", "dense_1"], rep["layers"]
+    assert all(row["matched_by"] == "name" and row["snr_db"] > 20 for row in convs), convs
+    if target == "tflite":
+        assert any("by name (the Keras layer" in n for n in rep["notes"]), rep["notes"]
 
 
 @pytest.mark.parametrize("args, needle", [

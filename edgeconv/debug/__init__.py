@@ -93,7 +93,8 @@ def _capturable(art_path: Path, runner: str | None, where: str) -> None:
         hint="debug works on ONNX Runtime (onnx, jetson), OpenVINO and LiteRT (tflite, coral, ethos-u) bundles")
 
 
-def _capture(art_path: Path, runner: str | None, runner_options: dict[str, Any], feeds, reference, order, where: str):
+def _capture(art_path: Path, runner: str | None, runner_options: dict[str, Any], feeds, reference, order, where: str,
+             keras=None):
     from edgeconv.debug import capture
 
     _capturable(art_path, runner, where)
@@ -101,7 +102,7 @@ def _capture(art_path: Path, runner: str | None, runner_options: dict[str, Any],
         return capture.qdq_onnx(art_path, feeds, reference, order)
     if runner == "openvino":
         return capture.openvino_ir(art_path, feeds, reference, order)
-    return capture.litert(art_path, runner_options, feeds, reference, order)
+    return capture.litert(art_path, runner_options, feeds, reference, order, keras)
 
 
 def compare_layers(canon_path: Path, art_path: Path, runner: str | None, runner_options: dict[str, Any], framework: str,
@@ -111,17 +112,21 @@ def compare_layers(canon_path: Path, art_path: Path, runner: str | None, runner_
     import onnx
 
     from edgeconv.debug import capture
-    from edgeconv.debug.graph import layers_of
+    from edgeconv.debug.graph import keras_layer_nodes, layers_of
 
     steps = steps or Steps()
     _capturable(art_path, runner, where or str(art_path.parent))
     n = sum(len(next(iter(f.values()))) for f in feeds)
     with steps.step(f"Running the fp32 canonical graph ({canon_path.name}) with every tensor kept, {n} samples"):
         reference = capture.onnx_reference(canon_path, feeds)
-    layers = layers_of(onnx.load(str(canon_path)), framework, set(reference), layer_names)
+    canon = onnx.load(str(canon_path))
+    layers = layers_of(canon, framework, set(reference), layer_names)
     order = [t for layer in layers for t in layer.tensors]
+    keras = None
+    if framework == "keras" and layer_names:
+        keras = (keras_layer_nodes(canon, layer_names), {n.name: list(n.output) for n in canon.graph.node}, layer_names)
     with steps.step(f"Running {art_path.name} ({runner}) with its intermediates exposed"):
-        got = _capture(art_path, runner, runner_options, feeds, reference, order, where or str(art_path.parent))
+        got = _capture(art_path, runner, runner_options, feeds, reference, order, where or str(art_path.parent), keras)
     axis = -1 if framework == "keras" else 1
     rows = _rows(layers, reference, got, axis)
     _rank_and_mark(rows, threshold_db)

@@ -271,9 +271,23 @@ def _keras_layers(tensor_name: str) -> list[str]:
     return [part.split("/")[1] for part in tensor_name.split(";") if part.count("/") >= 1 and part.split("/")[1]]
 
 
+def _keras_record(keras_nodes: dict[str, str], node_outputs: dict[str, list[str]], layer_names: list[str]):
+    """A Keras model's own TFLite (TFLiteConverter traced the model itself): its tensors are named after TensorFlow
+    scopes, as tf2onnx's nodes are, uniquified by another trace. Both sides go back to the Keras layer names; the record
+    maps each layer to its last node of the canonical graph, in the recorded map's form, and ``keys_of`` a TFLite tensor
+    name to its layers."""
+    from edgeconv.debug.graph import KerasScopes, _keras_scopes
+
+    scopes = KerasScopes(layer_names)  # this trace's own scope → layer assignment, in execution order
+    record = {"layers": keras_nodes, "nodes": {n: [_onnx2tf_sanitized(o) for o in outs] for n, outs in node_outputs.items()}}
+    return record, lambda name: [scopes.layer(_keras_scopes(part)) for part in name.split(";")]
+
+
 def litert(tflite: Path, runner_options: dict[str, Any], feeds: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray],
-           order: list[str]) -> Captured:
-    """``order``: the reference tensors in graph order (to match by position what no name resolves)."""
+           order: list[str], keras: tuple[dict[str, str], dict[str, list[str]], list[str]] | None = None) -> Captured:
+    """``order``: the reference tensors in graph order (to match by position what no name resolves). ``keras``: for a
+    Keras source, (layer → its last canonical node, node → outputs in graph order, the layer names), to match by name
+    a .tflite that TFLiteConverter made from the Keras model (no onnx2tf, so no recorded map)."""
     import json
 
     from edgeconv.device.edgeconv_runner import LiteRtBackend, tflite_interpreter_module
@@ -309,17 +323,21 @@ def litert(tflite: Path, runner_options: dict[str, Any], feeds: list[dict[str, n
         values[t] = a.astype(np.float32, copy=False)
     names_file = onnx_names_path(tflite)
     record = json.loads(names_file.read_text()) if names_file.is_file() else None
+    keys_of, named_by = _keras_layers, f"the ONNX node each onnx2tf layer came from, {names_file.name}"
+    if record is None and keras is not None:
+        record, keys_of = _keras_record(*keras)
+        named_by = "the Keras layer TensorFlow's scopes name on both sides"
     # the graph's outputs by the signature's names (the runner's map: ONNX name → signature name → tensor)
     signature = next(iter((interp._get_full_signature_list() or {}).values()), {}).get("outputs", {})
     io = {onnx: int(signature[sig]) for onnx, sig in (runner_options.get("tensor_names") or {}).items()
           if onnx in reference and sig in signature}
     produced = [(op, t) for op, t in produced if t in values]
-    m = _match_tflite(produced, details, values, reference, order, record, io)
+    m = _match_tflite(produced, details, values, reference, order, record, io, keys_of)
     if not m.tensors:
         raise IntermediatesUnavailable(f"{tflite.name}: none of its tensors could be matched to the canonical ONNX graph")
     by_name = sum(1 for v in m.matched_by.values() if v == "name")
-    notes = [(f"{len(m.tensors)} of {len(order)} ONNX tensors matched to TFLite tensors: {by_name} by name (the ONNX node "
-              f"each onnx2tf layer came from, {names_file.name}), {len(m.tensors) - by_name} by shape, order and values")]
+    notes = [(f"{len(m.tensors)} of {len(order)} ONNX tensors matched to TFLite tensors: {by_name} by name ({named_by}), "
+              f"{len(m.tensors) - by_name} by shape, order and values")]
     if record is None:
         notes.append(f"no {names_file.name} beside {tflite.name} (converted before edgeconv recorded onnx2tf's names): every "
                      "match is by values, and a broken layer can be taken for a neighbour of the same shape")
@@ -365,7 +383,7 @@ BACK_MATCH_COSINE = 0.9
 WINDOW = 8
 
 
-def _match_by_name(produced, details, values, reference, record) -> tuple[dict[str, int], dict[int, set], list[str]]:
+def _match_by_name(produced, details, values, reference, record, keys_of=_keras_layers) -> tuple[dict[str, int], dict[int, set], list[str]]:
     """ONNX tensor → the TFLite tensor holding it, through the recorded map (Keras layer → ONNX node).
 
     A TFLite tensor's name lists the layers of every op TFLite fused into it, so it stands for the latest of their ONNX
@@ -379,7 +397,7 @@ def _match_by_name(produced, details, values, reference, record) -> tuple[dict[s
     nodes_of: dict[int, set] = {}
     finals: dict[str, list[int]] = {}
     for op, t in produced:
-        ns = {layer_node[name] for name in _keras_layers(details[t]["name"]) if name in layer_node} & set(node_pos)
+        ns = {layer_node[name] for name in keys_of(details[t]["name"]) if name in layer_node} & set(node_pos)
         nodes_of[t] = ns
         # a TRANSPOSE TFLite adds after an op takes that op's tensor name: the op's own tensor is the match (the
         # transpose becomes its derived name, as by values), what a float fallback's denylist must name
@@ -426,7 +444,7 @@ def _match_by_name(produced, details, values, reference, record) -> tuple[dict[s
     return found, nodes_of, fused
 
 
-def _match_tflite(produced, details, values, reference, order, record=None, io=None) -> Captured:
+def _match_tflite(produced, details, values, reference, order, record=None, io=None, keys_of=_keras_layers) -> Captured:
     """By name first (``record``, the map the conversion wrote; see ``_match_by_name``). What no name resolves — every
     tensor, for a .tflite converted without the map — is matched by what it holds: in execution order, each TFLite op
     output goes to the unmatched ONNX tensor near the last match (graph order) whose shape fits in either layout and
@@ -444,7 +462,7 @@ def _match_tflite(produced, details, values, reference, order, record=None, io=N
     by_name: dict[int, str] = {}
     nodes_of: dict[int, set] = {}
     if record:
-        found, nodes_of, fused = _match_by_name(produced, details, values, reference, record)
+        found, nodes_of, fused = _match_by_name(produced, details, values, reference, record, keys_of)
         by_name = {t: o for o, t in found.items()}
         if fused:
             notes.append(f"{len(fused)} ONNX node(s) have no TFLite tensor of their own, fused into a later node's op (a Conv "

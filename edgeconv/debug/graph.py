@@ -130,15 +130,33 @@ def _keras_source(node, keras: KerasScopes) -> str | None:
     return f"{weight} (+{bias})" if weight and bias and bias != weight else weight or bias
 
 
+def _keras_scopes_of(model, layer_names: list[str] | None) -> KerasScopes:
+    """The Keras layers of a tf2onnx graph's scopes, assigned in the order the graph first uses them (every node: a
+    layer's first op may be folded in; a weighted node's weight and bias too, for nodes tf2onnx made itself)."""
+    keras = KerasScopes(layer_names)
+    for node in model.graph.node:
+        for name in [node.name, *(node.input[1:3] if node.op_type in WEIGHTED else [])]:
+            keras.layer(_keras_scopes(name))
+    return keras
+
+
+def keras_layer_nodes(model, layer_names: list[str] | None) -> dict[str, str]:
+    """Keras layer → the last node of the canonical (tf2onnx) graph computed for it, in graph order: what a tool that
+    traced the same Keras model on its own (TFLiteConverter) names its tensors after."""
+    keras = _keras_scopes_of(model, layer_names)
+    out: dict[str, str] = {}
+    for node in model.graph.node:
+        source = _keras_source(node, keras)
+        for name in re.findall(r"[^()+ ]+", source or ""):
+            out[name] = node.name
+    return out
+
+
 def layers_of(model, framework: str, float_tensors: set[str], layer_names: list[str] | None = None) -> list[Layer]:
     """The canonical graph's layers in graph order; only nodes with float outputs the reference run produced.
     ``layer_names``: a Keras model's layer names in order (the manifest keeps them), to undo TensorFlow's scope names."""
     graph = model.graph
-    keras = KerasScopes(layer_names) if framework == "keras" else None
-    if keras is not None:  # scopes in the order the graph first uses them, every node (a layer's first op may be folded in)
-        for node in graph.node:
-            for name in [node.name, *(node.input[1:3] if node.op_type in WEIGHTED else [])]:
-                keras.layer(_keras_scopes(name))
+    keras = _keras_scopes_of(model, layer_names) if framework == "keras" else None
     initializers = {i.name for i in graph.initializer}
     producer_layer: dict[str, Layer] = {}
     layers: list[Layer] = []
