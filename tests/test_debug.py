@@ -214,3 +214,22 @@ def test_source_names_and_the_channel_balanced_snr():
     lost[:, 1:] = 0  # int8 with a scale set by channel 0 rounds channels 1..3 away
     m = tensor_metrics(ref, lost)
     assert m["snr_tensor_db"] > 60 and m["snr_db"] < 2
+
+
+def test_a_layer_fused_away_passes_its_error_on_to_the_layer_that_carries_it():
+    """A layer the artifact has no tensor for (OpenVINO folds a depthwise Conv into its BatchNorm multiply): the next
+    layer's error includes it, so that layer inherits what reached the fused one and names it in ``carries``."""
+    from edgeconv.debug import _rows
+    from edgeconv.debug.capture import Captured
+    from edgeconv.debug.graph import Layer
+
+    rng = np.random.default_rng(0)
+    ref = {t: rng.normal(size=(4, 8)).astype(np.float32) for t in ("a", "b", "c")}
+    noise = {"a": 0.01, "c": 0.3}  # c's error includes b's, which the artifact never exposes
+    got = Captured({t: ref[t] + s * rng.normal(size=ref[t].shape).astype(np.float32) for t, s in noise.items()}, "test")
+    layers = [Layer(0, "A", "Conv", ["A"], ["a"], ["x"], "conv"), Layer(1, "B", "Conv", ["B"], ["b"], ["a"], "dw"),
+              Layer(2, "C", "Mul", ["C"], ["c"], ["b"], "bn")]
+    a, b, c = _rows(layers, ref, got, -1)
+    assert b["snr_db"] is None and b["carries"] == [] and c["carries"] == ["dw"]
+    assert c["inherited_snr_db"] == pytest.approx(a["snr_db"])  # through b, not 0 error in
+    assert a["carries"] == [] and c["added_snr_db"] > c["snr_db"]

@@ -195,6 +195,8 @@ def debug(req: DebugRequest, steps: Steps | None = None) -> dict[str, Any]:
 
 def _rows(layers, reference, got, axis) -> list[dict[str, Any]]:
     through: dict[str, float | None] = {}
+    # tensor -> the layers without values of their own (fused away in the artifact) whose error flows on in it
+    absorbed: dict[str, list[str]] = {}
     rows = []
     for layer in layers:
         worst = None
@@ -228,8 +230,12 @@ def _rows(layers, reference, got, axis) -> list[dict[str, Any]]:
             row["added_snr_db"] = _db(row["added_nsr"])
         else:
             row["added_nsr"] = row["added_snr_db"] = None
+        pending = list(dict.fromkeys(x for i in layer.inputs for x in absorbed.get(i, [])))
+        # the layers fused into this one in the artifact: their own error is in what this layer adds
+        row["carries"] = pending if row["nsr"] is not None else []
         for t in layer.tensors:
             through[t] = row["nsr"] if row["nsr"] is not None else (nsr_in if parents else None)
+            absorbed[t] = [] if row["nsr"] is not None else [*pending, layer.source or layer.name]
         rows.append(row)
     return rows
 

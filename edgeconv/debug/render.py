@@ -24,7 +24,9 @@ def render_debug(r: dict[str, Any], top: int = 10) -> None:
         console.print(f"[bold red]first diverging layer:[/] [bold]{escape(first['source'] or first['layer'])}[/]"
                       + (f" ({first['source_class']})" if first.get("source_class") else "")
                       + f" — ONNX node {escape(first['layer'])} ({first['op']}): SNR {first['snr_db']:.1f} dB, of which it adds "
-                        f"{first['added_snr_db']:.1f} dB on its own (its inputs: {_f(first['inherited_snr_db'], '.1f')} dB)")
+                        f"{first['added_snr_db']:.1f} dB on its own (its inputs: {_f(first['inherited_snr_db'], '.1f')} dB)"
+                      + (f"; the runtime fused {escape(', '.join(first['carries']))} into it, so their error is in that"
+                         if first.get("carries") else ""))
     else:
         console.print(f"[green]no layer falls below {r['threshold_db']:g} dB SNR by its own error[/]")
 
@@ -34,7 +36,8 @@ def render_debug(r: dict[str, Any], top: int = 10) -> None:
                           ("in dB", "right"), ("cos", "right"), ("max err", "right")):
             t.add_column(col, justify=just, overflow="fold", no_wrap=just == "right")
         for row in rows:
-            t.add_row(escape(row["source"] or "—") + (" ◀ first" if row["first_diverging"] else ""), escape(row["layer"]),
+            carries = f" (+ fused {', '.join(row['carries'])})" if row.get("carries") else ""
+            t.add_row(escape((row["source"] or "—") + carries) + (" ◀ first" if row["first_diverging"] else ""), escape(row["layer"]),
                       row["op"], _f(row["snr_db"], ".1f"), _f(row["added_snr_db"], ".1f"), _f(row["inherited_snr_db"], ".1f"),
                       _f(row.get("cosine"), ".4f"), _f(row.get("max_abs_error"), ".3g"),
                       style="bold red" if row["first_diverging"] else None)
