@@ -237,7 +237,7 @@ def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:
             output_shapes={s.name: s.shape for s in outputs}, layouts={s.name: s.layout for s in onnx_inputs},
             failed_build_dir=failed_dir, calibration=calib_samples,
             accuracy_data=(data_feed, labels, score_index) if accuracy_aware else None,
-            max_accuracy_drop=req.max_accuracy_drop if accuracy_aware else None)
+            max_accuracy_drop=req.max_accuracy_drop if accuracy_aware else None, cache=cache)
         check_overrides = target.check_runner_options(req.precision, profile)
         with steps.step(f"Converting for {profile.name} ({req.precision})"), converter_step(
                 f"the {profile.backend} conversion ({req.precision})", failed_dir):

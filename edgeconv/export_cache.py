@@ -8,6 +8,8 @@ reference and ``--data`` inputs, exporting ONNX and the canonical step. With a c
 - the canonical ONNX graph with its export and canonical records, per export setting (inputs, opset, dynamic
   batch, the profile's opset ceiling),
 - the source's outputs, per input array set,
+- a target's own intermediates that other targets build the same way (onnx2tf's SavedModel, which tflite, coral
+  and ethos-u all convert from),
 
 and the next conversion of the same model takes them instead of recomputing; the source itself is then loaded
 only when something needs the model (a target that builds from it, an input hint).
@@ -241,6 +243,45 @@ class ExportCache:
 
                 self._store(name, write)
                 self.events["export"] = "stored"
+
+
+    # -- a target's own intermediates ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def step(self, name: str, key: dict[str, Any]):
+        """``with cache.step("onnx2tf", key) as slot:`` — a target's intermediate that several targets build the same
+        way from the same graph (onnx2tf's SavedModel for tflite, coral and ethos-u). On a hit ``slot.hit`` is the
+        cached folder; on a miss the body builds it and calls ``slot.keep(writer)`` (``writer(folder)`` copies it in).
+        ``key``: everything the intermediate depends on besides this entry's model and code (the graph the target
+        prepared, its options, the tool's version). Parallel conversions of one model wait for the first one's."""
+        entry_name = f"{name}-" + _digest(key)[:32]
+        with self._locked(entry_name):
+            entry = self.dir / entry_name
+            slot = StepSlot()
+            if (entry / "done").is_file():
+                slot.hit = entry
+                self.events[name] = "hit"
+            yield slot
+            if slot.hit is None and slot.writer is not None:
+                writer = slot.writer
+
+                def write(d: Path) -> None:
+                    writer(d)
+                    (d / "done").write_text(json.dumps(key, indent=1, default=str))
+
+                self._store(entry_name, write)
+                self.events[name] = "stored"
+
+
+class StepSlot:
+    """What ``ExportCache.step`` yields."""
+
+    def __init__(self) -> None:
+        self.hit: Path | None = None
+        self.writer: Callable[[Path], None] | None = None
+
+    def keep(self, writer: Callable[[Path], None]) -> None:
+        self.writer = writer
 
 
 class ExportSlot:

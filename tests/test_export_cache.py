@@ -76,3 +76,23 @@ def test_an_unusable_cache_directory_is_refused(cli, tmp_path):
             "--json")
     assert r.code == 2, r
     assert "cache directory" in r.json()["error"]["message"]
+
+
+def test_onnx2tf_runs_once_for_tflite_coral_and_a_second_tflite(cli, tmp_path):
+    """onnx2tf's SavedModel is the slow half of every TFLite-family target: with --cache, the first conversion keeps it
+    (with its layer → ONNX node map) and the next ones of the same graph only run TFLiteConverter."""
+    src = [SAMPLES / "digits_cnn.pt", "--cache", tmp_path / "cache", "--precision", "int8", "--calib",
+           SAMPLES / "digits_calib.npz"]
+    first = _convert(cli, tmp_path / "t1", *src, "--target", "tflite")
+    assert first["export"]["cache"]["onnx2tf"] == "stored"
+    again = _convert(cli, tmp_path / "t2", *src, "--target", "tflite")
+    assert again["export"]["cache"]["onnx2tf"] == "hit"
+    assert any("SavedModel from the cache" in n for n in again["export"]["notes"])
+    # the same SavedModel, the same TFLiteConverter run: the same bytes
+    assert (tmp_path / "t2" / "model.tflite").read_bytes() == (tmp_path / "t1" / "model.tflite").read_bytes()
+    coral = _convert(cli, tmp_path / "coral", *src, "--target", "coral")
+    assert coral["export"]["cache"]["onnx2tf"] == "hit" and coral["status"] == "ok"
+    # the cached names map came along: debug still matches the TFLite tensors by name
+    rep = cli("debug", tmp_path / "coral", "--data", SAMPLES / "digits_test.npz", "--json").json()
+    convs = [row for row in rep["layers"] if row["op"] in ("Conv", "Gemm")]
+    assert convs and all(row["matched_by"] == "name" for row in convs), convs

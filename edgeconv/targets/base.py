@@ -53,6 +53,9 @@ class TargetContext:
     # {"layer", "source", "nodes": canonical ONNX node names, "tensors": their outputs, "artifact_names": the full-int8
     # artifact's names for those tensors}; each backend keeps them in float by its own mechanism
     float_layers: list[dict[str, Any]] = field(default_factory=list)
+    # convert --cache: the model's ExportCache entry, where a target keeps intermediates other targets reuse
+    # (ExportCache.step; onnx2tf's SavedModel); None without a cache
+    cache: Any = None
 
     @property
     def source(self) -> dict[str, str]:

@@ -13,6 +13,7 @@ stay as the model has them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from edgeconv.errors import ConversionFailed, MissingDependency
+from edgeconv.export_cache import StepSlot
 from edgeconv.lazy import require, require_installed, version_of
+from edgeconv.specs import sha256_of
 from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 from edgeconv.targets.tflite_job import TFLITE_FAILED, channel_last_perm, tflite_from_saved_model
 
@@ -489,10 +492,22 @@ class TfliteTarget(Target):
                # the int8 guard's float layers: the full-int8 model's tensor names for them (onnx2tf names the TF ops
                # the same way on every run of the same graph)
                "denylisted_nodes": _denylist(ctx), "names": str(work / "onnx-names.json")}
-        proc = _run_job(work, job)
-        if proc.returncode == 0:
-            names = work / "onnx-names.json"
-            return (work / "model.tflite").read_bytes(), notes, names.read_text() if names.is_file() else None
+        names = work / "onnx-names.json"
+        with self._cached_saved_model(ctx, copy, work, saved, names) as slot:
+            job["skip_onnx2tf"] = slot.hit is not None
+            proc = _run_job(work, job)
+            if proc.returncode == 0:
+                if slot.hit is None:
+                    def keep(d: Path) -> None:  # onnx2tf's own float .tflite files beside it are not needed again
+                        shutil.copytree(saved, d / "saved_model", ignore=shutil.ignore_patterns("*.tflite"))
+                        if names.is_file():
+                            shutil.copyfile(names, d / names.name)
+
+                    slot.keep(keep)
+                else:
+                    notes.append(f"onnx2tf's SavedModel from the cache ({slot.hit}): the same graph, sample data and "
+                                 f"onnx2tf {version_of('onnx2tf')} as the conversion that stored it")
+                return (work / "model.tflite").read_bytes(), notes, names.read_text() if names.is_file() else None
         if proc.returncode == TFLITE_FAILED:
             raise ConversionFailed((work / "tflite_error.txt").read_text())
         log = proc.stdout + proc.stderr
@@ -511,6 +526,25 @@ class TfliteTarget(Target):
             hint=f"full log: {failed_dir / 'onnx2tf.log'}; onnx2tf's remedies for one op (a parameter replacement JSON, "
                  "-kat/-ois for layouts and shapes) are in its README, or replace that op in the model",
         )
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _cached_saved_model(ctx: TargetContext, copy: Path, work: Path, saved: Path, names: Path):
+        """convert --cache: onnx2tf's SavedModel (and its layer → ONNX node map), keyed by the graph onnx2tf reads (after
+        edgeconv's rewrites for it), its sample data, arguments and version. tflite, coral, ethos-u, and every
+        attempt of the int8 guard, then run onnx2tf once per graph; only TFLiteConverter runs again. On a hit the
+        cached folder is copied where onnx2tf would have written it."""
+        if ctx.cache is None:
+            yield StepSlot()
+            return
+        key = {"graph": sha256_of(copy), "sample": sha256_of(work / ONNX2TF_SAMPLE_FILE), "args": list(ONNX2TF_ARGS),
+               "onnx2tf": version_of("onnx2tf"), "tf_keras": version_of("tf_keras")}
+        with ctx.cache.step("onnx2tf", key) as slot:
+            if slot.hit is not None:
+                shutil.copytree(slot.hit / "saved_model", saved)
+                if (slot.hit / names.name).is_file():
+                    shutil.copyfile(slot.hit / names.name, names)
+            yield slot
 
     def _prepare(self, onnx_path: Path, work: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[Path, list[str]]:
         """onnx2tf's working directory: the copy of the graph it converts (with edgeconv's rewrites for onnx2tf, each

@@ -78,11 +78,13 @@ def main(argv: list[str]) -> int:
 
     from edgeconv.debug.capture import record_onnx2tf_names
 
-    names = record_onnx2tf_names() if job.get("names") else None  # before onnx2tf builds any layer
+    # skip_onnx2tf: the SavedModel (and the names map) came from convert --cache, already in place
+    names = record_onnx2tf_names() if job.get("names") and not job.get("skip_onnx2tf") else None  # before any layer
 
     sys.argv = ["onnx2tf", *job["onnx2tf_args"]]
     try:
-        onnx2tf_main()
+        if not job.get("skip_onnx2tf"):
+            onnx2tf_main()
     except SystemExit as exc:
         if exc.code not in (None, 0):
             return exc.code if isinstance(exc.code, int) else 1
