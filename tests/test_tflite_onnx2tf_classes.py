@@ -167,3 +167,29 @@ def test_subnormal_outputs_are_named_not_blamed_on_onnx2tf(cli, tmp_path):
     assert r.code == 4, r.stderr
     msg = json.loads(r.stdout)["error"]["message"]
     assert "subnormal" in msg and "flush" in msg, msg
+
+
+def test_erf_converts_through_onnx2tfs_pseudo_erf(cli, tmp_path):
+    """GELU as BERT-style models exported below opset 20 write it (x * 0.5 * (1 + Erf(x / sqrt 2)): the 0.5 first, so
+    onnx2tf's exact GELU check misses) plus a bare Erf: TFLite has no Erf op and TFLiteConverter failed ("Could not
+    translate MLIR to FlatBuffer"). edgeconv asks onnx2tf for its pseudo-Erf and says so."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 32])
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+              (("sqrt2", 1.4142135), ("half", 0.5), ("one", 1.0))]
+    nodes = [helper.make_node("Mul", ["x", "half"], ["xh"], name="gelu/half"),
+             helper.make_node("Div", ["x", "sqrt2"], ["xs"], name="gelu/div"),
+             helper.make_node("Erf", ["xs"], ["e"], name="gelu/erf"),
+             helper.make_node("Add", ["e", "one"], ["e1"], name="gelu/add"),
+             helper.make_node("Mul", ["xh", "e1"], ["g"], name="gelu/mul"),
+             helper.make_node("Erf", ["g"], ["y"], name="bare_erf")]
+    src = _save(tmp_path, nodes, [x], [y], consts, opset=11)
+    np.save(tmp_path / "s.npy", np.random.default_rng(0).standard_normal((2, 8, 32)).astype(np.float32) * 2)
+    out = tmp_path / "out"
+    r = cli("convert", src, "--target", "tflite", "-o", out, "--data", tmp_path / "s.npy", "--json")
+    assert r.code == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert any("2 Erf node(s)" in n and "-rtpo erf" in n for n in manifest["export"]["notes"]), manifest["export"]["notes"]
+    assert manifest["status"] == "ok"

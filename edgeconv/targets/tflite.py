@@ -204,6 +204,23 @@ def zero_pads_before_maxpool(path: Path) -> list[str]:
     return changed
 
 
+def erf_nodes(path: Path) -> list[str]:
+    """The Erf nodes of the graph (subgraphs included). TFLite's builtin ops have no Erf: onnx2tf's tf.math.erf ends
+    in TFLiteConverter's "Could not translate MLIR to FlatBuffer" (BERT-style GELU exported at opset < 20, where
+    onnx2tf's exact-pattern GELU check misses)."""
+    import onnx
+
+    def walk(graph):
+        for node in graph.node:
+            if node.op_type == "Erf" and node.domain in ("", "ai.onnx"):
+                yield node.name or node.output[0]
+            for a in node.attribute:
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    yield from walk(g)
+
+    return list(walk(onnx.load(str(path), load_external_data=False).graph))
+
+
 def spell_norm_reductions(path: Path) -> list[str]:
     """ReduceL2 → Sqrt(ReduceSumSquare) and ReduceL1 → ReduceSum(Abs), the same reduction (same axes, keepdims,
     noop_with_empty_axes). onnx2tf 1.28 translates ReduceL1/ReduceL2 with tf.norm, and its strict-mode axis search
@@ -480,12 +497,12 @@ class TfliteTarget(Target):
                                     hint="install it with: pip install 'edgeconv[tflite]'")
         require_installed("tensorflow", why="to build TFLite models")
         work = (build / "onnx2tf").resolve()  # the child runs in it: every path it is given must be absolute
-        copy, notes = self._prepare(onnx_path, work, opts, ctx)
+        copy, notes, args = self._prepare(onnx_path, work, opts, ctx)
         saved = work / "saved_model"
         samples = ctx.calibration if opts.precision == "int8" else None
         if samples:
             np.savez(work / "calibration.npz", **{n: np.stack([s[n] for s in samples]) for n in samples[0]})
-        job = {"onnx2tf_args": ["-i", str(copy), "-o", str(saved), *ONNX2TF_ARGS, "-v", "error"], "saved_model": str(saved),
+        job = {"onnx2tf_args": ["-i", str(copy), "-o", str(saved), *args, "-v", "error"], "saved_model": str(saved),
                "precision": opts.precision, "io_dtype": opts.extra["io_dtype"],
                "calibration": str(work / "calibration.npz") if samples else None,
                "output": str(work / "model.tflite"), "error": str(work / "tflite_error.txt"),
@@ -493,7 +510,7 @@ class TfliteTarget(Target):
                # the same way on every run of the same graph)
                "denylisted_nodes": _denylist(ctx), "names": str(work / "onnx-names.json")}
         names = work / "onnx-names.json"
-        with self._cached_saved_model(ctx, copy, work, saved, names) as slot:
+        with self._cached_saved_model(ctx, copy, work, saved, names, args) as slot:
             job["skip_onnx2tf"] = slot.hit is not None
             proc = _run_job(work, job)
             if proc.returncode == 0:
@@ -529,7 +546,7 @@ class TfliteTarget(Target):
 
     @staticmethod
     @contextlib.contextmanager
-    def _cached_saved_model(ctx: TargetContext, copy: Path, work: Path, saved: Path, names: Path):
+    def _cached_saved_model(ctx: TargetContext, copy: Path, work: Path, saved: Path, names: Path, args: list[str]):
         """convert --cache: onnx2tf's SavedModel (and its layer → ONNX node map), keyed by the graph onnx2tf reads (after
         edgeconv's rewrites for it), its sample data, arguments and version. tflite, coral, ethos-u, and every
         attempt of the int8 guard, then run onnx2tf once per graph; only TFLiteConverter runs again. On a hit the
@@ -537,7 +554,7 @@ class TfliteTarget(Target):
         if ctx.cache is None:
             yield StepSlot()
             return
-        key = {"graph": sha256_of(copy), "sample": sha256_of(work / ONNX2TF_SAMPLE_FILE), "args": list(ONNX2TF_ARGS),
+        key = {"graph": sha256_of(copy), "sample": sha256_of(work / ONNX2TF_SAMPLE_FILE), "args": args,
                "onnx2tf": version_of("onnx2tf"), "tf_keras": version_of("tf_keras")}
         with ctx.cache.step("onnx2tf", key) as slot:
             if slot.hit is not None:
@@ -546,13 +563,20 @@ class TfliteTarget(Target):
                     shutil.copyfile(slot.hit / names.name, names)
             yield slot
 
-    def _prepare(self, onnx_path: Path, work: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[Path, list[str]]:
+    def _prepare(self, onnx_path: Path, work: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[Path, list[str], list[str]]:
         """onnx2tf's working directory: the copy of the graph it converts (with edgeconv's rewrites for onnx2tf, each
-        recorded as a note) and its sample-data file made from the user's inputs."""
+        recorded as a note) and its sample-data file made from the user's inputs; and onnx2tf's options for it."""
         work.mkdir()
         copy = work / "model.onnx"
         shutil.copyfile(onnx_path, copy)  # onnx2tf rewrites its input in place
         notes = []
+        args = list(ONNX2TF_ARGS)
+        erf = erf_nodes(copy)
+        if erf:
+            args += ["-rtpo", "erf"]
+            notes.append(f"{len(erf)} Erf node(s) ({', '.join(erf[:3])}{' …' if len(erf) > 3 else ''}): TFLite has no Erf op, "
+                         "so onnx2tf computes it with its pseudo-Erf (-rtpo erf; Abramowitz-Stegun 7.1.26, |error| ≤ "
+                         "1.5e-7); an exact GELU pattern around one becomes TFLite's GELU")
         norms = spell_norm_reductions(copy)
         if norms:
             notes.append(f"{len(norms)} ReduceL1/ReduceL2 node(s) ({', '.join(norms[:3])}{' …' if len(norms) > 3 else ''}) "
@@ -566,7 +590,7 @@ class TfliteTarget(Target):
                     f"{' …' if len(moved_pads) > 3 else ''}) made an explicit zero Pad (the same values; onnx2tf would pad with "
                     "float32's minimum, which leaves int8 no resolution in that tensor)")
         np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(ctx.reference_inputs))
-        return copy, notes
+        return copy, notes, args
 
     def _check_translation(self, onnx_path: Path, dest: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext,
                            runner_options: dict[str, Any]) -> None:
@@ -601,9 +625,9 @@ class TfliteTarget(Target):
                      "check it with the inputs you deploy, or a trained checkpoint")
         work = (workdir / "_onnx2tf_check").resolve()
         try:
-            copy, _ = self._prepare(onnx_path, work, TargetOptions(precision="fp32", dynamic_batch=opts.dynamic_batch,
-                                                                   extra=opts.extra), ctx)
-            job = {"onnx2tf_args": ["-i", str(copy), "-o", str(work / "saved_model"), *ONNX2TF_ARGS, "-cotof", "-v", "info"],
+            copy, _, args = self._prepare(onnx_path, work, TargetOptions(precision="fp32", dynamic_batch=opts.dynamic_batch,
+                                                                         extra=opts.extra), ctx)
+            job = {"onnx2tf_args": ["-i", str(copy), "-o", str(work / "saved_model"), *args, "-cotof", "-v", "info"],
                    "check_only": True}
             proc = _run_job(work, job)
         finally:
