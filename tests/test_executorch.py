@@ -42,3 +42,46 @@ def test_executorch_refuses_an_onnx_source_in_its_own_terms(cli, samples, tmp_pa
     assert r.code == 2, r
     assert "is an ONNX model (onnx)" in r.stderr and "takes ONNX: onnx, tflite, openvino, ncnn" in r.stderr, r
     assert "TorchScript" not in r.stderr and "Exporting" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def _token_classifier(tmp_path):
+    """A tiny text model exported the way Hugging Face models usually are: torch.export with its inputs by keyword."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    class TokenClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = nn.Embedding(50, 16), nn.Linear(16, 3)
+
+        def forward(self, input_ids, attention_mask):
+            mask = attention_mask.unsqueeze(-1).to(torch.float32)
+            return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long)
+    path = tmp_path / "tokens.pt2"
+    torch.export.save(torch.export.export(TokenClassifier().eval(), (), {"input_ids": ids, "attention_mask": mask}), path)
+    rng = np.random.default_rng(0)
+    mask_np = (rng.uniform(size=(8, 12)) > 0.2).astype(np.int64)
+    np.savez(tmp_path / "tokens.npz", input_ids=rng.integers(0, 50, (8, 12)).astype(np.int64), attention_mask=mask_np)
+    return path, tmp_path / "tokens.npz"
+
+
+@pytest.mark.parametrize("target", ["onnx", "executorch"])
+def test_a_program_exported_with_keyword_inputs_and_int64_tokens(cli, tmp_path, target):
+    """A .pt2 whose inputs were given by keyword refuses positional calls ("kwarg keyword mismatch"): edgeconv calls,
+    exports and lowers it by keyword; ExecuTorch gets the token ids as int64, not float32."""
+    source, data = _token_classifier(tmp_path)
+    r = cli("convert", source, "--target", target, "--data", data, "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    assert [i["name"] for i in m["inputs"]] == ["input_ids", "attention_mask"]
+    assert {i["dtype"] for i in m["inputs"]} == {"int64"}
+    if target == "executorch":
+        art = next(a for a in m["artifacts"] if a["role"] == "model")
+        assert art["runner_options"]["input_dtypes"] == ["int64", "int64"]
+    rep = cli("validate", tmp_path / "b", "--data", data, "--source", source, "--runs", "3", "--json")
+    assert rep.code == 0, rep
+    assert rep.json()["parity"]["outputs"][0]["max_abs"] <= 1e-4

@@ -97,6 +97,18 @@ def _dict_return_as_tuple(torch, module) -> bool:
     return True
 
 
+def _keyword_inputs(program, n_inputs: int) -> list[str]:
+    """The keyword names of a .pt2 program's inputs, from its call spec ``(args, kwargs)``: [] when every input is
+    positional (or the kwargs are nested structures, which edgeconv's flat named inputs cannot stand for)."""
+    try:
+        _, kwargs_spec = program.call_spec.in_spec.children()
+    except (AttributeError, ValueError, TypeError):
+        return []
+    if kwargs_spec.num_leaves == 0 or kwargs_spec.num_leaves > n_inputs or not all(c.is_leaf() for c in kwargs_spec.children()):
+        return []
+    return [str(k) for k in kwargs_spec.context]
+
+
 class TorchSource(SourceModel):
     framework = "torch"
     frontend = "OnnxFromTorch"
@@ -108,6 +120,9 @@ class TorchSource(SourceModel):
         super().__init__(path)
         self.module = None  # an nn.Module or ScriptModule, in eval mode
         self.program = None  # an ExportedProgram for .pt2
+        # the inputs a .pt2 program was exported to take by keyword (torch.export.export(model, (), {"input_ids": …}),
+        # as Hugging Face models usually are): the program refuses them positionally
+        self.keywords: list[str] = []
         torch = _torch()
         if path.suffix == ".pt2":
             self._load_exported(torch)
@@ -147,6 +162,7 @@ class TorchSource(SourceModel):
             shape = [int(d) if isinstance(d, int) or str(d).isdigit() else str(d) for d in val.shape]
             dtype = str(val.dtype).replace("torch.", "")
             self.inputs.append(TensorSpec(name, shape, dtype, guess_layout(shape, self.layout_default)))
+        self.keywords = _keyword_inputs(self.program, len(self.inputs))
         self.module = self.program.module()
 
     def _import_pytree_types(self) -> list[str]:
@@ -258,14 +274,18 @@ class TorchSource(SourceModel):
         return super().input_hint(name)
 
     # -- running and exporting -------------------------------------------------------------------------
-    def _args(self, feed: dict[str, np.ndarray]):
+    def call_args(self, feed: dict[str, np.ndarray]) -> tuple[tuple, dict]:
+        """The call's positional and keyword arguments (a .pt2 program's keyword inputs are the last ones, in order)."""
         torch = _torch()
-        return tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in self.inputs)
+        tensors = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in self.inputs]
+        n_pos = len(tensors) - len(self.keywords)
+        return tuple(tensors[:n_pos]), dict(zip(self.keywords, tensors[n_pos:]))
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         torch = _torch()
+        args, kwargs = self.call_args(feed)
         with torch.inference_mode():
-            out = self.module(*self._args(feed))
+            out = self.module(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             out = (out,)
         elif isinstance(out, dict):
@@ -277,14 +297,14 @@ class TorchSource(SourceModel):
         from edgeconv.specs import random_inputs
 
         example = random_inputs(inputs, batch=2 if dynamic_batch else 1)
-        args = self._args(example)
+        args, kwargs = self.call_args(example)
         n_out = len(self.run(example))
         names = [s.name for s in inputs]
         out_names = default_output_names(n_out)
         opset = opset or DEFAULT_OPSET
         if self.format == "torchscript":
             reason = "the source is a TorchScript module, which torch.export (the dynamo exporter) cannot trace"
-            return self._export_torchscript(torch, dest, args, names, out_names, opset, dynamic_batch, reason)
+            return self._export_torchscript(torch, dest, args, names, out_names, opset, dynamic_batch, reason, kwargs)
         require("onnxscript", why="by the dynamo ONNX exporter")
         dyn = {n: {0: torch.export.Dim.DYNAMIC} for n in names} if dynamic_batch else None
         model = self.program if (self.program is not None and not dynamic_batch) else self.module
@@ -293,15 +313,15 @@ class TorchSource(SourceModel):
             with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    model, args, str(dest), dynamo=True, external_data=False, opset_version=opset,
+                    model, args, str(dest), kwargs=kwargs or None, dynamo=True, external_data=False, opset_version=opset,
                     input_names=names, output_names=out_names, dynamic_shapes=dyn, verbose=False,
                 )
             return ExportRecord(exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=opset)
         except Exception as exc:
             reason = f"the dynamo exporter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        return self._export_torchscript(torch, dest, args, names, out_names, opset, dynamic_batch, reason)
+        return self._export_torchscript(torch, dest, args, names, out_names, opset, dynamic_batch, reason, kwargs)
 
-    def _export_torchscript(self, torch, dest, args, names, out_names, opset, dynamic_batch, reason) -> ExportRecord:
+    def _export_torchscript(self, torch, dest, args, names, out_names, opset, dynamic_batch, reason, kwargs=None) -> ExportRecord:
         axes = {n: {0: "batch"} for n in names + out_names} if dynamic_batch else None
         module = self.module
         if self.format == "torchscript":
@@ -311,7 +331,7 @@ class TorchSource(SourceModel):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    module, args, str(dest), dynamo=False, opset_version=opset,
+                    module, args, str(dest), kwargs=kwargs or None, dynamo=False, opset_version=opset,
                     input_names=names, output_names=out_names, dynamic_axes=axes,
                 )
         except Exception as exc:

@@ -15,7 +15,7 @@ from edgeconv.specs import TensorSpec
 
 class ExecuTorchRunner(Runner):
     runtime = "executorch"
-    accepted_options = ("input_names",)
+    accepted_options = ("input_names", "input_dtypes")
 
     def load(self) -> None:
         self._torch = require("torch", why="to feed ExecuTorch programs")
@@ -25,11 +25,13 @@ class ExecuTorchRunner(Runner):
         except Exception as exc:
             raise ArtifactRefused(f"ExecuTorch cannot load {self.artifact}: {exc}") from exc
         names = self.options.get("input_names") or ["input"]
-        self.inputs = [TensorSpec(n, [1], "float32") for n in names]
+        # the program's input dtypes (token ids are int64); a bundle written before they were recorded: float32
+        dtypes = self.options.get("input_dtypes") or ["float32"] * len(names)
+        self.inputs = [TensorSpec(n, [1], d) for n, d in zip(names, dtypes)]
         self.outputs = []
 
     def prepare(self, feed: dict[str, np.ndarray]) -> Any:
-        return [self._torch.from_numpy(np.ascontiguousarray(feed[s.name], dtype=np.float32)) for s in self.inputs]
+        return [self._torch.from_numpy(p) for p in super().prepare(feed).values()]
 
     def run_prepared(self, prepared: Any) -> list[np.ndarray]:
         t0 = time.perf_counter()

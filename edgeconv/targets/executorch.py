@@ -56,7 +56,7 @@ class ExecuTorchTarget(Target):
         backend = opts.extra.get("et_backend") or "xnnpack"
         feed = ctx.reference_inputs
         names = list(ctx.input_shapes)
-        args = tuple(torch.from_numpy(feed[n][:1].copy()) for n in names)
+        args, kwargs = source.call_args({n: feed[n][:1].copy() for n in names})  # a .pt2's keyword inputs by keyword
         module = source.module
         log = io.StringIO()
         try:
@@ -64,8 +64,8 @@ class ExecuTorchTarget(Target):
                 warnings.simplefilter("ignore")
                 quant: dict[str, Any] | None = None
                 if opts.precision == "int8":
-                    module, quant = self._quantize(torch, module, args, names, ctx)
-                program = torch.export.export(module, args)
+                    module, quant = self._quantize(torch, module, args, kwargs, source, ctx)
+                program = torch.export.export(module, args, kwargs=kwargs or None)
                 partitioners = []
                 if backend == "xnnpack":
                     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -85,12 +85,13 @@ class ExecuTorchTarget(Target):
         delegation = {"backend": backend, "delegated_subgraphs": int(info.num_delegated_subgraphs),
                       "delegated_nodes": int(info.num_delegated_nodes), "non_delegated_nodes": int(info.num_non_delegated_nodes),
                       "per_op": ops.to_dict(orient="records") if ops is not None else None}
+        runner_options = {"input_names": names, "input_dtypes": [str(feed[n].dtype) for n in names]}
         extra = {"converter": f"executorch {version_of('executorch')} to_edge_transform_and_lower ({backend})",
-                 "delegation": delegation, "quantization": quant, "runner_options": {"input_names": names}}
+                 "delegation": delegation, "quantization": quant, "runner_options": runner_options}
         return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)])
 
     @staticmethod
-    def _quantize(torch, module, args, names, ctx: TargetContext):
+    def _quantize(torch, module, args, kwargs, source, ctx: TargetContext):
         try:
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         except ImportError:  # older torch keeps PT2E in torch.ao
@@ -98,9 +99,10 @@ class ExecuTorchTarget(Target):
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
+        prepared = prepare_pt2e(torch.export.export(module, args, kwargs=kwargs or None).module(), quantizer)
         samples = ctx.calibration
         with torch.no_grad():
             for s in samples:
-                prepared(*(torch.from_numpy(s[n]) for n in names))
+                a, kw = source.call_args(s)
+                prepared(*a, **kw)
         return convert_pt2e(prepared), {"method": "PT2E (XNNPACKQuantizer, symmetric, per-channel weights)", "samples": len(samples)}
