@@ -47,6 +47,21 @@ def test_directory_without_saved_model(cli, tmp_path):
     assert r.code == 2 and "saved_model.pb" in r.stderr
 
 
+def test_a_string_input_is_refused_with_the_layer_that_reads_it(cli, tmp_path):
+    """TextVectorization inside the model: a string input no ONNX export or edge runtime takes. A clear refusal (2)
+    naming the layer and the way out, never an internal error."""
+    vectorize = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=4)
+    vectorize.adapt(["a tiny corpus", "of three lines", "for the vocabulary"])
+    inp = keras.Input((1,), dtype="string")
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(vectorize(inp))))
+    keras.Model(inp, out).save(tmp_path / "text.keras")
+    r = cli("convert", tmp_path / "text.keras", "--target", "onnx", "-o", tmp_path / "b", "--json")
+    assert r.code == 2, r
+    err = r.json()["error"]
+    assert "is a string tensor" in err["message"] and "TextVectorization" in err["message"], err
+    assert "token ids" in err["hint"] and not (tmp_path / "b").exists()
+
+
 def test_exact_gelu_exports_through_erf(cli, tmp_path):
     """Keras 3's exact GELU is 0.5·x·erfc(−x/√2); tf2onnx leaves TensorFlow's Erfc as an op ONNX lacks. It becomes
     1 − Erf, the graph passes onnx.checker and matches Keras, and TFLite (direct from Keras) converts too."""
@@ -141,20 +156,22 @@ def test_keras_lstm_text_model_to_tflite_gets_static_shapes(cli, tmp_path):
     assert any("recurrent layer 'encoder' (LSTM)" in n for n in m["export"]["notes"]), m["export"]["notes"]
 
 
-def test_keras_augmentation_and_preprocessing_layers_to_tflite(cli, tmp_path):
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras_augmentation_and_preprocessing_layers_to_tflite(cli, tmp_path, suffix):
     """A model people train with its augmentation inside (RandomFlip/RandomRotation/RandomZoom) and its preprocessing
     (Rescaling, Resizing, CenterCrop): at inference the random layers are identities. TFLite gets the model called
-    with training=False; Keras' own export() kept their random ops, which TFLite has no kernels for."""
+    with training=False; Keras' own export() kept their random ops, which TFLite has no kernels for. Saved as Keras 3
+    .h5 too: the export then must also track the layers' seed generators (a bare tf.Module missed them)."""
     keras.utils.set_random_seed(0)
     L = keras.layers
     inp = keras.Input((64, 64, 3), name="img")
     x = keras.Sequential([L.RandomFlip("horizontal"), L.RandomRotation(0.1), L.RandomZoom(0.1)], name="augment")(inp)
     x = L.CenterCrop(40, 40)(L.Resizing(48, 48)(L.Rescaling(1 / 127.5, offset=-1)(x)))
     x = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, activation="relu")(x))
-    keras.Model(inp, L.Dense(5, activation="softmax")(x)).save(tmp_path / "aug.keras")
+    keras.Model(inp, L.Dense(5, activation="softmax")(x)).save(tmp_path / f"aug{suffix}")
     x = tmp_path / "x.npy"
     np.save(x, np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32))
-    r = cli("convert", tmp_path / "aug.keras", "--target", "tflite", "--sample", x, "-o", tmp_path / "b", "--json")
+    r = cli("convert", tmp_path / f"aug{suffix}", "--target", "tflite", "--sample", x, "-o", tmp_path / "b", "--json")
     assert r.code == 0, r
     parity = [c for c in r.json()["manifest"]["checks"] if c["kind"] == "parity"][-1]
     assert parity["ok"] and parity["outputs"][0]["max_abs"] < 1e-4

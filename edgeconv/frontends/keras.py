@@ -88,8 +88,27 @@ class KerasSource(SourceModel):
         for t in self.model.inputs:
             shape = [d if isinstance(d, int) or d is None else getattr(d, "value", None) for d in t.shape]
             name = t.name.split(":")[0]
-            dtype = t.dtype.name if hasattr(t.dtype, "as_numpy_dtype") else str(np.dtype(t.dtype))
+            dtype = t.dtype.name if hasattr(t.dtype, "as_numpy_dtype") else str(t.dtype)
+            if dtype in ("string", "object", "str"):
+                raise BadInput(
+                    f"{self.path}: input {name!r} is a string tensor{self._string_consumer(t)}; ONNX export and the edge "
+                    "runtimes (TFLite builtins, OpenVINO, TensorRT, ONNX Runtime mobile) take numeric tensors only",
+                    hint="keep text preprocessing (TextVectorization, StringLookup, tokenizers) on the host: convert the "
+                         "model from its first numeric layer on, e.g. keras.Model(vectorized_input, model.output) saved "
+                         "as .keras, and feed it the vectorizer's token ids")
+            dtype = str(np.dtype(dtype))
             self.inputs.append(TensorSpec(name, shape, dtype, guess_layout(shape, self.layout_default)))
+
+    def _string_consumer(self, tensor) -> str:
+        """`` read by layer text_vectorization (TextVectorization)``, or nothing when the graph does not say."""
+        for layer in getattr(self.model, "layers", []):
+            try:
+                inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+            except (AttributeError, ValueError):
+                continue
+            if any(i is tensor for i in inputs) and type(layer).__name__ != "InputLayer":
+                return f", read by layer {layer.name} ({type(layer).__name__})"
+        return ""
 
     def _load_keras2_h5(self, written_by: str, config: dict | None, options: LoadOptions) -> None:
         """An .h5 that Keras 2 wrote, loaded by Keras 2 (tf_keras). Its h5 loader rebuilds a Lambda layer from

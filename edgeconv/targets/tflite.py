@@ -468,7 +468,8 @@ class TfliteTarget(Target):
             return source.model(list(xs) if len(xs) > 1 else xs[0], training=False)
 
         try:
-            if source.format == "keras":  # Keras 3: its ExportArchive tracks the model's variables
+            if source.format in ("keras", "keras-h5"):  # Keras 3: its ExportArchive tracks the model's variables
+                # (and the seed generators of augmentation layers, which a bare tf.Module does not reach)
                 import keras
 
                 archive = keras.export.ExportArchive()
