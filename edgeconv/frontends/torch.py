@@ -335,10 +335,15 @@ class TorchSource(SourceModel):
                     input_names=names, output_names=out_names, dynamic_axes=axes,
                 )
         except Exception as exc:
+            hint = "run with --debug for the full traceback"
+            if self.format == "torchscript":  # only the older exporter can read a TorchScript file
+                hint = ("a TorchScript file can only go through the older TorchScript exporter; where you have the model's "
+                        "code, save it with torch.export.save(torch.export.export(model, args), 'model.pt2'): the dynamo "
+                        "exporter covers more (complex-valued STFT among them). " + hint)
             raise ConversionFailed(
                 f"PyTorch → ONNX export failed with both exporters. {reason}. "
                 f"TorchScript exporter: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
-                hint="run with --debug for the full traceback",
+                hint=hint,
             ) from exc
         return ExportRecord(exporter=f"torch.onnx TorchScript (torch {torch.__version__})", opset=opset, fallback_reason=reason)
 
