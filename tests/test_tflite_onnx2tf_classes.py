@@ -193,3 +193,52 @@ def test_erf_converts_through_onnx2tfs_pseudo_erf(cli, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert any("2 Erf node(s)" in n and "-rtpo erf" in n for n in manifest["export"]["notes"]), manifest["export"]["notes"]
     assert manifest["status"] == "ok"
+
+
+def _stft_model(tmp_path, onesided=1, window=True):
+    """An audio front end: STFT (hop 64, 128-sample Hann window) then the magnitude (ReduceL2 over re/im)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, hop, length = 128, 64, 2048
+    frames, bins = (length - n) // hop + 1, (n // 2 + 1 if onesided else n)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, length, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, frames, bins])
+    inits = [numpy_helper.from_array(np.array(hop, np.int64), "hop"),
+             numpy_helper.from_array(np.array(n, np.int64), "frame_length"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last")]
+    if window:
+        inits.append(numpy_helper.from_array(np.hanning(n).astype(np.float32), "window"))
+    nodes = [helper.make_node("STFT", ["x", "hop", "window" if window else "", "frame_length"], ["spec"], name="stft",
+                              onesided=onesided),
+             helper.make_node("ReduceL2", ["spec", "last"], ["y"], name="magnitude", keepdims=0)]
+    return _save(tmp_path, nodes, [x], [y], inits, opset=18)
+
+
+def test_stft_rewrite_is_the_same_transform(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from edgeconv.targets.tflite import spell_stft
+
+    x = np.random.default_rng(0).standard_normal((1, 2048, 1)).astype(np.float32)
+    for onesided, window in [(1, True), (0, False)]:
+        d = tmp_path / f"{onesided}{window}"
+        d.mkdir()
+        path = _stft_model(d, onesided, window)
+        before = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+        assert spell_stft(path) == ["stft"]
+        assert not any(n.op_type == "STFT" for n in onnx.load(str(path)).graph.node)
+        after = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+        np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * float(np.abs(before).max()))
+
+
+def test_an_audio_front_end_with_stft_converts(cli, tmp_path):
+    """onnx2tf has no STFT: an audio model's spectrogram reaches TFLite as the strided DFT convolution it is."""
+    src = _stft_model(tmp_path)
+    np.save(tmp_path / "s.npy", np.random.default_rng(0).standard_normal((1, 2048, 1)).astype(np.float32))
+    out = tmp_path / "out"
+    r = cli("convert", src, "--target", "tflite", "-o", out, "--sample", tmp_path / "s.npy", "--json")
+    assert r.code == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert any("1 STFT node(s) (stft) spelled as a strided Conv" in n for n in manifest["export"]["notes"])
+    assert manifest["status"] == "ok"

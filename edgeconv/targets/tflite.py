@@ -221,6 +221,73 @@ def erf_nodes(path: Path) -> list[str]:
     return list(walk(onnx.load(str(path), load_external_data=False).graph))
 
 
+def _constant_values(graph) -> dict[str, np.ndarray]:
+    """The graph's initializers and Constant node outputs, by tensor name."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def spell_stft(path: Path) -> list[str]:
+    """STFT (opset 17: an audio model's spectrogram) as the strided convolution it is: onnx2tf 1.28 has no STFT.
+    Frame m, bin k: X[m, k] = sum_n x[m*hop + n] * w[n] * exp(-2πi k n / N), so a Conv over the signal with stride hop
+    and 2 * bins kernels w[n]cos(2πkn/N) and -w[n]sin(2πkn/N) gives the real and imaginary parts; a Reshape and a
+    Transpose put them in STFT's [batch, frames, bins, 2]. Only a real signal with a constant hop, window and frame
+    length is rewritten. Returns the rewritten nodes' names; rewrites ``path`` in place."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = _constant_values(graph)
+    changed, new_nodes = [], []
+    for node in graph.node:
+        if node.op_type != "STFT" or node.domain not in ("", "ai.onnx"):
+            new_nodes.append(node)
+            continue
+        ins = list(node.input) + [""] * (4 - len(node.input))
+        hop = consts.get(ins[1])
+        window = consts.get(ins[2]) if ins[2] else None
+        length = consts.get(ins[3]) if ins[3] else None
+        onesided = next((a.i for a in node.attribute if a.name == "onesided"), 1)
+        if hop is None or (ins[2] and window is None) or (ins[3] and length is None) or (window is None and length is None):
+            new_nodes.append(node)
+            continue
+        n = int(length) if length is not None else int(window.shape[0])
+        w = np.ones(n, np.float64) if window is None else window.astype(np.float64)
+        if w.shape != (n,):
+            new_nodes.append(node)
+            continue
+        bins = n // 2 + 1 if onesided else n
+        angle = 2 * np.pi * np.outer(np.arange(bins), np.arange(n)) / n
+        kernels = np.concatenate([w * np.cos(angle), -w * np.sin(angle)])[:, None, :].astype(np.float32)
+        name = node.name or node.output[0]
+        graph.initializer.extend([
+            numpy_helper.from_array(kernels, f"{name}/dft_kernels"),
+            numpy_helper.from_array(np.array([0, 2, bins, -1], np.int64), f"{name}/parts_shape")])
+        # the signal [batch, length, 1] (or [batch, length]) as Conv's [batch, 1, length]
+        signal = f"{name}/signal"
+        new_nodes.append(helper.make_node("Reshape", [ins[0], f"{name}/signal_shape"], [signal], name=f"{name}/signal"))
+        graph.initializer.append(numpy_helper.from_array(np.array([0, 1, -1], np.int64), f"{name}/signal_shape"))
+        new_nodes += [
+            helper.make_node("Conv", [signal, f"{name}/dft_kernels"], [f"{name}/frames"], name=f"{name}/dft",
+                             kernel_shape=[n], strides=[int(hop)]),
+            helper.make_node("Reshape", [f"{name}/frames", f"{name}/parts_shape"], [f"{name}/parts"], name=f"{name}/parts"),
+            helper.make_node("Transpose", [f"{name}/parts"], list(node.output), name=name, perm=[0, 3, 2, 1])]
+        for extra in new_nodes[-4:]:
+            extra.metadata_props.extend(node.metadata_props)
+        changed.append(name)
+    if changed:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        onnx.save(model, str(path))
+    return changed
+
+
 def spell_norm_reductions(path: Path) -> list[str]:
     """ReduceL2 → Sqrt(ReduceSumSquare) and ReduceL1 → ReduceSum(Abs), the same reduction (same axes, keepdims,
     noop_with_empty_axes). onnx2tf 1.28 translates ReduceL1/ReduceL2 with tf.norm, and its strict-mode axis search
@@ -578,6 +645,10 @@ class TfliteTarget(Target):
             notes.append(f"{len(erf)} Erf node(s) ({', '.join(erf[:3])}{' …' if len(erf) > 3 else ''}): TFLite has no Erf op, "
                          "so onnx2tf computes it with its pseudo-Erf (-rtpo erf; Abramowitz-Stegun 7.1.26, |error| ≤ "
                          "1.5e-7); an exact GELU pattern around one becomes TFLite's GELU")
+        stfts = spell_stft(copy)
+        if stfts:
+            notes.append(f"{len(stfts)} STFT node(s) ({', '.join(stfts[:3])}) spelled as a strided Conv with DFT kernels "
+                         f"(the same transform; onnx2tf {version_of('onnx2tf')} has no STFT)")
         norms = spell_norm_reductions(copy)
         if norms:
             notes.append(f"{len(norms)} ReduceL1/ReduceL2 node(s) ({', '.join(norms[:3])}{' …' if len(norms) > 3 else ''}) "
