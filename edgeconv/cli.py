@@ -34,7 +34,7 @@ _state = {"debug": False}
 # Shared options, defined once.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else there.")]
 InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="NAME=1x3x224x224 (repeatable; NAME=1x16:int64 also sets the dtype); a bare shape for a one-input model. Open dimensions are otherwise taken from --sample/--data/--calib.")]
-ModelClassOpt = Annotated[str | None, typer.Option("--model-class", help="pkg.module:Class or path/to/file.py:Class for a state_dict.")]
+ModelClassOpt = Annotated[str | None, typer.Option("--model-class", help="pkg.module:Class or path/to/file.py:Class for a state_dict; for a Keras model with custom layers, the module (path/to/file.py or pkg.module) that defines them.")]
 ModelKwargsOpt = Annotated[str | None, typer.Option("--model-kwargs", help="JSON keyword arguments for --model-class.")]
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled modules / Keras Lambda layers (runs code from the file).")]
 RemoteOpt = Annotated[list[str], typer.Option("--remote", help="Run on a device over SSH: user@host[:port] (repeatable; in parallel).", rich_help_panel="SSH (--remote)")]

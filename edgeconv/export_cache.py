@@ -70,10 +70,11 @@ def code_fingerprint() -> str:
 
 
 def model_class_file(ref: str | None) -> Path | None:
-    """The source file of ``--model-class`` (``file.py:Class`` or ``pkg.module:Class``), or None when there is none."""
+    """The source file of ``--model-class`` (``file.py:Class`` or ``pkg.module:Class``; for Keras custom layers the
+    module alone), or None when there is none."""
     if not ref:
         return None
-    mod, _, _ = ref.rpartition(":")
+    mod = ref.rpartition(":")[0] or ref
     if mod.endswith(".py"):
         return Path(mod)
     import importlib.util

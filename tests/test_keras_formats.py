@@ -62,6 +62,30 @@ def test_a_string_input_is_refused_with_the_layer_that_reads_it(cli, tmp_path):
     assert "token ids" in err["hint"] and not (tmp_path / "b").exists()
 
 
+def test_a_custom_layer_loads_with_the_module_that_defines_it(cli, tmp_path):
+    """A model with a registered custom layer: without its code, a refusal (2) naming the class and the option; with
+    --model-class pointing at the module, it converts. The model is made in another process, so that this one has not
+    registered the class before edgeconv imports it."""
+    import subprocess
+    import sys
+
+    module = tmp_path / "edgeconv_test_layers.py"
+    module.write_text("import keras\n\n\n@keras.saving.register_keras_serializable(package='edgeconv_test')\n"
+                      "class Doubling(keras.layers.Layer):\n    def call(self, x):\n        return x * 2.0\n")
+    make = ("import sys, keras, numpy as np\nsys.path.insert(0, sys.argv[1])\nfrom edgeconv_test_layers import Doubling\n"
+            "keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), Doubling()]).save(sys.argv[1] + '/custom.keras')\n"
+            "np.save(sys.argv[1] + '/x.npy', np.random.default_rng(0).standard_normal((4, 8)).astype('float32'))\n")
+    subprocess.run([sys.executable, "-c", make, str(tmp_path)], check=True, capture_output=True, timeout=300)
+    args = ["convert", tmp_path / "custom.keras", "--target", "onnx", "--data", tmp_path / "x.npy", "--json"]
+    r = cli(*args, "-o", tmp_path / "refused")
+    assert r.code == 2, r
+    err = r.json()["error"]
+    assert "custom class(es) edgeconv_test>Doubling" in err["message"] and "--model-class" in err["hint"], err
+    r = cli(*args, "-o", tmp_path / "b", "--model-class", module)
+    assert r.code == 0, r
+    assert r.json()["manifest"]["status"] == "ok"
+
+
 def test_exact_gelu_exports_through_erf(cli, tmp_path):
     """Keras 3's exact GELU is 0.5·x·erfc(−x/√2); tf2onnx leaves TensorFlow's Erfc as an op ONNX lacks. It becomes
     1 − Erf, the graph passes onnx.checker and matches Keras, and TFLite (direct from Keras) converts too."""

@@ -29,6 +29,32 @@ class ExportRecord:
     constant_inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def import_user_module(ref: str, option: str = "--model-class"):
+    """The user's own code, which ``option`` names: ``pkg.module`` or ``path/to/file.py`` (its code runs: the user
+    asked for it). Import failures are the user's input, said with the reason."""
+    import importlib
+    import importlib.util
+    import sys
+
+    from edgeconv.errors import BadInput
+
+    try:
+        if ref.endswith(".py"):
+            path = Path(ref)
+            if not path.is_file():
+                raise BadInput(f"{option} file {path} does not exist")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules.setdefault(path.stem, module)
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(ref)
+    except BadInput:
+        raise
+    except Exception as exc:  # the user's module failed to import: say which and why
+        raise BadInput(f"cannot import {ref!r} for {option}: {type(exc).__name__}: {exc}") from exc
+
+
 @dataclass
 class LoadOptions:
     model_class: str | None = None  # "pkg.module:Class" for a state_dict

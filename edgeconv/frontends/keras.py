@@ -11,13 +11,15 @@ exported with ``from_function``.
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from edgeconv.errors import BadInput, ConversionFailed, MissingDependency
-from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names
+from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names, import_user_module
 from edgeconv.lazy import require, version_of
 from edgeconv.specs import TensorSpec, guess_layout
 
@@ -65,6 +67,8 @@ class KerasSource(SourceModel):
             self._load_keras2_h5(written_by, config, options)
             return
         keras = require("keras", why="to load Keras models")
+        if options.model_class:  # the code that defines (and registers) the model's custom layers
+            import_user_module(options.model_class.rpartition(":")[0] or options.model_class)
         op_nodes = _restore_op_modules(config) if written_by is not None and config is not None else 0
         try:
             if op_nodes:
@@ -78,6 +82,13 @@ class KerasSource(SourceModel):
                     f"{self.path} contains a Lambda layer (arbitrary Python code), which Keras' safe mode refuses.",
                     hint="pass --trust-pickle only if you made this file yourself",
                 ) from exc
+            custom = _custom_classes(config if config is not None else _keras_zip_config(self.path))
+            if custom:
+                raise BadInput(
+                    f"{self.path} uses custom class(es) {', '.join(custom[:5])} that Keras cannot rebuild here "
+                    f"({type(exc).__name__}: {msg.splitlines()[0][:200] if msg else ''})",
+                    hint="pass --model-class path/to/module.py (or pkg.module): the code that defines them, registered "
+                         "with @keras.saving.register_keras_serializable(); it is imported before loading")
             raise BadInput(
                 f"{self.path} is not a readable Keras model: {type(exc).__name__}: {msg.splitlines()[0] if msg else ''}",
                 hint="edgeconv reads .keras (Keras 3), .h5 (legacy) and SavedModel directories",
@@ -211,6 +222,37 @@ class KerasSource(SourceModel):
     def versions(self) -> dict[str, str | None]:
         keras = {"tf_keras": version_of("tf_keras")} if self.format == "keras2-h5" else {"keras": version_of("keras")}
         return {"tensorflow": version_of("tensorflow-cpu") or version_of("tensorflow"), **keras, "tf2onnx": version_of("tf2onnx")}
+
+
+def _keras_zip_config(path: Path) -> dict | None:
+    """A .keras file's model config (its config.json), or None."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _custom_classes(config) -> list[str]:
+    """The classes a Keras config names from outside Keras (custom layers, losses, …): ``package>Name`` as registered,
+    else ``module.Name``."""
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            module, registered = node.get("module"), node.get("registered_name")
+            if "class_name" in node and "config" in node and (
+                    (isinstance(module, str) and module.split(".")[0] not in ("keras", "tf_keras", "builtins"))
+                    or (module is None and registered)):
+                found.append(registered or f"{module}.{node['class_name']}")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(config)
+    return list(dict.fromkeys(found))
 
 
 def _h5_header(path: Path) -> tuple[str | None, dict | None]:

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import io
 import json
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeconv.errors import BadInput, ConversionFailed
-from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names
+from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names, import_user_module
 from edgeconv.lazy import require, version_of
 from edgeconv.specs import TensorSpec, guess_layout
 
@@ -45,21 +44,7 @@ def _load_class(ref: str):
     mod_name, sep, cls_name = ref.rpartition(":")
     if not sep or not mod_name or not cls_name:
         raise BadInput(f"--model-class {ref!r} is not of the form pkg.module:Class or path/to/file.py:Class")
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name)
-            if not path.is_file():
-                raise BadInput(f"--model-class file {path} does not exist")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules.setdefault(path.stem, module)
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-    except BadInput:
-        raise
-    except Exception as exc:  # the user's module failed to import: say which and why
-        raise BadInput(f"cannot import {mod_name!r} for --model-class: {type(exc).__name__}: {exc}") from exc
+    module = import_user_module(mod_name)
     try:
         return getattr(module, cls_name)
     except AttributeError:
