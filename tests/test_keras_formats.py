@@ -86,6 +86,24 @@ def test_a_custom_layer_loads_with_the_module_that_defines_it(cli, tmp_path):
     assert r.json()["manifest"]["status"] == "ok"
 
 
+def test_an_op_tf2onnx_cannot_convert_is_named_without_a_traceback(tmp_path):
+    """Keras' MelSpectrogram (an RFFT whose real and imaginary parts are read separately): tf2onnx logs a traceback
+    and leaves the op in the graph. The user gets one sentence naming the op and tf2onnx's reason (exit 4), and no
+    traceback on the terminal."""
+    from conftest import run_subprocess
+
+    model = keras.Sequential([keras.Input((4000,)), keras.layers.MelSpectrogram(num_mel_bins=16, sampling_rate=8000,
+                                                                               sequence_length=256, fft_length=256),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    model.save(tmp_path / "mel.keras")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, 4000)).astype(np.float32))
+    p = run_subprocess("convert", tmp_path / "mel.keras", "--target", "onnx", "--data", tmp_path / "x.npy", "-o",
+                       tmp_path / "b")
+    assert p.returncode == 4, p.stderr
+    assert "cannot convert 1 TensorFlow op(s)" in p.stderr and "(RFFT)" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+
+
 def test_exact_gelu_exports_through_erf(cli, tmp_path):
     """Keras 3's exact GELU is 0.5·x·erfc(−x/√2); tf2onnx leaves TensorFlow's Erfc as an op ONNX lacks. It becomes
     1 − Erf, the graph passes onnx.checker and matches Keras, and TFLite (direct from Keras) converts too."""

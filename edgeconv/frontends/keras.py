@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -196,10 +197,13 @@ class KerasSource(SourceModel):
         import logging
 
         tf2onnx_log = logging.getLogger("tf2onnx")
-        level = tf2onnx_log.level
+        level, handlers, propagate = tf2onnx_log.level, tf2onnx_log.handlers[:], tf2onnx_log.propagate
         # tf2onnx logs a traceback when one of its optional graph optimizers fails and goes on without it (the
-        # transpose optimizer on some Keras 2 models): not an error of the export, and not the user's to read.
+        # transpose optimizer on some Keras 2 models): not an error of the export, and not the user's to read. A node
+        # it cannot convert it logs (with a traceback) and leaves in the graph: that is the export's failure, said here.
+        failed_nodes = _FailedNodes()
         tf2onnx_log.setLevel(logging.ERROR)
+        tf2onnx_log.handlers, tf2onnx_log.propagate = [failed_nodes], False
         try:
             model_proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=opset,
                                                            custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
@@ -207,9 +211,16 @@ class KerasSource(SourceModel):
             raise ConversionFailed(
                 f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
                 hint="run with --debug for the full traceback",
+                details="\n".join(failed_nodes.nodes) or None,
             ) from exc
         finally:
             tf2onnx_log.setLevel(level)
+            tf2onnx_log.handlers, tf2onnx_log.propagate = handlers, propagate
+        if failed_nodes.nodes:
+            raise ConversionFailed(
+                f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) cannot convert {len(failed_nodes.nodes)} TensorFlow op(s): "
+                + "; ".join(failed_nodes.nodes[:3]) + (" …" if len(failed_nodes.nodes) > 3 else ""),
+                hint="replace that op in the model (e.g. compute it outside the model), or try another --opset")
         rename_outputs(model_proto, default_output_names(len(model_proto.graph.output)))
         import onnx
 
@@ -222,6 +233,24 @@ class KerasSource(SourceModel):
     def versions(self) -> dict[str, str | None]:
         keras = {"tf_keras": version_of("tf_keras")} if self.format == "keras2-h5" else {"keras": version_of("keras")}
         return {"tensorflow": version_of("tensorflow-cpu") or version_of("tensorflow"), **keras, "tf2onnx": version_of("tf2onnx")}
+
+
+class _FailedNodes:
+    """A logging handler for tf2onnx's logger: keeps its "Failed to convert node" errors (node, op, reason), prints
+    nothing."""
+
+    level = 0
+
+    def __init__(self) -> None:
+        self.nodes: list[str] = []
+
+    def handle(self, record) -> None:
+        if not str(record.msg).startswith("Failed to convert node"):
+            return
+        node = record.args[0] if record.args else "?"
+        op = re.search(r"OP=(\w+)", str(record.args[2])) if len(record.args) > 2 else None
+        reason = f"{type(record.exc_info[1]).__name__}: {str(record.exc_info[1]).splitlines()[0][:200]}" if record.exc_info else ""
+        self.nodes.append(f"{node} ({op.group(1) if op else '?'}): {reason}")
 
 
 def _keras_zip_config(path: Path) -> dict | None:
