@@ -44,8 +44,9 @@ def test_executorch_refuses_an_onnx_source_in_its_own_terms(cli, samples, tmp_pa
     assert "TorchScript" not in r.stderr and "Exporting" not in r.stderr and not (tmp_path / "o").exists()
 
 
-def _token_classifier(tmp_path):
-    """A tiny text model exported the way Hugging Face models usually are: torch.export with its inputs by keyword."""
+def _token_classifier(tmp_path, dynamic: bool = False):
+    """A tiny text model exported the way Hugging Face models usually are: torch.export with its inputs by keyword
+    (and, with ``dynamic``, a dynamic batch and sequence length)."""
     import numpy as np
     import torch
     from torch import nn
@@ -60,9 +61,15 @@ def _token_classifier(tmp_path):
             return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
 
     torch.manual_seed(0)
-    ids, mask = torch.randint(0, 50, (1, 12)), torch.ones(1, 12, dtype=torch.long)
+    n = 2 if dynamic else 1  # torch.export specializes a dimension of size 1
+    ids, mask = torch.randint(0, 50, (n, 12)), torch.ones(n, 12, dtype=torch.long)
     path = tmp_path / "tokens.pt2"
-    torch.export.save(torch.export.export(TokenClassifier().eval(), (), {"input_ids": ids, "attention_mask": mask}), path)
+    dims = None
+    if dynamic:
+        batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=512)
+        dims = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    program = torch.export.export(TokenClassifier().eval(), (), {"input_ids": ids, "attention_mask": mask}, dynamic_shapes=dims)
+    torch.export.save(program, path)
     rng = np.random.default_rng(0)
     mask_np = (rng.uniform(size=(8, 12)) > 0.2).astype(np.int64)
     np.savez(tmp_path / "tokens.npz", input_ids=rng.integers(0, 50, (8, 12)).astype(np.int64), attention_mask=mask_np)
@@ -85,3 +92,19 @@ def test_a_program_exported_with_keyword_inputs_and_int64_tokens(cli, tmp_path, 
     rep = cli("validate", tmp_path / "b", "--data", data, "--source", source, "--runs", "3", "--json")
     assert rep.code == 0, rep
     assert rep.json()["parity"]["outputs"][0]["max_abs"] <= 1e-4
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_a_program_with_dynamic_batch_and_sequence_gets_the_data_shapes(cli, tmp_path, target):
+    """torch.export with dynamic batch and sequence: the ONNX graph takes the shapes the data resolved (the program's
+    symbolic ones left onnx2tf with unknown ranks: "Cannot take the length of shape with unknown rank")."""
+    import onnx
+
+    source, data = _token_classifier(tmp_path, dynamic=True)
+    r = cli("convert", source, "--target", target, "--data", data, "-o", tmp_path / "b", "--json")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    assert [i["shape"] for i in m["inputs"]] == [[1, 12], [1, 12]]
+    graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
+    assert [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input] == [[1, 12], [1, 12]]
+    assert any("dynamic dimensions fixed to input_ids 1x12" in n for n in m["export"]["notes"])

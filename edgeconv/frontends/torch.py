@@ -301,7 +301,20 @@ class TorchSource(SourceModel):
                     model, args, str(dest), kwargs=kwargs or None, dynamo=True, external_data=False, opset_version=opset,
                     input_names=names, output_names=out_names, dynamic_shapes=dyn, verbose=False,
                 )
-            return ExportRecord(exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=opset)
+            notes = []
+            if model is self.program and any(not isinstance(d, int) for spec in self.inputs for d in spec.shape):
+                # a program exported with dynamic dimensions keeps them in the graph: the resolved shapes go in,
+                # so that the canonical step can fold the shape arithmetic (onnx2tf cannot convert what it leaves)
+                import onnx
+
+                from edgeconv.onnx_tools import set_input_shapes
+
+                proto = onnx.load(str(dest))
+                set_input_shapes(proto, inputs, dynamic_batch)
+                onnx.save(proto, str(dest))
+                notes.append("the program's dynamic dimensions fixed to "
+                             + ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}" for s in inputs) + " in the ONNX graph")
+            return ExportRecord(exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=opset, notes=notes)
         except Exception as exc:
             reason = f"the dynamo exporter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         return self._export_torchscript(torch, dest, args, names, out_names, opset, dynamic_batch, reason, kwargs)
