@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import platform
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -407,10 +408,19 @@ def _run_source(source: SourceModel, feed: dict[str, np.ndarray], batch: int | N
     except EdgeconvError:
         raise
     except Exception as exc:
-        shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feed.items())
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))} {v.dtype}" for k, v in feed.items())
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()] or [""]
+        # the TorchScript interpreter's first line says only that it failed; its last line says why
+        reason = lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
+        hint = "check --input-shape (and that the model runs on such inputs in its own framework)"
+        if re.search(r"\bdouble\b|float64", reason, re.IGNORECASE):
+            name = next(iter(feed))
+            hint = (f"the model computes in float64 (numpy's default float64 data is read as float32): give the dtype, "
+                    f"e.g. --input-shape {name}={'x'.join(map(str, (1, *feed[name].shape[1:])))}:float64")
+        prefix = f"{type(exc).__name__}: "
         raise BadInput(
-            f"the {source.framework} model fails on inputs of shape {shapes}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-            hint="check --input-shape (and that the model runs on such inputs in its own framework)",
+            f"the {source.framework} model fails on inputs of shape {shapes}: {prefix}{reason.removeprefix(prefix)[:300]}",
+            hint=hint,
         ) from exc
 
 

@@ -195,3 +195,39 @@ def test_ctrl_c_during_convert_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err and "Traceback" not in err
     assert list(out_parent.iterdir()) == []
+
+
+def test_a_torchscript_export_failure_keeps_json_output_clean(tmp_path):
+    """The TorchScript exporter prints the whole graph from C++ to fd 1 when an op fails (a complex STFT here): with
+    --json, stdout must still be one JSON document, the failure named with the way to the dynamo exporter."""
+    import json
+
+    import torch
+
+    class Spectrogram(torch.nn.Module):
+        def forward(self, x):
+            return torch.stft(x, n_fft=64, hop_length=32, window=torch.hann_window(64), return_complex=True).abs()
+
+    torch.jit.trace(Spectrogram().eval(), torch.randn(1, 1024)).save(tmp_path / "spec.pt")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, 1024)).astype(np.float32))
+    p = run_subprocess("convert", tmp_path / "spec.pt", "--target", "onnx", "--data", tmp_path / "x.npy", "-o",
+                       tmp_path / "b", "--json")
+    assert p.returncode == 4, p.stderr
+    err = json.loads(p.stdout)["error"]  # nothing else on stdout
+    assert "both exporters" in err["message"] and "torch.export" in err["hint"], err
+
+
+def test_a_float64_torchscript_model_is_told_how_to_get_float64_inputs(cli, tmp_path):
+    """TorchScript records no input dtype and numpy's float64 data is read as float32 (what edge models take): a model
+    that computes in float64 then fails, and the refusal names the dtype option that works, and it does."""
+    import torch
+
+    torch.jit.trace(torch.nn.Linear(10, 3).double().eval(), torch.randn(1, 10, dtype=torch.float64)).save(tmp_path / "f64.pt")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((4, 10)))
+    args = ["convert", tmp_path / "f64.pt", "--target", "onnx", "--data", tmp_path / "x.npy", "--json"]
+    r = cli(*args, "-o", tmp_path / "refused")
+    assert r.code == 2, r
+    err = r.json()["error"]
+    assert "same dtype" in err["message"] and "TorchScript interpreter" not in err["message"], err
+    assert "--input-shape input=1x10:float64" in err["hint"], err
+    assert cli(*args, "-o", tmp_path / "b", "--input-shape", "input=1x10:float64").code == 0

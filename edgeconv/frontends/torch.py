@@ -51,6 +51,33 @@ def _load_class(ref: str):
         raise BadInput(f"{mod_name!r} has no attribute {cls_name!r} (from --model-class {ref})") from None
 
 
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _native_stdout_kept():
+    """File descriptor 1 sent to a temporary file while torch's C++ code runs: the TorchScript exporter prints the
+    whole graph there when an op fails ("Torch IR graph at exception"), which would break ``--json`` output and is
+    not the user's to read. Yields what was written (``.text``), for the failure's details."""
+    import os
+    import sys
+    import tempfile
+
+    got = _Captured()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        try:
+            yield got
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            got.text = tmp.read().decode(errors="replace")
+
+
 @contextlib.contextmanager
 def _quiet_logger(name: str):
     import logging
@@ -326,7 +353,7 @@ class TorchSource(SourceModel):
             module = torch.jit.load(str(self.path), map_location="cpu").eval()  # a copy: the reference keeps the original
             _dict_return_as_tuple(torch, module)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _native_stdout_kept() as native:
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     module, args, str(dest), kwargs=kwargs or None, dynamo=False, opset_version=opset,
@@ -341,7 +368,7 @@ class TorchSource(SourceModel):
             raise ConversionFailed(
                 f"PyTorch → ONNX export failed with both exporters. {reason}. "
                 f"TorchScript exporter: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
-                hint=hint,
+                hint=hint, details=native.text[-3000:] or None,
             ) from exc
         return ExportRecord(exporter=f"torch.onnx TorchScript (torch {torch.__version__})", opset=opset, fallback_reason=reason)
 
