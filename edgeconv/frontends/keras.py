@@ -45,6 +45,58 @@ def _erfc_as_one_minus_erf(ctx, node, name, args):
     return node
 
 
+def _rfft_as_dft(ctx, node, name, args):
+    """tf2onnx handler for TensorFlow's RFFT whose real and imaginary parts are read apart (``tf.signal.stft`` in Keras'
+    STFTSpectrogram/MelSpectrogram: |X|² as Real² + Imag²), which tf2onnx's own RFFT refuses: ONNX's DFT (opset 17),
+    onesided, on the last axis, giving [..., bins, 2]; the Real and Imag after it pick their half (``_complex_part``).
+    Any other RFFT goes to tf2onnx's own implementation."""
+    from onnx import TensorProto
+    from tf2onnx import utils
+    from tf2onnx.onnx_opset.signal import RFFTOp
+
+    consumers = ctx.find_output_consumers(node.output[0])
+    shape = ctx.get_shape(node.input[0])
+    if (ctx.opset < 17 or not consumers or {c.type for c in consumers} - {"Real", "Imag"} or shape is None
+            or not ctx.is_const(node.input[1])):
+        return RFFTOp.version_13(ctx, node)
+    n_fft = int(np.asarray(ctx.get_tensor_value(node.input[1], as_list=False)).reshape(-1)[0])
+    last = ctx.make_const(utils.make_name(f"{node.name}_last"), np.array([-1], np.int64))
+    signal = ctx.make_node("Unsqueeze", [node.input[0], last.output[0]], op_name_scope=node.name)
+    length = ctx.make_const(utils.make_name(f"{node.name}_length"), np.array(n_fft, np.int64))
+    inputs = [signal.output[0], length.output[0]]
+    node.type = "DFT"
+    for attr in list(node.attr):
+        del node.attr[attr]
+    node.set_attr("onesided", 1)
+    if ctx.opset >= 20:  # the axis became an input
+        inputs.append(ctx.make_const(utils.make_name(f"{node.name}_axis"), np.array(-2, np.int64)).output[0])
+    else:
+        node.set_attr("axis", len(shape) - 1)
+    ctx.replace_inputs(node, inputs)
+    ctx.set_dtype(node.output[0], TensorProto.FLOAT)
+    ctx.set_shape(node.output[0], list(shape[:-1]) + [n_fft // 2 + 1, 2])
+    return node
+
+
+def _complex_part(ctx, node, name, args):
+    """tf2onnx handler for TensorFlow's Real / Imag of an RFFT ``_rfft_as_dft`` made a DFT: its half of the last axis."""
+    from onnx import TensorProto
+    from tf2onnx import utils
+
+    producer = ctx.get_node_by_output(node.input[0])
+    if producer is None or producer.type != "DFT":
+        raise ValueError(f"{node.type} of {producer.type if producer else node.input[0]} (a complex tensor not from an "
+                         "RFFT): ONNX has no complex tensors")
+    index = ctx.make_const(utils.make_name(f"{node.name}_index"), np.array(0 if node.type == "Real" else 1, np.int64))
+    for attr in list(node.attr):
+        del node.attr[attr]
+    node.type = "Gather"
+    node.set_attr("axis", -1)
+    ctx.replace_inputs(node, [node.input[0], index.output[0]])
+    ctx.set_dtype(node.output[0], TensorProto.FLOAT)
+    return node
+
+
 class KerasSource(SourceModel):
     framework = "keras"
     frontend = "OnnxFromKeras"
@@ -206,7 +258,10 @@ class KerasSource(SourceModel):
         tf2onnx_log.handlers, tf2onnx_log.propagate = [failed_nodes], False
         try:
             model_proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=opset,
-                                                           custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
+                                                           custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, []),
+                                                                               "RFFT": (_rfft_as_dft, []),
+                                                                               "Real": (_complex_part, []),
+                                                                               "Imag": (_complex_part, [])})
         except Exception as exc:
             raise ConversionFailed(
                 f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
@@ -216,10 +271,11 @@ class KerasSource(SourceModel):
         finally:
             tf2onnx_log.setLevel(level)
             tf2onnx_log.handlers, tf2onnx_log.propagate = handlers, propagate
-        if failed_nodes.nodes:
+        left = failed_nodes.left_in(model_proto)  # what tf2onnx's optimizers did not remove after all
+        if left:
             raise ConversionFailed(
-                f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) cannot convert {len(failed_nodes.nodes)} TensorFlow op(s): "
-                + "; ".join(failed_nodes.nodes[:3]) + (" …" if len(failed_nodes.nodes) > 3 else ""),
+                f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) cannot convert {len(left)} TensorFlow op(s): "
+                + "; ".join(left[:3]) + (" …" if len(left) > 3 else ""),
                 hint="replace that op in the model (e.g. compute it outside the model), or try another --opset")
         rename_outputs(model_proto, default_output_names(len(model_proto.graph.output)))
         import onnx
@@ -243,14 +299,34 @@ class _FailedNodes:
 
     def __init__(self) -> None:
         self.nodes: list[str] = []
+        self._keys: list[tuple[str, str]] = []  # ("node", name) or ("op", type), to look for in the graph
+
+    def left_in(self, model_proto) -> list[str]:
+        """The failures whose node or op is still in the exported graph."""
+        names = {n.name for n in model_proto.graph.node}
+        ops = {n.op_type for n in model_proto.graph.node}
+        return [text for text, (kind, key) in zip(self.nodes, self._keys) if key in (names if kind == "node" else ops)]
 
     def handle(self, record) -> None:
+        try:
+            self._keep(record)
+        except Exception:  # a record of another form: never an error inside tf2onnx's logging call
+            pass
+
+    def _keep(self, record) -> None:
+        if str(record.msg).startswith("Unsupported ops"):  # ops with no tf2onnx handler at all (logging keeps a lone
+            counts = record.args if isinstance(record.args, dict) else (record.args or [{}])[0]  # mapping as args)
+            for op, count in dict(counts).items():
+                self.nodes.append(f"{op} ({count} node(s)): tf2onnx has no conversion for it")
+                self._keys.append(("op", str(op)))
+            return
         if not str(record.msg).startswith("Failed to convert node"):
             return
         node = record.args[0] if record.args else "?"
         op = re.search(r"OP=(\w+)", str(record.args[2])) if len(record.args) > 2 else None
         reason = f"{type(record.exc_info[1]).__name__}: {str(record.exc_info[1]).splitlines()[0][:200]}" if record.exc_info else ""
         self.nodes.append(f"{node} ({op.group(1) if op else '?'}): {reason}")
+        self._keys.append(("node", str(node)))
 
 
 def _keras_zip_config(path: Path) -> dict | None:
