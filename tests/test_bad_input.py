@@ -231,3 +231,14 @@ def test_a_float64_torchscript_model_is_told_how_to_get_float64_inputs(cli, tmp_
     assert "same dtype" in err["message"] and "TorchScript interpreter" not in err["message"], err
     assert "--input-shape input=1x10:float64" in err["hint"], err
     assert cli(*args, "-o", tmp_path / "b", "--input-shape", "input=1x10:float64").code == 0
+
+
+def test_a_float64_model_is_refused_for_tflite_before_conversion(cli, tmp_path):
+    """TFLite has no float64 kernels: the preflight says so (exit 2) instead of TFLiteConverter's MLIR error."""
+    import torch
+
+    program = torch.export.export(torch.nn.Linear(10, 3).double().eval(), (torch.randn(1, 10, dtype=torch.float64),))
+    torch.export.save(program, tmp_path / "f64.pt2")
+    r = cli("convert", tmp_path / "f64.pt2", "--target", "tflite", "-o", tmp_path / "b", "--json")
+    assert r.code == 2, r
+    assert "float64" in r.json()["error"]["message"] and "model.float()" in r.json()["error"]["message"]

@@ -446,6 +446,19 @@ class TfliteTarget(Target):
     # LiteRT on a CPU keeps the model's dynamic batch, so profile can resize it
     static_shapes = False
 
+    def graph_problems(self, proto, profile, opts: TargetOptions) -> list[str]:
+        problems = super().graph_problems(proto, profile, opts)
+        from onnx import TensorProto
+
+        # float64 inputs or outputs (a float64 constant cast to float32 inside is onnx2tf's to handle)
+        doubles = [v.name for v in list(proto.graph.input) + list(proto.graph.output)
+                   if v.type.tensor_type.elem_type == TensorProto.DOUBLE]
+        if doubles:
+            problems.append(f"the model computes in float64 ({', '.join(doubles[:4])}{' …' if len(doubles) > 4 else ''}); "
+                            "TFLite's kernels have no float64: convert the model to float32 first (PyTorch: "
+                            "model.float(); Keras: a float32 dtype policy)")
+        return problems
+
     def check_options(self, profile, opts: TargetOptions) -> None:
         super().check_options(profile, opts)
         # --io-dtype not given: the device profile's (full-integer accelerators say int8), else float
