@@ -292,8 +292,8 @@ class KerasSource(SourceModel):
 
 
 class _FailedNodes:
-    """A logging handler for tf2onnx's logger: keeps its "Failed to convert node" errors (node, op, reason), prints
-    nothing."""
+    """A logging handler for tf2onnx's logger: keeps its "Failed to convert node" errors (node, op, reason) and its
+    "Unsupported ops" (ops it has no handler for), prints nothing."""
 
     level = 0
 
