@@ -91,9 +91,11 @@ def test_norm_rewrite_is_the_same_reduction(tmp_path):
                          opset=opset)
         feed = x if opset < 18 else np.random.default_rng(2).standard_normal((1, 4, 240)).astype(np.float32)
         before = ort.InferenceSession(str(path)).run(None, {"x": feed})[0]
-        assert spell_norm_reductions(path) == [f"{op} the_norm"]
-        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-        assert not any(n.op_type == op for n in onnx.load(str(path)).graph.node)
+        model = onnx.load(str(path))
+        assert spell_norm_reductions(model) == [f"{op} the_norm"]
+        onnx.checker.check_model(model, full_check=True)
+        assert not any(n.op_type == op for n in model.graph.node)
+        onnx.save(model, str(path))
         after = ort.InferenceSession(str(path)).run(None, {"x": feed})[0]
         np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
 
@@ -226,8 +228,10 @@ def test_stft_rewrite_is_the_same_transform(tmp_path):
         d.mkdir()
         path = _stft_model(d, onesided, window)
         before = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-        assert spell_stft(path) == ["stft"]
-        assert not any(n.op_type == "STFT" for n in onnx.load(str(path)).graph.node)
+        model = onnx.load(str(path))
+        assert spell_stft(model) == ["stft"]
+        assert not any(n.op_type == "STFT" for n in model.graph.node)
+        onnx.save(model, str(path))
         after = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
         np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4 * float(np.abs(before).max()))
 
@@ -242,3 +246,32 @@ def test_an_audio_front_end_with_stft_converts(cli, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert any("1 STFT node(s) (stft) spelled as a strided Conv" in n for n in manifest["export"]["notes"])
     assert manifest["status"] == "ok"
+
+
+def test_zero_pads_before_maxpool_is_the_same_pool(tmp_path):
+    """int8: a padded MaxPool on a non-negative input (after a Relu) gets an explicit zero Pad and pools unpadded, the
+    same values (onnx2tf would pad with float32's minimum, which int8 calibration cannot represent); a MaxPool on a
+    signed input is left alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgeconv.targets.tflite import zero_pads_before_maxpool
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])
+    ys = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5]),
+          helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 9, 9])]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["x"], ["z"], name="signed_pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    path = _save(tmp_path, nodes, [x], ys, opset=13)
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 3, 9, 9)).astype(np.float32)}
+    before = ort.InferenceSession(str(path)).run(None, feed)
+    model = onnx.load(str(path))
+    assert zero_pads_before_maxpool(model) == ["pool"]
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Relu", "Pad", "MaxPool", "MaxPool"]
+    onnx.save(model, str(path))
+    after = ort.InferenceSession(str(path)).run(None, feed)
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)

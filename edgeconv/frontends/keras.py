@@ -362,8 +362,6 @@ def _custom_classes(config) -> list[str]:
 
 def _h5_header(path: Path) -> tuple[str | None, dict | None]:
     """Who wrote an .h5 model file (its ``keras_version`` attribute) and its model config, or None for either."""
-    import json
-
     try:
         import h5py
 

@@ -154,19 +154,38 @@ def float_ops(path: Path) -> list[str]:
 NON_NEGATIVE = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Sqrt"}
 
 
-def zero_pads_before_maxpool(path: Path) -> list[str]:
+def _replace_nodes(graph, rewrite) -> list:
+    """Each node of ``graph`` in place of which ``rewrite(node)`` returns a list of nodes gets them; a node for which it
+    returns None stays. Returns the nodes rewritten (the rewrites of onnx2tf's copy below share this)."""
+    changed, new_nodes = [], []
+    for node in graph.node:
+        replacement = rewrite(node)
+        if replacement is None:
+            new_nodes.append(node)
+            continue
+        new_nodes += replacement
+        changed.append(node)
+    if changed:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return changed
+
+
+def _name(node) -> str:
+    return node.name or node.output[0]
+
+
+def zero_pads_before_maxpool(model) -> list[str]:
     """For int8: a MaxPool with explicit pads that TF's SAME padding cannot express becomes, in onnx2tf, a pad with
     float32's minimum followed by an unpadded pool. TFLiteConverter's calibration then sees -3.4e38 in that tensor,
     its int8 scale becomes ~1e36 (nothing else survives, and XNNPACK refuses the node). When the pool's input is
     non-negative (after a Relu, a Clip with min >= 0, ...), padding with 0 gives exactly the same result: write that
-    Pad explicitly and let the pool run unpadded. Returns the rewritten nodes' names; rewrites ``path`` in place."""
-    import onnx
+    Pad explicitly and let the pool run unpadded. Returns the rewritten nodes' names; rewrites ``model`` in place."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts = _constant_values(graph)
 
     def non_negative(name: str) -> bool:
         node = producer.get(name)
@@ -178,33 +197,27 @@ def zero_pads_before_maxpool(path: Path) -> list[str]:
             return float(consts[node.input[1]]) >= 0
         return node.op_type in ("MaxPool", "Identity") and non_negative(node.input[0])
 
-    changed, new_nodes = [], []
-    for node in graph.node:
+    def rewrite(node):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         pads = list(attrs.get("pads", []))
         if (node.op_type != "MaxPool" or not any(pads) or attrs.get("ceil_mode", 0) or len(node.output) != 1
                 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or not non_negative(node.input[0])):
-            new_nodes.append(node)
-            continue
+            return None
         half = len(pads) // 2
-        pad_name = f"{node.name or node.output[0]}/zero_pads"
+        pad_name = f"{_name(node)}/zero_pads"
         graph.initializer.append(numpy_helper.from_array(np.array([0, 0, *pads[:half], 0, 0, *pads[half:]], np.int64),
                                                          pad_name + "_amounts"))
-        new_nodes.append(helper.make_node("Pad", [node.input[0], pad_name + "_amounts"], [pad_name + "_out"], name=pad_name,
-                                          mode="constant"))
+        pad = helper.make_node("Pad", [node.input[0], pad_name + "_amounts"], [pad_name + "_out"], name=pad_name,
+                               mode="constant")
         del node.attribute[:]
         node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items() if k != "pads")
         node.input[0] = pad_name + "_out"
-        new_nodes.append(node)
-        changed.append(node.name or node.output[0])
-    if changed:
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        onnx.save(model, str(path))
-    return changed
+        return [pad, node]
+
+    return [_name(n) for n in _replace_nodes(graph, rewrite)]
 
 
-def erf_nodes(path: Path) -> list[str]:
+def erf_nodes(model) -> list[str]:
     """The Erf nodes of the graph (subgraphs included). TFLite's builtin ops have no Erf: onnx2tf's tf.math.erf ends
     in TFLiteConverter's "Could not translate MLIR to FlatBuffer" (BERT-style GELU exported at opset < 20, where
     onnx2tf's exact-pattern GELU check misses)."""
@@ -213,12 +226,12 @@ def erf_nodes(path: Path) -> list[str]:
     def walk(graph):
         for node in graph.node:
             if node.op_type == "Erf" and node.domain in ("", "ai.onnx"):
-                yield node.name or node.output[0]
+                yield _name(node)
             for a in node.attribute:
                 for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                     yield from walk(g)
 
-    return list(walk(onnx.load(str(path), load_external_data=False).graph))
+    return list(walk(model.graph))
 
 
 def _constant_values(graph) -> dict[str, np.ndarray]:
@@ -232,89 +245,77 @@ def _constant_values(graph) -> dict[str, np.ndarray]:
     return values
 
 
-def spell_stft(path: Path) -> list[str]:
+def spell_stft(model) -> list[str]:
     """STFT (opset 17: an audio model's spectrogram) as the strided convolution it is: onnx2tf 1.28 has no STFT.
     Frame m, bin k: X[m, k] = sum_n x[m*hop + n] * w[n] * exp(-2πi k n / N), so a Conv over the signal with stride hop
     and 2 * bins kernels w[n]cos(2πkn/N) and -w[n]sin(2πkn/N) gives the real and imaginary parts; a Reshape and a
     Transpose put them in STFT's [batch, frames, bins, 2]. Only a real signal with a constant hop, window and frame
-    length is rewritten. Returns the rewritten nodes' names; rewrites ``path`` in place."""
-    import onnx
+    length is rewritten. Returns the rewritten nodes' names; rewrites ``model`` in place."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     consts = _constant_values(graph)
-    changed, new_nodes = [], []
-    for node in graph.node:
+
+    def rewrite(node):
         if node.op_type != "STFT" or node.domain not in ("", "ai.onnx"):
-            new_nodes.append(node)
-            continue
+            return None
         ins = list(node.input) + [""] * (4 - len(node.input))
         hop = consts.get(ins[1])
         window = consts.get(ins[2]) if ins[2] else None
         length = consts.get(ins[3]) if ins[3] else None
         onesided = next((a.i for a in node.attribute if a.name == "onesided"), 1)
         if hop is None or (ins[2] and window is None) or (ins[3] and length is None) or (window is None and length is None):
-            new_nodes.append(node)
-            continue
+            return None
         n = int(length) if length is not None else int(window.shape[0])
         w = np.ones(n, np.float64) if window is None else window.astype(np.float64)
         if w.shape != (n,):
-            new_nodes.append(node)
-            continue
+            return None
         bins = n // 2 + 1 if onesided else n
         angle = 2 * np.pi * np.outer(np.arange(bins), np.arange(n)) / n
         kernels = np.concatenate([w * np.cos(angle), -w * np.sin(angle)])[:, None, :].astype(np.float32)
-        name = node.name or node.output[0]
+        name = _name(node)
         graph.initializer.extend([
             numpy_helper.from_array(kernels, f"{name}/dft_kernels"),
+            # the signal [batch, length, 1] (or [batch, length]) as Conv's [batch, 1, length]
+            numpy_helper.from_array(np.array([0, 1, -1], np.int64), f"{name}/signal_shape"),
             numpy_helper.from_array(np.array([0, 2, bins, -1], np.int64), f"{name}/parts_shape")])
-        # the signal [batch, length, 1] (or [batch, length]) as Conv's [batch, 1, length]
-        signal = f"{name}/signal"
-        new_nodes.append(helper.make_node("Reshape", [ins[0], f"{name}/signal_shape"], [signal], name=f"{name}/signal"))
-        graph.initializer.append(numpy_helper.from_array(np.array([0, 1, -1], np.int64), f"{name}/signal_shape"))
-        new_nodes += [
-            helper.make_node("Conv", [signal, f"{name}/dft_kernels"], [f"{name}/frames"], name=f"{name}/dft",
+        nodes = [
+            helper.make_node("Reshape", [ins[0], f"{name}/signal_shape"], [f"{name}/signal"], name=f"{name}/signal"),
+            helper.make_node("Conv", [f"{name}/signal", f"{name}/dft_kernels"], [f"{name}/frames"], name=f"{name}/dft",
                              kernel_shape=[n], strides=[int(hop)]),
             helper.make_node("Reshape", [f"{name}/frames", f"{name}/parts_shape"], [f"{name}/parts"], name=f"{name}/parts"),
             helper.make_node("Transpose", [f"{name}/parts"], list(node.output), name=name, perm=[0, 3, 2, 1])]
-        for extra in new_nodes[-4:]:
+        for extra in nodes:
             extra.metadata_props.extend(node.metadata_props)
-        changed.append(name)
-    if changed:
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        onnx.save(model, str(path))
-    return changed
+        return nodes
+
+    return [_name(n) for n in _replace_nodes(graph, rewrite)]
 
 
-def spell_norm_reductions(path: Path) -> list[str]:
+def spell_norm_reductions(model) -> list[str]:
     """ReduceL2 → Sqrt(ReduceSumSquare) and ReduceL1 → ReduceSum(Abs), the same reduction (same axes, keepdims,
     noop_with_empty_axes). onnx2tf 1.28 translates ReduceL1/ReduceL2 with tf.norm, and its strict-mode axis search
     hands tf.norm a numpy integer axis when the axes come as an input (opset >= 18), which tf.norm refuses ("'axis'
     must be None, an integer, or a tuple of 2 unique integers"): EdgeNeXt's XCA (F.normalize) failed there. onnx2tf's
-    own output for ReduceL2 is sqrt(reduce_sum(square(x))) anyway. Returns the rewritten nodes' names; rewrites
-    ``path`` in place."""
-    import onnx
+    own output for ReduceL2 is sqrt(reduce_sum(square(x))) anyway. Returns the rewritten nodes (op and name);
+    rewrites ``model`` in place."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    changed, new_nodes = [], []
-    for node in graph.node:
+
+    def rewrite(node):
         if node.op_type not in ("ReduceL1", "ReduceL2") or node.domain not in ("", "ai.onnx"):
-            new_nodes.append(node)
-            continue
-        name = node.name or node.output[0]
+            return None
+        name = _name(node)
         attrs = [a for a in node.attribute]
         inner_out = f"{name}/summed"
+        nodes = []
         if node.op_type == "ReduceL2":
             inner = helper.make_node("ReduceSumSquare", list(node.input), [inner_out], name=f"{name}/sum_square")
             outer = helper.make_node("Sqrt", [inner_out], list(node.output), name=name)
         else:
-            absolute = helper.make_node("Abs", [node.input[0]], [f"{name}/abs"], name=f"{name}/abs")
-            new_nodes.append(absolute)
+            nodes.append(helper.make_node("Abs", [node.input[0]], [f"{name}/abs"], name=f"{name}/abs"))
             axes_in = list(node.input[1:])
             axes_attr = [a for a in attrs if a.name == "axes"]
             if axes_attr and opset >= 13:  # ReduceSum takes its axes as an input from opset 13, ReduceL1 from 18
@@ -325,13 +326,9 @@ def spell_norm_reductions(path: Path) -> list[str]:
         inner.attribute.extend(attrs)
         inner.metadata_props.extend(node.metadata_props)
         outer.metadata_props.extend(node.metadata_props)
-        new_nodes += [inner, outer]
-        changed.append(f"{node.op_type} {name}")
-    if changed:
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        onnx.save(model, str(path))
-    return changed
+        return [*nodes, inner, outer]
+
+    return [f"{n.op_type} {_name(n)}" for n in _replace_nodes(graph, rewrite)]
 
 
 ONNX2TF_ARGS = ("-osd", "-nuo")  # signatures for TFLiteConverter; the canonical graph is already simplified
@@ -647,33 +644,36 @@ class TfliteTarget(Target):
     def _prepare(self, onnx_path: Path, work: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[Path, list[str], list[str]]:
         """onnx2tf's working directory: the copy of the graph it converts (with edgeconv's rewrites for onnx2tf, each
         recorded as a note) and its sample-data file made from the user's inputs; and onnx2tf's options for it."""
+        import onnx
+
         work.mkdir()
-        copy = work / "model.onnx"
-        shutil.copyfile(onnx_path, copy)  # onnx2tf rewrites its input in place
+        copy = work / "model.onnx"  # onnx2tf rewrites its input in place: its own copy, with edgeconv's rewrites
+        model = onnx.load(str(onnx_path))
         notes = []
         args = list(ONNX2TF_ARGS)
-        erf = erf_nodes(copy)
+        erf = erf_nodes(model)
         if erf:
             args += ["-rtpo", "erf"]
             notes.append(f"{len(erf)} Erf node(s) ({', '.join(erf[:3])}{' …' if len(erf) > 3 else ''}): TFLite has no Erf op, "
                          "so onnx2tf computes it with its pseudo-Erf (-rtpo erf; Abramowitz-Stegun 7.1.26, |error| ≤ "
                          "1.5e-7); an exact GELU pattern around one becomes TFLite's GELU")
-        stfts = spell_stft(copy)
+        stfts = spell_stft(model)
         if stfts:
             notes.append(f"{len(stfts)} STFT node(s) ({', '.join(stfts[:3])}) spelled as a strided Conv with DFT kernels "
                          f"(the same transform; onnx2tf {version_of('onnx2tf')} has no STFT)")
-        norms = spell_norm_reductions(copy)
+        norms = spell_norm_reductions(model)
         if norms:
             notes.append(f"{len(norms)} ReduceL1/ReduceL2 node(s) ({', '.join(norms[:3])}{' …' if len(norms) > 3 else ''}) "
                          "spelled as ReduceSum(Abs) / Sqrt(ReduceSumSquare) for onnx2tf (the same reduction; onnx2tf "
                          f"{version_of('onnx2tf')} fails on them when their axes are an input)")
         if opts.precision == "int8":
-            moved_pads = zero_pads_before_maxpool(copy)
+            moved_pads = zero_pads_before_maxpool(model)
             if moved_pads:
                 notes.append(
                     f"int8: the padding of {len(moved_pads)} MaxPool node(s) on non-negative inputs ({', '.join(moved_pads[:3])}"
                     f"{' …' if len(moved_pads) > 3 else ''}) made an explicit zero Pad (the same values; onnx2tf would pad with "
                     "float32's minimum, which leaves int8 no resolution in that tensor)")
+        onnx.save(model, str(copy))
         np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(ctx.reference_inputs))
         return copy, notes, args
 
