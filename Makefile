@@ -34,7 +34,9 @@ system-deps:
 
 # The tests' aarch64 board (tests/test_arm_board.py) is built and started by `arm-board`, before pytest: the tests
 # never build it (no apt-get, no pip), they only start a built one, and skip with the reason where there is none.
+# ruff first, with the rules in pyproject.toml (it comes with the dev extra): a line it flags fails the tests.
 test: setup system-deps arm-board
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # An ARM64 board on loopback: Debian bookworm arm64 under qemu-user, its sshd on 127.0.0.1 (root; built once, cached

@@ -103,7 +103,8 @@ class Board:
     # -- set-up ------------------------------------------------------------------------------------------------
     @staticmethod
     def missing_tools() -> list[str]:
-        return sorted({pkg for tool, pkg in APT_PACKAGES.items() if not shutil.which(tool) and not Path("/usr/sbin", tool).exists()})
+        return sorted({pkg for tool, pkg in APT_PACKAGES.items()
+                       if not shutil.which(tool) and not Path("/usr/sbin", tool).exists()})
 
     def host_tools(self) -> None:
         missing = self.missing_tools()
@@ -234,7 +235,8 @@ class Board:
         self.state.mkdir(parents=True, exist_ok=True)
         for name in ("host_key", "client_key"):
             if not (self.state / name).exists():
-                run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"edgeconv-arm-board-{name}", "-f", self.state / name], 30)
+                run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"edgeconv-arm-board-{name}",
+                     "-f", self.state / name], 30)
         shutil.copy(self.state / "client_key.pub", self.state / "authorized_keys")
         pub = (self.state / "host_key.pub").read_text().split()
         (self.state / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n")
@@ -262,7 +264,8 @@ class Board:
         raise BoardError(f"the board's sshd did not start on 127.0.0.1:{self.port}: {log[-1500:]}")
 
     def ssh(self, *remote: str, timeout: float = 120) -> str:
-        return run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-p", str(self.port), "-i", self.state / "client_key",
+        return run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-p", str(self.port),
+                    "-i", self.state / "client_key",
                     "-o", f"UserKnownHostsFile={self.state / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes", "root@127.0.0.1",
                     "--", shlex.join(remote)], timeout).stdout
 
@@ -271,7 +274,8 @@ class Board:
         code = ("import json, platform, numpy, onnxruntime, importlib.metadata as m\n"
                 "d = dict(l.split('=', 1) for l in open('/etc/os-release').read().split('\\n') if '=' in l)\n"
                 "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(),\n"
-                "  'distribution': d['PRETTY_NAME'].strip('\"'), 'numpy': numpy.__version__, 'onnxruntime': onnxruntime.__version__,\n"
+                "  'distribution': d['PRETTY_NAME'].strip('\"'), 'numpy': numpy.__version__,"
+                " 'onnxruntime': onnxruntime.__version__,\n"
                 "  'ai-edge-litert': m.version('ai-edge-litert')}))\n")
         facts = json.loads(self.ssh("/usr/bin/python3", "-c", code, timeout=300).strip().splitlines()[-1])
         if facts["machine"] != "aarch64":
@@ -289,7 +293,8 @@ class Board:
         try:
             self.state.mkdir(parents=True, exist_ok=True)
             (self.state / UNAVAILABLE).write_text(json.dumps(
-                {"reason": reason, "host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+                {"reason": reason, "host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                indent=2))
         except OSError as exc:
             say(f"could not record the reason in {self.state / UNAVAILABLE}: {exc.strerror}")
 
@@ -342,12 +347,13 @@ class Board:
         except BoardError:
             self.stop()
             raise
-        record = {"started": True, "facts": facts, "recipe": RECIPE, "root": str(self.root), "binfmt_flags": binfmt.split("|")[0],
-                  "seconds": {"total": round(time.monotonic() - t0, 1), "debootstrap": round(built, 1), "wheels": round(wheels, 1),
-                              "first_ssh_python": round(time.monotonic() - t1, 1)}}
+        record = {"started": True, "facts": facts, "recipe": RECIPE, "root": str(self.root),
+                  "binfmt_flags": binfmt.split("|")[0],
+                  "seconds": {"total": round(time.monotonic() - t0, 1), "debootstrap": round(built, 1),
+                              "wheels": round(wheels, 1), "first_ssh_python": round(time.monotonic() - t1, 1)}}
         if built or wheels:
-            (self.state / "build.json").write_text(json.dumps(dict(record, host=platform.node(),
-                                                                   when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), indent=2))
+            (self.state / "build.json").write_text(json.dumps(
+                dict(record, host=platform.node(), when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), indent=2))
         (self.state / "board.json").write_text(json.dumps(record, indent=2))
         (self.state / UNAVAILABLE).unlink(missing_ok=True)  # it runs here after all
         return record

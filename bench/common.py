@@ -77,7 +77,8 @@ def machine() -> dict:
     return {"cpu": cpu_model(), "cpu_id": cpu_id, "cpu_isa": isa, "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
             "platform": platform.platform(), "python": platform.python_version(),
             "edgeconv": {"version": edgeconv_version(), "source_sha256": source_hash()[:16]},
-            "versions": versions(("onnxruntime", "onnx", "onnx2tf", "torch", "tensorflow-cpu", "openvino", "ai-edge-litert", "numpy")),
+            "versions": versions(("onnxruntime", "onnx", "onnx2tf", "torch", "tensorflow-cpu", "openvino", "ai-edge-litert",
+                                  "numpy")),
             "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
@@ -132,7 +133,8 @@ def mobilenet(suffix: str = ".keras") -> Path:
     """The MobileNetV2-sized source model, Keras (``.keras``) or PyTorch (``.pt``), made in bench/models/ and remade when
     the scripts that make it change."""
     maker = [ROOT / "samples" / "make_mobilenet.py", ROOT / "samples" / "mobilenet_torch.py"]
-    key = hashlib.sha256((_hash_files(maker, ROOT) + json.dumps(versions(("torch", "keras", "tensorflow-cpu")))).encode()).hexdigest()[:12]
+    key = hashlib.sha256((_hash_files(maker, ROOT)
+                          + json.dumps(versions(("torch", "keras", "tensorflow-cpu")))).encode()).hexdigest()[:12]
     out = _keyed("mobilenetv2", key, suffix)
     if not out.exists():
         MODELS.mkdir(parents=True, exist_ok=True)

@@ -53,12 +53,14 @@ def mobilenet_pt2() -> Path:
     """The MobileNetV2-sized model as a torch.export program in bench/models/, remade when the script that defines it or
     torch changes."""
     maker = ROOT / "samples" / "mobilenet_torch.py"
-    key = hashlib.sha256((_hash_files([maker, Path(__file__).resolve()], ROOT) + json.dumps(versions(("torch",)))).encode()).hexdigest()[:12]
+    key = hashlib.sha256((_hash_files([maker, Path(__file__).resolve()], ROOT)
+                          + json.dumps(versions(("torch",)))).encode()).hexdigest()[:12]
     out = _keyed("mobilenetv2-export", key, ".pt2")
     if not out.exists():
         MODELS.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.stem + ".tmp.pt2")
-        code = ("import sys, torch; sys.path.insert(0, 'samples'); from mobilenet_torch import MobileNetV2, with_data_statistics; "
+        code = ("import sys, torch; sys.path.insert(0, 'samples'); "
+                "from mobilenet_torch import MobileNetV2, with_data_statistics; "
                 "m = with_data_statistics(MobileNetV2()); "
                 f"torch.export.save(torch.export.export(m, (torch.zeros(1, 3, 224, 224),)), {str(tmp)!r})")
         r = subprocess.run([sys.executable, "-c", code], timeout=600, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -141,14 +143,16 @@ def main() -> dict:
     exact = compress(source, exact_pt2, "--round-to", "1")["report"]
     onnx = {label: bundle(p, f"mobilenetv2-{label.replace('_', '-')}-onnx", "--target", "onnx")
             for label, p in (("original", source), ("pruned", pruned), ("round_to_1", exact_pt2))}
-    tfl = {label: bundle(p, f"mobilenetv2-{label}-tflite-int8", "--target", "tflite", "--precision", "int8", "--calib", str(CALIB))
+    tfl = {label: bundle(p, f"mobilenetv2-{label}-tflite-int8", "--target", "tflite", "--precision", "int8",
+                         "--calib", str(CALIB))
            for label, p in (("original", source), ("pruned", pruned))}
     ort_rows = ort_fp32(onnx, rounds)
     ort, ort_exact = ort_speedup(ort_rows, "pruned"), ort_speedup(ort_rows, "round_to_1")
     lite = litert_int8(tfl["original"], tfl["pruned"], rounds)
     macs = rep["ratios"]["macs"]
     checks = {"macs_ratio": {"value": macs, "budget": f"<= {MAX_MACS}", "ok": macs <= MAX_MACS},
-              "ort_fp32_speedup": {"value": ort["speedup"], "budget": f">= {MIN_ORT_SPEEDUP}", "ok": ort["speedup"] >= MIN_ORT_SPEEDUP},
+              "ort_fp32_speedup": {"value": ort["speedup"], "budget": f">= {MIN_ORT_SPEEDUP}",
+                                   "ok": ort["speedup"] >= MIN_ORT_SPEEDUP},
               "litert_int8_speedup": {"value": lite["speedup"], "budget": "> 1.0", "ok": lite["speedup"] > 1.0}}
     result = {
         "model": "samples/mobilenet_torch.py MobileNetV2 (random weights, BatchNorm statistics from data), torch.export .pt2, "

@@ -58,8 +58,8 @@ def error_of(stdout: str, stderr: str) -> str:
 
 def cell(source: Path, target: str, calib: Path, data: Path, samples: int, work: Path) -> dict:
     bundle = work / f"{source.suffix[1:]}-{target}"
-    code, out, err, secs = run([*EDGECONV, "convert", str(source), "--target", target, "--precision", "int8", "--calib", str(calib),
-                                "--data", str(data), "-o", str(bundle), "--force", "--json"])
+    code, out, err, secs = run([*EDGECONV, "convert", str(source), "--target", target, "--precision", "int8",
+                                "--calib", str(calib), "--data", str(data), "-o", str(bundle), "--force", "--json"])
     row = {"target": target, "convert_exit": code, "convert_s": secs}
     if code != 0:
         row["convert_error"] = error_of(out, err)
@@ -78,7 +78,8 @@ def cell(source: Path, target: str, calib: Path, data: Path, samples: int, work:
             "layers": len(rows), "matched": doc["matched_layers"], "unmatched": doc["unmatched_layers"],
             "matched_by": _count(r.get("matched_by") for r in rows if r.get("snr_db") is not None),
             "with_source_name": sum(1 for r in rows if r.get("source")),
-            "first_diverging": None if not first else {k: first.get(k) for k in ("layer", "source", "op", "snr_db", "added_snr_db")},
+            "first_diverging": (None if not first
+                                else {k: first.get(k) for k in ("layer", "source", "op", "snr_db", "added_snr_db")}),
             "worst": [{k: r.get(k) for k in ("layer", "source", "op", "snr_db", "added_snr_db")} for r in worst]}
     return row
 

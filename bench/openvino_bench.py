@@ -22,7 +22,8 @@ THREADS = 2
 def ir_bundle(precision: str) -> Path:
     # Random weights, so random calibration (flagged in the manifest): this measures speed, not accuracy.
     extra = ["--calib", "random", "--calib-count", "50"] if precision == "int8" else []
-    return bundle(mobilenet(".keras"), f"mobilenetv2-openvino-{precision}", "--target", "openvino", "--precision", precision, *extra)
+    return bundle(mobilenet(".keras"), f"mobilenetv2-openvino-{precision}", "--target", "openvino",
+                  "--precision", precision, *extra)
 
 
 def validate_p50(runner, feed, runs: int) -> float:
@@ -62,7 +63,8 @@ def main(rounds: int = 4, runs: int = 60) -> dict:
     speedup = med(v32) / med(v8)
     result = {
         "method": f"{rounds} interleaved rounds of {runs} runs each: edgeconv's runner (validate's timing), benchmark_app "
-                  f"(-hint none -nstreams 1 -api sync -nthreads {THREADS} -infer_precision f32), and the int8 IR; medians of per-round p50s",
+                  f"(-hint none -nstreams 1 -api sync -nthreads {THREADS} -infer_precision f32), and the int8 IR; "
+                  "medians of per-round p50s",
         "threads": THREADS, "runner_info": r32.info(), "isa_note": isa_note,
         "validate_fp32_p50_ms": med(v32), "benchmark_app_fp32_median_ms": med(app), "validate_vs_benchmark_app": ratio_app,
         "int8_p50_ms": med(v8), "int8_speedup_vs_fp32": speedup,

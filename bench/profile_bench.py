@@ -7,7 +7,8 @@ alternates every round. Budget, for every case: profile's batch-1 p50 within 5% 
 per-round ratios); the wall time of each whole command is recorded too. Cases: the MobileNetV2-sized model (2 threads)
 and the digits CNN (1 thread, where any per-run overhead shows most).
 
-Secondary figure, kept from before: in-process `profile()` against a bare `run_prepared` loop on a fresh runner.
+Secondary figure, kept from before: in-process `profile()` against a bare `run` loop (the runner's inference call) on a
+fresh runner.
 """
 
 from __future__ import annotations
@@ -45,15 +46,17 @@ def whole_command(bundle: Path, rounds: int, runs: int, threads: int) -> dict:
     ratios = [r["profile"]["p50_ms"] / r["bare"]["p50_ms"] for r in rows]
     ratio = median(ratios)
     return {"bundle": bundle.name, "threads": threads, "runs": runs, "warmup": WARMUP, "rounds": rows,
-            "profile_p50_ms": median([r["profile"]["p50_ms"] for r in rows]), "bare_p50_ms": median([r["bare"]["p50_ms"] for r in rows]),
+            "profile_p50_ms": median([r["profile"]["p50_ms"] for r in rows]),
+            "bare_p50_ms": median([r["bare"]["p50_ms"] for r in rows]),
             "p50_ratio_per_round": ratios, "p50_ratio": ratio,
-            "profile_wall_s": median([r["profile"]["wall_s"] for r in rows]), "bare_wall_s": median([r["bare"]["wall_s"] for r in rows]),
+            "profile_wall_s": median([r["profile"]["wall_s"] for r in rows]),
+            "bare_wall_s": median([r["bare"]["wall_s"] for r in rows]),
             "wall_ratio": median([r["profile"]["wall_s"] / r["bare"]["wall_s"] for r in rows]),
             "wall_extra_s": median([r["profile"]["wall_s"] - r["bare"]["wall_s"] for r in rows]), "ok": ratio <= BUDGET}
 
 
 def in_process(bundle: Path, rounds: int, runs: int) -> dict:
-    """profile() in this process against a bare run_prepared loop on a fresh runner (dropped after each round: two live
+    """profile() in this process against a bare run loop on a fresh runner (dropped after each round: two live
     ONNX Runtime sessions' spinning thread pools would measure each other on 2 cores), order alternating."""
     from edgeconv.bundle import Bundle
     from edgeconv.profile import ProfileRequest, profile
@@ -71,11 +74,11 @@ def in_process(bundle: Path, rounds: int, runs: int) -> dict:
         runner = open_runner("onnxruntime", bundle / b.model_artifact["file"], threads=2)
         prepared = runner.prepare(feed)
         for _ in range(WARMUP):
-            runner.run_prepared(prepared)
+            runner.run(prepared)
         samples = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            runner.run_prepared(prepared)
+            runner.run(prepared)
             samples.append((time.perf_counter() - t0) * 1e3)
         runner.close()
         del runner, prepared
@@ -84,7 +87,8 @@ def in_process(bundle: Path, rounds: int, runs: int) -> dict:
 
     rows = alternating(measure, ("profile", "bare"), rounds)
     shutil.rmtree(tmp, ignore_errors=True)
-    return {"bundle": bundle.name, "profile_p50_ms": median([r["profile"] for r in rows]), "bare_p50_ms": median([r["bare"] for r in rows]),
+    return {"bundle": bundle.name, "profile_p50_ms": median([r["profile"] for r in rows]),
+            "bare_p50_ms": median([r["bare"] for r in rows]),
             "ratio": median([r["profile"] / r["bare"] for r in rows])}
 
 
@@ -92,11 +96,12 @@ def main() -> dict:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 6  # smoke runs: python bench/profile_bench.py 2
     mobilenet = mobilenet_onnx()
     cases = [whole_command(mobilenet, rounds, runs=100, threads=2), whole_command(digits_onnx(), rounds, runs=2000, threads=1)]
-    result = {"method": f"{rounds} rounds, order alternating: `edgeconv profile BUNDLE --batch-sizes 1 --runs N --warmup {WARMUP} "
-                        "--threads T --json` as a subprocess vs a bare ONNX Runtime script in its own process (same artifact, session "
-                        "options, input, warm-up and runs, each run timed around session.run); p50 ratio = median of per-round "
+    result = {"method": f"{rounds} rounds, order alternating: `edgeconv profile BUNDLE --batch-sizes 1 --runs N "
+                        f"--warmup {WARMUP} --threads T --json` as a subprocess vs a bare ONNX Runtime script in its own "
+                        "process (same artifact, session options, input, warm-up and runs, each run timed around "
+                        "session.run); p50 ratio = median of per-round "
                         "ratios; wall = start to exit of each whole command. Secondary (in_process): profile() vs a bare "
-                        "run_prepared loop on a fresh runner, 2 threads",
+                        "runner.run loop on a fresh runner, 2 threads",
               "budget": BUDGET, "cases": cases, "in_process": in_process(mobilenet, rounds, runs=40),
               "ok": all(c["ok"] for c in cases)}
     write_result("profile_bench", result)

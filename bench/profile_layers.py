@@ -27,12 +27,13 @@ WARMUP = 10
 
 
 def measure(bundle_dir: Path, threads: int, runs: int, report: Path) -> dict:
-    cmd = [*EDGECONV, "profile", str(bundle_dir), "--layers", "--runs", str(runs), "--warmup", str(WARMUP), "--threads", str(threads),
-           "--report", str(report), "--json"]
+    cmd = [*EDGECONV, "profile", str(bundle_dir), "--layers", "--runs", str(runs), "--warmup", str(WARMUP),
+           "--threads", str(threads), "--report", str(report), "--json"]
     wall, doc = timed_json(cmd)
     lay = doc["layers"]
     top = lay["rows"][:3]
-    return {"sum_of_layers_ms": lay["sum_ms"], "end_to_end_p50_ms": lay["end_to_end"]["p50_ms"], "ratio": lay["sum_vs_end_to_end"],
+    return {"sum_of_layers_ms": lay["sum_ms"], "end_to_end_p50_ms": lay["end_to_end"]["p50_ms"],
+            "ratio": lay["sum_vs_end_to_end"],
             "profiled_p50_ms": lay["profiled"]["p50_ms"], "profiler_overhead": lay["profiler_overhead"],
             "per_run_sum_p50_ms": lay["per_run_sum_p50_ms"], "layers": lay["count"], "not_executed": lay["not_executed"],
             "mapped_to_source": sum(1 for r in lay["rows"] if r.get("source")),
@@ -64,11 +65,13 @@ def main() -> None:
                 ratios = [r["ratio"] for r in rounds]
                 cases.append({"source": src, "target": target, "bundle": b.name, "threads": threads, "runs": args.runs,
                               "warmup": WARMUP, "rounds": rounds, "ratio_median": median(ratios), "ratio_min": min(ratios),
-                              "ratio_max": max(ratios), "profiler_overhead_median": median([r["profiler_overhead"] for r in rounds]),
+                              "ratio_max": max(ratios),
+                              "profiler_overhead_median": median([r["profiler_overhead"] for r in rounds]),
                               "ok": all(abs(r - 1) <= CRITERION for r in ratios)})
     write_result("profile_layers", {
-        "method": (f"edgeconv profile BUNDLE --layers --runs {args.runs} --warmup {WARMUP} --threads T --json, a process per round, "
-                   f"{args.rounds} rounds per case; ratio = sum of the layers' p50s / end-to-end p50 (profiler off, its timed "
+        "method": (f"edgeconv profile BUNDLE --layers --runs {args.runs} --warmup {WARMUP} --threads T --json, "
+                   f"a process per round, {args.rounds} rounds per case; ratio = sum of the layers' p50s / end-to-end p50 "
+                   "(profiler off, its timed "
                    "runs interleaved with the profiled ones in blocks); profiler overhead = profiled end-to-end p50 / "
                    "end-to-end p50 - 1"),
         "criterion": f"|ratio - 1| <= {CRITERION} in every round",

@@ -158,7 +158,8 @@ def convert_comparison(onnx: Path, npz: Path, npy: Path, rounds: int = CONVERT_R
     ratio = median(per_round)
     return {"edgeconv_convert_s": ours, "hand_built_s": hand, "ratio_per_round": per_round, "ratio_median_of_rounds": ratio,
             "ratio_of_medians": median(ours) / median(hand),
-            "edgeconv_cpu_s": [r["edgeconv"]["cpu_s"] for r in runs], "hand_built_cpu_s": [r["hand_built"]["cpu_s"] for r in runs],
+            "edgeconv_cpu_s": [r["edgeconv"]["cpu_s"] for r in runs],
+            "hand_built_cpu_s": [r["hand_built"]["cpu_s"] for r in runs],
             "cpu_ratio_per_round": cpu_per_round, "cpu_ratio_median_of_rounds": median(cpu_per_round),
             "budget": BUDGET_VS_HAND_BUILT, "ok": ratio <= BUDGET_VS_HAND_BUILT,
             "same_artifact": check, "context_onnx2tf_oiqt_s": oiqt_s,
@@ -249,7 +250,8 @@ def main() -> dict:
     npz, npy = calibration()
     if args.remote:
         ssh_args = [*(["--remote-python", args.remote_python] if args.remote_python else []),
-                    *(["--identity", args.identity] if args.identity else []), *[a for o in args.ssh_option for a in ("--ssh-option", o)]]
+                    *(["--identity", args.identity] if args.identity else []),
+                    *[a for o in args.ssh_option for a in ("--ssh-option", o)]]
         lat = latency_remote(args.remote, ssh_args)
     else:
         lat = latency(args.rounds, args.runs)
@@ -262,8 +264,9 @@ def main() -> dict:
                   + " runs per precision, order alternating, speed-up = median of per-round fp32/int8 p50 ratios; convert: wall "
                   f"time of the whole `edgeconv convert model.onnx --target tflite --precision int8 --calib` command vs the same "
                   f"int8 variant built by hand (onnx2tf -> SavedModel -> TFLiteConverter int8, one child process, a copy of the "
-                  f"same canonical model.onnx), {args.convert_rounds} rounds each, order alternating, ratio = median of per-round "
-                  f"wall-time ratios (CPU time of the process trees recorded beside it); {CALIB_COUNT} calibration images for both; `onnx2tf -oiqt` once, as context",
+                  f"same canonical model.onnx), {args.convert_rounds} rounds each, order alternating, ratio = median of "
+                  f"per-round wall-time ratios (CPU time of the process trees recorded beside it); {CALIB_COUNT} calibration "
+                  f"images for both; `onnx2tf -oiqt` once, as context",
         "litert": lat, "int8_speedup_vs_fp32": speedup, "ok_int8_1_4x": speedup >= 1.4,
         "convert": conv, "convert_vs_hand_built": conv["ratio_median_of_rounds"], "ok_convert_1_15x": conv["ok"],
     }

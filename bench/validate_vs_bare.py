@@ -58,10 +58,13 @@ def whole_command(bundle: Path, rounds: int, runs: int, threads: int) -> dict:
     wall_ratios = [r["validate"]["wall_s"] / r["bare"]["wall_s"] for r in rows]
     ratio = median(p50_ratios)
     return {"bundle": bundle.name, "threads": threads, "batch": batch, "runs": runs, "warmup": WARMUP, "rounds": rows,
-            "validate_p50_ms": median([r["validate"]["p50_ms"] for r in rows]), "bare_p50_ms": median([r["bare"]["p50_ms"] for r in rows]),
+            "validate_p50_ms": median([r["validate"]["p50_ms"] for r in rows]),
+            "bare_p50_ms": median([r["bare"]["p50_ms"] for r in rows]),
             "p50_ratio_per_round": p50_ratios, "p50_ratio": ratio,
-            "validate_wall_s": median([r["validate"]["wall_s"] for r in rows]), "bare_wall_s": median([r["bare"]["wall_s"] for r in rows]),
-            "wall_ratio": median(wall_ratios), "wall_extra_s": median([r["validate"]["wall_s"] - r["bare"]["wall_s"] for r in rows]),
+            "validate_wall_s": median([r["validate"]["wall_s"] for r in rows]),
+            "bare_wall_s": median([r["bare"]["wall_s"] for r in rows]),
+            "wall_ratio": median(wall_ratios),
+            "wall_extra_s": median([r["validate"]["wall_s"] - r["bare"]["wall_s"] for r in rows]),
             "ok": abs(ratio - 1) <= TOLERANCE}
 
 
@@ -103,9 +106,10 @@ def main() -> dict:
     digits, mobilenet = digits_onnx(), mobilenet_onnx()
     cases = [whole_command(digits, rounds, runs=2000, threads=1), whole_command(mobilenet, rounds, runs=100, threads=2)]
     inner = [inner_call(digits, rounds=10, per_block=200, threads=1), inner_call(mobilenet, rounds=6, per_block=10, threads=2)]
-    result = {"method": f"{rounds} rounds, order alternating (A, B then B, A): `edgeconv validate BUNDLE --runs N --warmup {WARMUP} "
-                        "--threads T --json` as a subprocess vs a bare ONNX Runtime script in its own process (same artifact, session "
-                        "options, input, warm-up and runs, each run timed around session.run); p50 ratio = median of per-round "
+    result = {"method": f"{rounds} rounds, order alternating (A, B then B, A): `edgeconv validate BUNDLE --runs N "
+                        f"--warmup {WARMUP} --threads T --json` as a subprocess vs a bare ONNX Runtime script in its own "
+                        "process (same artifact, session options, input, warm-up and runs, each run timed around "
+                        "session.run); p50 ratio = median of per-round "
                         "ratios of the reported p50s; wall = start to exit of each whole command. Secondary (inner_call): "
                         "edgeconv.stats.time_runner vs a bare session.run loop on the same session, interleaved blocks",
               "tolerance": TOLERANCE, "cases": cases, "inner_call": inner, "ok": all(c["ok"] for c in cases)}

@@ -248,7 +248,9 @@ class Worker:
                     break
                 line += chunk
         secs = time.perf_counter() - t0
-        read = lambda p: p.read_text(errors="replace") if p.exists() else ""
+        def read(p):
+            return p.read_text(errors="replace") if p.exists() else ""
+
         stdout, stderr = read(out), read(err)
         if crashed:
             proc.wait()
@@ -403,7 +405,8 @@ def debug_cell(runner, bundle: Path, data: Path, timeout: float) -> tuple[str, f
     first = doc.get("first_diverging") or {}
     where = (f"first diverging {first.get('layer')} ({first.get('source') or 'no source name'}), "
              f"{first['snr_db']:.1f} dB" if first and first.get("snr_db") is not None else "no layer diverges")
-    return f"ok: {doc['matched_layers']}/{doc['matched_layers'] + doc['unmatched_layers']} layers matched, {where}", round(secs, 1)
+    return (f"ok: {doc['matched_layers']}/{doc['matched_layers'] + doc['unmatched_layers']} layers matched, {where}",
+            round(secs, 1))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -632,7 +635,8 @@ def _runs(t_start: float, targets: list[str], models: list[ZooModel], build_s: f
         _previous_runs = json.loads(JSON_OUT.read_text()).get("runs", []) if JSON_OUT.exists() else []
     import datetime as dt
 
-    this = {"started_utc": dt.datetime.fromtimestamp(time.time() - (time.perf_counter() - t_start), dt.UTC).isoformat(timespec="seconds"),
+    this = {"started_utc": dt.datetime.fromtimestamp(time.time() - (time.perf_counter() - t_start),
+                                                     dt.UTC).isoformat(timespec="seconds"),
             "targets": targets, "models": len(models), "wall_s": round(time.perf_counter() - t_start, 1),
             "build_s": None if build_s is None else round(build_s, 1)}
     return [*_previous_runs, this]

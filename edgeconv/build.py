@@ -57,7 +57,8 @@ def _compile_edgetpu(bundle: Bundle, art: dict[str, Any], compiler: str | None, 
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["role"] not in ("edgetpu-model",)]
     for file, role in ((record["file"], "edgetpu-model"), (record["log"], "log")):
         p = bundle.path / file
-        manifest["artifacts"].append({"file": file, "role": role, "precision": "int8", "runner": "litert" if role != "log" else None,
+        manifest["artifacts"].append({"file": file, "role": role, "precision": "int8",
+                                      "runner": "litert" if role != "log" else None,
                                       "sha256": sha256_of(p), "bytes": p.stat().st_size,
                                       **({"runner_options": art.get("runner_options", {})} if role != "log" else {})})
     write_json(bundle.path / MANIFEST, manifest)

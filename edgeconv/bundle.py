@@ -8,22 +8,65 @@ and the failing check in its manifest, so ``edgeconv debug`` and ``validate`` ca
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeconv.core.artifact import artifact_to_run
 from edgeconv.errors import BadInput, CheckFailed
 from edgeconv.specs import TensorSpec, sha256_of
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
+DEVICE_RUNNER_SOURCE = Path(__file__).resolve().parent / "core"  # the package the device runner is built from
+DEVICE_RUNNER_NAME = "edgeconv_runner.pyz"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # every entry's timestamp: the same edgeconv gives the same bytes, the same sha256
+_RUNNER_MAIN = b'''"""edgeconv device runner: ``python3 edgeconv_runner.pyz [BUNDLE] ...`` runs the bundle this file travels
+with, with only numpy and the device's runtime (edgeconv.core, Python 3.6+; see docs/architecture.md)."""
+import os
+import sys
+
+from edgeconv.core.cli import main
+
+sys.exit(main(default_bundle=os.path.dirname(os.path.abspath(sys.argv[0]))))
+'''
+_RUNNER_PACKAGE = b'"""Only edgeconv.core travels in a device runner: the host and the device share it."""\n'
+
+
+def device_runner_bytes() -> bytes:
+    """``edgeconv_runner.pyz``: the package ``edgeconv/core`` as a zipapp (a ``__main__.py`` that calls its command line),
+    stored with sorted entries and fixed timestamps and modes, so that it is byte-identical wherever it is built from
+    the same sources."""
+    entries = {"__main__.py": _RUNNER_MAIN, "edgeconv/__init__.py": _RUNNER_PACKAGE}
+    for path in DEVICE_RUNNER_SOURCE.rglob("*.py"):
+        rel = path.relative_to(DEVICE_RUNNER_SOURCE)
+        if "__pycache__" not in rel.parts:
+            entries["edgeconv/core/" + rel.as_posix()] = path.read_bytes()
+    buf = io.BytesIO()
+    buf.write(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.create_system = 3  # unix, whatever builds it
+            info.external_attr = 0o644 << 16
+            z.writestr(info, entries[name])
+    return buf.getvalue()
+
+
+def write_device_runner(work: Path) -> str:
+    """Put the device runner (numpy + the runtime only; one file) into the bundle being written; return its file name."""
+    dest = work / DEVICE_RUNNER_NAME
+    dest.write_bytes(device_runner_bytes())
+    return dest.name
 
 
 class BundleWriter:
@@ -138,8 +181,6 @@ class Bundle:
     def artifact_to_run(self) -> dict[str, Any]:
         """What this machine runs: the device runner's one rule (a TensorRT engine where TensorRT is installed, the
         Edge TPU model where its library loads, else the main model)."""
-        from edgeconv.device.edgeconv_runner import artifact_to_run
-
         return artifact_to_run(self.manifest)[0]
 
     @property

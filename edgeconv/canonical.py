@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.core.text import first_line
 from edgeconv.errors import ConversionFailed
 from edgeconv.lazy import require, version_of
 from edgeconv.onnx_tools import opset_of
@@ -327,7 +328,7 @@ def _converter_culprit(model, message: str) -> str:
     versions appended, e.g. ``FooBar917``): name the nodes whose op it mentions, and ops ONNX has no schema for."""
     from onnx import defs
 
-    text = message.strip().splitlines()[0][:300] if message.strip() else "no message"
+    text = first_line(message, 300) or "no message"
     nodes = [n for n in model.graph.node if n.domain in ("", "ai.onnx")]
     named = [n for n in nodes if n.op_type and n.op_type in message]
     unknown = [n for n in nodes if not defs.has(n.op_type)]
@@ -382,7 +383,7 @@ def _fold(model, rec: CanonicalRecord):
         slim = onnxslim.slim(model)  # its freeze() edits the graph it is given: ``before`` is the untouched copy
     except Exception as exc:
         raise ConversionFailed(f"onnxslim {rec.tools['onnxslim']} could not fold the graph: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+                               f"{first_line(str(exc), 300)}") from exc
     if slim is None:
         raise ConversionFailed(f"onnxslim {rec.tools['onnxslim']} returned no graph")
     _restore_interface(before, slim, rec)

@@ -18,7 +18,9 @@ from typing import Annotated, Any
 import typer
 
 from edgeconv import __version__
+from edgeconv.core.text import first_line
 from edgeconv.errors import BadInput, EdgeconvError, InternalError
+from edgeconv.remote.options import RemoteRequest, SshOptions
 
 app = typer.Typer(
     name="edgeconv",
@@ -33,17 +35,15 @@ _state = {"debug": False}
 
 # Shared options, defined once.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout and nothing else there.")]
-InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="NAME=1x3x224x224 (repeatable; NAME=1x16:int64 also sets the dtype); a bare shape for a one-input model. Open dimensions are otherwise taken from --sample/--data/--calib.")]
-ModelClassOpt = Annotated[str | None, typer.Option("--model-class", help="pkg.module:Class or path/to/file.py:Class for a state_dict; for a Keras model with custom layers, the module (path/to/file.py or pkg.module) that defines them.")]
+InputShapeOpt = Annotated[list[str], typer.Option("--input-shape", help="NAME=1x3x224x224 (repeatable; NAME=1x16:int64 also "
+        "sets the dtype); a bare shape for a one-input model. Open dimensions are otherwise taken from --sample/--data/--calib.")]
+ModelClassOpt = Annotated[str | None, typer.Option("--model-class", help="pkg.module:Class or path/to/file.py:Class for a "
+        "state_dict; for a Keras model with custom layers, the module (path/to/file.py or pkg.module) that defines them.")]
 ModelKwargsOpt = Annotated[str | None, typer.Option("--model-kwargs", help="JSON keyword arguments for --model-class.")]
-TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled modules / Keras Lambda layers (runs code from the file).")]
-RemoteOpt = Annotated[list[str], typer.Option("--remote", help="Run on a device over SSH: user@host[:port] (repeatable; in parallel).", rich_help_panel="SSH (--remote)")]
-HostsOpt = Annotated[Path | None, typer.Option("--hosts", help="File with one user@host[:port] per line.", rich_help_panel="SSH (--remote)")]
-IdentityOpt = Annotated[Path | None, typer.Option("--identity", help="SSH private key (else your ssh config and agent).", rich_help_panel="SSH (--remote)")]
-SshOptionOpt = Annotated[list[str], typer.Option("--ssh-option", help="Passed to ssh as -o OPTION (repeatable).", rich_help_panel="SSH (--remote)")]
-RemotePythonOpt = Annotated[str, typer.Option("--remote-python", help="Python on the device (e.g. a venv's).", rich_help_panel="SSH (--remote)")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="SSH connect/command timeout in seconds.", rich_help_panel="SSH (--remote)")]
-AtolOpt = Annotated[list[str], typer.Option("--atol", help="Max abs error allowed: VALUE for every output or NAME=VALUE (repeatable).")]
+TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow loading pickled modules / Keras Lambda layers (runs "
+        "code from the file).")]
+AtolOpt = Annotated[list[str], typer.Option("--atol", help="Max abs error allowed: VALUE for every output or NAME=VALUE "
+        "(repeatable).")]
 
 
 def _err_console():
@@ -86,7 +86,7 @@ def _handled(json_flag: str | None = "as_json"):
                 code = InternalError.exit_code
                 where = _write_traceback(exc)
                 _print_error(f"internal error (a bug in edgeconv, not a failed check): {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                             f"{first_line(str(exc))}",
                              f"the full traceback is in {where}; please report it with that file (or rerun with --debug)",
                              None, "InternalError", code, as_json)
                 raise typer.Exit(code) from None
@@ -182,13 +182,6 @@ def _command_line(ctx: typer.Context) -> list[str]:
     return parts
 
 
-def _device_list(remote: list[str], hosts: Path | None) -> list[str]:
-    """--remote values, then the --hosts file's."""
-    from edgeconv.remote import read_hosts
-
-    return list(remote) + (read_hosts(hosts) if hosts else [])
-
-
 def _exit_for_devices(devices: list[dict[str, Any]]) -> None:
     """Exit 1 if any device failed, or the shared exit code when all failed alike."""
     failures = [d for d in devices if not d["ok"]]
@@ -197,14 +190,14 @@ def _exit_for_devices(devices: list[dict[str, Any]]) -> None:
         raise typer.Exit(codes.pop() if len(failures) == len(devices) and len(codes) == 1 else 1)
 
 
-def _on_devices(command, bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, args, **kw) -> None:
+def _on_devices(command: str, bundle: Path, ssh: SshOptions, as_json: bool, *, args: list[str] | None = None,
+                request: dict[str, Any] | None = None) -> None:
     """`COMMAND BUNDLE --remote …`: run on each device over SSH, render one row per device, exit as
     ``_exit_for_devices`` says."""
-    from edgeconv.remote import RemoteRequest, run_remote
+    from edgeconv.remote.run import run_remote
 
-    result = run_remote(RemoteRequest(bundle=bundle, remotes=_device_list(remote, hosts), identity=identity,
-                                      ssh_options=ssh_option, remote_python=remote_python, timeout=timeout, command=command,
-                                      args=args, **kw),
+    result = run_remote(RemoteRequest(bundle=bundle, remotes=ssh.devices(), ssh=ssh, command=command, request=request,
+                                      args=args or []),
                         progress=None if as_json else _progress_line)
     if as_json:
         _emit_json(result)
@@ -227,7 +220,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+            help="Show the version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-paragraph errors.")] = False,
 ) -> None:
     _state["debug"] = debug
@@ -245,33 +239,122 @@ def _load_options(model_class, model_kwargs, trust_pickle):
     return LoadOptions(model_class=model_class, model_kwargs=kwargs, trust_pickle=trust_pickle)
 
 
-def _with_target_options(fn):
-    """Add every target's declared options (edgeconv/target_options.py) to ``fn``'s signature, each in its
+def _with_target_options(command: str):
+    """Add the target options ``command`` takes (edgeconv/target_options.py) to the command's signature, each in its
     target's help panel; their values arrive in ``**target_options``."""
     import inspect
 
-    from edgeconv.target_options import TARGET_OPTIONS
+    from edgeconv.target_options import options_of
 
-    sig = inspect.signature(fn, eval_str=True)
-    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    for opt in TARGET_OPTIONS:
-        typ = list[opt.type] if opt.multiple else (bool if opt.type is bool else opt.type | None)
-        info = typer.Option(opt.flag, help=f"{opt.help} ({', '.join(opt.backends)})", rich_help_panel=f"Target: {opt.panel}",
-                            show_default=False)
-        params.append(inspect.Parameter(opt.key, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[typ, info],
-                                        default=[] if opt.multiple else opt.default))
-    fn.__signature__ = sig.replace(parameters=params)
-    return fn
+    def deco(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        for opt in options_of(command):
+            typ = list[opt.type] if opt.multiple else (bool if opt.type is bool else opt.type | None)
+            info = typer.Option(opt.flag, help=f"{opt.help} ({', '.join(opt.backends)})", rich_help_panel=f"Target: {opt.panel}",
+                                show_default=False)
+            params.append(inspect.Parameter(opt.key, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[typ, info],
+                                            default=[] if opt.multiple else opt.default))
+        fn.__signature__ = sig.replace(parameters=params)
+        return fn
+
+    return deco
+
+
+
+def _with_group(param: str, make):
+    """An argument group, as Polygraphy's: ``make``'s parameters are Typer options, declared there once with their help
+    panel and defaults. The decorated command gets them in place of its parameter ``param``, and receives there the one
+    value ``make`` builds from them."""
+    import inspect
+
+    group = list(inspect.signature(make, eval_str=True).parameters.values())
+
+    def deco(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        kind = sig.parameters[param].kind
+        params = [q for p in sig.parameters.values() for q in ([g.replace(kind=kind) for g in group] if p.name == param else [p])]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            kwargs[param] = make(**{g.name: kwargs.pop(g.name) for g in group})
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)
+        return wrapper
+
+    return deco
+
+
+_SSH = "SSH (--remote)"
+_CALIB = "Calibration (int8)"
+
+
+def _ssh_group(
+    remotes: Annotated[list[str], typer.Option("--remote", help="Run on a device over SSH: user@host[:port] (repeatable; in "
+            "parallel).", rich_help_panel=_SSH)] = [],  # noqa: B006
+    hosts: Annotated[Path | None, typer.Option("--hosts", help="File with one user@host[:port] per line.",
+            rich_help_panel=_SSH)] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", help="SSH private key (else your ssh config and agent).",
+            rich_help_panel=_SSH)] = None,
+    ssh_options: Annotated[list[str], typer.Option("--ssh-option", help="Passed to ssh as -o OPTION (repeatable).",
+            rich_help_panel=_SSH)] = [],  # noqa: B006
+    remote_python: Annotated[str, typer.Option("--remote-python", help="Python on the device (e.g. a venv's).",
+            rich_help_panel=_SSH)] = SshOptions.remote_python,
+    timeout: Annotated[float, typer.Option("--timeout", help="SSH connect/command timeout in seconds.",
+            rich_help_panel=_SSH)] = SshOptions.timeout,
+) -> SshOptions:
+    """The SSH options of every command that runs on devices, as one SshOptions."""
+    return SshOptions(remotes=list(remotes), hosts=hosts, identity=identity, ssh_options=list(ssh_options),
+                      remote_python=remote_python, timeout=timeout)
+
+
+def _calibration_group(
+    calib: Annotated[str | None, typer.Option("--calib", help="int8 calibration data: .npz, .npy, a folder of images, or "
+            "'random' (flagged).", rich_help_panel=_CALIB)] = None,
+    calib_count: Annotated[int, typer.Option("--calib-count", help="Calibration samples to use (seeded subset).",
+            rich_help_panel=_CALIB)] = 200,
+    calib_size: Annotated[str | None, typer.Option("--calib-size", help="Images: resize to H,W (default: the model's size).",
+            rich_help_panel=_CALIB)] = None,
+    mean: Annotated[str | None, typer.Option("--mean", help="Images: per-channel mean after scaling, e.g. 0.485,0.456,0.406.",
+            rich_help_panel=_CALIB)] = None,
+    std: Annotated[str | None, typer.Option("--std", help="Images: per-channel std, e.g. 0.229,0.224,0.225.",
+            rich_help_panel=_CALIB)] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Images: multiply pixel values (0-255) by this first.",
+            rich_help_panel=_CALIB)] = 1 / 255.0,
+    channels: Annotated[str, typer.Option("--channels", help="Images: rgb or bgr.", rich_help_panel=_CALIB)] = "rgb",
+    calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).",
+            rich_help_panel=_CALIB)] = None,
+):
+    """convert's int8 calibration options, as one CalibrationRequest (None without --calib)."""
+    if calib is None:
+        return None
+    from edgeconv.calibration import CalibrationRequest, Preprocess, parse_floats
+
+    size = parse_floats(calib_size, "--calib-size")
+    if channels not in ("rgb", "bgr"):
+        raise BadInput(f"--channels must be rgb or bgr, not {channels!r}")
+    pp = Preprocess(size=tuple(int(v) for v in size) if size else None, scale=scale,
+                    mean=parse_floats(mean, "--mean") or (0.0,), std=parse_floats(std, "--std") or (1.0,),
+                    channels=channels, layout=calib_layout)
+    return CalibrationRequest(source=calib, count=calib_count, preprocess=pp)
+
+
+_with_ssh_options = _with_group("ssh", _ssh_group)
+_with_calibration = _with_group("calib", _calibration_group)
 
 
 @app.command()
 @_handled()
-@_with_target_options
+@_with_calibration
+@_with_target_options("convert")
 def convert(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="Source model: .pt/.pth, .pt2, .keras, .h5, SavedModel dir, .onnx.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Device profile, family or path to a .toml (see `edgeconv targets`).")] = "onnx",
-    precision: Annotated[str | None, typer.Option("--precision", "-p", help="fp32, fp16, int8 … as the target offers (default: the profile's, usually fp32).")] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Device profile, family or path to a .toml (see `edgeconv "
+            "targets`).")] = "onnx",
+    precision: Annotated[str | None, typer.Option("--precision", "-p", help="fp32, fp16, int8 … as the target offers (default: "
+            "the profile's, usually fp32).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Bundle directory to write.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at -o.")] = False,
     input_shape: InputShapeOpt = [],  # noqa: B006 (typer needs a literal default)
@@ -280,21 +363,24 @@ def convert(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    sample: Annotated[Path | None, typer.Option("--sample", help="Reference inputs: .npy (one input) or .npz (x, or one array per input name); first axis = samples. Also gives the shapes the model leaves open (default: calibration data, else seeded random).")] = None,
+    sample: Annotated[Path | None, typer.Option("--sample", help="Reference inputs: .npy (one input) or .npz (x, or one array "
+            "per input name); first axis = samples. Also gives the shapes the model leaves open (default: calibration data, "
+            "else seeded random).")] = None,
     atol: AtolOpt = [],  # noqa: B006
-    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): source and artifact accuracy; or unlabelled .npy/.npz: the artifact's agreement with the source on it. Its shapes also fill the model's open dimensions.")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more points than this on --data.")] = None,
-    calib: Annotated[str | None, typer.Option("--calib", help="int8 calibration data: .npz, .npy, a folder of images, or 'random' (flagged).", rich_help_panel="Calibration (int8)")] = None,
-    calib_count: Annotated[int, typer.Option("--calib-count", help="Calibration samples to use (seeded subset).", rich_help_panel="Calibration (int8)")] = 200,
-    calib_size: Annotated[str | None, typer.Option("--calib-size", help="Images: resize to H,W (default: the model's size).", rich_help_panel="Calibration (int8)")] = None,
-    mean: Annotated[str | None, typer.Option("--mean", help="Images: per-channel mean after scaling, e.g. 0.485,0.456,0.406.", rich_help_panel="Calibration (int8)")] = None,
-    std: Annotated[str | None, typer.Option("--std", help="Images: per-channel std, e.g. 0.229,0.224,0.225.", rich_help_panel="Calibration (int8)")] = None,
-    scale: Annotated[float, typer.Option("--scale", help="Images: multiply pixel values (0-255) by this first.", rich_help_panel="Calibration (int8)")] = 1 / 255.0,
-    channels: Annotated[str, typer.Option("--channels", help="Images: rgb or bgr.", rich_help_panel="Calibration (int8)")] = "rgb",
-    calib_layout: Annotated[str | None, typer.Option("--calib-layout", help="Images: NCHW or NHWC (default: the input's layout).", rich_help_panel="Calibration (int8)")] = None,
-    fallback: Annotated[str, typer.Option("--fallback", help="int8: auto keeps the layers `edgeconv debug` ranks most harmful in float, one more at a time, until --max-accuracy-drop holds on --data (none: never).", rich_help_panel="int8 guard")] = "none",
-    max_float_layers: Annotated[int, typer.Option("--max-float-layers", help="int8 guard: the most layers --fallback auto may keep in float before it gives up (exit 1).", rich_help_panel="int8 guard")] = 3,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Keep the source's facts and outputs and the canonical ONNX graph here, and take them from here when the same model (same bytes, options and edgeconv) is converted again, e.g. for another target (default: $EDGECONV_CACHE_DIR, else no cache).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): source and artifact accuracy; or unlabelled "
+            ".npy/.npz: the artifact's agreement with the source on it. Its shapes also fill the model's open "
+            "dimensions.")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more "
+            "points than this on --data.")] = None,
+    calib: Any = None,  # the calibration group (_calibration_group): a CalibrationRequest, or None without --calib
+    fallback: Annotated[str, typer.Option("--fallback", help="int8: auto keeps the layers `edgeconv debug` ranks most harmful "
+            "in float, one more at a time, until --max-accuracy-drop holds on --data (none: never).",
+            rich_help_panel="int8 guard")] = "none",
+    max_float_layers: Annotated[int, typer.Option("--max-float-layers", help="int8 guard: the most layers --fallback auto may "
+            "keep in float before it gives up (exit 1).", rich_help_panel="int8 guard")] = 3,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Keep the source's facts and outputs and the canonical ONNX "
+            "graph here, and take them from here when the same model (same bytes, options and edgeconv) is converted again, "
+            "e.g. for another target (default: $EDGECONV_CACHE_DIR, else no cache).")] = None,
     as_json: JsonOpt = False,
     **target_options: Any,
 ) -> None:
@@ -304,19 +390,8 @@ def convert(
     from edgeconv.parity import parse_atol_overrides
     from edgeconv.specs import parse_input_dtypes, parse_input_shapes
 
-    calib_req = None
-    if calib is not None:
-        from edgeconv.calibration import CalibrationRequest, Preprocess, parse_floats
-
-        size = parse_floats(calib_size, "--calib-size")
-        if channels not in ("rgb", "bgr"):
-            raise BadInput(f"--channels must be rgb or bgr, not {channels!r}")
-        pp = Preprocess(size=tuple(int(v) for v in size) if size else None, scale=scale,
-                        mean=parse_floats(mean, "--mean") or (0.0,), std=parse_floats(std, "--std") or (1.0,),
-                        channels=channels, layout=calib_layout)
-        calib_req = CalibrationRequest(source=calib, count=calib_count, preprocess=pp)
     req = ConvertRequest(
-        model=model, target=target, precision=precision, output=output, force=force, calib=calib_req,
+        model=model, target=target, precision=precision, output=output, force=force, calib=calib,
         target_extra=target_options,
         input_shapes=parse_input_shapes(input_shape), input_dtypes=parse_input_dtypes(input_shape),
         dynamic_batch=dynamic_batch, opset=opset,
@@ -335,29 +410,33 @@ def convert(
 
 @app.command()
 @_handled()
+@_with_ssh_options
 def validate(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert`.")],
+    ssh: SshOptions,
     data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y) for accuracy.")] = None,
-    source: Annotated[Path | None, typer.Option("--source", help="The source model, to measure its accuracy on --data now.")] = None,
+    source: Annotated[Path | None, typer.Option("--source",
+            help="The source model, to measure its accuracy on --data now.")] = None,
     trust_pickle: TrustPickleOpt = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs.")] = 100,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs.")] = 10,
     threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads (default: the runtime's own).")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Budget: top-1 drop in points vs the source.")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Budget: top-1 drop in points vs the "
+            "source.")] = None,
     max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", help="Budget: p50 latency in ms.")] = None,
     atol: AtolOpt = [],  # noqa: B006
-    report: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/validation.json).")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="OpenVINO device: CPU, GPU, NPU, AUTO (default: the profile's).")] = None,
-    remote: RemoteOpt = [],  # noqa: B006
-    hosts: HostsOpt = None,
-    identity: IdentityOpt = None,
-    ssh_option: SshOptionOpt = [],  # noqa: B006
-    remote_python: RemotePythonOpt = "python3",
-    timeout: TimeoutOpt = 30.0,
-    inference_precision: Annotated[str | None, typer.Option("--inference-precision", help="OpenVINO: f32 (default, for parity) or native (the device's default, e.g. bf16).")] = None,
-    performance_hint: Annotated[str | None, typer.Option("--performance-hint", help="OpenVINO: latency (default) or throughput (adds an async-queue throughput figure).")] = None,
-    io_layout: Annotated[str, typer.Option("--io-layout", help="TFLite: source (default: data in the source model's layout) or nhwc (data in the artifact's own layout).")] = "source",
-    request: Annotated[Path | None, typer.Option("--request", help="Run this request.json (what --remote sends a device) instead of the options above.")] = None,
+    report: Annotated[Path | None, typer.Option("--report",
+            help="Where to write the report (default: BUNDLE/validation.json).")] = None,
+    device: Annotated[str | None, typer.Option("--device",
+            help="OpenVINO device: CPU, GPU, NPU, AUTO (default: the profile's).")] = None,
+    inference_precision: Annotated[str | None, typer.Option("--inference-precision", help="OpenVINO: f32 (default, for parity) "
+            "or native (the device's default, e.g. bf16).")] = None,
+    performance_hint: Annotated[str | None, typer.Option("--performance-hint", help="OpenVINO: latency (default) or throughput "
+            "(adds an async-queue throughput figure).")] = None,
+    io_layout: Annotated[str, typer.Option("--io-layout", help="TFLite: source (default: data in the source model's layout) or "
+            "nhwc (data in the artifact's own layout).")] = "source",
+    request: Annotated[Path | None, typer.Option("--request", help="Run this request.json (what --remote sends a device) "
+            "instead of the options above.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a bundle on this machine's runtime (or on devices with --remote): parity, accuracy, latency; exit 1 when a
@@ -368,17 +447,16 @@ def validate(
     req = ValidateRequest(
         bundle=bundle, data=data, source=source, trust_pickle=trust_pickle, runs=runs, warmup=warmup, threads=threads,
         max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, report=report,
-        atol=parse_atol_overrides(atol), device=device, inference_precision=inference_precision, performance_hint=performance_hint,
-        io_layout=io_layout,
+        atol=parse_atol_overrides(atol), device=device, inference_precision=inference_precision,
+        performance_hint=performance_hint, io_layout=io_layout,
     )
     steps = _steps(as_json)
     if request is not None:
-        if req.to_request() != ValidateRequest(bundle).to_request() or source is not None or remote or hosts:
+        if req.to_request() != ValidateRequest(bundle).to_request() or source is not None or ssh.given:
             raise BadInput("--request carries the run's options: pass it alone (with --report and --json at most)")
         result = run_request(bundle, read_request(request), report=report, steps=steps, base_dir=request.parent)
-    elif remote or hosts:
-        _on_devices("validate", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, [],
-                    request=build_request(req, steps, check_data=True))
+    elif ssh.given:
+        _on_devices("validate", bundle, ssh, as_json, request=build_request(req, steps, check_data=True))
         return
     else:
         result = run_request(bundle, build_request(req, steps), report=report, steps=steps)
@@ -394,56 +472,50 @@ def validate(
 
 @app.command()
 @_handled()
+@_with_ssh_options
 def profile(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert`.")],
-    batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help="Comma-separated, e.g. 1,2,4,8 (default: powers of two up to the bundle's max).")] = None,
+    ssh: SshOptions,
+    batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help="Comma-separated, e.g. 1,2,4,8 (default: powers of "
+            "two up to the bundle's max).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per batch size (at least).")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up runs per batch size.")] = 5,
-    min_time: Annotated[float | None, typer.Option("--min-time", help="Also run each batch size for at least this many seconds.")] = None,
-    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch (p99) for the best-batch answer.")] = None,
+    min_time: Annotated[float | None, typer.Option("--min-time",
+            help="Also run each batch size for at least this many seconds.")] = None,
+    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch (p99) for the best-batch "
+            "answer.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: throughput and p50/p99 against batch size.")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
-    report_file: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/profile.json, with --layers BUNDLE/profile_layers.json).")] = None,
-    layers: Annotated[bool, typer.Option("--layers", help="Time each layer with the runtime's own profiler (ONNX Runtime, OpenVINO) at one batch size, instead of the sweep.")] = False,
-    top: Annotated[int, typer.Option("--top", help="--layers: the slowest N layers in the table (--json and --csv have all).")] = 20,
-    remote: RemoteOpt = [],  # noqa: B006
-    hosts: HostsOpt = None,
-    identity: IdentityOpt = None,
-    ssh_option: SshOptionOpt = [],  # noqa: B006
-    remote_python: RemotePythonOpt = "python3",
-    timeout: TimeoutOpt = 30.0,
-    request: Annotated[Path | None, typer.Option("--request", help="Run this request.json (what --remote sends a device) instead of the options above.")] = None,
+    report_file: Annotated[Path | None, typer.Option("--report", help="Where to write the report (default: BUNDLE/profile.json, "
+            "with --layers BUNDLE/profile_layers.json).")] = None,
+    layers: Annotated[bool, typer.Option("--layers", help="Time each layer with the runtime's own profiler (ONNX Runtime, "
+            "OpenVINO) at one batch size, instead of the sweep.")] = False,
+    top: Annotated[int, typer.Option("--top",
+            help="--layers: the slowest N layers in the table (--json and --csv have all).")] = 20,
+    request: Annotated[Path | None, typer.Option("--request", help="Run this request.json (what --remote sends a device) "
+            "instead of the options above.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency and throughput per batch size, the knee, the best batch under a budget, batch-dependent outputs; with
     --layers, each layer's time from the runtime's own profiler against the end-to-end p50."""
-    from edgeconv.device.edgeconv_runner import REQUEST_SCHEMA, complete_request
+    from edgeconv.core.request import REQUEST_SCHEMA, complete_request
     from edgeconv.profile import ProfileRequest
     from edgeconv.profile import profile as run_profile
-    from edgeconv.validate import read_request, runner_errors
+    from edgeconv.validate import read_request
 
-    sizes = None
-    if batch_sizes:
-        try:
-            sizes = sorted({int(v) for v in batch_sizes.split(",") if v.strip()})
-        except ValueError:
-            raise BadInput(f"--batch-sizes {batch_sizes!r} is not a comma-separated list of whole numbers") from None
-        if not sizes or sizes[0] < 1:
-            raise BadInput("--batch-sizes must be positive whole numbers")
     # one request, as validate's: run here, or sent with the bundle to each device
-    req = {"schema": REQUEST_SCHEMA, "command": "profile", "batch_sizes": sizes, "threads": threads, "runs": runs, "warmup": warmup,
-           "min_time_s": min_time, "budget_ms": budget_ms, "layers": layers}
+    req = {"schema": REQUEST_SCHEMA, "command": "profile", "batch_sizes": _batch_sizes(batch_sizes), "threads": threads,
+           "runs": runs, "warmup": warmup, "min_time_s": min_time, "budget_ms": budget_ms, "layers": layers}
     if request is not None:
-        if remote or hosts or layers or any(v is not None for v in (batch_sizes, threads, min_time, budget_ms)):
+        if ssh.given or layers or any(v is not None for v in (batch_sizes, threads, min_time, budget_ms)):
             raise BadInput("--request carries the run's options: pass it alone (with --plot, --csv and --json at most)")
         req = read_request(request)
-    with runner_errors():
-        req = complete_request(req)
+    req = complete_request(req)
     if req["command"] != "profile":
         raise BadInput(f"a {req['command']} request given to profile")
-    if remote or hosts:
-        _on_devices("profile", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, [], request=req)
+    if ssh.given:
+        _on_devices("profile", bundle, ssh, as_json, request=req)
         return
     report = run_profile(ProfileRequest(bundle=bundle, batch_sizes=req["batch_sizes"], threads=req["threads"], runs=req["runs"],
                                         warmup=req["warmup"], min_time_s=req["min_time_s"], budget_ms=req["budget_ms"], plot=plot,
@@ -461,12 +533,27 @@ def profile(
         render_profile(report)
 
 
+def _batch_sizes(text: str | None) -> list[int] | None:
+    """--batch-sizes 1,2,4: sorted, each once; None when not given."""
+    if not text:
+        return None
+    try:
+        sizes = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise BadInput(f"--batch-sizes {text!r} is not a comma-separated list of whole numbers") from None
+    if not sizes or sizes[0] < 1:
+        raise BadInput("--batch-sizes must be positive whole numbers")
+    return sizes
+
+
 @app.command("compare")
 @_handled()
 def compare_cmd(
     model: Annotated[Path, typer.Argument(help="Source model.")],
-    targets: Annotated[str | None, typer.Option("--targets", help="Comma-separated targets (families or profiles); default: every family edgeconv has.")] = None,
-    precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated precisions; each target gets those it offers.")] = "fp32,fp16,int8",
+    targets: Annotated[str | None, typer.Option("--targets", help="Comma-separated targets (families or profiles); default: "
+            "every family edgeconv has.")] = None,
+    precisions: Annotated[str, typer.Option("--precisions",
+            help="Comma-separated precisions; each target gets those it offers.")] = "fp32,fp16,int8",
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for int8 (.npz/.npy/image folder).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y) for accuracy.")] = None,
     input_shape: InputShapeOpt = [],  # noqa: B006
@@ -475,7 +562,8 @@ def compare_cmd(
     trust_pickle: TrustPickleOpt = False,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per artifact.")] = 50,
     threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Keep every bundle here (default: a temporary folder).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir",
+            help="Keep every bundle here (default: a temporary folder).")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV.")] = None,
     wide: Annotated[bool, typer.Option("--wide", help="Show every column, however wide the terminal.")] = False,
     as_json: JsonOpt = False,
@@ -507,7 +595,8 @@ def debug_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert` (a failed int8 bundle too).")],
     data: Annotated[Path, typer.Option("--data", help="Real inputs (.npz x[, y] or .npy) to run both graphs on.")],
     samples: Annotated[int, typer.Option("--samples", help="How many samples of --data to run.")] = 32,
-    threshold_db: Annotated[float, typer.Option("--threshold-db", help="A layer diverges when its SNR, and the SNR its own error leaves, fall below this.")] = 20.0,
+    threshold_db: Annotated[float, typer.Option("--threshold-db", help="A layer diverges when its SNR, and the SNR its own "
+            "error leaves, fall below this.")] = 20.0,
     top: Annotated[int, typer.Option("--top", help="Rows in the worst-layers table.")] = 10,
     as_json: JsonOpt = False,
 ) -> None:
@@ -528,21 +617,39 @@ def debug_cmd(
 @_handled()
 def compress_cmd(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Argument(help="Source model: .pt2, a state_dict .pt/.pth with --model-class, a pickled module with --trust-pickle.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The compressed model to write (.pt2, a torch.export program `convert` takes).")],
-    prune_channels: Annotated[float | None, typer.Option("--prune-channels", help="Structured: remove this fraction (0-1) of each group of coupled channels, by importance (Torch-Pruning DepGraph). Every runtime gets faster.", rich_help_panel="Compression")] = None,
-    round_to: Annotated[int, typer.Option("--round-to", help="--prune-channels keeps a multiple of this many channels per layer (ONNX Runtime's x86 kernels work in blocks of 8; 1 keeps the exact ratio).", rich_help_panel="Compression")] = 8,
-    sparsity: Annotated[float | None, typer.Option("--sparsity", help="Unstructured: zero this fraction (0-1) of conv/Linear weights by magnitude, iteratively with --finetune. Dense runtimes do not get faster; the zipped artifact gets smaller.", rich_help_panel="Compression")] = None,
-    low_rank: Annotated[float | None, typer.Option("--low-rank", help="Split each Linear and 1x1 conv by truncated SVD: 0-1 keeps the rank holding that fraction of the layer's energy; a whole number >= 1 is a fixed rank.", rich_help_panel="Compression")] = None,
-    finetune: Annotated[Path | None, typer.Option("--finetune", help="Labelled training .npz (x in the model's own layout, integer labels y): fine-tune with cross-entropy after compressing.", rich_help_panel="Fine-tuning")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Fine-tuning epochs (default 10).", rich_help_panel="Fine-tuning")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Fine-tuning learning rate, Adam (default 1e-3).", rich_help_panel="Fine-tuning")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Fine-tuning batch size (default 64).", rich_help_panel="Fine-tuning")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning shuffles and initialisation.", rich_help_panel="Fine-tuning")] = 0,
-    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y): top-1 before and after, on ONNX Runtime.")] = None,
-    runs: Annotated[int, typer.Option("--runs", help="Timed ONNX Runtime runs per model (before/after interleaved).", rich_help_panel="Measurement")] = 100,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs per model and round.", rich_help_panel="Measurement")] = 10,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime threads (default: the runtime's own).", rich_help_panel="Measurement")] = None,
+    model: Annotated[Path, typer.Argument(help="Source model: .pt2, a state_dict .pt/.pth with --model-class, a pickled module "
+            "with --trust-pickle.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The compressed model to write (.pt2, a torch.export program "
+            "`convert` takes).")],
+    prune_channels: Annotated[float | None, typer.Option("--prune-channels", help="Structured: remove this fraction (0-1) of "
+            "each group of coupled channels, by importance (Torch-Pruning DepGraph). Every runtime gets faster.",
+            rich_help_panel="Compression")] = None,
+    round_to: Annotated[int, typer.Option("--round-to", help="--prune-channels keeps a multiple of this many channels per layer "
+            "(ONNX Runtime's x86 kernels work in blocks of 8; 1 keeps the exact ratio).", rich_help_panel="Compression")] = 8,
+    sparsity: Annotated[float | None, typer.Option("--sparsity", help="Unstructured: zero this fraction (0-1) of conv/Linear "
+            "weights by magnitude, iteratively with --finetune. Dense runtimes do not get faster; the zipped artifact gets "
+            "smaller.", rich_help_panel="Compression")] = None,
+    low_rank: Annotated[float | None, typer.Option("--low-rank", help="Split each Linear and 1x1 conv by truncated SVD: 0-1 "
+            "keeps the rank holding that fraction of the layer's energy; a whole number >= 1 is a fixed rank.",
+            rich_help_panel="Compression")] = None,
+    finetune: Annotated[Path | None, typer.Option("--finetune", help="Labelled training .npz (x in the model's own layout, "
+            "integer labels y): fine-tune with cross-entropy after compressing.", rich_help_panel="Fine-tuning")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Fine-tuning epochs (default 10).",
+            rich_help_panel="Fine-tuning")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Fine-tuning learning rate, Adam (default 1e-3).",
+            rich_help_panel="Fine-tuning")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Fine-tuning batch size (default 64).",
+            rich_help_panel="Fine-tuning")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning shuffles and initialisation.",
+            rich_help_panel="Fine-tuning")] = 0,
+    data: Annotated[Path | None, typer.Option("--data",
+            help="Labelled .npz (x, y): top-1 before and after, on ONNX Runtime.")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed ONNX Runtime runs per model (before/after interleaved).",
+            rich_help_panel="Measurement")] = 100,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs per model and round.",
+            rich_help_panel="Measurement")] = 10,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime threads (default: the runtime's own).",
+            rich_help_panel="Measurement")] = None,
     input_shape: InputShapeOpt = [],  # noqa: B006
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
@@ -556,8 +663,9 @@ def compress_cmd(
     from edgeconv.specs import parse_input_dtypes, parse_input_shapes
 
     req = CompressRequest(
-        model=model, output=output, prune_channels=prune_channels, round_to=round_to, sparsity=sparsity, low_rank=low_rank, finetune=finetune,
-        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, data=data, runs=runs, warmup=warmup, threads=threads,
+        model=model, output=output, prune_channels=prune_channels, round_to=round_to, sparsity=sparsity, low_rank=low_rank,
+        finetune=finetune, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, data=data, runs=runs, warmup=warmup,
+        threads=threads,
         input_shapes=parse_input_shapes(input_shape), input_dtypes=parse_input_dtypes(input_shape),
         load=_load_options(model_class, model_kwargs, trust_pickle), force=force, command_line=_command_line(ctx),
     )
@@ -573,7 +681,8 @@ def compress_cmd(
 def inspect(
     model: Annotated[Path, typer.Argument(help="Model file (.pt, .pt2, .keras, .h5, SavedModel dir, .onnx).")],
     input_shape: InputShapeOpt = [],  # noqa: B006
-    sample: Annotated[Path | None, typer.Option("--sample", help="Sample inputs (.npy or .npz) whose shapes fill the model's open dimensions.")] = None,
+    sample: Annotated[Path | None, typer.Option("--sample", help="Sample inputs (.npy or .npz) whose shapes fill the model's "
+            "open dimensions.")] = None,
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -618,31 +727,25 @@ def targets(as_json: JsonOpt = False) -> None:
 
 @app.command()
 @_handled()
+@_with_ssh_options
+@_with_target_options("build")
 def build(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory whose device format is built here (TensorRT engine).")],
-    dla_core: Annotated[int | None, typer.Option("--dla-core", help="Build for this DLA core (Jetson Xavier/Orin NX/AGX).")] = None,
-    workspace: Annotated[int | None, typer.Option("--workspace", help="TensorRT builder workspace in MB.")] = None,
-    compiler: Annotated[str | None, typer.Option("--compiler", help="Coral: path to edgetpu_compiler (default: found on PATH).")] = None,
-    remote: RemoteOpt = [],  # noqa: B006
-    hosts: HostsOpt = None,
-    identity: IdentityOpt = None,
-    ssh_option: SshOptionOpt = [],  # noqa: B006
-    remote_python: RemotePythonOpt = "python3",
-    timeout: TimeoutOpt = 30.0,
+    ssh: SshOptions,
     as_json: JsonOpt = False,
+    **target_options: Any,
 ) -> None:
     """Build the device-specific artifact on the device (TensorRT engine on a Jetson) and record the device."""
     from edgeconv.build import build_bundle
+    from edgeconv.target_options import as_arguments
 
-    if remote or hosts:
-        if len(_device_list(remote, hosts)) > 1:
+    if ssh.given:
+        if len(ssh.devices()) > 1:
             raise BadInput("build --remote takes one device: the engine it brings back into the bundle belongs to that "
                            "device's GPU and TensorRT; build each device from its own copy of the bundle")
-        args = [a for k, v in (("--dla-core", dla_core), ("--workspace", workspace), ("--compiler", compiler)) if v is not None
-                for a in (k, str(v))]
-        _on_devices("build", bundle, remote, hosts, identity, ssh_option, remote_python, timeout, as_json, args)
+        _on_devices("build", bundle, ssh, as_json, args=as_arguments(target_options))
         return
-    record = build_bundle(bundle, dla_core=dla_core, workspace_mb=workspace, compiler=compiler, steps=_steps(as_json))
+    record = build_bundle(bundle, **target_options, steps=_steps(as_json))
     if as_json:
         _emit_json({"ok": True, "build": record})
     elif record["format"] == "edgetpu-compile":
@@ -663,14 +766,10 @@ def build(
 
 @app.command()
 @_handled()
+@_with_ssh_options
 def selftest(
+    ssh: SshOptions,
     target: Annotated[str, typer.Option("--target", "-t", help="The device family or profile of this board.")] = "jetson",
-    remote: RemoteOpt = [],  # noqa: B006
-    hosts: HostsOpt = None,
-    identity: IdentityOpt = None,
-    ssh_option: SshOptionOpt = [],  # noqa: B006
-    remote_python: RemotePythonOpt = "python3",
-    timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """First run on a new board: convert the bundled sample, build, validate, one table (on this board, or with
@@ -678,9 +777,8 @@ def selftest(
     from edgeconv.selftest import selftest as run_selftest
     from edgeconv.selftest import selftest_remote
 
-    if remote or hosts:
-        ssh = {"identity": identity, "ssh_options": ssh_option, "remote_python": remote_python, "timeout": timeout}
-        result = selftest_remote(target, _device_list(remote, hosts), ssh, _steps(as_json), None if as_json else _progress_line)
+    if ssh.given:
+        result = selftest_remote(target, ssh, _steps(as_json), None if as_json else _progress_line)
     else:
         result = run_selftest(target, _steps(as_json))
     if as_json:

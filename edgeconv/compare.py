@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeconv.calibration import CalibrationRequest
+from edgeconv.core.text import first_line
 from edgeconv.errors import CheckFailed, EdgeconvError
 from edgeconv.frontends import LoadOptions, load_source
 from edgeconv.progress import Steps
@@ -84,19 +85,20 @@ def compare(req: CompareRequest, steps: Steps | None = None) -> dict[str, Any]:
                     except CheckFailed as exc:
                         row.update(status="check-failed", reason=exc.message)
                     except EdgeconvError as exc:
-                        row.update(status="failed", reason=exc.message.splitlines()[0][:200])
+                        row.update(status="failed", reason=first_line(exc.message, 200))
                         continue
                     try:
                         report = validate(ValidateRequest(bundle=out, data=req.data, runs=req.runs, threads=req.threads))
                     except EdgeconvError as exc:
-                        row.update(status="failed", reason=f"validate: {exc.message.splitlines()[0][:200]}")
+                        row.update(status="failed", reason=f"validate: {first_line(exc.message, 200)}")
                         continue
                 m = Bundle.open(out, verify=False).manifest
                 art = next(a for a in m["artifacts"] if a["file"] == report["artifact"])
                 row.setdefault("status", "ok" if report["ok"] else "check-failed")
                 row.update({
                     # what ships: the model file plus its weights file where the format splits them (OpenVINO .bin)
-                    "artifact": art["file"], "bytes": art["bytes"] + sum(a["bytes"] for a in m["artifacts"] if a["role"] == "weights"),
+                    "artifact": art["file"],
+                    "bytes": art["bytes"] + sum(a["bytes"] for a in m["artifacts"] if a["role"] == "weights"),
                     "parity_max_abs": max((o["max_abs"] or 0.0) for o in report["parity"]["outputs"]),
                     "parity_ok": report["parity"]["ok"],
                     "top1": report.get("accuracy", {}).get("artifact", {}).get("top1"),

@@ -1,27 +1,19 @@
 """Typed errors. Library code raises these; only the CLI maps them to a message and an exit code.
 
-Exit codes (DESIGN.md, plus 5): 0 ok · 1 a check or budget failed · 2 bad usage or bad input (incl. preflight
+The kinds the host and the device share (EdgeconvError, BadInput, ArtifactRefused, MissingDependency …) are defined
+once, in ``edgeconv/core/errors.py``, and imported here; this module adds the host's own (docs/architecture.md).
+
+Exit codes: 0 ok · 1 a check or budget failed · 2 bad usage or bad input (incl. preflight
 refusals) · 3 missing dependency, device or unsupported platform · 4 conversion failed · 5 internal error (a bug
 in edgeconv; the traceback is written to a file).
 """
 
 from __future__ import annotations
 
+from edgeconv.core.errors import ArtifactRefused, BadInput, EdgeconvError, MissingDependency, NoLayerProfiler, UnknownProtocol
 
-class EdgeconvError(Exception):
-    """Base of every error edgeconv raises on purpose. ``exit_code`` is what the CLI exits with."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, *, hint: str | None = None, details: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        # Long text (a table, a condensed tool log) shown under the message.
-        self.details = details
-
-    def __str__(self) -> str:
-        return self.message
+__all__ = ["ArtifactRefused", "BadInput", "CheckFailed", "ConversionFailed", "EdgeconvError", "IntermediatesUnavailable",
+           "InternalError", "MissingDependency", "NoLayerProfiler", "PreflightError", "UnknownProtocol", "converter_of"]
 
 
 class CheckFailed(EdgeconvError):
@@ -30,29 +22,12 @@ class CheckFailed(EdgeconvError):
     exit_code = 1
 
 
-class BadInput(EdgeconvError):
-    """The user gave something edgeconv cannot use: a missing file, a corrupt model, wrong data."""
-
-    exit_code = 2
-
-
-class ArtifactRefused(BadInput):
-    """A runtime cannot load or run a model file. A file the user handed to validate or profile is bad input (2);
-    one that a conversion has just written is that conversion's failure: convert reports it as ConversionFailed (4)."""
-
-
 class PreflightError(BadInput):
     """A target refuses a model or an option before any conversion work starts."""
 
 
 class IntermediatesUnavailable(BadInput):
     """``edgeconv debug``: the artifact's runtime cannot expose its intermediate tensors (or they match nothing)."""
-
-
-class MissingDependency(EdgeconvError):
-    """An optional library, tool, device or platform is not available here."""
-
-    exit_code = 3
 
 
 class ConversionFailed(EdgeconvError):

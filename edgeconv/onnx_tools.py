@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.core.text import first_line
 from edgeconv.errors import BadInput, ConversionFailed
 from edgeconv.specs import TensorSpec, guess_layout
 
@@ -24,7 +25,7 @@ def load_onnx(path: Path, *, load_external_data: bool = True):
         proto = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:
         raise BadInput(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {first_line(str(exc), 200)})",
             hint="the file may be truncated, or not ONNX at all; re-export it",
         ) from exc
     if not proto.graph.node and not proto.graph.output:
@@ -51,7 +52,8 @@ def check_and_infer(path: Path):
     return proto
 
 
-_ONNX_TO_NP = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+_ONNX_TO_NP = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+               11: "float64", 12: "uint32", 13: "uint64"}
 
 
 def _value_spec(v, layout_default: str | None) -> TensorSpec:
@@ -162,10 +164,14 @@ def summarize(proto, layout_default: str | None = None) -> dict[str, Any]:
     """What ``edgeconv inspect`` shows: I/O with dynamic dims, opset, op histogram, parameters, MACs."""
     import onnx
 
+    method = "Conv/ConvTranspose/Gemm/MatMul from inferred shapes, batch as in the graph (dynamic = 1)"
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - inspect describes what it can: a graph shape inference refuses still has
+        # its I/O, ops and parameters; its MACs are counted from the shapes the graph states, and the method says why
         inferred = proto
+        method = ("Conv/ConvTranspose/Gemm/MatMul from the shapes the graph states, batch as in the graph (dynamic = 1): "
+                  f"ONNX shape inference failed ({type(exc).__name__}: {first_line(str(exc), 200)})")
     ins, outs = io_specs(proto, layout_default)
     params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
     macs, unknown = count_macs(inferred)
@@ -181,6 +187,6 @@ def summarize(proto, layout_default: str | None = None) -> dict[str, Any]:
         "ops": dict(ops.most_common()),
         "parameters": params,
         "macs": macs,
-        "macs_method": "Conv/ConvTranspose/Gemm/MatMul from inferred shapes, batch as in the graph (dynamic = 1)",
+        "macs_method": method,
         "macs_uncounted_nodes": unknown,
     }

@@ -1,9 +1,9 @@
 """Output agreement between a reference (the source framework) and an artifact, with tolerances as data.
 
 The rule itself (every output checked for name, shape and values; per-output ``atol`` overrides; one cosine
-rule, where a zero output against a non-zero reference scores 0) lives once, in the single-file device runner,
-so the device and this host judge alike. This module gives it typed results for the host: the caller raises
-once with the tolerance each failing output would have needed.
+rule, where a zero output against a non-zero reference scores 0) lives once, in ``edgeconv.core.parity``, which the
+device runner carries, so the device and this host judge alike (docs/architecture.md). This module gives it typed
+results for the host: the caller raises once with the tolerance each failing output would have needed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgeconv.device.edgeconv_runner import compare_outputs, tolerance_of
+from edgeconv.core.parity import compare_outputs, tolerance_of
 from edgeconv.errors import BadInput
 
 
@@ -96,5 +96,5 @@ def compare(
     default: Tolerance,
     overrides: dict[str | None, float] | None = None,
 ) -> ParityReport:
-    """The device runner's ``compare_outputs`` (the one parity rule), as a typed report."""
+    """The core's ``compare_outputs`` (the one parity rule), as a typed report."""
     return ParityReport.from_dict(compare_outputs(label, names, expected, actual, vars(default), overrides))

@@ -1,10 +1,13 @@
 """``edgeconv profile BUNDLE``: latency and throughput per batch size, the knee, the best batch under a latency
-budget, and whether outputs change with the batch. Same statistics as ``validate``; talks only to runners.
+budget, and whether outputs change with the batch. Same statistics as ``validate``; talks only to runners. The
+measuring, and which batch sizes an artifact can be swept over, are the core's ``execute_profile`` (the device runner's
+too); the knee and the best batch are worked out here from its rows, wherever they were measured.
 
 ``edgeconv profile BUNDLE --layers``: time per layer from the runtime's own profiler (ONNX Runtime's profiling trace,
 OpenVINO's performance counters), each layer's share, the PyTorch module it came from where the ONNX graph says, and
-the sum of the layers against the end-to-end p50 measured with the profiler off. The measuring is the device runner's
-``execute_layers`` (the same code on a device); naming the layers after the source is done here, from the ONNX graph."""
+the sum of the layers against the end-to-end p50 measured with the profiler off. The measuring is the core's
+``execute_layers`` (the same code on a device); naming the layers after the source is done here, from the ONNX graph.
+See docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -17,16 +20,19 @@ from typing import Any
 import numpy as np
 
 from edgeconv.bundle import Bundle, write_json
-from edgeconv.device import edgeconv_runner as device
-from edgeconv.device.edgeconv_runner import SWEEP_METHOD, sweep
+from edgeconv.core.artifact import artifact_to_run, runner_options
+from edgeconv.core.layers import execute_layers
+from edgeconv.core.request import complete_request
+from edgeconv.core.sweep import default_batch_sizes, execute_profile
 from edgeconv.errors import BadInput
-from edgeconv.parity import tolerance_from_dict
 from edgeconv.progress import Steps
 from edgeconv.runners import open_runner
 
 KNEE_GAIN = 0.10  # a doubling that adds less throughput than this is past the knee
 LAYERS_AGREE = 0.15  # --layers: a sum of the layers further than this from the end-to-end p50 gets a note saying why
-DEFAULT_MAX_BATCH = 32
+
+__all__ = ["ProfileRequest", "best_under_budget", "default_batch_sizes", "device_profile_report", "knee", "layers_report",
+           "plot", "profile", "sweep_report"]
 
 
 @dataclass
@@ -59,7 +65,8 @@ def knee(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         if not later:
             return {"batch": a["batch"], "why": f"throughput grows ≥ {KNEE_GAIN:.0%} per doubling up to batch {a['batch']}, "
                                                 "the largest measured"}
-        gains = [((b["throughput_items_s"] / a["throughput_items_s"]) ** (1 / np.log2(b["batch"] / a["batch"])) - 1, b) for b in later]
+        gains = [((b["throughput_items_s"] / a["throughput_items_s"]) ** (1 / np.log2(b["batch"] / a["batch"])) - 1, b)
+                 for b in later]
         gain, top = max(gains, key=lambda g: g[0])
         if gain < KNEE_GAIN:
             return {"batch": a["batch"], "why": f"no larger batch gains {KNEE_GAIN:.0%} throughput per doubling (at most "
@@ -76,97 +83,87 @@ def best_under_budget(rows: list[dict[str, Any]], budget_ms: float | None) -> di
         return {"batch": None, "why": f"no batch size keeps p99 within {budget_ms} ms"
                 + (f" (batch {fastest['batch']} is closest at {fastest['p99_ms']:.2f} ms)" if fastest else "")}
     best = max(fits, key=lambda r: r["throughput_items_s"])
-    return {"batch": best["batch"], "why": f"batch {best['batch']} gives the most throughput ({best['throughput_items_s']:.0f} items/s) "
+    return {"batch": best["batch"], "why": f"batch {best['batch']} gives the most throughput "
+                                           f"({best['throughput_items_s']:.0f} items/s) "
                                            f"with p99 {best['p99_ms']:.2f} ms ≤ {budget_ms} ms"}
 
 
+def _open(req: ProfileRequest, request: dict[str, Any]) -> tuple[Bundle, dict[str, Any], Any]:
+    """The bundle, the artifact this machine runs (the core's choice, as validate's and the device's) and its runner."""
+    bundle = Bundle.open(req.bundle)
+    art, options = artifact_to_run(bundle.manifest)
+    options = runner_options(art, options, request)
+    return bundle, art, open_runner(art["runner"], bundle.path / art["file"], threads=req.threads, options=options)
+
+
+def _request(req: ProfileRequest) -> dict[str, Any]:
+    return complete_request({"command": "profile", "batch_sizes": req.batch_sizes, "runs": req.runs, "warmup": req.warmup,
+                             "threads": req.threads, "min_time_s": req.min_time_s, "budget_ms": req.budget_ms,
+                             "layers": req.layers, "where": req.where})
+
+
 def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
+    """The core's sweep (``execute_profile``, the device runner's too) on edgeconv's runner, and the knee and the best
+    batch under the budget worked out from its rows."""
     steps = steps or Steps()
     if req.runs < 1:
         raise BadInput("--runs must be ≥ 1")
     if req.layers:
         return profile_layers(req, steps)
-    bundle = Bundle.open(req.bundle)
-    m = bundle.manifest
-    art = bundle.artifact_to_run()
-    artifact = bundle.path / art["file"]
-    options = art.get("runner_options", {})
-    runner = open_runner(art["runner"], artifact, threads=req.threads, options=options)
-    ref, _ = bundle.reference()
-    fixed = runner.fixed_batch()
-    resizable = fixed is None or runner.resizes_batch
-    sizes = req.batch_sizes or (default_batch_sizes(m) if resizable else [fixed or 1])
-    notes = []
-    if not resizable and any(b != fixed for b in sizes):
-        why = ("the Edge TPU compiler fixes every shape" if m["target"]["backend"] == "coral"
-               else "static export; re-convert with --dynamic-batch to sweep")
-        notes.append(f"the artifact has a fixed batch of {fixed}, so only batch {fixed} is profiled ({why})")
-        sizes = [fixed]
-    tol = tolerance_from_dict(m["tolerances"][m["precision"]]) if m["precision"] in m["tolerances"] else None
-    with runner, steps.step(f"Profiling batch sizes {', '.join(map(str, sizes))} on {art['runner']}"):
-        rows = sweep(runner.prepare, runner.run_prepared, lambda: runner.last_inference_s, ref, sizes, req.runs, req.warmup,
-                     req.min_time_s, tol.atol if tol else None, can_single=resizable or fixed == 1)
-    measured_on = device.measured_on(art, runner, req.where)  # the device runner's: emulation detected, as validate's
-    report = profile_report(bundle, art, measured_on, rows, notes, req.budget_ms,
-                            f"per batch: {req.warmup} warm-up, ≥ {req.runs} timed runs"
-                            + (f" and ≥ {req.min_time_s} s" if req.min_time_s else "") + "; " + SWEEP_METHOD)
+    request = _request(req)
+    bundle, art, runner = _open(req, request)
+    with runner:
+        result = execute_profile(request, str(bundle.path), bundle.manifest, art, runner, steps.step)
+    report = sweep_report(bundle, result, "")
     dest = req.report or bundle.path / "profile.json"
     write_json(dest, report)
     report["report_file"] = str(dest)
     if req.csv:
-        _write_csv(req.csv, rows)
+        _write_csv(req.csv, report["rows"])
     if req.plot:
         plot(report, req.plot)
     return report
 
 
-def profile_report(bundle: Bundle, art: dict[str, Any], measured_on: dict[str, Any], rows: list[dict[str, Any]],
-                   notes: list[str], budget_ms: float | None, method: str) -> dict[str, Any]:
-    """The profile report from a sweep's rows, measured here or on a device: the knee and the best batch under
-    the budget are worked out where the report is made."""
-    m = bundle.manifest
+def sweep_report(bundle: Bundle, result: dict[str, Any], where: str) -> dict[str, Any]:
+    """The profile report from the core's sweep result (``execute_profile``), measured here or on a device (``where``
+    says so in the method): the knee and the best batch under the budget are worked out where the report is made."""
+    m, r = bundle.manifest, result["request"]
+    rows = result["sweep"]["rows"]
+    method = (f"per batch: {r['warmup']} warm-up, ≥ {r['runs']} timed runs"
+              + (f" and ≥ {r['min_time_s']} s" if r.get("min_time_s") else "") + f"; {result['sweep']['method']}{where}")
     return {
-        "bundle": str(bundle.path), "target": m["target"]["profile"], "precision": m["precision"], "artifact": art["file"],
-        "measured_on": measured_on, "method": method, "rows": rows, "knee": knee(rows), "budget_ms": budget_ms,
-        "best_under_budget": best_under_budget(rows, budget_ms), "notes": notes,
-        "divergent_batches": [r["batch"] for r in rows if r.get("diverges")],
+        "bundle": str(bundle.path), "target": m["target"]["profile"], "precision": m["precision"], "artifact": result["artifact"],
+        "measured_on": result["measured_on"], "method": method, "rows": rows, "knee": knee(rows), "budget_ms": r.get("budget_ms"),
+        "best_under_budget": best_under_budget(rows, r.get("budget_ms")), "notes": result["sweep"]["notes"],
+        "divergent_batches": [row["batch"] for row in rows if row.get("diverges")],
     }
 
 
 def device_profile_report(bundle: Bundle, report: dict[str, Any]) -> dict[str, Any]:
     """A profile report as the bundle's device runner returns it (a sweep's rows, or per-layer times), finished here: the
     knee and the best batch under the budget, or the layers' source names."""
-    r = report["request"]
     if "layers" in report:
         art = next((a for a in bundle.manifest["artifacts"] if a["file"] == report["artifact"]),
                    {"file": report["artifact"], "runner": report["runner"]})
         return layers_report(bundle, art, report, "; measured by the bundle's device runner")
-    return profile_report(bundle, {"file": report["artifact"]}, report["measured_on"], report["sweep"]["rows"],
-                          report["sweep"]["notes"], r.get("budget_ms"),
-                          f"per batch: {r['warmup']} warm-up, ≥ {r['runs']} timed runs"
-                          + (f" and ≥ {r['min_time_s']} s" if r.get("min_time_s") else "")
-                          + f"; {report['sweep']['method']}; measured by the bundle's device runner")
+    return sweep_report(bundle, report, "; measured by the bundle's device runner")
 
 
 # -- per-layer times ---------------------------------------------------------------------------------------------------
 def profile_layers(req: ProfileRequest, steps: Steps) -> dict[str, Any]:
-    """``profile --layers`` here: the device runner's ``execute_layers`` on edgeconv's runner for the bundle, then the
-    layers named after the source. A runtime without a per-layer profiler is refused (exit 2) with the reason."""
-    from edgeconv.validate import runner_errors
-
-    given = [flag for flag, v in (("--min-time", req.min_time_s), ("--budget-ms", req.budget_ms), ("--plot", req.plot)) if v is not None]
+    """``profile --layers`` here: the core's ``execute_layers`` on edgeconv's runner for the bundle, then the layers named
+    after the source. A runtime without a per-layer profiler is refused (exit 2) with the reason."""
+    options = (("--min-time", req.min_time_s), ("--budget-ms", req.budget_ms), ("--plot", req.plot))
+    given = [flag for flag, v in options if v is not None]
     if given:
         raise BadInput(f"--layers times the layers of one batch size; it does not take {', '.join(given)}")
     if req.batch_sizes and len(req.batch_sizes) != 1:
         raise BadInput(f"--layers profiles one batch size; --batch-sizes gave {','.join(map(str, req.batch_sizes))}")
-    bundle = Bundle.open(req.bundle)
-    art = bundle.artifact_to_run()
-    runner = open_runner(art["runner"], bundle.path / art["file"], threads=req.threads, options=art.get("runner_options", {}))
-    request = {"command": "profile", "layers": True, "batch_sizes": req.batch_sizes, "runs": req.runs, "warmup": req.warmup,
-               "threads": req.threads, "where": req.where}
-    with runner, runner_errors():
-        result = device.execute_layers(device.complete_request(request), str(bundle.path), bundle.manifest, art, runner,
-                                       steps.step)
+    request = _request(req)
+    bundle, art, runner = _open(req, request)
+    with runner:
+        result = execute_layers(request, str(bundle.path), bundle.manifest, art, runner, steps.step)
     report = layers_report(bundle, art, result, "")
     dest = req.report or bundle.path / "profile_layers.json"
     write_json(dest, report)
@@ -210,7 +207,8 @@ def layers_report(bundle: Bundle, art: dict[str, Any], result: dict[str, Any], w
         notes.append("host emulation: these are ONNX Runtime's layer times on this machine, not the device runtime's "
                      "(TensorRT's per-layer profile needs the device)")
     mo = result["measured_on"]
-    return {"bundle": str(bundle.path), "target": m["target"]["profile"], "precision": m["precision"], "artifact": result["artifact"],
+    return {"bundle": str(bundle.path), "target": m["target"]["profile"], "precision": m["precision"],
+            "artifact": result["artifact"],
             "runner": result.get("runner", art.get("runner")), "measured_on": mo, "layers": layers,
             "method": f"{layers['method']}; {layers['profiler']}{where}", "notes": notes, "request": result.get("request")}
 
@@ -302,18 +300,6 @@ def _write_layers_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
-def default_batch_sizes(manifest: dict[str, Any]) -> list[int]:
-    return [2**i for i in range(6) if 2**i <= _max_batch(manifest)]
-
-
-def _max_batch(manifest: dict[str, Any]) -> int:
-    for a in manifest["artifacts"]:
-        shapes = (a.get("device_build") or {}).get("shapes")
-        if shapes:
-            return max(s["max"][0] for s in shapes.values())
-    return DEFAULT_MAX_BATCH
-
-
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     cols = ["batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "per_item_ms", "throughput_items_s", "rss_delta_mb",
             "max_abs_vs_batch1", "top1_agreement_vs_batch1", "diverges", "error"]
@@ -346,7 +332,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         kb = report["knee"]["batch"]
         ax.axvline(kb, color="gray", linestyle="--", linewidth=1)
         lo, hi = ax.get_ylim()
-        ax.annotate(f"knee: batch {kb} ", (kb, lo + 0.5 * (hi - lo)), ha="right" if kb == b[-1] else "left", fontsize=8, color="gray")
+        ax.annotate(f"knee: batch {kb} ", (kb, lo + 0.5 * (hi - lo)), ha="right" if kb == b[-1] else "left", fontsize=8,
+                    color="gray")
     if report["budget_ms"] is not None:
         ax2.axhline(report["budget_ms"], color="tab:red", linewidth=0.8, alpha=0.6)
         ax2.annotate(f"budget {report['budget_ms']} ms (p99)", (b[-1], report["budget_ms"]), fontsize=8, va="bottom", ha="right",

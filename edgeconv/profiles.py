@@ -122,4 +122,5 @@ def resolve_profile(target: str) -> Profile:
     if len(family) == 1:
         return family[0]
     known = sorted(set(profiles) | {p.family for p in profiles.values()})
-    raise BadInput(f"unknown target {target!r}", hint=f"known targets: {', '.join(known)} (or a path to your own .toml); see `edgeconv targets`")
+    raise BadInput(f"unknown target {target!r}",
+                   hint=f"known targets: {', '.join(known)} (or a path to your own .toml); see `edgeconv targets`")

@@ -60,13 +60,15 @@ def render_convert(result) -> None:
                 console.print(f"top-1 agreement with the source: {c['top1_agreement']:.2%}")
         elif c["kind"] == "accuracy":
             console.print(f"accuracy on {c['data']['path']} ({c['data']['count']} samples): source top-1 "
-                          f"{c['source']['top1']:.2%}, artifact top-1 {c['artifact']['top1']:.2%}, drop {c['drop_points']:.2f} points")
+                          f"{c['source']['top1']:.2%}, artifact top-1 {c['artifact']['top1']:.2%}, "
+                          f"drop {c['drop_points']:.2f} points")
         elif c["kind"] == "edgetpu-mapping":
             _edgetpu_table(c)
         elif c["kind"] == "ethos-u-npu-mapping":
             e = c["estimate"]
-            console.print(f"Ethos-U ({c['accelerator_config']}, {c['system_config']}, {c['memory_mode']}): {c['npu_ops']} of {c['ops']} "
-                          f"ops on the NPU ({c['npu_share_ops']:.0%}); {e['label']}: {e['cycles_total']:,} cycles = "
+            console.print(f"Ethos-U ({c['accelerator_config']}, {c['system_config']}, {c['memory_mode']}): "
+                          f"{c['npu_ops']} of {c['ops']} ops on the NPU ({c['npu_share_ops']:.0%}); "
+                          f"{e['label']}: {e['cycles_total']:,} cycles = "
                           f"{e['inference_time_ms']:.4f} ms at {e['core_clock_mhz']:.0f} MHz, SRAM {e['sram_used_kib']:.1f} KiB, "
                           f"off-chip {e['off_chip_used_kib']:.1f} KiB")
             for op in c["cpu_operators"]:
@@ -76,16 +78,19 @@ def render_convert(result) -> None:
         cost = fb["cost"]
         layers = ", ".join(f"{x['source'] or x['layer']} ({x['op']})" for x in fb["float_layers"])
         label = "NNCF accuracy control" if fb.get("mode") == "accuracy-control" else "int8 guard"
-        console.print(f"[bold]{label}[/] ({'met' if fb['ok'] else '[red]missed[/]'} --max-accuracy-drop {fb['max_accuracy_drop']}): "
+        console.print(f"[bold]{label}[/] ({'met' if fb['ok'] else '[red]missed[/]'} "
+                      f"--max-accuracy-drop {fb['max_accuracy_drop']}): "
                       f"{len(fb['float_layers'])} layer(s) kept in float — {escape(layers)}; drop {fb['drop_before']:.2f} → "
                       f"{fb['drop_after']:.2f} points; cost vs full int8: {cost['bytes']['delta']:+,} bytes, p50 "
                       f"{cost['p50_ms']['full_int8']:.3f} → {cost['p50_ms']['with_float_layers']:.3f} ms "
                       f"(x{cost['p50_ms']['ratio']:.2f}, {cost['method']})")
     if model.get("float_ops"):
-        console.print(f"[yellow]left in float ({('the ' + label) if fb else 'no int8 kernel'}):[/] {', '.join(model['float_ops'])}")
+        console.print(f"[yellow]left in float ({('the ' + label) if fb else 'no int8 kernel'}):[/] "
+                      f"{', '.join(model['float_ops'])}")
     build = model.get("device_build")
     if build and not build.get("built"):
-        console.print(f"[yellow]not built here:[/] {build.get('reason') or build.get('how')}\n  then: {build.get('command') or 'edgeconv build BUNDLE'}")
+        console.print(f"[yellow]not built here:[/] {build.get('reason') or build.get('how')}\n"
+                      f"  then: {build.get('command') or 'edgeconv build BUNDLE'}")
     if model.get("host_emulation"):
         console.print(f"[dim]checks above ran as host emulation, not on the device: {model.get('host_emulation_note')}[/]")
 
@@ -115,7 +120,8 @@ def render_validation(r: dict[str, Any]) -> None:
     t.add_column("budget", justify="right")
     t.add_column("ok")
     budgets = {b["name"]: b for b in r["budgets"]}
-    t.add_row("parity", "all outputs within tolerance" if r["parity"]["ok"] else "FAILED", "", "✅" if r["parity"]["ok"] else "❌")
+    t.add_row("parity", "all outputs within tolerance" if r["parity"]["ok"] else "FAILED", "",
+              "✅" if r["parity"]["ok"] else "❌")
     if "accuracy" in r:
         a = r["accuracy"]
         src = a["source"]
@@ -139,7 +145,8 @@ def render_validation(r: dict[str, Any]) -> None:
     t.add_row(f"latency p50 (batch {lat['batch']})", f"{lat['p50_ms']:.3f} ms", "" if b is None else f"≤ {b['limit']} ms",
               "" if b is None else ("✅" if b["ok"] else "❌"))
     t.add_row("latency p90 / p99", f"{lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ms", "", "")
-    t.add_row("mean ± std (min–max)", f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} ({lat['min_ms']:.3f}–{lat['max_ms']:.3f}) ms", "", "")
+    t.add_row("mean ± std (min–max)",
+              f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} ({lat['min_ms']:.3f}–{lat['max_ms']:.3f}) ms", "", "")
     t.add_row("throughput", f"{lat['throughput_items_s']:.0f} items/s", "", "")
     if r.get("throughput_async"):
         ta = r["throughput_async"]
@@ -147,7 +154,8 @@ def render_validation(r: dict[str, Any]) -> None:
     cs = r["cold_start"]
     t.add_row("cold start (load + 1st)", f"{cs['load_ms']:.1f} + {cs['first_inference_ms']:.1f} ms", "", "")
     console.print(t)
-    console.print(f"{'[green]PASS[/]' if r['ok'] else '[red]FAIL[/]'} · {lat['runs']} timed runs after {lat['warmup']} warm-up · report: {r['report_file']}")
+    console.print(f"{'[green]PASS[/]' if r['ok'] else '[red]FAIL[/]'} · {lat['runs']} timed runs after {lat['warmup']} "
+                  f"warm-up · report: {r['report_file']}")
 
 
 def render_profile(r: dict[str, Any]) -> None:
@@ -163,8 +171,8 @@ def render_profile(r: dict[str, Any]) -> None:
         agree = "—" if row.get("max_abs_vs_batch1") is None else (
             f"{'⚠ ' if row['diverges'] else ''}max abs {row['max_abs_vs_batch1']:.1e}"
             + (f", top-1 {row['top1_agreement_vs_batch1']:.0%}" if row.get("top1_agreement_vs_batch1") is not None else ""))
-        t.add_row(str(row["batch"]), f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['per_item_ms']:.3f}",
-                  f"{row['throughput_items_s']:.0f}", f"{row['rss_delta_mb']:.1f}", agree)
+        t.add_row(str(row["batch"]), f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}",
+                  f"{row['per_item_ms']:.3f}", f"{row['throughput_items_s']:.0f}", f"{row['rss_delta_mb']:.1f}", agree)
     console.print(t)
     for note in r["notes"]:
         console.print(f"[yellow]note:[/] {note}")
@@ -173,7 +181,8 @@ def render_profile(r: dict[str, Any]) -> None:
     if r["best_under_budget"]:
         console.print(f"best under {r['budget_ms']} ms: {r['best_under_budget']['why']}")
     if r["divergent_batches"]:
-        console.print(f"[red]outputs change with batch size at {r['divergent_batches']}[/] (compared with batch 1 on the same items)")
+        console.print(f"[red]outputs change with batch size at {r['divergent_batches']}[/] "
+                      "(compared with batch 1 on the same items)")
     console.print(f"[dim]{r['method']} · report: {r['report_file']}[/]")
 
 
@@ -200,8 +209,8 @@ def render_profile_layers(r: dict[str, Any], top: int = 20) -> None:
         source = row.get("source") or "—"
         if row.get("source_class"):
             source += f" ({row['source_class']})"
-        rows.append([str(i), escape(_middle(row["name"], 48)), escape(row.get("op") or "?"), escape(source), f"{row['p50_ms']:.3f}",
-                     f"{row['mean_ms']:.3f}", f"{row['share']:.1%}", f"{cum:.1%}"])
+        rows.append([str(i), escape(_middle(row["name"], 48)), escape(row.get("op") or "?"), escape(source),
+                     f"{row['p50_ms']:.3f}", f"{row['mean_ms']:.3f}", f"{row['share']:.1%}", f"{cum:.1%}"])
     table, hidden = fitted_table(title, columns, rows)
     console.print(table)
     if hidden:
@@ -223,7 +232,8 @@ def render_profile_layers(r: dict[str, Any], top: int = 20) -> None:
     console.print(f"[dim]{lay['profiler']} · method and every layer in the report: {r.get('report_file')}[/]")
 
 
-def fitted_table(title: str, columns: list[tuple[str, int, str]], rows: list[list[str]], wide: bool = False) -> tuple[Table, list[str]]:
+def fitted_table(title: str, columns: list[tuple[str, int, str]], rows: list[list[str]],
+                 wide: bool = False) -> tuple[Table, list[str]]:
     """A table that fits the terminal without cutting a header to "…": columns ``(name, priority, justify)`` are
     dropped from the highest priority number down until every column's narrowest form (its longest word) fits.
     Returns the table and the names of the columns left out (``wide`` keeps them all)."""
@@ -259,7 +269,8 @@ def _print_fitted(t: Table, hidden: list[str]) -> None:
 
 def render_compare(r: dict[str, Any], wide: bool = False) -> None:
     base = r["source_baseline"]
-    title = f"{r['model']} on this machine" + (f" · baseline: {base['framework']} {base['p50_ms']:.3f} ms (p50, batch 1)" if base else "")
+    title = f"{r['model']} on this machine" + (f" · baseline: {base['framework']} {base['p50_ms']:.3f} ms (p50, batch 1)"
+                                                if base else "")
     columns = [("target", 0, "left"), ("precision", 0, "left"), ("status", 0, "left"), ("size", 4, "right"),
                ("parity max abs", 3, "right"), ("top-1", 2, "right"), ("drop", 2, "right"), ("p50 ms", 1, "right"),
                ("items/s", 6, "right"), ("speed-up", 5, "right"), ("measured", 7, "left")]
@@ -271,7 +282,8 @@ def render_compare(r: dict[str, Any], wide: bool = False) -> None:
             rows.append([row["target"], row["precision"], status, *[""] * 8])
             continue
         rows.append([row["target"], row["precision"], status, _size(row["bytes"]), f"{row['parity_max_abs']:.1e}",
-                     "—" if row["top1"] is None else f"{row['top1']:.2%}", "—" if row["drop_points"] is None else f"{row['drop_points']:+.2f}",
+                     "—" if row["top1"] is None else f"{row['top1']:.2%}",
+                     "—" if row["drop_points"] is None else f"{row['drop_points']:+.2f}",
                      f"{row['p50_ms']:.3f}", f"{row['throughput_items_s']:.0f}",
                      f"{row['speedup_vs_source']:.1f}×" if row.get("speedup_vs_source") else "—",
                      f"{row['runtime']} ({row['measured']})"])
@@ -313,10 +325,11 @@ def render_remote(r: dict[str, Any]) -> None:
         missed = [b["name"] for b in rep["budgets"] if not b["ok"]]
         verdict = "✅" if d["ok"] else "❎ " + ", ".join(missed or ["parity"])
         t.add_row(d["target"], verdict, "ok" if rep["parity"]["ok"] else "FAILED", "—" if top1 is None else f"{top1:.2%}",
-                  "—" if acc.get("drop_points") is None else f"{acc['drop_points']:+.2f}", f"{lat['p50_ms']:.3f}", f"{lat['p99_ms']:.3f}",
+                  "—" if acc.get("drop_points") is None else f"{acc['drop_points']:+.2f}", f"{lat['p50_ms']:.3f}",
+                  f"{lat['p99_ms']:.3f}",
                   f"{mo.get('runtime')} {mo.get('version') or ''}", facts)
     if emulated:
-        from edgeconv.device.edgeconv_runner import EMULATED_LABEL  # the label the device runner gives measured_on
+        from edgeconv.core.machine import EMULATED_LABEL  # the label the device runner gives measured_on
 
         t.caption = f"latency of {', '.join(emulated)}: {EMULATED_LABEL}"
     console.print(t)
@@ -325,7 +338,8 @@ def render_remote(r: dict[str, Any]) -> None:
             rep = d["report"]
             for b in rep.get("budgets", []):
                 if not b["ok"]:
-                    console.print(f"[red]❎[/] {d['target']}: budget {b['name']} missed: {b['value']:.4g} > {b['limit']}", soft_wrap=True)
+                    console.print(f"[red]❎[/] {d['target']}: budget {b['name']} missed: {b['value']:.4g} > {b['limit']}",
+                                  soft_wrap=True)
             if "parity" in rep and not rep["parity"]["ok"]:
                 console.print(f"[red]❎[/] {d['target']}: parity failed: " + "; ".join(
                     f"{o['name']}: {o['reason']}" for o in rep["parity"]["outputs"] if not o["ok"]), soft_wrap=True)
@@ -377,7 +391,8 @@ def render_inspect(info: dict[str, Any]) -> None:
         for s in info[kind]:
             shape = "x".join("?" if d is None else str(d) for d in s["shape"]) or "unknown"
             dyn = s.get("dynamic_dims", [i for i, d in enumerate(s["shape"]) if not isinstance(d, int)])
-            t.add_row(kind[:-1], s["name"], shape, s["dtype"] or "unknown", s.get("layout") or "", ", ".join(map(str, dyn)) or "none")
+            t.add_row(kind[:-1], s["name"], shape, s["dtype"] or "unknown", s.get("layout") or "",
+                      ", ".join(map(str, dyn)) or "none")
     console.print(t)
     if "ops" not in info:
         return
@@ -404,5 +419,71 @@ def render_targets(rows: list[dict[str, Any]]) -> None:
             missing = r["missing_modules"] + r["missing_tools"]
             status = f"❌ missing {', '.join(missing)}: {'; '.join(r['install'])}"
         name = r["name"] + (" (default)" if r["default_for_family"] else "")
-        t.add_row(name, r["family"], f"{r['backend']} → {r['runner']}", ", ".join(r["precisions"]), status, r.get("device_part", ""))
+        t.add_row(name, r["family"], f"{r['backend']} → {r['runner']}", ", ".join(r["precisions"]), status,
+                  r.get("device_part", ""))
     console.print(t)
+
+
+def _compress_figure(v, kind: str = "int") -> str:
+    if v is None:
+        return "-"
+    if kind == "ms":
+        return f"{v:.3f} ms"
+    if kind == "pct":
+        return f"{v * 100:.2f}%"
+    if kind == "bytes":
+        return f"{v / 1e6:.2f} MB" if v >= 1e6 else f"{v / 1e3:.1f} kB"
+    return f"{v:,}"
+
+
+def _compress_table(report: dict[str, Any]) -> Table:
+    b, a, r = report["before"], report["after"], report["ratios"]
+    num = _compress_figure
+    t = Table(title=f"edgeconv compress · {Path(report['source']['path']).name} → {Path(report['output']['path']).name}",
+              title_justify="left")
+    for col in ("", "before", "after", "after / before"):
+        t.add_column(col, justify="right" if col else "left")
+    rows = [("parameters", "parameters", "int"), ("non-zero parameters", "nonzero_parameters", "int"), ("MACs", "macs", "int"),
+            ("torch.export .pt2 size", "pt2_bytes", "bytes"), ("int8 ONNX, zipped", "int8_zip_bytes", "bytes"),
+            ("ORT fp32 p50", "p50_ms", "ms")]
+    for label, key, kind in rows:
+        ratio = r.get(key)
+        t.add_row(label, num(b.get(key), kind), num(a.get(key), kind), f"{ratio:.3f}×" if ratio is not None else "-")
+    if b.get("top1") is not None:
+        drop = r["top1_drop_points"]
+        t.add_row(f"top-1 on {Path(report['data']['path']).name}", num(b["top1"], "pct"), num(a["top1"], "pct"),
+                  (f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained"))
+    return t
+
+
+def _compress_method_line(m: dict[str, Any]) -> str | None:
+    if m["method"] == "prune-channels":
+        return (f"prune-channels {m['ratio']:g}: {m['groups']} channel groups pruned; layers kept whole (outputs, too narrow): "
+                f"{', '.join(m['layers_kept_whole']) or '-'}; widths kept in multiples of {m['round_to'] or 1} "
+                f"[dim]({m['library']})[/]")
+    if m["method"] == "low-rank":
+        return f"low-rank ({m['mode']}): " + ", ".join(f"{d['layer']} {d['shape'][0]}x{d['shape'][1]} → rank {d['rank']} "
+                                                       f"({d['energy_kept']:.0%} energy)" for d in m["layers"])
+    if m["method"] == "sparsity":
+        return f"sparsity: {m['achieved']:.3f} of conv/Linear weights are zero (target {m['target']:g})"
+    return None
+
+
+def render_compress(report: dict[str, Any]) -> None:
+    """``edgeconv compress``: the before/after table, what each method did, the notes (``--json`` prints the report)."""
+    console.print(_compress_table(report))
+    for m in report["methods"]:
+        line = _compress_method_line(m)
+        if line is not None:
+            console.print(line)
+    ft = report["finetune"]
+    if ft:
+        last = ft["history"][-1]
+        console.print(f"fine-tuned {ft['epochs']} epochs on {Path(ft['data']['path']).name} (lr {ft['lr']:g}, batch "
+                      f"{ft['batch_size']}, seed {ft['seed']}): last loss {last['loss']:.4f}, "
+                      f"train top-1 {last['train_top1']:.1%}")
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"[dim]latency: {report['latency']['method']}[/]")
+    console.print(f"wrote {report['output']['path']} (convert it like any other model: edgeconv convert "
+                  f"{report['output']['path']} --target …)")

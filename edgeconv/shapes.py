@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.core.text import first_line
 from edgeconv.errors import BadInput
 from edgeconv.specs import Dim, TensorSpec, apply_input_shapes, guess_layout
 
@@ -109,8 +110,9 @@ def resolve(source, req: ShapeRequest) -> ResolvedInputs:
             raise BadInput(
                 f"input {s.name!r} ({spelled}, {s.dtype}) has dynamic dimensions {open_dims} and no data file gives them",
                 hint="give a sample input (--sample FILE.npy / .npz, first axis = samples), or the sizes: --input-shape "
-                     + s.name + "=" + "x".join(str(d) if isinstance(d, int) else _placeholder(i, shape, s.layout or guess_layout(shape, source.layout_default))
-                                             for i, d in enumerate(shape)),
+                     + s.name + "=" + "x".join(str(d) if isinstance(d, int)
+                                               else _placeholder(i, shape, s.layout or guess_layout(shape, source.layout_default))
+                                               for i, d in enumerate(shape)),
             )
         out.append(TensorSpec(s.name, shape, s.dtype, s.layout or guess_layout(shape, source.layout_default)))
     check_memory(out)
@@ -180,10 +182,10 @@ def check_memory(specs: list[TensorSpec], what: str = "input") -> None:
             )
 
 
-def check_graph_memory(proto, specs: list[TensorSpec]) -> None:
+def check_graph_memory(proto, specs: list[TensorSpec]) -> str | None:
     """Refuse an ONNX graph whose intermediate tensors, at the resolved input shapes, this machine cannot hold:
     shapes are inferred, nothing is run. Large weights are left out of the copy (typed inputs keep their shapes);
-    small ones stay, since shape tensors fold from them."""
+    small ones stay, since shape tensors fold from them. Returns None, or a note saying why the check could not run."""
     import onnx
 
     from edgeconv.onnx_tools import _value_spec, set_input_shapes
@@ -201,8 +203,11 @@ def check_graph_memory(proto, specs: list[TensorSpec]) -> None:
     set_input_shapes(shell, specs, False)
     try:
         inferred = onnx.shape_inference.infer_shapes(shell, data_prop=True)
-    except Exception:  # a graph shape inference refuses is refused, with its message, at the graph check
-        return
+    except Exception as exc:  # noqa: BLE001 - a graph shape inference refuses is refused, with its message, at the
+        # graph check; here it only means this check cannot run, which the returned note says
+        return (f"intermediate tensors' memory not checked: ONNX shape inference failed ({type(exc).__name__}: "
+                f"{first_line(str(exc), 200)})")
     known = [_value_spec(v, None) for v in inferred.graph.value_info if v.type.HasField("tensor_type")]
     check_memory([s for s in known if s.dtype and not s.dtype.startswith("onnx:") and s.shape
                   and all(isinstance(d, int) for d in s.shape)], what="intermediate tensor")
+    return None

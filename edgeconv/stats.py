@@ -1,5 +1,6 @@
 """One latency method for every runtime: warm-up, N timed runs of the runner's own inference time, a true median
-and throughput from it. The code lives once, in the single-file device runner; the host uses it from there."""
+and throughput from it. The code lives once, in ``edgeconv.core.stats`` (the device runner's); the host uses it from
+there (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeconv.device.edgeconv_runner import LATENCY_METHOD, cold_start, summarize_latency, time_backend
+from edgeconv.core.stats import LATENCY_METHOD, cold_start, summarize_latency, time_backend
 
 __all__ = ["LATENCY_METHOD", "cold_start", "summarize_latency", "time_runner"]
 

@@ -1,8 +1,9 @@
 """The options each target backend takes, declared once: name, type, help, default, and which backends own it.
 
-The CLI builds ``convert``'s options and their help panels from this table (as Polygraphy's argument groups do),
-and an option given for a target that does not take it is refused, naming the targets that do. Kept as plain data
-in a module of its own so that ``edgeconv --help`` does not import the target modules.
+The CLI builds ``convert``'s options and their help panels from this table (as Polygraphy's argument groups do), and
+``build``'s from the rows that name it; an option given for a target that does not take it is refused, naming the
+targets that do. Kept as plain data in a module of its own so that ``edgeconv --help`` does not import the target
+modules.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class TargetOption:
     default: Any = None
     multiple: bool = False
     choices: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ("convert",)  # the commands that take it (build: what is built on or for the device)
 
 
 TFLITE_FAMILY = ("tflite", "coral", "ethos-u")
@@ -41,16 +43,23 @@ TARGET_OPTIONS: tuple[TargetOption, ...] = (
     TargetOption("min_tpu_share", "--min-tpu-share", float, "Fail (exit 1) when less than this share of ops is predicted to "
                  "run on the Edge TPU (default: fail only when none does).", ("coral",), "TFLite, Coral, Ethos-U"),
     TargetOption("compiler", "--compiler", str, "Coral: path to edgetpu_compiler (default: found on PATH).", ("coral",),
-                 "TFLite, Coral, Ethos-U"),
+                 "TFLite, Coral, Ethos-U", commands=("convert", "build")),
     TargetOption("min_npu_share", "--min-npu-share", float, "Ethos-U: fail (exit 1) when Vela puts less than this share of "
                  "ops on the NPU (default: fail only when none).", ("ethos-u",), "TFLite, Coral, Ethos-U"),
-    TargetOption("dla_core", "--dla-core", int, "Build the engine for this DLA core.", ("jetson",), "Jetson"),
+    TargetOption("dla_core", "--dla-core", int, "Build the engine for this DLA core.", ("jetson",), "Jetson",
+                 commands=("convert", "build")),
     TargetOption("max_batch", "--max-batch", int, "With --dynamic-batch: the largest batch of the engine's profile "
                  "(default 8).", ("jetson",), "Jetson"),
-    TargetOption("workspace_mb", "--workspace", int, "TensorRT builder workspace in MB (default 1024).", ("jetson",), "Jetson"),
+    TargetOption("workspace_mb", "--workspace", int, "TensorRT builder workspace in MB (default 1024).", ("jetson",), "Jetson",
+                 commands=("convert", "build")),
     TargetOption("et_backend", "--et-backend", str, "xnnpack (default) or portable (no delegate).", ("executorch",),
                  "ExecuTorch", choices=("xnnpack", "portable")),
 )
+
+
+def options_of(command: str) -> tuple[TargetOption, ...]:
+    """The target options ``command`` takes."""
+    return tuple(o for o in TARGET_OPTIONS if command in o.commands)
 
 
 def given(values: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +71,19 @@ def given(values: dict[str, Any]) -> dict[str, Any]:
             continue
         out[opt.key] = list(v) if opt.multiple else v
     return out
+
+
+def as_arguments(values: dict[str, Any]) -> list[str]:
+    """The target options the user set, as command-line arguments again (for edgeconv on a device)."""
+    by_key = {o.key: o for o in TARGET_OPTIONS}
+    args: list[str] = []
+    for key, value in given(values).items():
+        flag = by_key[key].flag
+        if value is True:
+            args.append(flag)
+        else:
+            args += [a for item in (value if by_key[key].multiple else [value]) for a in (flag, str(item))]
+    return args
 
 
 def check_for(backend: str, profile_name: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,10 @@ the run (exit 1) when missed.
 
 A validate run is one serialisable request (``ValidateRequest.to_request``: budgets, tolerances, runtime
 options, data, runs, warm-up, threads, layout). Here it is executed in-process by the device runner's own
-``execute`` on edgeconv's runners; with ``--remote`` the same request travels with the bundle and the device
-executes it with the same function (edgeconv_runner.py, or edgeconv where the device has it), so the report,
-the numbers and the verdict are computed by one piece of code wherever they are measured.
+``execute`` (``edgeconv.core.execute``) on edgeconv's runners; with ``--remote`` the same request travels with the
+bundle and the device executes it with the same function (the bundle's edgeconv_runner.pyz, or edgeconv where the
+device has it), so the report, the numbers and the verdict are computed by one piece of code wherever they are
+measured (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from edgeconv.bundle import Bundle, write_json
+from edgeconv.core.accuracy import classifier_output, topk_accuracy
+from edgeconv.core.artifact import artifact_to_run, runner_options
+from edgeconv.core.backends.base import inverse_perm
+from edgeconv.core.data import data_specs, load_request_data
+from edgeconv.core.execute import execute
+from edgeconv.core.request import REQUEST_SCHEMA, complete_request, resolve_paths
 from edgeconv.data import data_record, load_inputs, run_batched
-from edgeconv.device import edgeconv_runner as device
 from edgeconv.errors import BadInput
 from edgeconv.frontends import LoadOptions, load_source
 from edgeconv.progress import Steps
 from edgeconv.runners import open_runner
-from edgeconv.runners.base import runner_errors
 from edgeconv.specs import TensorSpec, sha256_of
 
 
@@ -45,10 +50,10 @@ class ValidateRequest:
     io_layout: str = "source"  # "nhwc": --data is in the artifact's own layout (TFLite NHWC), fed as it is
 
     def to_request(self) -> dict[str, Any]:
-        """The serialisable request (edgeconv_runner.REQUEST_DEFAULTS names every field)."""
+        """The serialisable request (``edgeconv.core.request.REQUEST_DEFAULTS`` names every field)."""
         options = {"device": self.device, "inference_precision": self.inference_precision,
                    "performance_hint": self.performance_hint}
-        return {"schema": device.REQUEST_SCHEMA, "command": "validate", "runs": self.runs, "warmup": self.warmup,
+        return {"schema": REQUEST_SCHEMA, "command": "validate", "runs": self.runs, "warmup": self.warmup,
                 "threads": self.threads, "max_latency_ms": self.max_latency_ms, "max_accuracy_drop": self.max_accuracy_drop,
                 "atol": {"*" if k is None else k: v for k, v in self.atol.items()},
                 "runner_options": {k: v for k, v in options.items() if v is not None}, "io_layout": self.io_layout,
@@ -56,12 +61,8 @@ class ValidateRequest:
 
 
 def _data_specs(bundle: Bundle, art: dict[str, Any], io_layout: str) -> list[TensorSpec]:
-    """The inputs --data must match: the source layout, or with --io-layout nhwc the artifact's own."""
-    specs = bundle.inputs
-    if io_layout != "nhwc":
-        return specs
-    perms = (art.get("runner_options") or {}).get("permutations") or {}
-    return [TensorSpec(s.name, [s.shape[i] for i in perms[s.name]], s.dtype) if perms.get(s.name) else s for s in specs]
+    """The inputs --data must match: the source layout, or with --io-layout nhwc the artifact's own (the core's rule)."""
+    return [TensorSpec.from_dict(d) for d in data_specs(bundle.manifest, art, io_layout)]
 
 
 def build_request(req: ValidateRequest, steps: Steps | None = None, *, check_data: bool = False) -> dict[str, Any]:
@@ -69,13 +70,10 @@ def build_request(req: ValidateRequest, steps: Steps | None = None, *, check_dat
     here (the device has no torch or TensorFlow) and sent along. ``check_data``: read --data now (a remote run,
     where a bad file should fail before any connection)."""
     steps = steps or Steps()
-    request = req.to_request()
-    with runner_errors():
-        request = device.complete_request(request)
+    request = complete_request(req.to_request())
     bundle = Bundle.open(req.bundle)
-    art, options = device.artifact_to_run(bundle.manifest)
-    with runner_errors():
-        device.runner_options(art, options, request)  # --io-layout and friends, refused here as on the device
+    art, options = artifact_to_run(bundle.manifest)
+    runner_options(art, options, request)  # --io-layout and friends, refused here as on the device
     if req.source is not None and req.data is None:
         raise BadInput("--source measures the source model's accuracy on --data: pass --data too")
     if req.data is not None and (check_data or req.source is not None):
@@ -90,8 +88,7 @@ def build_request(req: ValidateRequest, steps: Steps | None = None, *, check_dat
                 if labels is None:
                     request["source_predictions"] = scores.argmax(1).tolist()
                 else:
-                    with runner_errors():
-                        acc = device.topk_accuracy(scores, labels)
+                    acc = topk_accuracy(scores, labels)
                     request["source_accuracy"] = {**data_record(req.data, len(labels)), **acc,
                                                   "measured_with": f"{framework} (at validate time)"}
     return request
@@ -101,12 +98,12 @@ def _source_scores(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], fe
     """The source model's class scores on --data (in the source's layout), measured here, and its framework."""
     if req.io_layout == "nhwc":  # the source takes its own layout
         perms = (art.get("runner_options") or {}).get("permutations") or {}
-        feed = {k: v.transpose(device.inverse_perm(perms[k])) if perms.get(k) else v for k, v in feed.items()}
+        feed = {k: v.transpose(inverse_perm(perms[k])) if perms.get(k) else v for k, v in feed.items()}
     lo = bundle.manifest["source"].get("load_options", {})
     source = load_source(req.source, LoadOptions(lo.get("model_class"), lo.get("model_kwargs") or {}, req.trust_pickle))
     batch = bundle.inputs[0].shape[0] if bundle.inputs and isinstance(bundle.inputs[0].shape[0], int) else None
     out = run_batched(source.run, feed, batch)
-    idx = device.classifier_output(out)
+    idx = classifier_output(out)
     if idx is None:
         raise BadInput("--source compares class scores; this model has no output of shape (N, classes)")
     return out[idx], source.framework
@@ -114,29 +111,18 @@ def _source_scores(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], fe
 
 def run_request(bundle_path: Path, request: dict[str, Any], *, report: Path | None = None, steps: Steps | None = None,
                 base_dir: Path | None = None) -> dict[str, Any]:
-    """Execute a validate request in-process: open the artifact on edgeconv's runner and run the device runner's
-    ``execute`` on it. ``base_dir``: where a relative data file in the request is (the request file's folder)."""
+    """Execute a validate request in-process: open the artifact on edgeconv's runner and run the core's ``execute``
+    on it. ``base_dir``: where relative paths in the request are (the request file's folder)."""
     steps = steps or Steps()
-    with runner_errors():
-        request = device.complete_request(request)
+    request = complete_request(request)
     if request["command"] != "validate":
         raise BadInput(f"a {request['command']} request given to validate")
-    if request["outputs_file"] and base_dir is not None and not Path(request["outputs_file"]).is_absolute():
-        request["outputs_file"] = str(base_dir / request["outputs_file"])  # relative to the request file, as data is
+    request = resolve_paths(request, base_dir)
     bundle = Bundle.open(bundle_path)
     m = bundle.manifest
-    art, options = device.artifact_to_run(m)
-    with runner_errors():
-        options = device.runner_options(art, options, request)
-    data = None
-    if request["data"]:
-        path = Path(request["data"]["file"])
-        path = path if path.is_absolute() or base_dir is None else base_dir / path
-        feed, labels = load_inputs(path, _data_specs(bundle, art, request["io_layout"]), need_labels=False)
-        record = data_record(path, len(next(iter(feed.values()))))
-        if request["data"].get("sha256") not in (None, record["sha256"]):
-            raise BadInput(f"{path} changed on its way here (sha256 differs from the request's)")
-        data = (feed, labels, {**record, "path": request["data"].get("path") or str(path)})
+    art, options = artifact_to_run(m)
+    options = runner_options(art, options, request)
+    data = load_request_data(request, data_specs(m, art, request["io_layout"]))
     artifact = bundle.path / art["file"]
 
     def open_it():
@@ -144,8 +130,8 @@ def run_request(bundle_path: Path, request: dict[str, Any], *, report: Path | No
 
     with steps.step(f"Loading {art['file']} on {art['runner']}"):
         runner = open_it()
-    with runner, runner_errors():
-        result = device.execute(request, str(bundle.path), m, art, runner, data, reopen=open_it, step=steps.step)
+    with runner:
+        result = execute(request, str(bundle.path), m, art, runner, data, reopen=open_it, step=steps.step)
     dest = report or bundle.path / "validation.json"
     write_json(dest, result)
     result["report_file"] = str(dest)
@@ -169,4 +155,4 @@ def read_request(path: Path) -> dict[str, Any]:
     return doc
 
 
-__all__ = ["ValidateRequest", "build_request", "read_request", "run_request", "runner_errors", "validate"]
+__all__ = ["ValidateRequest", "build_request", "read_request", "run_request", "validate"]

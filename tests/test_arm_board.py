@@ -20,8 +20,9 @@ import time
 
 import pytest
 from conftest import ROOT, convert_digits
+from test_core import report_keys
 
-from edgeconv.device.edgeconv_runner import EMULATED_LABEL as EMULATED
+from edgeconv.core.machine import EMULATED_LABEL as EMULATED
 
 BOARD = ROOT / ".ci" / "arm_board.py"
 EXIT_NO_BINFMT, EXIT_NOT_BUILT = 77, 75  # .ci/arm_board.py's: this machine cannot run the board; it is not built
@@ -73,6 +74,18 @@ def onnx_fp32(tmp_path_factory, cli):
     return out
 
 
+REMOTE_ENVELOPE = ("device", "cross_architecture", "report_file")  # what edgeconv adds to a device's report on its way back
+
+
+def _same_keys_as_here(rep: dict, here: dict) -> None:
+    """The board's report has the fields of the one made in-process on this host, recursively (edgeconv's envelope
+    aside): one report schema wherever a request runs."""
+    # measured_on.emulation is in both: None on this host, the qemu evidence (label, emulator, evidence) on the board
+    there = {k for k in report_keys(rep) if k.split(".")[0] not in REMOTE_ENVELOPE and not k.startswith("measured_on.emulation.")}
+    assert rep["measured_on"]["emulation"] and here["measured_on"]["emulation"] is None
+    assert there == report_keys(here) - {"report_file"}, (there ^ report_keys(here))
+
+
 def _device_report(r) -> dict:
     dev = r.json()["devices"][0]
     assert "report" in dev, dev
@@ -90,7 +103,7 @@ def _on_the_board(rep: dict, facts: dict, runtime: str) -> None:
     assert rep["device"]["ran"] == "device runner" and " aarch64 " in f" {rep['device']['uname']} "
 
 
-def test_int8_tflite_on_the_arm_board_agrees_with_x86(cli, arm_board, pi_int8, samples):
+def test_int8_tflite_on_the_arm_board_agrees_with_x86(cli, arm_board, pi_int8, samples, tmp_path):
     """An int8 raspberry-pi-4 bundle validated on the aarch64 board: parity, accuracy and the budgets decide as on the
     host, and the same outputs computed here on x86-64 are compared with the board's (recorded in the report)."""
     r = cli("validate", pi_int8, *arm_board["args"], "--data", samples / "digits_test.npz", "--max-accuracy-drop", "1",
@@ -98,6 +111,10 @@ def test_int8_tflite_on_the_arm_board_agrees_with_x86(cli, arm_board, pi_int8, s
     assert r.code == 0, r
     rep = _device_report(r)
     _on_the_board(rep, arm_board["facts"], "litert")
+    here = cli("validate", pi_int8, "--data", samples / "digits_test.npz", "--max-accuracy-drop", "1", "--runs", "20",
+               "--report", tmp_path / "here.json")
+    assert here.code == 0, here
+    _same_keys_as_here(rep, json.loads((tmp_path / "here.json").read_text()))
     assert rep["precision"] == "int8" and rep["target"] == "raspberry-pi-4" and rep["ok"] and rep["parity"]["ok"]
     assert rep["accuracy"]["artifact"]["top1"] > 0.9
     cross = rep["cross_architecture"]
@@ -139,12 +156,15 @@ def test_emulation_label_in_the_json_report(cli, arm_board, onnx_fp32, samples):
     assert cross["top1_points_difference"] == 0.0
 
 
-def test_profile_and_selftest_on_the_board(cli, arm_board, pi_int8):
+def test_profile_and_selftest_on_the_board(cli, arm_board, pi_int8, tmp_path):
     r = cli("profile", pi_int8, *arm_board["args"], "--batch-sizes", "1,2", "--runs", "5", "--json")
     assert r.code == 0, r
     rep = _device_report(r)
     assert rep["measured_on"]["machine"] == "aarch64" and rep["measured_on"]["kind"] == EMULATED
     assert [row["batch"] for row in rep["rows"]] == [1, 2] and all(row["p50_ms"] > 0 for row in rep["rows"])
+    here = cli("profile", pi_int8, "--batch-sizes", "1,2", "--runs", "5", "--report", tmp_path / "here.json")
+    assert here.code == 0, here
+    _same_keys_as_here(rep, json.loads((tmp_path / "here.json").read_text()))
     r = cli("selftest", "--target", "raspberry-pi-5", *arm_board["args"], "--json")
     assert r.code == 0, r
     res = r.json()
@@ -157,16 +177,17 @@ def test_profile_and_selftest_on_the_board(cli, arm_board, pi_int8):
 
 def test_real_machines_keep_their_plain_label(cli, onnx_fp32):
     """No emulation evidence on this x86 host, nor in what a real Raspberry Pi 4 shows; qemu's is recognised."""
-    from edgeconv.device.edgeconv_runner import emulation
+    from edgeconv.core.machine import emulation
 
     r = cli("validate", onnx_fp32, "--runs", "5", "--json")
     assert r.code == 0, r
-    assert r.json()["measured_on"]["kind"] == "host" and "emulation" not in r.json()["measured_on"]
+    assert r.json()["measured_on"]["kind"] == "host" and r.json()["measured_on"]["emulation"] is None
     pi4 = {"/proc/sys/kernel/arch": "aarch64\n",
            "/proc/cpuinfo": "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
                             "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU part\t: 0xd08\n"}
     assert emulation("aarch64", pi4.get) is None
-    qemu = {"/proc/sys/kernel/arch": "x86_64\n", "/proc/cpuinfo": "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n"}
+    qemu = {"/proc/sys/kernel/arch": "x86_64\n",
+            "/proc/cpuinfo": "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n"}
     found = emulation("aarch64", qemu.get)
     assert found["label"] == EMULATED and len(found["evidence"]) == 2
 
@@ -175,7 +196,7 @@ def test_a_registered_qemu_handler_is_evidence_too(tmp_path):
     """An older kernel has no /proc/sys/kernel/arch, and qemu-user 8.1 on presents the guest an aarch64 /proc/cpuinfo of
     its own: then qemu's enabled binfmt handler for this process's own architecture (visible where binfmt_misc is
     mounted) is the evidence; a disabled one is not. Real /proc text, read from files in a temporary root."""
-    from edgeconv.device.edgeconv_runner import emulation
+    from edgeconv.core.machine import emulation
 
     def proc(files: dict[str, str]):
         root = tmp_path / str(len(list(tmp_path.iterdir())))

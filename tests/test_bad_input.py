@@ -102,7 +102,8 @@ def test_keras_lambda_needs_trust(cli, tmp_path):
     "arrays, needle",
     [
         ({"a": np.zeros((3, 1, 8, 8), np.float32), "y": np.zeros(3, np.int64)}, "expected 'x'"),
-        ({"x": np.zeros((3, 1, 4, 4), np.float32), "y": np.zeros(3, np.int64)}, "shape 3x1x4x4 (float32), the model's input 'x' expects Nx1x8x8"),
+        ({"x": np.zeros((3, 1, 4, 4), np.float32), "y": np.zeros(3, np.int64)},
+         "shape 3x1x4x4 (float32), the model's input 'x' expects Nx1x8x8"),
         ({"x": np.zeros((3, 1, 8, 8), np.int32), "y": np.zeros(3, np.int64)}, "dtype int32"),
         ({"x": np.zeros((3, 1, 8, 8), np.float32), "y": np.zeros(4, np.int64)}, "'y' must be 3 integer"),
     ],
@@ -150,7 +151,8 @@ def test_output_not_writable(cli, samples, tmp_path):
 
 
 def test_unknown_target_and_precision(cli, samples, tmp_path):
-    assert_refused(cli("convert", samples / "digits_cnn.pt", "--target", "toaster", "-o", tmp_path / "o"), 2, "unknown target 'toaster'")
+    assert_refused(cli("convert", samples / "digits_cnn.pt", "--target", "toaster", "-o", tmp_path / "o"), 2,
+                   "unknown target 'toaster'")
     assert_refused(cli("convert", samples / "digits_cnn.pt", "--precision", "int3", "-o", tmp_path / "o"), 2, "precision 'int3'")
 
 

@@ -93,7 +93,8 @@ def test_user_profile_toml(cli, samples, tmp_path):
     assert not (tmp_path / "o").exists()
     r = cli("convert", samples / "digits_cnn.pt", "--target", prof, "--precision", "fp16", "-o", tmp_path / "o")
     assert r.code == 2 and "precision 'fp16' is not offered for my-board" in " ".join(r.stderr.split())
-    r = cli("convert", samples / "digits_cnn.pt", "--target", prof, "-o", tmp_path / "o", "--json")  # exported at the board's opset
+    # exported at the board's opset
+    r = cli("convert", samples / "digits_cnn.pt", "--target", prof, "-o", tmp_path / "o", "--json")
     assert r.code == 0, r
     m = r.json()["manifest"]
     assert m["target"]["profile"] == "my-board" and m["export"]["opset"] == 13
@@ -135,8 +136,9 @@ def test_latency_budget_fails_with_exit_1(cli, bundles):
 def test_accuracy_budget(cli, bundles, samples, tmp_path):
     """A budget of 0 points passes for fp32 ONNX; labels shuffled make the source and artifact agree but both
     drop; an impossible (negative) budget fails."""
-    assert cli("validate", bundles("pt"), "--data", samples / "digits_test.npz", "--max-accuracy-drop", "0", "--runs", "3").code == 0
-    r = cli("validate", bundles("pt"), "--data", samples / "digits_test.npz", "--max-accuracy-drop", "-1", "--runs", "3", "--json")
+    data = ["--data", samples / "digits_test.npz"]
+    assert cli("validate", bundles("pt"), *data, "--max-accuracy-drop", "0", "--runs", "3").code == 0
+    r = cli("validate", bundles("pt"), *data, "--max-accuracy-drop", "-1", "--runs", "3", "--json")
     assert r.code == 1 and r.json()["budgets"][0]["ok"] is False
 
 
@@ -190,3 +192,26 @@ def test_convert_help_groups_options_in_panels():
         assert panel in out, panel
     jetson = out[out.index("Target: Jetson"):]
     assert "--dla-core" in jetson.split("╰")[0]
+
+
+SSH_FLAGS = ("--remote", "--hosts", "--identity", "--ssh-option", "--remote-python", "--timeout")
+
+
+def test_ssh_options_are_one_group_on_every_remote_command():
+    """validate, profile, build and selftest take the same SSH options, in one panel, from one declaration."""
+    import os
+
+    for command in ("validate", "profile", "build", "selftest"):
+        out = subprocess.run([sys.executable, "-m", "edgeconv", command, "--help"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "COLUMNS": "160"}, check=True).stdout
+        panel = out[out.index("SSH (--remote)"):].split("╰")[0]
+        assert [f for f in SSH_FLAGS if f in panel] == list(SSH_FLAGS), (command, panel)
+        assert "[default: python3]" in panel and "[default: 30.0]" in panel
+
+
+def test_build_takes_its_options_from_the_target_table():
+    from edgeconv.target_options import as_arguments, options_of
+
+    assert [o.flag for o in options_of("build")] == ["--compiler", "--dla-core", "--workspace"]
+    # what `build --remote` passes on to edgeconv on the device: the options given, a 0 included, defaults left out
+    assert as_arguments({"dla_core": 0, "workspace_mb": 512, "compiler": None}) == ["--dla-core", "0", "--workspace", "512"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,8 @@ def test_coral_refuses_float(cli, samples, tmp_path):
     assert r.code == 2 and "precision 'fp32' is not offered for coral-usb" in " ".join(r.stderr.split())
     r = cli("convert", samples / "digits_cnn.pt", "--target", "coral", "-o", tmp_path / "o")
     assert r.code == 2 and "--calib" in r.stderr
-    r = cli("convert", samples / "digits_cnn.pt", "--target", "coral", "--io-dtype", "float", "--calib", samples / "digits_calib.npz",
-            "-o", tmp_path / "o")
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "coral", "--io-dtype", "float",
+            "--calib", samples / "digits_calib.npz", "-o", tmp_path / "o")
     assert r.code == 2 and "needs integer input/output tensors" in r.stderr
 
 
@@ -68,7 +69,8 @@ def test_unsupported_op_in_the_middle_predicts_the_split(cli, samples, tmp_path)
     assert 0 < mapping["tpu_share_ops"] < 0.5 and mapping["split_at"]["index"] >= 1
     assert any("Elu" in f for f in mapping["onnx_findings"])
     assert any(row["op"] == "ELU" and row["status"].startswith("not mapped") for row in mapping["table"])
-    r = cli("convert", src, "--target", "coral", "--calib", samples / "digits_calib.npz", "-o", tmp_path / "b", "--min-tpu-share", "0.9")
+    r = cli("convert", src, "--target", "coral", "--calib", samples / "digits_calib.npz", "-o", tmp_path / "b",
+            "--min-tpu-share", "0.9")
     assert r.code == 1
     err = " ".join(r.stderr.split())
     assert "below --min-tpu-share 0.9" in err and "the split comes at" in err
@@ -105,8 +107,14 @@ def test_build_without_compiler_is_exit_3(cli, coral):
 
 
 def test_edgetpu_device_runner_runs_on_python37_syntax(coral):
+    """The Coral Dev Board's Python is 3.7: every module of the bundle's runner parses as 3.7."""
+    from edgeconv.bundle import DEVICE_RUNNER_NAME, device_runner_bytes
+
     out, _ = coral
-    ast.parse((out / "edgeconv_runner.py").read_text(), feature_version=(3, 7))
+    assert (out / DEVICE_RUNNER_NAME).read_bytes() == device_runner_bytes()
+    with zipfile.ZipFile(out / DEVICE_RUNNER_NAME) as z:
+        for name in z.namelist():
+            ast.parse(z.read(name).decode(), filename=name, feature_version=(3, 7))
 
 
 def test_ops_table_is_data_with_source():

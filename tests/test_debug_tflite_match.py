@@ -27,7 +27,8 @@ def _model(planted: bool):
     class SqueezeExcite(nn.Module):
         def __init__(self, c: int):
             super().__init__()
-            self.reduce, self.relu, self.expand, self.gate = nn.Conv2d(c, c // 2, 1), nn.ReLU(), nn.Conv2d(c // 2, c, 1), nn.Hardsigmoid()
+            self.reduce, self.relu, self.expand, self.gate = (nn.Conv2d(c, c // 2, 1), nn.ReLU(), nn.Conv2d(c // 2, c, 1),
+                                                              nn.Hardsigmoid())
 
         def forward(self, x):
             return x * self.gate(self.expand(self.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
@@ -132,7 +133,7 @@ def test_every_conv_gemm_and_split_op_is_matched_by_name_to_its_own_tensor(healt
     # HardSigmoid is matched to the clamp TFLite ends it with (what the Mul reads), not its x/6 + 0.5 before the clamp
     hs = next(n for n in model.graph.node if n.op_type == "HardSigmoid").output[0]
     assert got.tensors[hs].min() >= 0 and got.tensors[hs].max() <= 1 + 1e-6
-    from edgeconv.device.edgeconv_runner import tflite_interpreter_module
+    from edgeconv.core.backends.litert import tflite_interpreter_module
 
     interp = tflite_interpreter_module().Interpreter(model_path=str(healthy / "model.tflite"))
     index = next(d["index"] for d in interp.get_tensor_details() if d["name"] == got.names[hs])

@@ -10,7 +10,8 @@ from conftest import convert_digits
 @pytest.mark.parametrize("precision, backend", [("fp32", "xnnpack"), ("int8", "xnnpack"), ("fp32", "portable")])
 def test_executorch_roundtrip(cli, samples, tmp_path, precision, backend):
     out = tmp_path / f"{precision}-{backend}"
-    m = convert_digits(cli, out, "--target", "executorch", "--precision", precision, "--et-backend", backend, source="digits_cnn.pt2")
+    m = convert_digits(cli, out, "--target", "executorch", "--precision", precision, "--et-backend", backend,
+                       source="digits_cnn.pt2")
     art = next(a for a in m["artifacts"] if a["role"] == "model")
     assert art["file"] == "model.pte" and art["delegation"]["backend"] == backend
     if backend == "xnnpack":

@@ -30,12 +30,12 @@ def test_second_target_takes_the_export_from_the_cache(cli, tmp_path, monkeypatc
         "dir": None, "key": None, "source": "stored", "reference_outputs": "stored", "data_outputs": "stored",
         "export": "stored"}
 
-    import edgeconv.convert
+    import edgeconv.convert.steps
 
     def no_load(*a, **k):  # a hit needs neither the model nor torch to run it
         raise AssertionError("the source was loaded although the cache holds everything this conversion needs")
 
-    monkeypatch.setattr(edgeconv.convert, "load_source", no_load)
+    monkeypatch.setattr(edgeconv.convert.steps, "load_source", no_load)
     second = _convert(cli, tmp_path / "ov", *src, "--target", "openvino")
     assert {k: v for k, v in second["export"]["cache"].items() if k not in ("dir", "key")} == {
         "source": "hit", "reference_outputs": "hit", "data_outputs": "hit", "export": "hit"}

@@ -7,13 +7,14 @@ import json
 import shlex
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, convert_digits
+from conftest import convert_digits
+from edgeconv.bundle import DEVICE_RUNNER_NAME, device_runner_bytes
 
-RUNNER = ROOT / "edgeconv" / "device" / "edgeconv_runner.py"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,8 @@ def test_preflight_refusals(cli, samples, tmp_path):
         assert not (tmp_path / "o").exists()
         return " ".join(r.stderr.split())
 
-    assert "jetson-nano has no fast int8" in refused("--target", "jetson-nano", "--precision", "int8", "--calib", samples / "digits_calib.npz")
+    assert "jetson-nano has no fast int8" in refused("--target", "jetson-nano", "--precision", "int8", "--calib",
+                                                     samples / "digits_calib.npz")
     assert "no DLA cores" in refused("--target", "jetson-orin-nano", "--precision", "fp16", "--dla-core", "0")
     assert "not fp32" in refused("--target", "jetson-agx-orin", "--precision", "fp32", "--dla-core", "0")
     assert "must be 0..1" in refused("--target", "jetson-agx-xavier", "--precision", "fp16", "--dla-core", "2")
@@ -101,7 +103,8 @@ def test_preflight_refusals(cli, samples, tmp_path):
 
 
 def test_old_jetpack_gets_its_opset(cli, samples, tmp_path):
-    r = cli("convert", samples / "digits_cnn.pt", "--target", "jetson-nano", "--precision", "fp16", "-o", tmp_path / "n", "--json")
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "jetson-nano", "--precision", "fp16", "-o", tmp_path / "n",
+            "--json")
     assert r.code == 0, r
     m = r.json()["manifest"]
     assert m["export"]["opset"] == 13 and any("opset 13" in n for n in m["export"]["notes"])
@@ -123,10 +126,13 @@ def test_unsupported_op_fails_preflight_naming_it(cli, tmp_path):
 
 
 def test_device_runner_is_python36_and_runs_here(orin, bundles, tmp_path):
-    ast.parse(RUNNER.read_text(), feature_version=(3, 6))
+    """JetPack 4.6's Python is 3.6: every module of the bundle's runner parses as 3.6, and it runs here."""
     for bundle in (bundles("pt"), orin["int8"]):
-        copy = bundle / "edgeconv_runner.py"
-        assert copy.read_text() == RUNNER.read_text()
+        copy = bundle / DEVICE_RUNNER_NAME
+        assert copy.read_bytes() == device_runner_bytes()
+        with zipfile.ZipFile(copy) as z:
+            for name in z.namelist():
+                ast.parse(z.read(name).decode(), filename=name, feature_version=(3, 6))
         r = subprocess.run([sys.executable, str(copy), "--runs", "5", "--json"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         rep = json.loads(r.stdout)
@@ -144,12 +150,13 @@ def test_device_runner_reports_a_broken_artifact(bundles, tmp_path):
         arrays = {k: z[k] for k in z.files}
     arrays["output:output"] = arrays["output:output"] + 1.0
     np.savez(copy / "reference.npz", **arrays)
-    r = subprocess.run([sys.executable, str(copy / "edgeconv_runner.py"), "--runs", "2"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, str(copy / DEVICE_RUNNER_NAME), "--runs", "2"], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 1 and "FAILED" in r.stdout
 
 
 def test_engine_compatibility_rule():
-    from edgeconv.device.edgeconv_runner import engine_mismatch
+    from edgeconv.core.backends.tensorrt import engine_mismatch
 
     built = {"tensorrt": "8.5.2", "compute_capability": "7.2"}
     assert engine_mismatch(built, {"tensorrt": "8.5.2", "compute_capability": "7.2"}) is None

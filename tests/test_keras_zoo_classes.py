@@ -41,7 +41,8 @@ def test_keras3_h5_op_nodes_get_their_module_back(tmp_path):
     assert _restore_op_modules(config) == 2
     entries = {e["name"]: e for e in config["config"]["layers"]}
     ops = [e for e in entries.values() if "module" in e]
-    assert sorted((e["class_name"], e["module"]) for e in ops) == [("Add", "keras.src.ops.numpy"), ("Multiply", "keras.src.ops.numpy")]
+    assert sorted((e["class_name"], e["module"]) for e in ops) == [("Add", "keras.src.ops.numpy"),
+                                                                   ("Multiply", "keras.src.ops.numpy")]
     # the merge layers keep the legacy form: Keras' .h5 loader rebuilds them as layers, as before
     assert all("module" not in e for e in entries.values() if e["config"].get("trainable") is not None)
 

@@ -30,8 +30,8 @@ def test_ncnn_roundtrip(cli, samples, tmp_path, precision):
 
 
 def test_ncnn_refuses_int8_with_the_reason(cli, samples, tmp_path):
-    r = cli("convert", samples / "digits_cnn.pt", "--target", "ncnn", "--precision", "int8", "--calib", samples / "digits_calib.npz",
-            "-o", tmp_path / "o")
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "ncnn", "--precision", "int8",
+            "--calib", samples / "digits_calib.npz", "-o", tmp_path / "o")
     assert r.code == 2 and "ncnn2table" in r.stderr and not (tmp_path / "o").exists()
 
 

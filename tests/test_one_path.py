@@ -9,11 +9,15 @@ import hashlib
 import json
 import shutil
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
+from test_core import report_keys
 from test_remote import device_python, remote, sshd  # noqa: F401  (fixtures)
+
+from edgeconv.bundle import DEVICE_RUNNER_NAME
 
 
 def _validate(cli, bundle, *args):
@@ -24,18 +28,6 @@ def _on_device(cli, sshd, python, bundle, *args):  # noqa: F811
     return cli("validate", bundle, "--remote", remote(sshd), *sshd["opts"], "--remote-python", python, *map(str, args))
 
 
-def _keys(d, prefix=""):
-    """Every key path of a report (the schema), lists of dicts by their first element."""
-    out = set()
-    for k, v in d.items():
-        out.add(prefix + k)
-        if isinstance(v, dict):
-            out |= _keys(v, prefix + k + ".")
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            out |= _keys(v[0], prefix + k + "[].")
-    return out
-
-
 HOST_ONLY = {"report_file"}
 DEVICE_ONLY = {"device", "device.target", "device.uname", "device.ran", "device.power_mode", "cross_architecture"}
 SAME_WHERE_MEASURED = ("parity", "checks", "calibration", "io_layout", "artifact", "runner", "target", "precision")
@@ -43,7 +35,7 @@ SAME_WHERE_MEASURED = ("parity", "checks", "calibration", "io_layout", "artifact
 
 def _schema(rep):
     skip = ("measured_on.", "request.", "cross_architecture.")
-    return {k for k in _keys(rep) if k not in HOST_ONLY | DEVICE_ONLY and not k.startswith(skip)}
+    return {k for k in report_keys(rep) if k not in HOST_ONLY | DEVICE_ONLY and not k.startswith(skip)}
 
 
 @pytest.mark.parametrize("where", ["device runner", "edgeconv"])
@@ -170,15 +162,23 @@ def test_unlabelled_npy_data_here_and_on_the_device(cli, bundles, sshd, device_p
 
 
 def _with_runner(bundle, tmp_path, code: str):
-    """A copy of ``bundle`` whose device runner starts with ``code`` (its manifest sha256 updated)."""
+    """A copy of ``bundle`` whose device runner (its ``__main__.py``) starts a run with ``code``, once it has said its
+    protocol (its manifest sha256 updated)."""
     copy = tmp_path / "crashing"
     shutil.copytree(bundle, copy)
-    runner = copy / "edgeconv_runner.py"
-    text = runner.read_text().replace("\nimport argparse\n", "\nimport argparse\n" + code + "\n", 1)
-    runner.write_text(text)
+    runner = copy / DEVICE_RUNNER_NAME
+    with zipfile.ZipFile(runner) as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    crash = "import sys\nif '--protocol' not in sys.argv:\n" + "".join("    " + line + "\n" for line in code.splitlines())
+    entries["__main__.py"] = crash.encode() + entries["__main__.py"]
+    with open(runner, "wb") as f:
+        f.write(b"#!/usr/bin/env python3\n")
+        with zipfile.ZipFile(f, "w") as z:
+            for name, data in entries.items():
+                z.writestr(name, data)
     m = json.loads((copy / "manifest.json").read_text())
     for art in m["artifacts"]:
-        if art["file"] == "edgeconv_runner.py":
+        if art["file"] == DEVICE_RUNNER_NAME:
             art["sha256"] = hashlib.sha256(runner.read_bytes()).hexdigest()
     (copy / "manifest.json").write_text(json.dumps(m))
     return copy
@@ -232,16 +232,22 @@ def test_a_request_file_runs_here_as_it_runs_there(cli, bundles, samples, tmp_pa
 
 
 def test_one_parity_and_one_latency_implementation():
-    """The host's parity and statistics are the device runner's own functions, not twins."""
-    from edgeconv import parity, stats
-    from edgeconv.device import edgeconv_runner as device
+    """The host's parity, statistics, data loader and sweep are the core's own functions (the device runner's), not twins."""
+    from edgeconv import data, parity, profile, stats
+    from edgeconv.core import data as core_data
+    from edgeconv.core import parity as core_parity
+    from edgeconv.core import stats as core_stats
+    from edgeconv.core import sweep as core_sweep
+    from edgeconv.core.backends.onnxruntime import OnnxRuntimeBackend
     from edgeconv.runners.onnxruntime import OnnxRuntimeRunner
 
-    assert parity.compare_outputs is device.compare_outputs and stats.summarize_latency is device.summarize_latency
-    assert OnnxRuntimeRunner.accepted_options == device.OnnxRuntimeBackend.accepted_options
+    assert parity.compare_outputs is core_parity.compare_outputs and stats.summarize_latency is core_stats.summarize_latency
+    assert data.read_arrays is core_data.read_arrays and profile.default_batch_sizes is core_sweep.default_batch_sizes
+    assert OnnxRuntimeRunner.accepted_options == OnnxRuntimeBackend.accepted_options
     # the cosine rule: a zero output against a non-zero reference scores 0, two zeros agree
-    tol = device.tolerance_of({"min_cosine": 0.99})
-    rep = device.compare_outputs("t", ["a", "b"], [np.ones((1, 3)), np.zeros((1, 3))], [np.zeros((1, 3)), np.zeros((1, 3))], tol)
+    tol = core_parity.tolerance_of({"min_cosine": 0.99})
+    rep = core_parity.compare_outputs("t", ["a", "b"], [np.ones((1, 3)), np.zeros((1, 3))], [np.zeros((1, 3)), np.zeros((1, 3))],
+                                      tol)
     assert [o["cosine"] for o in rep["outputs"]] == [0.0, 1.0] and not rep["ok"]
-    s = device.summarize_latency([0.001, 0.002, 0.003, 0.100], batch=2)
+    s = core_stats.summarize_latency([0.001, 0.002, 0.003, 0.100], batch=2)
     assert s["p50_ms"] == pytest.approx(2.5) and s["throughput_items_s"] == pytest.approx(2 / 0.0025)

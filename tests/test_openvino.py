@@ -112,7 +112,8 @@ def test_accuracy_controlled_quantization(cli, samples, tmp_path):
 def test_npu_static_shapes_and_missing_device(cli, samples, tmp_path):
     dyn = tmp_path / "dyn"
     assert cli("convert", samples / "digits_cnn.pt", "--dynamic-batch", "-o", dyn, "--json").code == 0
-    r = cli("convert", dyn / "model.onnx", "--target", "intel-npu", "--precision", "fp16", "--dynamic-batch", "-o", tmp_path / "n")
+    r = cli("convert", dyn / "model.onnx", "--target", "intel-npu", "--precision", "fp16", "--dynamic-batch",
+            "-o", tmp_path / "n")
     assert r.code == 2 and "static batch" in r.stderr
     r = cli("convert", dyn / "model.onnx", "--target", "intel-npu", "--precision", "fp16", "-o", tmp_path / "n", "--json")
     assert r.code == 0, r

@@ -107,9 +107,9 @@ def test_compare_one_table(cli, samples, tmp_path):
     assert r.code == 0, r
     res = r.json()
     got = {(row["target"], row["precision"]): row for row in res["rows"]}
-    assert set(got) == {("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8"), ("intel-cpu", "fp32"),
-                        ("intel-cpu", "fp16"), ("intel-cpu", "int8"), ("jetson-orin-nano", "fp32"), ("jetson-orin-nano", "fp16"),
-                        ("jetson-orin-nano", "int8")}
+    assert set(got) == {("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8"),
+                        ("intel-cpu", "fp32"), ("intel-cpu", "fp16"), ("intel-cpu", "int8"),
+                        ("jetson-orin-nano", "fp32"), ("jetson-orin-nano", "fp16"), ("jetson-orin-nano", "int8")}
     assert all(row["status"] == "ok" for row in got.values()), got
     assert res["source_baseline"]["framework"] == "torch" and res["source_baseline"]["p50_ms"] > 0
     for row in got.values():
@@ -118,7 +118,8 @@ def test_compare_one_table(cli, samples, tmp_path):
     assert got[("intel-cpu", "int8")]["bytes"] < got[("intel-cpu", "fp32")]["bytes"]
     with open(tmp_path / "c.csv") as f:
         assert len(list(csv.DictReader(f))) == 9
-    r = cli("compare", samples / "digits_cnn.pt", "--targets", "onnx,toaster", "--precisions", "fp32,int8", "--runs", "3", "--json")
+    r = cli("compare", samples / "digits_cnn.pt", "--targets", "onnx,toaster", "--precisions", "fp32,int8", "--runs", "3",
+            "--json")
     rows = r.json()["rows"]
     assert any(row["target"] == "toaster" and row["status"] == "failed" for row in rows)
     assert json.dumps(rows)  # serialisable

@@ -12,10 +12,11 @@ import subprocess
 import sys
 
 import pytest
+from test_core import report_keys
 from test_remote import device_python, remote, sshd  # noqa: F401  (fixtures)
 
-from edgeconv.bundle import Bundle
-from edgeconv.device.edgeconv_runner import ort_trace_layers
+from edgeconv.bundle import DEVICE_RUNNER_NAME, Bundle
+from edgeconv.core.layers import ort_trace_layers
 from edgeconv.profile import device_profile_report
 
 
@@ -98,11 +99,12 @@ def test_layers_on_openvino_performance_counters(cli, samples, tmp_path):
     assert rep["layers"]["not_executed"] > 0 and any("did not run on their own" in n for n in rep["notes"])
 
 
-def test_layers_through_the_device_runner_match_the_host_report(bundles, tmp_path):
-    """Without edgeconv on a device, the bundle's own runner times the layers; edgeconv names them on return (one path)."""
+def test_layers_through_the_device_runner_match_the_host_report(cli, bundles, tmp_path):
+    """Without edgeconv on a device, the bundle's own runner times the layers; edgeconv names them on return (one path):
+    the report has the fields of the one made in-process here."""
     bundle = bundles("pt")
     (tmp_path / "request.json").write_text(json.dumps({"command": "profile", "layers": True, "runs": 10, "warmup": 2}))
-    proc = subprocess.run([sys.executable, str(bundle / "edgeconv_runner.py"), str(bundle), "--request",
+    proc = subprocess.run([sys.executable, str(bundle / DEVICE_RUNNER_NAME), str(bundle), "--request",
                            str(tmp_path / "request.json"), "--json"], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     raw = json.loads(proc.stdout)
@@ -111,8 +113,11 @@ def test_layers_through_the_device_runner_match_the_host_report(bundles, tmp_pat
     rows = check_layers(rep, 10)
     assert {row["source"] for row in rows.values() if row["op"] == "Conv"} == {"features.0", "features.3"}
     assert "measured by the bundle's device runner" in rep["method"]
+    here = cli("profile", bundle, "--layers", "--runs", "10", "--warmup", "2", "--report", tmp_path / "here.json")
+    assert here.code == 0, here
+    assert report_keys(rep) == report_keys(json.loads((tmp_path / "here.json").read_text()))
     # its own command line too
-    proc = subprocess.run([sys.executable, str(bundle / "edgeconv_runner.py"), str(bundle), "--layers", "--runs", "5"],
+    proc = subprocess.run([sys.executable, str(bundle / DEVICE_RUNNER_NAME), str(bundle), "--layers", "--runs", "5"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0 and "sum of layers" in proc.stdout, proc.stderr
 

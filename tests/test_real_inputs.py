@@ -172,12 +172,12 @@ def test_a_tensor_too_large_for_this_machine_is_refused_before_allocation(cli, f
 
 def test_internal_error_has_its_own_exit_code_and_a_traceback_file(cli, files, tmp_path, monkeypatch):
     """A bug in edgeconv (here: a shape resolver that breaks) is neither 'a check failed' (1) nor a converter's failure."""
-    import edgeconv.convert
+    import edgeconv.convert.steps
 
     def broken(*a, **k):
         return {}["missing"]
 
-    monkeypatch.setattr(edgeconv.convert, "resolve_inputs", broken)
+    monkeypatch.setattr(edgeconv.convert.steps, "resolve_inputs", broken)
     r = cli("convert", files / "cnn.pt", "-o", tmp_path / "b", "--json")
     assert r.code == 5, r
     err = r.json()["error"]
@@ -308,7 +308,8 @@ def test_hugging_face_torchscript_returning_a_dict(cli, tmp_path):
     ids = torch.randint(0, 100, (1, 10))
     mask = torch.ones_like(ids)
     torch.jit.trace(model, (ids, mask), strict=False).save(str(tmp_path / "bert.pt"))
-    np.savez(tmp_path / "s.npz", input_ids=np.random.default_rng(0).integers(0, 100, (2, 10)), attention_mask=np.ones((2, 10), np.int64))
+    np.savez(tmp_path / "s.npz", input_ids=np.random.default_rng(0).integers(0, 100, (2, 10)),
+             attention_mask=np.ones((2, 10), np.int64))
     r = cli("convert", tmp_path / "bert.pt", "--sample", tmp_path / "s.npz", "-o", tmp_path / "b", "--json")
     assert r.code == 0, r
     m = r.json()["manifest"]

@@ -37,7 +37,8 @@ def sshd(tmp_path_factory):
     port = _free_port()
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        "PermitRootLogin prohibit-password\n"
         f"StrictModes no\nUsePAM no\nPidFile {d / 'sshd.pid'}\nLogLevel ERROR\nAcceptEnv TMPDIR\n"
     )
     if os.geteuid() == 0:
@@ -67,7 +68,8 @@ def device_python(tmp_path_factory):
     d = tmp_path_factory.getbasetemp() / "devicevenv" / "venv"  # one per session: test_one_path.py uses it too
     if not (d.parent / "ready").exists():
         subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, timeout=120)
-        subprocess.run([str(d / "bin" / "pip"), "install", "--quiet", "numpy", "onnxruntime", "ai-edge-litert"], check=True, timeout=900)
+        pip = [str(d / "bin" / "pip"), "install", "--quiet", "numpy", "onnxruntime", "ai-edge-litert"]
+        subprocess.run(pip, check=True, timeout=900)
         (d.parent / "ready").write_text("")
     return str(d / "bin" / "python")
 
@@ -95,12 +97,14 @@ def test_remote_validate_matches_local(cli, bundles, sshd, samples):
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
 def test_device_runner_in_a_bare_venv(cli, sshd, device_python, samples, tmp_path, target):
     out = tmp_path / f"digits {target} 'x' $HOME"  # a space, a quote and a $ survive
-    assert cli("convert", samples / "digits_cnn.pt", "--target", target, "-o", out, "--data", samples / "digits_test.npz", "--json").code == 0
+    r = cli("convert", samples / "digits_cnn.pt", "--target", target, "-o", out, "--data", samples / "digits_test.npz", "--json")
+    assert r.code == 0, r
     r = cli("validate", out, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python, "--runs", "10",
             "--data", samples / "digits_test.npz", "--json")
     assert r.code == 0, r
     rep = r.json()["devices"][0]["report"]
-    assert rep["device"]["ran"] == "device runner" and rep["measured_on"]["runtime"] == ("onnxruntime" if target == "onnx" else "litert")
+    assert rep["device"]["ran"] == "device runner"
+    assert rep["measured_on"]["runtime"] == ("onnxruntime" if target == "onnx" else "litert")
     assert rep["ok"] and rep["parity"]["ok"]
     assert rep["accuracy"]["artifact"]["top1"] > 0.9 and rep["accuracy"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
     assert (out / "reports" / "127.0.0.1" / "validation.json").exists()
@@ -156,9 +160,9 @@ def _remote_dirs() -> set[str]:
 
 def test_ctrl_c_mid_run_leaves_no_remote_directory(bundles, sshd):
     before = _remote_dirs()
-    proc = subprocess.Popen([sys.executable, "-m", "edgeconv", "validate", str(bundles("pt")), "--remote", remote(sshd), *sshd["opts"],
-                             "--remote-python", sys.executable, "--runs", "2000000"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "edgeconv", "validate", str(bundles("pt")), "--remote", remote(sshd),
+                             *sshd["opts"], "--remote-python", sys.executable, "--runs", "2000000"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (_remote_dirs() - before):
         time.sleep(0.05)
@@ -194,7 +198,8 @@ def test_profile_and_build_over_ssh_need_edgeconv_there(cli, bundles, sshd, samp
     assert r.code == 3 and "needs edgeconv on the device" in r.stdout + r.stderr
     # build on a host without TensorRT: the device's own error comes back, exit 3
     orin = tmp_path / "orin"
-    assert cli("convert", samples / "digits_cnn.pt", "--target", "jetson-orin-nano", "--precision", "fp16", "-o", orin, "--json").code == 0
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "jetson-orin-nano", "--precision", "fp16", "-o", orin, "--json")
+    assert r.code == 0, r
     r = cli("build", orin, "--remote", remote(sshd), *sshd["opts"], "--remote-python", sys.executable)
     assert r.code == 3 and "tensorrt not installed" in r.stdout + r.stderr
     # one engine per bundle: two devices would overwrite each other's engine
@@ -217,7 +222,8 @@ def test_selftest_over_ssh(cli, sshd, device_python):
 
 def test_selftest_over_ssh_stops_at_a_failed_build(cli, sshd):
     """A Jetson profile builds on the board first; a board without TensorRT says so (exit 3) and is not validated."""
-    r = cli("selftest", "--target", "jetson-orin-nano", "--remote", remote(sshd), *sshd["opts"], "--remote-python", sys.executable)
+    r = cli("selftest", "--target", "jetson-orin-nano", "--remote", remote(sshd), *sshd["opts"],
+            "--remote-python", sys.executable)
     assert r.code == 3, r
     assert "tensorrt not installed" in r.stdout + r.stderr and "validate" not in r.stdout
 
@@ -238,3 +244,95 @@ def test_a_full_disk_on_the_device_is_named(cli, bundles, sshd, tmp_path):
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=False, timeout=30)
+
+
+# The device runner's protocol: asked, never read from source text (edgeconv/remote/protocol.py).
+
+_PROTOCOL_1_RUNNER = b'''import argparse, json, sys
+ap = argparse.ArgumentParser()  # a runner from before the protocol: no --protocol, no "protocol" request field
+ap.add_argument("bundle")
+ap.add_argument("--request")
+ap.add_argument("--json", action="store_true")
+args = ap.parse_args()
+request = json.load(open(args.request))
+if "protocol" in request:
+    print(json.dumps({"ok": False, "error": {"message": "unknown field protocol", "exit_code": 2}}))
+    sys.exit(2)
+print(json.dumps({"ok": True, "request": request}))
+'''
+
+
+def _with_runner(src: Path, dest: Path, name: str | None, content: bytes = b"") -> Path:
+    """A copy of the bundle ``src`` whose device runner is ``name`` holding ``content``; ``name`` None: a bundle from
+    before bundles carried their runner."""
+    import hashlib
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("reports"))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    old = next(a for a in manifest["artifacts"] if a["role"] == "device-runner")
+    (dest / old["file"]).unlink()
+    manifest["artifacts"].remove(old)
+    if name is not None:
+        (dest / name).write_bytes(content)
+        manifest["artifacts"].append({**old, "file": name, "sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)})
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
+def _python_with(tmp_path: Path, python: str, package: dict[str, str]) -> str:
+    """A 'device' Python that imports the given edgeconv package files (an older or a newer edgeconv) first."""
+    site = tmp_path / "site"
+    for rel, text in package.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={site} exec {python} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_a_runner_from_before_the_protocol_gets_a_protocol_1_request(cli, bundles, sshd, device_python, tmp_path):
+    """A runner without --protocol is protocol 1: its request carries no protocol field (it would refuse one)."""
+    old = _with_runner(bundles("pt"), tmp_path / "old", "edgeconv_runner.py", _PROTOCOL_1_RUNNER)
+    r = cli("validate", old, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python, "--json")
+    assert r.code == 0, r
+    rep = r.json()["devices"][0]["report"]
+    assert rep["device"]["ran"] == "device runner" and rep["request"]["where"] == "device"
+    assert "protocol" not in rep["request"] and rep["request"]["outputs_file"].endswith("/outputs.npz")
+
+
+def test_a_runner_of_a_newer_protocol_is_refused(cli, bundles, sshd, device_python, tmp_path):
+    newer = b"import sys\nif '--protocol' in sys.argv:\n    print(99)\n    sys.exit(0)\nsys.exit('ran a request')\n"
+    new = _with_runner(bundles("pt"), tmp_path / "new", "edgeconv_runner.pyz", newer)
+    r = cli("validate", new, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python)
+    assert r.code == 3, r
+    text = " ".join((r.stdout + r.stderr).split())
+    assert "edgeconv_runner.pyz) reads request protocol 99, newer than this edgeconv's 2" in text
+    assert "upgrade edgeconv on this machine" in text and "ran a request" not in text
+
+
+def test_a_bundle_without_a_runner_gets_this_edgeconvs(cli, bundles, sshd, device_python, tmp_path):
+    """A bundle written before bundles carried their runner: the current runner goes with the copy on the device."""
+    bare = _with_runner(bundles("pt"), tmp_path / "bare", None)
+    r = cli("validate", bare, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python, "--runs", "5", "--json")
+    assert r.code == 0, r
+    rep = r.json()["devices"][0]["report"]
+    assert rep["device"]["ran"] == "device runner" and rep["ok"] and rep["cross_architecture"]["compared"]
+    assert not list(bare.glob("edgeconv_runner*"))  # the bundle here is left as it was
+
+
+def test_an_edgeconv_older_than_the_protocol_leaves_the_run_to_the_runner(cli, bundles, sshd, device_python, tmp_path):
+    python = _python_with(tmp_path, device_python, {"edgeconv/__init__.py": ""})
+    r = cli("validate", bundles("pt"), "--remote", remote(sshd), *sshd["opts"], "--remote-python", python,
+            "--runs", "5", "--json")
+    assert r.code == 0, r
+    rep = r.json()["devices"][0]["report"]
+    assert rep["device"]["ran"] == "device runner" and rep["ok"]
+
+
+def test_an_edgeconv_of_a_newer_protocol_is_refused(cli, bundles, sshd, device_python, tmp_path):
+    python = _python_with(tmp_path, device_python, {"edgeconv/__init__.py": "", "edgeconv/core/__init__.py": "",
+                                                    "edgeconv/core/request.py": "PROTOCOL_VERSION = 3\n"})
+    r = cli("validate", bundles("pt"), "--remote", remote(sshd), *sshd["opts"], "--remote-python", python)
+    assert r.code == 3, r
+    assert "reads request protocol 3, newer than this edgeconv's 2" in " ".join((r.stdout + r.stderr).split())

@@ -101,7 +101,8 @@ def test_dynamic_batch_export(cli, samples, tmp_path):
     sess = ort.InferenceSession(str(out / "model.onnx"))
     y = sess.run(None, {"x": np.zeros((7, 1, 8, 8), np.float32)})[0]
     assert y.shape == (7, 10)
-    r = cli("validate", out, "--data", samples / "digits_test.npz", "--source", samples / "digits_cnn.pt", "--json", "--runs", "5")
+    r = cli("validate", out, "--data", samples / "digits_test.npz", "--source", samples / "digits_cnn.pt", "--json",
+            "--runs", "5")
     assert r.code == 0, r
     assert r.json()["accuracy"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
     assert "validate time" in r.json()["accuracy"]["source"]["measured_with"]

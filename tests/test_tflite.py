@@ -27,7 +27,8 @@ def tfl(tmp_path_factory, cli, samples):
         for precision in ("fp32", "fp16", "int8", "int8-dynamic"):
             out = base / f"{src}-{precision}"
             made[(src, precision)] = (out, convert(cli, samples / src, out, "--precision", precision,
-                                                   "--data", samples / "digits_test.npz", *(calib if precision == "int8" else [])))
+                                                   "--data", samples / "digits_test.npz",
+                                                   *(calib if precision == "int8" else [])))
     return made
 
 
@@ -92,7 +93,8 @@ def test_int8_io_dtypes(cli, samples, tmp_path):
         assert set(art["tensor_dtypes"].values()) == {io}
         acc = next(c for c in m["checks"] if c["kind"] == "accuracy")
         assert acc["drop_points"] <= 0.5
-    r = cli("convert", samples / "digits_cnn.pt", "--target", "tflite", "--precision", "fp32", "--io-dtype", "int8", "-o", tmp_path / "x")
+    r = cli("convert", samples / "digits_cnn.pt", "--target", "tflite", "--precision", "fp32", "--io-dtype", "int8",
+            "-o", tmp_path / "x")
     assert r.code == 2 and "needs --precision int8" in r.stderr
 
 
@@ -177,7 +179,8 @@ def test_torch_gelu_becomes_tflite_gelu(cli, tmp_path):
 
     from edgeconv.targets.tflite import tflite_graph
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GELU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4)).eval()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GELU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 4)).eval()
     src = tmp_path / "gelu.pt2"
     torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 8, 8),)), str(src))
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).uniform(-1, 1, (16, 3, 8, 8)).astype(np.float32))
@@ -194,7 +197,8 @@ def test_child_reports_a_tflite_converter_failure_apart_from_onnx2tf(tmp_path):
     from edgeconv.targets.tflite_job import TFLITE_FAILED
 
     _sin_model(tmp_path / "sin.onnx")
-    np.savez(tmp_path / "calib.npz", x=np.zeros((2, 1, 1, 4, 4), np.float32), z=np.zeros((2, 1, 1, 4, 4), np.float32))  # 2 inputs for 1
+    # 2 inputs for 1
+    np.savez(tmp_path / "calib.npz", x=np.zeros((2, 1, 1, 4, 4), np.float32), z=np.zeros((2, 1, 1, 4, 4), np.float32))
     job = {"onnx2tf_args": ["-i", str(tmp_path / "sin.onnx"), "-o", str(tmp_path / "sm"), "-osd", "-nuo", "-v", "error"],
            "saved_model": str(tmp_path / "sm"), "precision": "int8", "io_dtype": "float",
            "calibration": str(tmp_path / "calib.npz"), "output": str(tmp_path / "m.tflite"), "error": str(tmp_path / "err.txt")}
@@ -236,11 +240,13 @@ def test_rgb_model_converts_without_network(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(block), "EDGECONV_TEST_NETLOG": str(netlog)}
     for precision, extra in (("fp32", []), ("int8", ["--calib", str(tmp_path / "calib.npz")])):
         r = subprocess.run([sys.executable, "-m", "edgeconv", "convert", str(src), "--target", "tflite", "--precision", precision,
-                            "-o", str(tmp_path / precision), *extra], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+                            "-o", str(tmp_path / precision), *extra],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         assert (tmp_path / precision / "model.tflite").exists()
     assert not netlog.exists(), netlog.read_text()
     # the blocker works: a connect from a process with it installed is recorded
-    probe = subprocess.run([sys.executable, "-c", "import socket\ntry:\n socket.create_connection(('127.0.0.1', 9), 1)\nexcept OSError:\n pass"],
+    probe = subprocess.run([sys.executable, "-c",
+                            "import socket\ntry:\n socket.create_connection(('127.0.0.1', 9), 1)\nexcept OSError:\n pass"],
                            env=env, timeout=60)
     assert probe.returncode == 0 and netlog.exists()

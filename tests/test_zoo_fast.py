@@ -20,8 +20,8 @@ for _lib in ("torch", "transformers", "tensorflow"):
         pytest.skip(f"the zoo's fast subset needs {_lib} (pip install -e '.[zoo,keras]')", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import zoo
-from zoo_models import BY_NAME, Built, vision_libs
+import zoo  # noqa: E402 - bench/ goes on the path first, and only when the zoo's libraries are installed
+from zoo_models import BY_NAME, Built, vision_libs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

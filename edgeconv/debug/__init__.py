@@ -68,7 +68,8 @@ def tensor_metrics(ref: np.ndarray, art: np.ndarray, channel_axis: int = 1) -> d
     a, b = ref.reshape(-1), art.reshape(-1)
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     cosine = float(a @ b / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
-    return {"nsr": nsr, "snr_db": _db(nsr), "snr_tensor_db": _db(noise_all / sig_all if sig_all > 0 else (0.0 if noise_all == 0 else 1.0)),
+    return {"nsr": nsr, "snr_db": _db(nsr),
+            "snr_tensor_db": _db(noise_all / sig_all if sig_all > 0 else (0.0 if noise_all == 0 else 1.0)),
             "cosine": cosine, "max_abs_error": float(np.abs(err).max()) if err.size else 0.0,
             "reference_max_abs": float(np.abs(ref).max()) if ref.size else 0.0, "noise_in_silent_channels": dead_noise}
 
@@ -165,9 +166,11 @@ def debug(req: DebugRequest, steps: Steps | None = None) -> dict[str, Any]:
                            art.get("runner_options") or {}, framework, feeds, req.threshold_db, steps,
                            where=m["target"]["profile"], layer_names=m["source"].get("layer_names"))
     rows, outputs = table["rows"], table["outputs"]
+    sensitivity = _guard_sensitivity(m, rows)
     first = next((r for r in rows if r.get("first_diverging")), None)
     matched = sum(1 for r in rows if r["snr_db"] is not None)
     return {
+        "sensitivity": sensitivity,
         "ok": True,
         "bundle": str(req.bundle),
         "status": m.get("status"),
@@ -193,6 +196,21 @@ def debug(req: DebugRequest, steps: Steps | None = None) -> dict[str, Any]:
     }
 
 
+def _guard_sensitivity(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The int8 guard's other ranking, when convert --fallback auto made this bundle: what each layer alone in float did
+    to the guard's metric (measured by converting again). Each such row gets ``alone_in_float``."""
+    fb = manifest.get("fallback") or {}
+    measured = {c["layer"]: c.get("alone_in_float") for c in fb.get("candidates") or [] if c.get("alone_in_float") is not None}
+    if not measured:
+        return None
+    for r in rows:
+        if r["layer"] in measured:
+            r["alone_in_float"] = measured[r["layer"]]
+    return {"metric": (fb.get("score") or {}).get("metric"), "before": (fb.get("score") or {}).get("before"),
+            "measured_by": "convert --fallback auto: each layer alone in float, converted and measured again",
+            "layers": measured}
+
+
 def _rows(layers, reference, got, axis) -> list[dict[str, Any]]:
     through: dict[str, float | None] = {}
     # tensor -> the layers without values of their own (fused away in the artifact) whose error flows on in it
@@ -214,8 +232,9 @@ def _rows(layers, reference, got, axis) -> list[dict[str, Any]]:
             mt["matched_by"] = got.matched_by.get(t)
             if worst is None or mt["nsr"] > worst["nsr"]:
                 worst = mt
-        row: dict[str, Any] = {"index": layer.index, "layer": layer.name, "source": layer.source, "source_class": layer.source_class,
-                               "op": layer.op, "nodes": layer.nodes, "inputs": layer.inputs, "_tensors": layer.tensors}
+        row: dict[str, Any] = {"index": layer.index, "layer": layer.name, "source": layer.source,
+                               "source_class": layer.source_class, "op": layer.op, "nodes": layer.nodes,
+                               "inputs": layer.inputs, "_tensors": layer.tensors}
         if worst is None:
             row.update({"snr_db": None, "nsr": None, "tensor": layer.tensors[-1], "artifact_tensor": None, "matched_by": None})
         else:

@@ -290,7 +290,7 @@ def litert(tflite: Path, runner_options: dict[str, Any], feeds: list[dict[str, n
     a .tflite that TFLiteConverter made from the Keras model (no onnx2tf, so no recorded map)."""
     import json
 
-    from edgeconv.device.edgeconv_runner import LiteRtBackend, tflite_interpreter_module
+    from edgeconv.core.backends.litert import LiteRtBackend, tflite_interpreter_module
 
     mod = tflite_interpreter_module()
     backend = LiteRtBackend(tflite, None, **{k: v for k, v in runner_options.items() if k in ("tensor_names", "permutations")})
@@ -383,7 +383,8 @@ BACK_MATCH_COSINE = 0.9
 WINDOW = 8
 
 
-def _match_by_name(produced, details, values, reference, record, keys_of=_keras_layers) -> tuple[dict[str, int], dict[int, set], list[str]]:
+def _match_by_name(produced, details, values, reference, record,
+                   keys_of=_keras_layers) -> tuple[dict[str, int], dict[int, set], list[str]]:
     """ONNX tensor → the TFLite tensor holding it, through the recorded map (Keras layer → ONNX node).
 
     A TFLite tensor's name lists the layers of every op TFLite fused into it, so it stands for the latest of their ONNX

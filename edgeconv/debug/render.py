@@ -30,16 +30,20 @@ def render_debug(r: dict[str, Any], top: int = 10) -> None:
     else:
         console.print(f"[green]no layer falls below {r['threshold_db']:g} dB SNR by its own error[/]")
 
+    sens = r.get("sensitivity")
+
     def table(title: str, rows: list[dict[str, Any]]) -> Table:
         t = Table(title=title, title_justify="left")
-        for col, just in (("source", "left"), ("ONNX node", "left"), ("op", "left"), ("SNR dB", "right"), ("adds dB", "right"),
-                          ("in dB", "right"), ("cos", "right"), ("max err", "right")):
+        cols = [("source", "left"), ("ONNX node", "left"), ("op", "left"), ("SNR dB", "right"), ("adds dB", "right"),
+                ("in dB", "right"), ("cos", "right"), ("max err", "right")]
+        for col, just in cols + ([("alone in float", "right")] if sens else []):
             t.add_column(col, justify=just, overflow="fold", no_wrap=just == "right")
         for row in rows:
             carries = f" (+ fused {', '.join(row['carries'])})" if row.get("carries") else ""
-            t.add_row(escape((row["source"] or "—") + carries) + (" ◀ first" if row["first_diverging"] else ""), escape(row["layer"]),
-                      row["op"], _f(row["snr_db"], ".1f"), _f(row["added_snr_db"], ".1f"), _f(row["inherited_snr_db"], ".1f"),
-                      _f(row.get("cosine"), ".4f"), _f(row.get("max_abs_error"), ".3g"),
+            cells = [escape((row["source"] or "—") + carries) + (" ◀ first" if row["first_diverging"] else ""),
+                     escape(row["layer"]), row["op"], _f(row["snr_db"], ".1f"), _f(row["added_snr_db"], ".1f"),
+                     _f(row["inherited_snr_db"], ".1f"), _f(row.get("cosine"), ".4f"), _f(row.get("max_abs_error"), ".3g")]
+            t.add_row(*cells, *([_f(row.get("alone_in_float"), ".3g")] if sens else []),
                       style="bold red" if row["first_diverging"] else None)
         return t
 
@@ -52,5 +56,8 @@ def render_debug(r: dict[str, Any], top: int = 10) -> None:
     for o in r["outputs"]:
         console.print(f"output {escape(o['name'])}: SNR {o['snr_db']:.1f} dB, cosine {o['cosine']:.4f}, max abs error "
                       f"{o['max_abs_error']:.3g}")
+    if sens:
+        console.print(f"[dim]alone in float: the int8 guard's {sens['metric']} (full int8: {_f(sens['before'], '.3g')}) with "
+                      "that layer alone in float, measured by convert --fallback auto[/]")
     console.print("[dim]SNR: channel-balanced (mean over channels of noise/signal), so a channel int8 loses is not hidden "
                   "by a large one; adds: the SNR this layer's own error alone would leave; in: the worst SNR it reads[/]")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.core.text import first_line
 from edgeconv.errors import BadInput, ConversionFailed, MissingDependency
 from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names, import_user_module
 from edgeconv.lazy import require, version_of
@@ -139,7 +140,7 @@ class KerasSource(SourceModel):
             if custom:
                 raise BadInput(
                     f"{self.path} uses custom class(es) {', '.join(custom[:5])} that Keras cannot rebuild here "
-                    f"({type(exc).__name__}: {msg.splitlines()[0][:200] if msg else ''})",
+                    f"({type(exc).__name__}: {first_line(msg, 200)})",
                     hint="pass --model-class path/to/module.py (or pkg.module): the code that defines them, registered "
                          "with @keras.saving.register_keras_serializable(); it is imported before loading")
             raise BadInput(
@@ -240,7 +241,8 @@ class KerasSource(SourceModel):
             for s in inputs
         ]
         if self.signature is not None:
-            fn = tf.function(lambda *xs: [self.signature(**{s.name: x for s, x in zip(inputs, xs)})[k] for k in self._output_keys])
+            fn = tf.function(lambda *xs: [self.signature(**{s.name: x for s, x in zip(inputs, xs)})[k]
+                                          for k in self._output_keys])
         elif len(inputs) == 1:
             fn = tf.function(lambda x: self.model(x, training=False))
         else:
@@ -264,9 +266,9 @@ class KerasSource(SourceModel):
                                                                                "Imag": (_complex_part, [])})
         except Exception as exc:
             raise ConversionFailed(
-                f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
+                f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) failed: {type(exc).__name__}: {first_line(str(exc), 400)}",
                 hint="run with --debug for the full traceback",
-                details="\n".join(failed_nodes.nodes) or None,
+                details="\n".join(failed_nodes.nodes + failed_nodes.unread) or None,
             ) from exc
         finally:
             tf2onnx_log.setLevel(level)
@@ -300,6 +302,7 @@ class _FailedNodes:
     def __init__(self) -> None:
         self.nodes: list[str] = []
         self._keys: list[tuple[str, str]] = []  # ("node", name) or ("op", type), to look for in the graph
+        self.unread: list[str] = []  # records of another form, with why they could not be read
 
     def left_in(self, model_proto) -> list[str]:
         """The failures whose node or op is still in the exported graph."""
@@ -310,8 +313,10 @@ class _FailedNodes:
     def handle(self, record) -> None:
         try:
             self._keep(record)
-        except Exception:  # a record of another form: never an error inside tf2onnx's logging call
-            pass
+        except Exception as exc:  # noqa: BLE001 - a logging handler must never raise inside tf2onnx's logging call
+            # a record of another form: kept (where it was logged, why it could not be read) for the failure's details
+            self.unread.append(f"tf2onnx log record at {record.module}:{record.lineno} not read: "
+                               f"{type(exc).__name__}: {first_line(str(exc), 200)}")
 
     def _keep(self, record) -> None:
         if str(record.msg).startswith("Unsupported ops"):  # ops with no tf2onnx handler at all (logging keeps a lone
@@ -324,7 +329,8 @@ class _FailedNodes:
             return
         node = record.args[0] if record.args else "?"
         op = re.search(r"OP=(\w+)", str(record.args[2])) if len(record.args) > 2 else None
-        reason = f"{type(record.exc_info[1]).__name__}: {str(record.exc_info[1]).splitlines()[0][:200]}" if record.exc_info else ""
+        reason = (f"{type(record.exc_info[1]).__name__}: {first_line(str(record.exc_info[1]), 200)}"
+                  if record.exc_info else "")
         self.nodes.append(f"{node} ({op.group(1) if op else '?'}): {reason}")
         self._keys.append(("node", str(node)))
 
@@ -369,7 +375,9 @@ def _h5_header(path: Path) -> tuple[str | None, dict | None]:
             version, config = f.attrs.get("keras_version"), f.attrs.get("model_config")
     except (ImportError, OSError):
         return None, None
-    text = lambda v: v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
+
     return text(version), None if config is None else json.loads(text(config))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.core.text import first_line, shorten
 from edgeconv.errors import BadInput, ConversionFailed
 from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names, import_user_module
 from edgeconv.lazy import require, version_of
@@ -187,8 +188,9 @@ class TorchSource(SourceModel):
         with zipfile.ZipFile(self.path) as z:
             for member in z.namelist():
                 if member.endswith(".json") and "/models/" in member:
-                    names |= set(re.findall(r'\\?"type\\?": \\?"([A-Za-z_][\w.]*\.[A-Za-z_]\w*)', z.read(member).decode(errors="replace")))
-        imported = []
+                    names |= set(re.findall(r'\\?"type\\?": \\?"([A-Za-z_][\w.]*\.[A-Za-z_]\w*)',
+                                            z.read(member).decode(errors="replace")))
+        imported, failed = [], []
         for name in sorted(names):
             module = name.rpartition(".")[0]
             top = module.split(".")[0]
@@ -196,10 +198,13 @@ class TorchSource(SourceModel):
                 continue
             try:
                 importlib.import_module(module)
-            except Exception:  # a module that does not import is not the one that registers the type
+            except Exception as exc:  # noqa: BLE001 - an installed module's import may fail in any way; it is then not
+                # the one that registers the type: the others are still tried, and the note says which one failed and why
+                failed.append(f"{module} (installed) did not import: {type(exc).__name__}: {first_line(str(exc), 200)}")
                 continue
             imported.append(module)
         self.notes.extend(f"imported {m} (installed) to read the program's output structure" for m in dict.fromkeys(imported))
+        self.notes.extend(dict.fromkeys(failed))
         return imported
 
     def _load_torchscript(self, torch) -> None:
@@ -342,8 +347,9 @@ class TorchSource(SourceModel):
                 notes.append("the program's dynamic dimensions fixed to "
                              + ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}" for s in inputs) + " in the ONNX graph")
             return ExportRecord(exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=opset, notes=notes)
-        except Exception as exc:
-            reason = f"the dynamo exporter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        except Exception as exc:  # noqa: BLE001 - any dynamo failure falls back to the TorchScript exporter; the
+            # reason goes into the export record (fallback_reason), and into the error if that exporter fails too
+            reason = f"the dynamo exporter failed: {type(exc).__name__}: {first_line(str(exc), 300)}"
         return self._export_torchscript(torch, dest, args, names, out_names, opset, dynamic_batch, reason, kwargs)
 
     def _export_torchscript(self, torch, dest, args, names, out_names, opset, dynamic_batch, reason, kwargs=None) -> ExportRecord:
@@ -367,8 +373,8 @@ class TorchSource(SourceModel):
                         "exporter covers more (complex-valued STFT among them). " + hint)
             raise ConversionFailed(
                 f"PyTorch → ONNX export failed with both exporters. {reason}. "
-                f"TorchScript exporter: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
-                hint=hint, details=native.text[-3000:] or None,
+                f"TorchScript exporter: {type(exc).__name__}: {first_line(str(exc), 400)}",
+                hint=hint, details=shorten(native.text, 3000, keep="tail") or None,
             ) from exc
         return ExportRecord(exporter=f"torch.onnx TorchScript (torch {torch.__version__})", opset=opset, fallback_reason=reason)
 

@@ -33,10 +33,10 @@ class ExecuTorchRunner(Runner):
     def prepare(self, feed: dict[str, np.ndarray]) -> Any:
         return [self._torch.from_numpy(p) for p in super().prepare(feed).values()]
 
-    def run_prepared(self, prepared: Any) -> list[np.ndarray]:
+    def run(self, prepared: Any) -> list[np.ndarray]:
         t0 = time.perf_counter()
         out = self.method.execute(prepared)
-        self.last_inference_s = time.perf_counter() - t0
+        self.last_s = time.perf_counter() - t0
         return [o.detach().numpy().copy() for o in out]
 
     def fixed_batch(self) -> int | None:

@@ -46,7 +46,7 @@ class NcnnRunner(Runner):
         return [[(blob, self._ncnn.Mat(np.ascontiguousarray(feed[name][i], dtype=np.float32))) for name, blob in self._in]
                 for i in range(n)]
 
-    def run_prepared(self, prepared: Any) -> list[np.ndarray]:
+    def run(self, prepared: Any) -> list[np.ndarray]:
         outs: list[list[np.ndarray]] = [[] for _ in self._out]
         elapsed = 0.0
         for sample in prepared:
@@ -63,7 +63,7 @@ class NcnnRunner(Runner):
             elapsed += time.perf_counter() - t0
             for j, mat in enumerate(got):
                 outs[j].append(np.array(mat))
-        self.last_inference_s = elapsed
+        self.last_s = elapsed
         return [np.stack(o) for o in outs]
 
     def fixed_batch(self) -> int | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.core.text import first_line
 from edgeconv.errors import ArtifactRefused, BadInput, MissingDependency
 from edgeconv.lazy import require
 from edgeconv.runners.base import Runner
@@ -176,13 +177,13 @@ class OpenVinoRunner(Runner):
         # Request-owned copies (shared_memory=False): the caller's arrays are never aliased.
         return request, [self._ov.Tensor(np.array(arrays[s.name], copy=True), shared_memory=False) for s in self.inputs]
 
-    def run_prepared(self, prepared: tuple) -> list[np.ndarray]:
+    def run(self, prepared: tuple) -> list[np.ndarray]:
         request, tensors = prepared
         for i, t in enumerate(tensors):
             request.set_input_tensor(i, t)
         t0 = time.perf_counter()
         request.infer()
-        self.last_inference_s = time.perf_counter() - t0
+        self.last_s = time.perf_counter() - t0
         return [request.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
 
     def async_throughput(self, feed: dict[str, np.ndarray], seconds: float = 3.0) -> dict[str, Any] | None:
@@ -208,24 +209,32 @@ class OpenVinoRunner(Runner):
                 "method": "AsyncInferQueue with OPTIMAL_NUMBER_OF_INFER_REQUESTS, PERFORMANCE_HINT=THROUGHPUT"}
 
     def info(self) -> dict[str, Any]:
+        unreported: dict[str, str] = {}
+
         def prop(name):
             try:
                 value = self.compiled.get_property(name)
-            except Exception:  # a device that does not report this property
+            except Exception as exc:  # noqa: BLE001 - a device that does not report this property (the plugin's own
+                # error, of any type): the figure is None, and "unreported_properties" says which and why
+                unreported[name] = f"{type(exc).__name__}: {first_line(str(exc), 200)}"
                 return None
             return value.to_string() if hasattr(value, "to_string") else str(value)
 
-        return {
+        info = {
             "runtime": "openvino",
             "version": self._ov.__version__,
             "device": self.device,
-            "device_name": self.core.get_property(self.device.split(".")[0], "FULL_DEVICE_NAME") if self.device not in ("AUTO",) else "AUTO",
+            "device_name": (self.core.get_property(self.device.split(".")[0], "FULL_DEVICE_NAME")
+                            if self.device not in ("AUTO",) else "AUTO"),
             "threads": prop("INFERENCE_NUM_THREADS"),
             "precision": prop("INFERENCE_PRECISION_HINT"),
             "precision_requested": self.options.get("inference_precision", "f32"),
             "performance_hint": prop("PERFORMANCE_HINT"),
             **isa_note,
         }
+        if unreported:
+            info["unreported_properties"] = unreported
+        return info
 
 
 class OpenVinoLayerProfiler:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgeconv.lazy import load_entry
-from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
+from edgeconv.targets.base import Artifact, Conversion, QuantSettings, Target, TargetContext, TargetOptions
 
 BACKENDS = {
     "onnx": ("edgeconv.targets.onnx:OnnxTarget", "(base install)"),
@@ -21,4 +21,4 @@ def backend(name: str) -> Target:
     return load_entry(BACKENDS, name, "target backend")()
 
 
-__all__ = ["Artifact", "BACKENDS", "Conversion", "Target", "TargetContext", "TargetOptions", "backend"]
+__all__ = ["Artifact", "BACKENDS", "Conversion", "QuantSettings", "Target", "TargetContext", "TargetOptions", "backend"]

@@ -35,6 +35,19 @@ class TargetOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class QuantSettings:
+    """How an int8 conversion quantizes, beyond the precision: what the int8 guard varies (edgeconv/convert/levers.py).
+    The defaults are each backend's plain int8; a backend offers the rest in ``Target.calibration_methods`` and
+    ``Target.int16_activations``."""
+
+    calibration: str | None = None  # None: the backend's default calibration method
+    activations: str = "int8"  # "int16": 16-bit activations with int8 weights
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calibration": self.calibration or "default", "activations": self.activations}
+
+
 @dataclass
 class TargetContext:
     """What the pipeline hands a target besides the user's options: the loaded source, its reference inputs, the
@@ -53,6 +66,11 @@ class TargetContext:
     # {"layer", "source", "nodes": canonical ONNX node names, "tensors": their outputs, "artifact_names": the full-int8
     # artifact's names for those tensors}; each backend keeps them in float by its own mechanism
     float_layers: list[dict[str, Any]] = field(default_factory=list)
+    # the int8 guard's other levers: the calibration method and the activations' width (QuantSettings)
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    # a folder where a target keeps what later conversions of this same run reuse (the int8 guard's attempts: ONNX
+    # Runtime's calibration ranges per method); None outside the guard
+    reuse_dir: Path | None = None
     # convert --cache: the model's ExportCache entry, where a target keeps intermediates other targets reuse
     # (ExportCache.step; onnx2tf's SavedModel); None without a cache
     cache: Any = None
@@ -71,8 +89,9 @@ class Conversion:
     checks: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # the target's own accuracy control kept layers in float (OpenVINO: NNCF): {"float_ops": the artifact's op names it
-    # reverted, "mechanism", "ranked_by", "nncf": its own figures, "full_int8": the Conversion it started from or None when nothing
-    # was reverted, "full_int8_dir": where those files are}; edgeconv/debug/fallback.py turns it into the fallback record
+    # reverted, "mechanism", "ranked_by", "nncf": its own figures, "full_int8": the Conversion it started from or None
+    # when nothing was reverted, "full_int8_dir": where those files are}; edgeconv/convert/accuracy_control.py turns it
+    # into the fallback record
     accuracy_control: dict[str, Any] | None = None
 
 
@@ -88,6 +107,10 @@ class Target(ABC):
     preferred_opset_why: str = ""
     # honours TargetContext.float_layers (the int8 guard's float fallback)
     float_fallback: bool = False
+    # the int8 guard's other levers (TargetContext.quant): calibration methods this backend offers, its default first,
+    # and whether it can keep activations in 16 bits (with int8 weights)
+    calibration_methods: tuple[str, ...] = ()
+    int16_activations: bool = False
 
     def check_runner_options(self, precision: str, profile: Profile) -> dict[str, Any]:
         """Runner options for the convert-time checks on this host (recorded with the artifact)."""
@@ -120,7 +143,8 @@ class Target(ABC):
         problems = []
         opset = opset_of(proto)
         if profile.max_opset and opset > profile.max_opset:
-            problems.append(f"opset {opset} is newer than {profile.name} accepts ({profile.max_opset}); re-export with --opset {profile.max_opset}")
+            problems.append(f"opset {opset} is newer than {profile.name} accepts ({profile.max_opset}); "
+                            f"re-export with --opset {profile.max_opset}")
         return problems
 
     @abstractmethod

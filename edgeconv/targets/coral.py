@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
+from edgeconv.core.text import shorten
 from edgeconv.errors import ConversionFailed, PreflightError
 from edgeconv.targets.base import Artifact, Conversion, TargetContext, TargetOptions
 from edgeconv.targets.tflite import TfliteTarget, tflite_graph
@@ -27,9 +28,9 @@ COMPILER = "edgetpu_compiler"
 COMPILE_TIMEOUT_S = 600
 MAPPED = "Mapped to Edge TPU"
 # ONNX ops with no Edge TPU counterpart after conversion (seen before any conversion work).
-ONNX_NEVER_MAPPED = {"Erf", "Gelu", "Elu", "Selu", "Softplus", "Mish", "Sin", "Cos", "Exp", "Log", "Pow", "Sqrt", "Div", "NonMaxSuppression", "TopK",
-                     "ArgMax", "ArgMin", "Where", "Einsum", "GatherND", "ScatterND", "Range", "CumSum", "Round", "Floor",
-                     "Ceil", "LayerNormalization", "HardSwish", "HardSigmoid"}
+ONNX_NEVER_MAPPED = {"Erf", "Gelu", "Elu", "Selu", "Softplus", "Mish", "Sin", "Cos", "Exp", "Log", "Pow", "Sqrt", "Div",
+                     "NonMaxSuppression", "TopK", "ArgMax", "ArgMin", "Where", "Einsum", "GatherND", "ScatterND", "Range",
+                     "CumSum", "Round", "Floor", "Ceil", "LayerNormalization", "HardSwish", "HardSigmoid"}
 
 
 def load_table() -> dict[str, Any]:
@@ -50,10 +51,12 @@ def op_macs(op: dict[str, Any], tensors: dict[int, dict[str, Any]]) -> int:
     return 0
 
 
-def _op_problem(op: dict[str, Any], tensors: dict[int, dict[str, Any]], table: dict[str, Any], activations: set[int]) -> str | None:
+def _op_problem(op: dict[str, Any], tensors: dict[int, dict[str, Any]], table: dict[str, Any],
+                activations: set[int]) -> str | None:
     name = op["op"]
     if name not in table["ops"]:
-        return "operation not supported by the Edge TPU" + (" (it always runs on the CPU)" if name in table.get("not_in_table", {}) else "")
+        return "operation not supported by the Edge TPU" + (" (it always runs on the CPU)"
+                                                            if name in table.get("not_in_table", {}) else "")
     for i in op["inputs"] + op["outputs"]:
         t = tensors[i]
         if t["dtype"] not in ("int8", "uint8", "int32"):
@@ -124,7 +127,8 @@ def parse_compiler_log(text: str) -> dict[str, Any]:
     for key, pat in _MEMORY.items():
         m = re.search(pat, text)
         out[key] = m.group(1) if m else None
-    for key, pat in (("subgraphs", r"Number of Edge TPU subgraphs:\s*(\d+)"), ("total_ops", r"Total number of operations:\s*(\d+)"),
+    for key, pat in (("subgraphs", r"Number of Edge TPU subgraphs:\s*(\d+)"),
+                     ("total_ops", r"Total number of operations:\s*(\d+)"),
                      ("tpu_ops_reported", r"Number of operations that will run on Edge TPU:\s*(\d+)"),
                      ("cpu_ops_reported", r"Number of operations that will run on CPU:\s*(\d+)")):
         m = re.search(pat, text)
@@ -163,23 +167,26 @@ def compile_model(compiler: str, tflite: Path, outdir: Path, prediction: dict[st
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=True)
     except subprocess.CalledProcessError as exc:
-        raise ConversionFailed(f"{Path(compiler).name} failed (exit {exc.returncode})", details=(exc.stdout + exc.stderr)[-3000:]) from exc
+        raise ConversionFailed(f"{Path(compiler).name} failed (exit {exc.returncode})",
+                               details=shorten(exc.stdout + exc.stderr, 3000, keep="tail")) from exc
     except subprocess.TimeoutExpired as exc:
         raise ConversionFailed(f"{Path(compiler).name} did not finish in {COMPILE_TIMEOUT_S} s") from exc
     (outdir / "edgetpu_compiler.log").write_text(proc.stdout + proc.stderr)
     log = parse_compiler_log(proc.stdout)
     compiled = outdir / f"{tflite.stem}_edgetpu.tflite"
     if not compiled.exists():
-        raise ConversionFailed(f"{Path(compiler).name} exited 0 but wrote no {compiled.name}", details=proc.stdout[-3000:])
+        raise ConversionFailed(f"{Path(compiler).name} exited 0 but wrote no {compiled.name}",
+                               details=shorten(proc.stdout, 3000, keep="tail"))
     if log["mapped_ops"] == 0:
         raise ConversionFailed("the Edge TPU compiler mapped no operation to the TPU (it exited 0 all the same): the model "
-                               "would run entirely on the CPU", details=proc.stdout[-3000:])
+                               "would run entirely on the CPU", details=shorten(proc.stdout, 3000, keep="tail"))
     return {"compiled": True, "compiler": compiler, "command": cmd, "log": "edgetpu_compiler.log", "file": compiled.name,
             "report": log, "prediction_mismatch": compare_with_prediction(log, prediction)}
 
 
 class CoralTarget(TfliteTarget):
     name = "coral"
+    int16_activations = False  # the accelerator's compiler takes int8 only
     precisions = ("int8",)
     dynamic_batch = False
     needs_calibration = ("int8",)
@@ -205,22 +212,27 @@ class CoralTarget(TfliteTarget):
             "kind": "edgetpu-mapping", "ok": ok, "min_tpu_share": min_share, **prediction,
             "reason": None if ok else (f"predicted TPU share {prediction['tpu_share_ops']:.0%} of ops is below --min-tpu-share "
                                        f"{min_share}" if min_share is not None else "no op would map to the Edge TPU")
-                                      + (f"; the split comes at {prediction['split_at']['op']}: {prediction['split_at']['reason']}"
+                                      + (f"; the split comes at {prediction['split_at']['op']}: "
+                                         f"{prediction['split_at']['reason']}"
                                          if prediction["split_at"] else ""),
         })
         model.extra["host_emulation"] = True
-        model.extra["host_emulation_note"] = "int8 TFLite on this host's CPU through LiteRT; the Edge TPU's numbers match closely, its latency does not"
+        model.extra["host_emulation_note"] = ("int8 TFLite on this host's CPU through LiteRT; the Edge TPU's numbers match "
+                                              "closely, its latency does not")
         compiler = find_compiler(opts.extra.get("compiler"))
         if compiler is None:
             model.extra["device_build"] = {
                 "format": "edgetpu-compile", "compiled": False, "built": False,
-                "reason": "edgetpu_compiler is not on PATH (Google ships it for x86-64 Debian/Ubuntu from its own apt repository)",
-                "command": f"edgetpu_compiler -s -o BUNDLE BUNDLE/{model.file}  (or: edgeconv build BUNDLE where it is installed)",
+                "reason": "edgetpu_compiler is not on PATH (Google ships it for x86-64 Debian/Ubuntu from its own apt "
+                          "repository)",
+                "command": f"edgetpu_compiler -s -o BUNDLE BUNDLE/{model.file}  (or: edgeconv build BUNDLE where it is "
+                           "installed)",
                 "tflite": model.file,
             }
             return conv
         record = compile_model(compiler, workdir / model.file, workdir, prediction)
         model.extra["device_build"] = {"format": "edgetpu-compile", "built": True, "tflite": model.file, **record}
-        conv.artifacts.append(Artifact(record["file"], "edgetpu-model", "int8", "litert", {"runner_options": model.extra["runner_options"]}))
+        conv.artifacts.append(Artifact(record["file"], "edgetpu-model", "int8", "litert",
+                                       {"runner_options": model.extra["runner_options"]}))
         conv.artifacts.append(Artifact(record["log"], "log", "int8"))
         return conv

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from edgeconv.core.text import shorten
 from edgeconv.errors import ConversionFailed, MissingDependency, PreflightError
 from edgeconv.lazy import version_of
 from edgeconv.targets.base import Artifact, Conversion, TargetContext, TargetOptions
@@ -114,8 +115,8 @@ def run_vela(tflite: Path, outdir: Path, settings: dict[str, str], config: Path,
             (failed_dir / "vela.log").write_text(log)
             hint = f"full log: {failed_dir / 'vela.log'}"
         last = next((ln for ln in reversed((exc.stderr or exc.stdout or "").strip().splitlines()) if ln.strip()), "")
-        raise ConversionFailed(f"Vela {version_of(VELA_DIST)} failed (exit {exc.returncode}): {last[:400]}",
-                               details=log[-3000:], hint=hint) from exc
+        raise ConversionFailed(f"Vela {version_of(VELA_DIST)} failed (exit {exc.returncode}): {shorten(last, 400)}",
+                               details=shorten(log, 3000, keep="tail"), hint=hint) from exc
     except subprocess.TimeoutExpired as exc:
         raise ConversionFailed(f"Vela did not finish in {VELA_TIMEOUT_S} s") from exc
     (outdir / "vela.log").write_text(proc.stdout + (("\n--- stderr ---\n" + proc.stderr) if proc.stderr.strip() else ""))
@@ -123,7 +124,7 @@ def run_vela(tflite: Path, outdir: Path, settings: dict[str, str], config: Path,
     summary = outdir / f"{tflite.stem}_summary_{settings['system_config']}.csv"
     for f in (compiled, summary):
         if not f.exists():
-            raise ConversionFailed(f"Vela exited 0 but wrote no {f.name}", details=proc.stdout[-3000:])
+            raise ConversionFailed(f"Vela exited 0 but wrote no {f.name}", details=shorten(proc.stdout, 3000, keep="tail"))
     return {"command": ["vela", *args], "stdout": proc.stdout, "compiled": compiled, "summary_csv": summary,
             "log": outdir / "vela.log"}
 
@@ -245,6 +246,7 @@ def mapping_check(report: dict[str, Any], estimate: dict[str, Any], graph_ops: l
 # -- the target ---------------------------------------------------------------------------------------------
 class EthosUTarget(TfliteTarget):
     name = "ethos-u"
+    int16_activations = False  # Vela compiles 16x8 TFLite models too, but the guard does not offer it here yet
     precisions = ("int8",)
     dynamic_batch = False
     needs_calibration = ("int8",)
@@ -289,7 +291,8 @@ class EthosUTarget(TfliteTarget):
         check = mapping_check(report, estimate, graph_ops, opts.extra.get("min_npu_share"))
         if (check["npu_ops"] > 0) != (check["npu_custom_ops"] > 0):
             raise ConversionFailed(f"Vela reports {check['npu_ops']} NPU operator(s) but its output holds "
-                                   f"{check['npu_custom_ops']} {NPU_OP!r} custom op(s)", details=run["stdout"][-3000:])
+                                   f"{check['npu_custom_ops']} {NPU_OP!r} custom op(s)",
+                                   details=shorten(run["stdout"], 3000, keep="tail"))
         clock = profile.raw.get("device", {}).get("core_clock_mhz")
         if clock is not None and estimate["core_clock_mhz"] is not None and abs(clock - estimate["core_clock_mhz"]) > 1e-6:
             check["clock_note"] = (f"the profile says {clock} MHz; Vela's system config {settings['system_config']} runs "

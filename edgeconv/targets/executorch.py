@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from edgeconv.core.text import first_line, shorten
 from edgeconv.errors import ConversionFailed, PreflightError
 from edgeconv.lazy import require, version_of
 from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
@@ -39,7 +40,8 @@ class ExecuTorchTarget(Target):
                 f"{ {'onnx': 'an ONNX', 'keras': 'a Keras'}.get(source.framework, source.framework)} model ({source.format}), "
                 "which ExecuTorch cannot take",
                 hint="give the PyTorch model it came from (.pt2, or a state_dict with --model-class), or pick a target that "
-                     "takes " + ("ONNX: onnx, tflite, openvino, ncnn" if source.framework == "onnx" else "it: tflite, onnx, openvino"))
+                     "takes " + ("ONNX: onnx, tflite, openvino, ncnn" if source.framework == "onnx"
+                                 else "it: tflite, onnx, openvino"))
         if getattr(source, "module", None) is None or source.format == "torchscript":
             raise PreflightError(
                 f"ExecuTorch programs are built by torch.export, which cannot trace a TorchScript module ({source.path})",
@@ -78,7 +80,7 @@ class ExecuTorchTarget(Target):
             raise
         except Exception as exc:
             raise ConversionFailed(f"ExecuTorch {version_of('executorch')} lowering failed: {type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0][:300]}", details=log.getvalue()[-2000:]) from exc
+                                   f"{first_line(str(exc), 300)}", details=shorten(log.getvalue(), 2000, keep="tail")) from exc
         dest = workdir / "model.pte"
         dest.write_bytes(buffer)
         ops = info.get_operator_delegation_dataframe() if hasattr(info, "get_operator_delegation_dataframe") else None
@@ -88,7 +90,8 @@ class ExecuTorchTarget(Target):
         runner_options = {"input_names": names, "input_dtypes": [str(feed[n].dtype) for n in names]}
         extra = {"converter": f"executorch {version_of('executorch')} to_edge_transform_and_lower ({backend})",
                  "delegation": delegation, "quantization": quant, "runner_options": runner_options}
-        return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"), Artifact(dest.name, "model", opts.precision, profile.runner, extra)])
+        return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"),
+                           Artifact(dest.name, "model", opts.precision, profile.runner, extra)])
 
     @staticmethod
     def _quantize(torch, module, args, kwargs, source, ctx: TargetContext):
@@ -105,4 +108,5 @@ class ExecuTorchTarget(Target):
             for s in samples:
                 a, kw = source.call_args(s)
                 prepared(*a, **kw)
-        return convert_pt2e(prepared), {"method": "PT2E (XNNPACKQuantizer, symmetric, per-channel weights)", "samples": len(samples)}
+        return convert_pt2e(prepared), {"method": "PT2E (XNNPACKQuantizer, symmetric, per-channel weights)",
+                                        "samples": len(samples)}

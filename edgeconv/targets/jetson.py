@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeconv.errors import ConversionFailed, PreflightError
 from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
+from edgeconv.targets.qdq import CALIBRATION_METHODS, quantize_qdq
 
 DEFAULT_WORKSPACE_MB = 1024
 
@@ -70,12 +71,15 @@ class JetsonTarget(Target):
     dynamic_batch = True
     needs_calibration = ("int8",)
     float_fallback = True  # onnxruntime.quantization's nodes_to_exclude
+    calibration_methods = tuple(CALIBRATION_METHODS)
+    int16_activations = False  # TensorRT takes int8 and fp8/fp4 Q/DQ, not 16-bit activations: the guard says so
 
     def check_options(self, profile, opts: TargetOptions) -> None:
         device = profile.raw.get("device", {})
         problems = []
         if opts.precision == "int8" and not device.get("fast_int8", False):
-            problems.append(f"{profile.name} has no fast int8 (compute capability {device.get('compute_capability', '?')}); use --precision fp16")
+            problems.append(f"{profile.name} has no fast int8 (compute capability {device.get('compute_capability', '?')}); "
+                            "use --precision fp16")
         if opts.precision == "fp16" and not device.get("fast_fp16", False):
             problems.append(f"{profile.name} has no fast fp16; use --precision fp32")
         dla = opts.extra.get("dla_core")
@@ -130,7 +134,8 @@ class JetsonTarget(Target):
         else:
             artifacts.append(Artifact(clean.name, "model", precision, "onnxruntime", extra))
             extra["host_emulation_note"] = ("fp32 graph run by ONNX Runtime on this host; TensorRT applies fp16 when it builds "
-                                            "the engine on the device" if precision == "fp16" else "fp32 graph run by ONNX Runtime on this host")
+                                            "the engine on the device" if precision == "fp16"
+                                            else "fp32 graph run by ONNX Runtime on this host")
         inputs = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in onnx.load(str(clean)).graph.input}
         max_batch = int(opts.extra.get("max_batch") or 8)
         build = {
@@ -166,7 +171,8 @@ class JetsonTarget(Target):
                 model = onnxslim.slim(model)
                 notes.append(f"constants folded and graph simplified by onnxslim {version_of('onnxslim')}")
             except Exception as exc:
-                raise ConversionFailed(f"onnxslim could not simplify the graph for TensorRT: {type(exc).__name__}: {exc}") from exc
+                raise ConversionFailed(f"onnxslim could not simplify the graph for TensorRT: "
+                                       f"{type(exc).__name__}: {exc}") from exc
         else:
             notes.append("onnxslim not installed: graph kept as exported (pip install 'edgeconv[jetson]' to fold constants)")
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -178,44 +184,18 @@ class JetsonTarget(Target):
     def _quantize(src: Path, dest: Path, ctx: TargetContext) -> dict[str, Any]:
         """Explicit int8: symmetric (zero point 0) activations, symmetric per-channel weights, Q/DQ pairs that
         TensorRT fuses; bias left in float (TensorRT quantizes it itself)."""
-        from onnxruntime import __version__ as ort_version
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        samples = ctx.calibration
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self._it = iter(samples)
-
-            def get_next(self):
-                return next(self._it, None)
+        import onnx
 
         options = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "AddQDQPairToWeight": True,
                    "DedicatedQDQPair": False}
-        import logging
-
-        # quantize_static advises its own pre-processing on the root logger; the graph was cleaned with onnxslim
-        quiet = logging.Filter()
-        quiet.filter = lambda record: "pre-processing before quantization" not in str(record.msg)
-        logging.getLogger().addFilter(quiet)
         # the int8 guard's float layers: nodes the quantizer leaves without Q/DQ (TensorRT runs them in fp16/fp32)
-        import onnx
-
-        present = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
-        exclude = [n for layer in ctx.float_layers for n in layer["nodes"] if n in present]
-        try:
-            quantize_static(str(src), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, extra_options=options, nodes_to_exclude=exclude or None)
-        except Exception as exc:
-            raise ConversionFailed(f"Q/DQ quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-        finally:
-            logging.getLogger().removeFilter(quiet)
+        info = quantize_qdq(src, dest, ctx.calibration, exclude=[n for layer in ctx.float_layers for n in layer["nodes"]],
+                            settings=ctx.quant, symmetric_activations=True, extra_options=options,
+                            reuse_dir=ctx.reuse_dir)
         q = onnx.load(str(dest))
         zero_points = [i for i in q.graph.initializer if "zero_point" in i.name]
         nonzero = [i.name for i in zero_points if np.any(onnx.numpy_helper.to_array(i))]
         if nonzero:
             raise ConversionFailed(f"the Q/DQ graph has non-zero zero points ({nonzero[:3]}); TensorRT needs symmetric int8")
-        return {"tool": f"onnxruntime.quantization {ort_version} quantize_static (QDQ)", "options": options,
-                "per_channel": True, "calibration_method": "MinMax", "samples": len(samples), "nodes_to_exclude": exclude,
+        return {**info, "per_channel": True,
                 "quantize_linear_nodes": sum(1 for n in q.graph.node if n.op_type == "QuantizeLinear")}

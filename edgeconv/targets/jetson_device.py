@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeconv.device.edgeconv_runner import engine_mismatch  # noqa: F401  (one rule, shared with the device)
+from edgeconv.core.backends.tensorrt import engine_mismatch  # noqa: F401  (one rule, shared with the device)
 from edgeconv.errors import ConversionFailed, MissingDependency
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")

@@ -40,15 +40,16 @@ class NcnnTarget(Target):
 
             exe = pnnx.EXEC_PATH  # the converter binary inside the pnnx wheel
         except (ImportError, AttributeError) as exc:
-            raise MissingDependency("pnnx is not installed (needed for the ncnn target)", hint="pip install 'edgeconv[ncnn]'") from exc
+            raise MissingDependency("pnnx is not installed (needed for the ncnn target)",
+                                    hint="pip install 'edgeconv[ncnn]'") from exc
         build = workdir / "_pnnx"
         build.mkdir()
         shapes = ctx.input_shapes
         shape_arg = ",".join("[" + ",".join(str(int(d)) for d in s) + "]" for s in shapes.values())
         fp16 = 1 if opts.precision == "fp16" else 0
-        cmd = [exe, "model.onnx", f"inputshape={shape_arg}", f"fp16={fp16}", "ncnnparam=model.ncnn.param", "ncnnbin=model.ncnn.bin",
-               "ncnnpy=model_ncnn.py", "pnnxparam=model.pnnx.param", "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py",
-               "pnnxonnx=model.pnnx.onnx"]
+        cmd = [exe, "model.onnx", f"inputshape={shape_arg}", f"fp16={fp16}", "ncnnparam=model.ncnn.param",
+               "ncnnbin=model.ncnn.bin", "ncnnpy=model_ncnn.py", "pnnxparam=model.pnnx.param", "pnnxbin=model.pnnx.bin",
+               "pnnxpy=model_pnnx.py", "pnnxonnx=model.pnnx.onnx"]
         shutil.copyfile(onnx_path, build / "model.onnx")
         try:
             proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S, check=False)

@@ -3,7 +3,7 @@
 int8 with ``--data`` and ``--max-accuracy-drop`` uses NNCF's accuracy-controlled quantization, which keeps the
 layers that cost accuracy in higher precision. The conversion hands back what NNCF reverted and the full-int8 IR NNCF
 measured first (``Conversion.accuracy_control``), so the manifest's ``fallback`` record says which layers stay in float,
-the drop before and after, and what that costs, like the int8 guard's (edgeconv/debug/fallback.py).
+the drop before and after, and what that costs, like the int8 guard's (edgeconv/convert/guard.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.core.text import first_line
 from edgeconv.errors import ConversionFailed
 from edgeconv.lazy import require
 from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
@@ -63,12 +64,41 @@ def _upstream_types(node, depth: int = 3) -> list[str]:
     return types
 
 
+# The int8 guard's calibration lever (QuantSettings.calibration) → nncf.quantize's own settings, the default first:
+# asymmetric activations (the MIXED preset), full bias correction, and activation ranges from the mean of per-sample
+# quantiles instead of min/max (outliers clipped). NNCF's own advice for an accuracy drop, in that order.
+NNCF_CALIBRATION = {
+    "default": {},
+    "mixed": {"preset": "mixed"},
+    "mixed-bias-correction": {"preset": "mixed", "fast_bias_correction": False},
+    "mixed-quantile-ranges": {"preset": "mixed", "activations_range": "MEAN_QUANTILE"},
+}
+
+
+def nncf_settings(nncf, method: str | None, user_preset: str) -> dict[str, Any]:
+    """``nncf.quantize`` keyword arguments for a calibration method of NNCF_CALIBRATION (None: the default)."""
+    chosen = NNCF_CALIBRATION.get(method or "default")
+    if chosen is None:
+        raise ConversionFailed(f"unknown NNCF calibration method {method!r} (known: {', '.join(NNCF_CALIBRATION)})")
+    kwargs: dict[str, Any] = {"preset": getattr(nncf.QuantizationPreset, chosen.get("preset", user_preset).upper())}
+    if "fast_bias_correction" in chosen:
+        kwargs["fast_bias_correction"] = chosen["fast_bias_correction"]
+    if "activations_range" in chosen:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, chosen["activations_range"]))
+    return kwargs
+
+
 class OpenVinoTarget(Target):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
     dynamic_batch = True
     needs_calibration = ("int8",)
     float_fallback = True  # NNCF's ignored scope
+    calibration_methods = tuple(NNCF_CALIBRATION)
 
     def check_runner_options(self, precision: str, profile) -> dict[str, Any]:
         # Convert-time checks run on this host's CPU with f32 math, so they measure the artifact, not bf16.
@@ -123,27 +153,29 @@ class OpenVinoTarget(Target):
         names = [i.get_any_name() for i in model.inputs]
         items = [[s[n] for n in names] if len(names) > 1 else s[names[0]] for s in calib]
         dataset = nncf.Dataset(items)
-        preset = getattr(nncf.QuantizationPreset, opts.extra.get("quant_preset", "performance").upper())
+        settings = nncf_settings(nncf, ctx.quant.calibration, opts.extra.get("quant_preset", "performance"))
+        preset = settings["preset"]
         ignored = opts.extra.get("ignored_nodes") or []
         # the int8 guard's float layers: the OpenVINO ops the ONNX frontend made of those nodes (named after the node,
         # ``node`` or ``node/WithoutBiases``) go into NNCF's ignored scope
         guard_ops = [op.get_friendly_name() for op in model.get_ordered_ops()
                      if any(op.get_friendly_name() == n or op.get_friendly_name().startswith(n + "/")
                             for layer in ctx.float_layers for n in layer["nodes"])]
-        kwargs = {"preset": preset, "subset_size": len(items)}
+        kwargs = {**settings, "subset_size": len(items)}
         if ignored or guard_ops:
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored + guard_ops, validate=not guard_ops)
         data = ctx.accuracy_data
         max_drop = ctx.max_accuracy_drop
         info: dict[str, Any] = {"tool": f"nncf {nncf.__version__}", "preset": preset.name.lower(), "ignored_nodes": ignored,
-                                "samples": len(items)}
+                                "samples": len(items), "calibration": ctx.quant.calibration or "default"}
         if guard_ops:
             info["ignored_for_float_layers"] = guard_ops
         full_int8 = None
         try:
             if data is not None and max_drop is not None and not ctx.float_layers:
                 feed, labels, out_index = data
-                val_items = [([feed[n][i : i + 1] for n in names] if len(names) > 1 else feed[names[0]][i : i + 1], int(labels[i]))
+                val_items = [([feed[n][i : i + 1] for n in names] if len(names) > 1 else feed[names[0]][i : i + 1],
+                              int(labels[i]))
                              for i in range(len(labels))]
                 metrics: list[float] = []  # NNCF's validations on all of --data, in order: fp32, full int8, each step
 
@@ -182,7 +214,8 @@ class OpenVinoTarget(Target):
                 qmodel = nncf.quantize(model, dataset, **kwargs)
                 info["method"] = "nncf.quantize (post-training, min-max on calibration data)"
         except Exception as exc:
-            raise ConversionFailed(f"NNCF int8 quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}") from exc
+            raise ConversionFailed(f"NNCF int8 quantization failed: {type(exc).__name__}: "
+                                   f"{first_line(str(exc), 400)}") from exc
         info["fake_quantize_ops"] = sum(1 for op in qmodel.get_ops() if op.get_type_name() == "FakeQuantize")
         info["kept_in_float"] = float_ops(qmodel)
         if info["fake_quantize_ops"] == 0:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.core.text import shorten
 from edgeconv.errors import ConversionFailed, MissingDependency
 from edgeconv.export_cache import StepSlot
 from edgeconv.lazy import require, require_installed, version_of
@@ -39,7 +40,8 @@ ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 IO_DTYPES = ("float", "int8", "uint8")
 
 
-def artifact_layouts(source_shapes: dict[str, list], artifact_shapes: dict[str, list], assume_moved: bool) -> dict[str, list[int] | None]:
+def artifact_layouts(source_shapes: dict[str, list], artifact_shapes: dict[str, list],
+                     assume_moved: bool) -> dict[str, list[int] | None]:
     """Per tensor: the permutation from the source layout to the artifact's (None when unchanged)."""
     out: dict[str, list[int] | None] = {}
     for name, src in source_shapes.items():
@@ -84,8 +86,9 @@ def condense_onnx2tf_log(log: str, limit: int = 12) -> str:
     keep = []
     for line in text.splitlines():
         s = line.strip()
-        if re.search(r"(ERROR|Error|error:|onnx_op_type|onnx_op_name|not supported|NotImplemented|Exception)", s) and s not in keep:
-            keep.append(s[:300])
+        if (re.search(r"(ERROR|Error|error:|onnx_op_type|onnx_op_name|not supported|NotImplemented|Exception)", s)
+                and s not in keep):
+            keep.append(shorten(s, 300))
     return "\n".join(keep[-limit:]) if keep else "\n".join(text.strip().splitlines()[-limit:])
 
 
@@ -117,14 +120,14 @@ def onnx2tf_reason(log: str) -> str | None:
         msg = m.group(2).strip()
         if msg.startswith("Exception encountered when calling layer"):
             msg = next((ln for ln in lines[i + 1:] if ln), msg)
-        return f"{m.group(1).split('.')[-1]}: {msg}"[:300]
+        return shorten(f"{m.group(1).split('.')[-1]}: {msg}", 300)
     return None
 
 
 def tflite_graph(path: Path) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]], int, set[int]]:
     """Ops in execution order (name, input/output tensor indices), tensors by index, subgraph count, and the
     model's input tensors."""
-    from edgeconv.device.edgeconv_runner import tflite_interpreter_module
+    from edgeconv.core.backends.litert import tflite_interpreter_module
 
     interp = tflite_interpreter_module().Interpreter(model_path=str(path))
     # _get_ops_details is the interpreter's own op listing (execution order); it has no public twin.
@@ -433,6 +436,9 @@ class TfliteTarget(Target):
     dynamic_batch = False
     needs_calibration = ("int8",)
     float_fallback = True  # TFLite's denylisted nodes (tf.lite.experimental.QuantizationDebugger)
+    # TFLiteConverter calibrates by min/max only; its 16x8 mode (16-bit activations, int8 weights) runs on LiteRT's
+    # reference kernels (XNNPACK has none), so the guard reports what it costs
+    int16_activations = True
     preferred_opset = 20
     preferred_opset_why = ("onnx2tf turns ONNX Gelu (opset 20) into TFLite's GELU; at older opsets exporters spell GELU "
                            "with Erf, which TFLite has no builtin for")
@@ -496,7 +502,8 @@ class TfliteTarget(Target):
                                  f"recurrent {recurrent} only with static shapes")
                 saved = self._saved_model_from_keras(tf, source, build, ctx.input_shapes if static else None)
                 data = tflite_from_saved_model(tf, saved, opts.precision, ctx.calibration, opts.extra["io_dtype"],
-                                               moved, from_signature=True, denylisted_nodes=_denylist(ctx))
+                                               moved, from_signature=True, denylisted_nodes=_denylist(ctx),
+                                               activations=ctx.quant.activations)
             else:
                 data, notes, onnx_names = self._from_onnx(onnx_path, build, opts, ctx)
                 route = (f"onnx2tf {version_of('onnx2tf')} → SavedModel → tf.lite.TFLiteConverter "
@@ -567,7 +574,8 @@ class TfliteTarget(Target):
             raise ConversionFailed(f"Keras could not export a SavedModel for TFLite: {type(exc).__name__}: {exc}") from exc
         return out
 
-    def _from_onnx(self, onnx_path: Path, build: Path, opts: TargetOptions, ctx: TargetContext) -> tuple[bytes, list[str], str | None]:
+    def _from_onnx(self, onnx_path: Path, build: Path, opts: TargetOptions,
+                   ctx: TargetContext) -> tuple[bytes, list[str], str | None]:
         """onnx2tf and TFLiteConverter in one child process (edgeconv/targets/tflite_job.py): the model, notes, and the
         JSON map of its TensorFlow layers to ONNX nodes (None when the child could not record it)."""
         if version_of("onnx2tf") is None:
@@ -586,7 +594,8 @@ class TfliteTarget(Target):
                "output": str(work / "model.tflite"), "error": str(work / "tflite_error.txt"),
                # the int8 guard's float layers: the full-int8 model's tensor names for them (onnx2tf names the TF ops
                # the same way on every run of the same graph)
-               "denylisted_nodes": _denylist(ctx), "names": str(work / "onnx-names.json")}
+               "denylisted_nodes": _denylist(ctx), "names": str(work / "onnx-names.json"),
+               "activations": ctx.quant.activations}
         names = work / "onnx-names.json"
         with self._cached_saved_model(ctx, copy, work, saved, names, args) as slot:
             job["skip_onnx2tf"] = slot.hit is not None
@@ -698,7 +707,8 @@ class TfliteTarget(Target):
         rep = compare(f"{dest.name} vs the canonical ONNX graph", names, expected, actual, profile.tolerance(opts.precision))
         if rep.ok:
             return
-        largest = max((float(np.max(np.abs(e))) for e in expected if np.size(e) and np.issubdtype(np.asarray(e).dtype, np.floating)),
+        largest = max((float(np.max(np.abs(e))) for e in expected
+                       if np.size(e) and np.issubdtype(np.asarray(e).dtype, np.floating)),
                       default=None)
         if largest is not None and largest < np.finfo(np.float32).tiny:
             raise ConversionFailed(
@@ -742,7 +752,8 @@ class TfliteTarget(Target):
             hint=(f"onnx2tf's per-op log: {failed_dir / 'onnx2tf_check.log'}; "
                   + ("a known onnx2tf limitation: an input size that does not make those dimensions equal (--sample / "
                      "--data at another H×W) avoids it, or an onnx2tf parameter replacement JSON (-prf) for that node"
-                     if cube else "an onnx2tf parameter replacement JSON (-prf) for that node, or replacing that op in the model")))
+                     if cube
+                     else "an onnx2tf parameter replacement JSON (-prf) for that node, or replacing that op in the model")))
 
     def _describe(self, tflite: Path, opts: TargetOptions, ctx: TargetContext, moved: bool, route: str) -> dict[str, Any]:
         from edgeconv.runners.litert import signature_io
@@ -756,7 +767,8 @@ class TfliteTarget(Target):
         out_map = dict(zip(out_names, _match(out_names, [d["name"] for d in outs])))
         by_name = {d["name"]: d for d in ins + outs}
         perms = artifact_layouts({**src_in, **src_out},
-                                 {**{n: by_name[in_map[n]]["shape"] for n in in_names}, **{n: by_name[out_map[n]]["shape"] for n in out_names}},
+                                 {**{n: by_name[in_map[n]]["shape"] for n in in_names},
+                                  **{n: by_name[out_map[n]]["shape"] for n in out_names}},
                                  moved)
         return {
             "converter": route,

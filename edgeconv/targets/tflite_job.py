@@ -7,8 +7,8 @@ process-wide settings (TF_USE_LEGACY_KERAS=1) stay in the child.
 
 JOB.json: ``onnx2tf_args`` (onnx2tf's command line), ``saved_model``, ``precision``, ``io_dtype``, ``calibration``
 (an .npz of stacked samples, one key per input, or null), ``output`` (the .tflite to write), ``error`` (where a
-TFLiteConverter failure's message goes); ``check_only``: run onnx2tf alone (for its -cotof log). Exit 0: done; TFLITE_FAILED: onnx2tf worked and TFLiteConverter did not;
-anything else: onnx2tf failed (its own exit code).
+TFLiteConverter failure's message goes); ``check_only``: run onnx2tf alone (for its -cotof log). Exit 0: done;
+TFLITE_FAILED: onnx2tf worked and TFLiteConverter did not; anything else: onnx2tf failed (its own exit code).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeconv.core.text import first_line
 from edgeconv.errors import ConversionFailed
 
 TFLITE_FAILED = 70
@@ -30,11 +31,14 @@ def channel_last_perm(rank: int) -> list[int]:
 
 
 def tflite_from_saved_model(tf, saved: Path, precision: str, samples: list[dict[str, np.ndarray]] | None, io_dtype: str,
-                            moved: bool, denylisted_nodes: list[str] | None = None, from_signature: bool = False) -> bytes:
+                            moved: bool, denylisted_nodes: list[str] | None = None, from_signature: bool = False,
+                            activations: str = "int8") -> bytes:
     """TFLiteConverter for exactly one precision. ``moved``: onnx2tf made the graph channel-last, so the (source
     layout) calibration samples are transposed the same way. ``denylisted_nodes`` (int8): ops, by output tensor name,
     kept in float, through TensorFlow's QuantizationDebugger (the public route to the quantizer's denylist).
-    ``from_signature``: convert the loaded SavedModel's serving signature as a concrete function (the Keras route).
+    ``activations="int16"`` (int8): TFLite's 16x8 mode, 16-bit activations with int8 weights (the int8 guard's lever;
+    float I/O only). ``from_signature``: convert the loaded SavedModel's serving signature as a concrete function (the
+    Keras route).
     ``from_saved_model`` on a Keras 3 export can keep a variable unfrozen: a Conv1D stack then gave NaN in LiteRT
     (READ_VARIABLE on an uninitialised variable without XNNPACK), where its concrete function converts correctly."""
     if from_signature:
@@ -57,7 +61,11 @@ def tflite_from_saved_model(tf, saved: Path, precision: str, samples: list[dict[
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if io_dtype != "float":
+        if activations == "int16":
+            if io_dtype != "float":
+                raise ConversionFailed(f"16-bit activations keep float I/O; this conversion asks for {io_dtype} I/O")
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        elif io_dtype != "float":
             conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
     try:
         if precision == "int8" and denylisted_nodes:
@@ -69,7 +77,8 @@ def tflite_from_saved_model(tf, saved: Path, precision: str, samples: list[dict[
             return debugger.get_nondebug_quantized_model()
         return conv.convert()
     except Exception as exc:
-        raise ConversionFailed(f"TFLiteConverter failed for {precision}: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}") from exc
+        raise ConversionFailed(f"TFLiteConverter failed for {precision}: {type(exc).__name__}: "
+                               f"{first_line(str(exc), 400)}") from exc
 
 
 def main(argv: list[str]) -> int:
@@ -103,7 +112,7 @@ def main(argv: list[str]) -> int:
         samples = [{k: v[i] for k, v in stacked.items()} for i in range(len(next(iter(stacked.values()))))]
     try:
         data = tflite_from_saved_model(tf, saved, job["precision"], samples, job["io_dtype"], moved=True,
-                                       denylisted_nodes=job.get("denylisted_nodes"))
+                                       denylisted_nodes=job.get("denylisted_nodes"), activations=job.get("activations", "int8"))
     except ConversionFailed as exc:
         Path(job["error"]).write_text(exc.message)
         return TFLITE_FAILED

@@ -1,0 +1,121 @@
+"""The int8 guard's levers, in the order the guard pulls them (``LEVERS``). Each takes the ``Guard`` (its attempts so
+far, the best of them first in line), builds and measures attempts through ``Guard.attempt``, and returns a note for the
+record: what it tried, or why it was skipped. A lever starts from the best attempt so far, so calibration found by the
+first lever carries into the float layers of the second. See edgeconv/convert/guard.py and docs/architecture.md."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgeconv.convert.attempts import Attempt, Guard, GuardJob
+from edgeconv.progress import Steps
+
+RANK_SAMPLES = 32
+SENSITIVITY_CANDIDATES = 8  # layers whose float effect on the drop is measured, the debugger's worst first
+SENSITIVITY_SECONDS = 180.0  # the time cap of that measurement (each candidate is one conversion and one --data run)
+
+
+def calibration(g: Guard) -> dict[str, Any]:
+    """The backend's other calibration methods on the same samples; the best one carries into the next levers."""
+    methods = tuple(getattr(g.job.target, "calibration_methods", ()))
+    note: dict[str, Any] = {"name": "calibration"}
+    if len(methods) < 2:
+        return {**note, "skipped": f"{g.job.profile.backend} offers one calibration method here"}
+    base = g.best
+    tried = []
+    for method in methods[1:]:
+        a = g.attempt("calibration", f"calibration {method}", replace(base.settings, calibration=method), base.float_layers)
+        tried.append({"method": method, a.score_name: a.score, "ok": a.ok})
+        if a.ok:
+            break
+    return {**note, "default": methods[0], "tried": tried}
+
+
+def rank_by_snr(job: GuardJob, workdir: Path, attempt: Attempt) -> list[dict[str, Any]]:
+    """An artifact's layers, most harmful first by the error each adds to its own output (``edgeconv debug``'s
+    ``added_snr_db``, on RANK_SAMPLES samples of --data, else of the reference samples)."""
+    from edgeconv.debug import compare_layers
+
+    feed = job.evaluator.data.feed if job.evaluator.data is not None else job.evaluator.feed
+    step = job.evaluator.batch or 1
+    total = min(RANK_SAMPLES, len(next(iter(feed.values())))) // step * step
+    feeds = [{k: v[i: i + step] for k, v in feed.items()} for i in range(0, total, step)]
+    art = attempt.model
+    table = compare_layers(job.onnx_path, workdir / art.file, art.runner, art.extra.get("runner_options") or {},
+                           job.evaluator.framework, feeds, steps=Steps(), layer_names=job.layer_names)
+    ranked = sorted((r for r in table["rows"] if r["rank"] is not None), key=lambda r: r["rank"])
+    if job.profile.backend in ("tflite", "coral", "ethos-u"):
+        ranked = [r for r in ranked if r["artifact_names"]]  # the denylist takes TFLite tensor names
+    return [{"layer": r["layer"], "source": r["source"], "op": r["op"], "nodes": r["nodes"],
+             "artifact_names": r["artifact_names"], "snr_db": r["snr_db"], "added_snr_db": r["added_snr_db"]}
+            for r in ranked]
+
+
+def _sensitivity(g: Guard, base: Attempt, ranked: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Attempt | None]]:
+    """Each of the debugger's worst SENSITIVITY_CANDIDATES layers kept in float alone: the drop on --data that leaves
+    (the metric itself, not the layer's own SNR). Past the time cap the rest keep their SNR order, unmeasured."""
+    measured: list[tuple[dict[str, Any], Attempt | None]] = []
+    start = time.monotonic()
+    for layer in ranked[:SENSITIVITY_CANDIDATES]:
+        if time.monotonic() - start > SENSITIVITY_SECONDS:
+            measured.append((layer, None))
+            continue
+        label = f"sensitivity: {layer['source'] or layer['layer']} alone in float"
+        measured.append((layer, g.attempt("float-layers", label, base.settings, [*base.float_layers, layer], record=False)))
+    done = sorted((m for m in measured if m[1] is not None), key=lambda m: m[1].score)
+    return [*done, *(m for m in measured if m[1] is None)]
+
+
+def float_layers(g: Guard) -> dict[str, Any]:
+    """Layers kept in float, one more at a time up to --max-float-layers, in the order of what each alone does to the
+    drop; the first is the best single layer's attempt itself."""
+    job = g.job
+    base = g.best
+    with job.steps.step("int8 guard: ranking the layers by the error each adds (edgeconv debug)"):
+        ranked = rank_by_snr(job, base.dir, base)
+    if not ranked:
+        return {"name": "float-layers", "skipped": "the debugger found no layer of this artifact to keep in float"}
+    measured = _sensitivity(g, base, ranked)
+    order = [layer for layer, _ in measured] + [r for r in ranked if r["layer"] not in {m[0]["layer"] for m in measured}]
+    first_single = measured[0][1]
+    chosen: list[dict[str, Any]] = []
+    for k in range(1, job.max_float_layers + 1):
+        if k > len(order):
+            break
+        chosen = [*chosen, order[k - 1]]
+        if k == 1 and first_single is not None:
+            g.attempts.append(first_single)
+            a = first_single
+        else:
+            label = f"{k} layer(s) in float ({', '.join(c['source'] or c['layer'] for c in chosen)})"
+            a = g.attempt("float-layers", label, base.settings, [*base.float_layers, *chosen])
+        if a.ok:
+            break
+    return {"name": "float-layers", "ranking": _ranking(ranked, measured),
+            "ranked_by": f"the guard's metric ({base.score_name}) with each layer alone in float (measured for the debugger's "
+                         f"{SENSITIVITY_CANDIDATES} worst by added SNR on {RANK_SAMPLES} samples, "
+                         f"{SENSITIVITY_SECONDS:.0f} s cap); the rest by added SNR"}
+
+
+def _ranking(ranked: list[dict[str, Any]], measured: list[tuple[dict[str, Any], Attempt | None]]) -> list[dict[str, Any]]:
+    drops = {layer["layer"]: (a.score if a is not None else None) for layer, a in measured}
+    order = [layer for layer, _ in measured] + [r for r in ranked if r["layer"] not in drops]
+    return [{"layer": r["layer"], "source": r["source"], "added_snr_db": r["added_snr_db"],
+             "alone_in_float": drops.get(r["layer"])} for r in order[:10]]
+
+
+def int16_activations(g: Guard) -> dict[str, Any]:
+    """Every activation in 16 bits with int8 weights, where the backend has it (ONNX Runtime QDQ 16-bit, TFLite 16x8),
+    from the best calibration and without float layers."""
+    note: dict[str, Any] = {"name": "int16-activations"}
+    if not getattr(g.job.target, "int16_activations", False):
+        return {**note, "skipped": f"{g.job.profile.backend} has no 16-bit activations with int8 weights here"}
+    base = g.best
+    a = g.attempt("int16-activations", "16-bit activations, int8 weights", replace(base.settings, activations="int16"), [])
+    return {**note, a.score_name: a.score, "ok": a.ok}
+
+
+LEVERS = (calibration, float_layers, int16_activations)

@@ -1,1 +1,0 @@
-"""Files that travel in bundles and run on devices (Python 3.6+, numpy and the runtime only)."""
