@@ -249,17 +249,18 @@ def _result(cells: list[dict]) -> dict:
 
 
 def run(models: list[str], targets: list[str], resume: bool) -> dict:
-    """Every (model, target) cell; the result file is rewritten after each cell. ``resume``: keep the cells of the
-    last result file that this run would measure again, measured by the same edgeconv source (its hash), and measure
-    only the rest."""
+    """Every (model, target) cell, each tagged with the edgeconv source (hash) that measured it; the result file is
+    rewritten after each cell. ``resume``: keep the cells of the last result file (with the source that measured them,
+    which the table shows when it differs) and measure only the rest."""
     specs = _model_specs()
     cells: list[dict] = []
     done: dict[tuple[str, str], dict] = {}
     previous = RESULTS / "int8_guard.json"
+    source = machine()["edgeconv"]["source_sha256"]
     if resume and previous.is_file():
         old = json.loads(previous.read_text())
-        if old["machine"]["edgeconv"]["source_sha256"] == machine()["edgeconv"]["source_sha256"]:
-            done = {(c["model"], c["target"]): c for c in old["cells"]}
+        done = {(c["model"], c["target"]): {"source": old["machine"]["edgeconv"]["source_sha256"], **c}
+                for c in old["cells"]}
     for name in models:
         for target in targets:
             if (name, target) in done:
@@ -267,9 +268,10 @@ def run(models: list[str], targets: list[str], resume: bool) -> dict:
                 continue
             with _heavy_lock(), tempfile.TemporaryDirectory(prefix=f"int8-{name}-{target}-") as tmp:
                 try:
-                    cell = run_cell(name, specs[name], target, Path(tmp))
+                    cell = {**run_cell(name, specs[name], target, Path(tmp)), "source": source}
                 except Exception as exc:  # noqa: BLE001 - one broken cell is recorded as such; the others still run
-                    cell = {"model": name, "target": target, "met": False, "error": f"{type(exc).__name__}: {exc}"}
+                    cell = {"model": name, "target": target, "met": False, "error": f"{type(exc).__name__}: {exc}",
+                            "source": source}
             cells.append(cell)
             write_result("int8_guard", _result(cells))
             print(json.dumps({k: cell.get(k) for k in ("model", "target", "plain_drop", "guard_drop", "met", "kept",
@@ -292,14 +294,17 @@ def table(result: dict) -> str:
         plain = (_fmt(c.get("plain_drop"), ".2f") + " pts" if c.get("plain_drop") is not None
                  else ("agrees" if c.get("plain_agreement_ok")
                        else f"misses tolerance (ratio {_fmt(score.get('before'), '.2f')})"))
+        verdict = "agrees" if c["met"] else "misses tolerance"
         guard = (_fmt(c.get("guard_drop"), ".2f") + " pts" if c.get("guard_drop") is not None
-                 else (f"agrees (ratio {_fmt(score.get('after'), '.2f')})" if score else "agrees"))
+                 else (f"{verdict} (ratio {_fmt(score.get('after'), '.2f')})" if score else verdict))
         guard += "" if c["met"] else " ✗"
         kept = (c.get("kept") or {}).get("label") or "plain int8"
         sp = c.get("speedup_vs_fp32") or {}
         speed = f"{_fmt(sp.get('int8'), '.2f')}× / {_fmt(sp.get('kept'), '.2f')}×" if sp else "—"
         rows.append(f"| {c['model']} | {c['target']} | {plain} | {guard} | {kept} | {speed} |")
-    return "\n".join(rows) + f"\n\n{result['met']} of {result['of']} cells within budget; CPU: {result['machine']['cpu']}"
+    sources = sorted({c.get("source") or result["machine"]["edgeconv"]["source_sha256"] for c in result["cells"]})
+    return "\n".join(rows) + (f"\n\n{result['met']} of {result['of']} cells within budget; CPU: {result['machine']['cpu']}; "
+                              f"edgeconv source {', '.join(sources)}")
 
 
 def main() -> None:

@@ -373,11 +373,12 @@ def convert(
     max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more "
             "points than this on --data.")] = None,
     calib: Any = None,  # the calibration group (_calibration_group): a CalibrationRequest, or None without --calib
-    fallback: Annotated[str, typer.Option("--fallback", help="int8: auto keeps the layers `edgeconv debug` ranks most harmful "
-            "in float, one more at a time, until --max-accuracy-drop holds on --data (none: never).",
+    fallback: Annotated[str, typer.Option("--fallback", help="int8: auto pulls the guard's levers in order (other "
+            "calibration methods, layers kept in float by their measured effect, 16-bit activations) until "
+            "--max-accuracy-drop holds on labelled --data, else agreement on --data, else parity (none: never).",
             rich_help_panel="int8 guard")] = "none",
     max_float_layers: Annotated[int, typer.Option("--max-float-layers", help="int8 guard: the most layers --fallback auto may "
-            "keep in float before it gives up (exit 1).", rich_help_panel="int8 guard")] = 3,
+            "keep in float (exit 1 when no lever meets the goal).", rich_help_panel="int8 guard")] = 3,
     cache: Annotated[Path | None, typer.Option("--cache", help="Keep the source's facts and outputs and the canonical ONNX "
             "graph here, and take them from here when the same model (same bytes, options and edgeconv) is converted again, "
             "e.g. for another target (default: $EDGECONV_CACHE_DIR, else no cache).")] = None,
