@@ -291,6 +291,9 @@ def table(result: dict) -> str:
             rows.append(f"| {c['model']} | {c['target']} | error: {c['error'][:80]} | | | |")
             continue
         score = c.get("score") or {}
+        if c.get("plain_drop") is None and not score and c.get("plain_agreement_ok") is None:
+            rows.append(f"| {c['model']} | {c['target']} | exit {c['plain_exit']} (no bundle) | exit {c['guard_exit']} ✗ | | |")
+            continue
         plain = (_fmt(c.get("plain_drop"), ".2f") + " pts" if c.get("plain_drop") is not None
                  else ("agrees" if c.get("plain_agreement_ok")
                        else f"misses tolerance (ratio {_fmt(score.get('before'), '.2f')})"))
