@@ -129,11 +129,12 @@ def test_fallback_that_cannot_meet_the_budget_fails_with_exit_1(planted, tmp_pat
     assert m["status"] == "failed-check" and not fb["ok"]
     # every lever was pulled, in order, and said what it did: jetson's other calibration methods, then one float layer
     # (--max-float-layers 1), and TensorRT has no 16-bit activations
-    assert [lever["name"] for lever in fb["levers"]] == ["calibration", "float-layers", "int16-activations"]
+    assert [lever["name"] for lever in fb["levers"]] == ["calibration", "packed-outputs", "float-layers", "int16-activations"]
+    assert "no output" in fb["levers"][1]["skipped"]  # the digits logits share one range
     assert [a["settings"]["calibration"] for a in fb["attempts"] if a["lever"] == "calibration"] == [
         "entropy", "percentile"]
     assert len([a for a in fb["attempts"] if a["lever"] == "float-layers"]) == 1
-    assert "no 16-bit activations" in fb["levers"][2]["skipped"]
+    assert "no 16-bit activations" in fb["levers"][3]["skipped"]
     assert all(a["drop_points"] > 1 and not a["ok"] for a in fb["attempts"])
     assert fb["drop_after"] == min([fb["drop_before"], *(a["drop_points"] for a in fb["attempts"])])
 

@@ -1,4 +1,5 @@
-"""The int8 guard's levers, in the order the guard pulls them (``LEVERS``). Each takes the ``Guard`` (its attempts so
+"""The int8 guard's levers, in the order the guard pulls them (``LEVERS``): calibration, packed outputs, float layers,
+16-bit activations. Each takes the ``Guard`` (its attempts so
 far, the best of them first in line), builds and measures attempts through ``Guard.attempt``, and returns a note for the
 record: what it tried, or why it was skipped. A lever starts from the best attempt so far, so calibration found by the
 first lever carries into the float layers of the second. See edgeconv/convert/guard.py and docs/architecture.md."""
@@ -10,10 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeconv.convert.attempts import Attempt, Guard, GuardJob
 from edgeconv.progress import Steps
 
 RANK_SAMPLES = 32
+PACKED_RANGE_RATIO = 50.0  # an output whose channels' ranges differ more than this packs quantities of different scales
 SENSITIVITY_CANDIDATES = 8  # layers whose float effect on the drop is measured, the debugger's worst first
 SENSITIVITY_SECONDS = 180.0  # the time cap of that measurement (each candidate is one conversion and one --data run)
 
@@ -107,6 +111,43 @@ def _ranking(ranked: list[dict[str, Any]], measured: list[tuple[dict[str, Any], 
              "alone_in_float": drops.get(r["layer"])} for r in order[:10]]
 
 
+def packed(reference: np.ndarray) -> bool:
+    """Whether an output packs quantities of very different ranges along its channel axis (axis 1): a detector's box
+    coordinates in pixels beside its class scores in [0, 1]. One per-tensor int8 scale then rounds the small ones away."""
+    if reference.ndim < 2 or reference.shape[1] < 2 or not np.issubdtype(reference.dtype, np.floating):
+        return False
+    per_channel = np.abs(np.moveaxis(reference, 1, 0).reshape(reference.shape[1], -1)).max(axis=1)
+    per_channel = per_channel[per_channel > 0]
+    return per_channel.size >= 2 and float(per_channel.max() / per_channel.min()) > PACKED_RANGE_RATIO
+
+
+def _producers(onnx_path: Path, outputs: list[str]) -> set[str]:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return {n.name for n in graph.node if set(n.output) & set(outputs)}
+
+
+def packed_outputs(g: Guard) -> dict[str, Any]:
+    """An output that packs quantities of very different ranges (``packed``) computed in float at its last layer, so
+    each part keeps the int8 scale of its own range up to there."""
+    note: dict[str, Any] = {"name": "packed-outputs"}
+    ev, job = g.job.evaluator, g.job
+    names = [n for n, ref in zip(ev.names, ev.expected) if packed(ref)]
+    if not names:
+        return {**note, "skipped": f"no output's channel ranges differ more than {PACKED_RANGE_RATIO:g}×"}
+    base = g.best
+    with job.steps.step("int8 guard: the layers that write the packed outputs (edgeconv debug)"):
+        producers = _producers(job.onnx_path, names)
+        layers = [r for r in rank_by_snr(job, base.dir, base) if set(r["nodes"]) & producers]
+    if not layers:
+        return {**note, "outputs": names, "skipped": "the artifact exposes no layer that writes them"}
+    label = f"packed output(s) {', '.join(names)} written in float ({', '.join(r['source'] or r['layer'] for r in layers)})"
+    a = g.attempt("packed-outputs", label, base.settings, [*base.float_layers, *layers])
+    return {**note, "outputs": names, "layers": [r["source"] or r["layer"] for r in layers], a.score_name: a.score,
+            "ok": a.ok}
+
+
 def int16_activations(g: Guard) -> dict[str, Any]:
     """Every activation in 16 bits with int8 weights, where the backend has it (ONNX Runtime QDQ 16-bit, TFLite 16x8),
     from the best calibration and without float layers."""
@@ -118,4 +159,4 @@ def int16_activations(g: Guard) -> dict[str, Any]:
     return {**note, a.score_name: a.score, "ok": a.ok}
 
 
-LEVERS = (calibration, float_layers, int16_activations)
+LEVERS = (calibration, packed_outputs, float_layers, int16_activations)
