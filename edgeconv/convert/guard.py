@@ -4,10 +4,11 @@ the reference samples, so detectors and regressors are guarded too), it pulls th
 each through the backend's own mechanism, and keeps the first artifact within budget (else the best it found):
 
 1. calibration: the backend's other calibration methods (``Target.calibration_methods``);
-2. float layers: layers kept in float (``TargetContext.float_layers``), one more at a time up to ``--max-float-layers``,
+2. packed outputs: an output packing quantities of very different ranges, written in float at its last layer;
+3. float layers: layers kept in float (``TargetContext.float_layers``), one more at a time up to ``--max-float-layers``,
    ranked by what keeping each one in float does to the goal's metric (measured, with a time cap), the
    debugger's SNR ranking (``edgeconv debug``) choosing which layers are measured;
-3. 16-bit activations where the backend has them (``Target.int16_activations``).
+4. 16-bit activations where the backend has them (``Target.int16_activations``).
 
 The record lists every attempt with its drop and p50 latency. A target's own accuracy control (OpenVINO: NNCF) gets the
 same record from edgeconv/convert/accuracy_control.py. See docs/architecture.md.
