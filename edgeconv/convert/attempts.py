@@ -123,6 +123,7 @@ class Guard:
         self.job = job
         self.first = first
         self.attempts: list[Attempt] = []
+        self.rankings: dict[Path, list[dict[str, Any]]] = {}  # the debugger's ranking of an attempt's artifact, by its folder
         self.scratch = Path(tempfile.mkdtemp(prefix=f".{job.work.name}.fallback-", dir=job.work.parent))
         feed = job.evaluator.data.feed if job.evaluator.data is not None else job.evaluator.feed
         self.sample = {k: v[: job.evaluator.batch or 1] for k, v in feed.items()}

@@ -58,6 +58,14 @@ def rank_by_snr(job: GuardJob, workdir: Path, attempt: Attempt) -> list[dict[str
             for r in ranked]
 
 
+def _ranked(g: Guard, base: Attempt) -> list[dict[str, Any]]:
+    """``rank_by_snr`` of an attempt, once per guard run (the packed-outputs and float-layers levers both read it)."""
+    if base.dir not in g.rankings:
+        with g.job.steps.step("int8 guard: ranking the layers by the error each adds (edgeconv debug)"):
+            g.rankings[base.dir] = rank_by_snr(g.job, base.dir, base)
+    return g.rankings[base.dir]
+
+
 def _sensitivity(g: Guard, base: Attempt, ranked: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Attempt | None]]:
     """Each of the debugger's worst SENSITIVITY_CANDIDATES layers kept in float alone: the drop on --data that leaves
     (the metric itself, not the layer's own SNR). Past the time cap the rest keep their SNR order, unmeasured."""
@@ -78,8 +86,7 @@ def float_layers(g: Guard) -> dict[str, Any]:
     drop; the first is the best single layer's attempt itself."""
     job = g.job
     base = g.best
-    with job.steps.step("int8 guard: ranking the layers by the error each adds (edgeconv debug)"):
-        ranked = rank_by_snr(job, base.dir, base)
+    ranked = _ranked(g, base)
     if not ranked:
         return {"name": "float-layers", "skipped": "the debugger found no layer of this artifact to keep in float"}
     measured = _sensitivity(g, base, ranked)
@@ -137,9 +144,8 @@ def packed_outputs(g: Guard) -> dict[str, Any]:
     if not names:
         return {**note, "skipped": f"no output's channel ranges differ more than {PACKED_RANGE_RATIO:g}×"}
     base = g.best
-    with job.steps.step("int8 guard: the layers that write the packed outputs (edgeconv debug)"):
-        producers = _producers(job.onnx_path, names)
-        layers = [r for r in rank_by_snr(job, base.dir, base) if set(r["nodes"]) & producers]
+    producers = _producers(job.onnx_path, names)
+    layers = [r for r in _ranked(g, base) if set(r["nodes"]) & producers]
     if not layers:
         return {**note, "outputs": names, "skipped": "the artifact exposes no layer that writes them"}
     label = f"packed output(s) {', '.join(names)} written in float ({', '.join(r['source'] or r['layer'] for r in layers)})"
