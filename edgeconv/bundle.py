@@ -1,13 +1,19 @@
 """The bundle: a directory holding artifacts, ``manifest.json`` and ``reference.npz``, written atomically.
 
-A bundle is built in a temporary sibling directory and renamed into place at the end, so a failed or
-interrupted convert leaves nothing at ``-o``. The exception is a conversion that worked but whose artifact misses a
-check (an accuracy budget; for int8, parity too): that bundle is written whole, with ``"status": "failed-check"``
-and the failing check in its manifest, so ``edgeconv debug`` and ``validate`` can open what was built.
+A bundle is built in a temporary sibling directory and renamed into place at the end, so a failed, interrupted or
+killed convert leaves nothing at ``-o`` (the next run on that ``-o`` removes the temporary folder a killed one left;
+two runs on one ``-o`` never mix: the second to finish is refused, or with ``--force`` replaces the first's whole).
+The exception is a conversion that worked but whose artifact misses a check (an accuracy budget; for int8, parity
+too): that bundle is written whole, with ``"status": "failed-check"`` and the failing check in its
+manifest, so ``edgeconv debug`` and ``validate`` can open what was built.
+
+Opening a bundle trusts nothing in it: every path its manifest names must stay inside the bundle (checked before any
+file is opened) and every artifact must have its recorded sha256; a bundle that fails is bad input (exit 2).
 """
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -20,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.atomic import hold, locked, no_space, remove_abandoned, swap_in, write_text_atomic
 from edgeconv.core.artifact import artifact_to_run
-from edgeconv.errors import BadInput, CheckFailed
+from edgeconv.errors import BadInput, ConversionFailed
 from edgeconv.specs import TensorSpec, sha256_of
 
 SCHEMA_VERSION = 1
@@ -76,6 +83,7 @@ class BundleWriter:
         self.out = out
         self.force = force
         self.work: Path | None = None
+        self._lock: int | None = None
 
     def __enter__(self) -> Path:
         if self.out.exists() and not self.force:
@@ -89,21 +97,46 @@ class BundleWriter:
             raise BadInput(f"cannot create the output folder {parent}: {exc.strerror}") from exc
         if not os.access(parent, os.W_OK | os.X_OK):
             raise BadInput(f"cannot write into {parent} (permission denied)", hint="choose a writable -o")
-        self.work = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        with locked(parent):  # no other run creates or removes a temporary folder here meanwhile
+            remove_abandoned(parent, f".{glob.escape(self.out.name)}.tmp-*")  # what a killed run on this -o left
+            try:
+                self.work = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+            except OSError as exc:
+                raise BadInput(f"cannot create the bundle's temporary folder in {parent}: {exc.strerror}") from exc
+            self._lock = hold(self.work)  # ours while this process lives
         return self.work
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.work is not None
-        if exc_type is not None:  # includes KeyboardInterrupt: leave nothing behind
-            shutil.rmtree(self.work, ignore_errors=True)
-            return
-        if self.out.exists():
-            trash = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, trash)
-            os.replace(self.work, self.out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.work, self.out)
+        assert self.work is not None and self._lock is not None
+        try:
+            if exc_type is not None:  # includes KeyboardInterrupt: leave nothing behind
+                written = _size(self.work)
+                shutil.rmtree(self.work, ignore_errors=True)
+                if exc is not None and no_space(exc):
+                    raise _no_space_error(self.out, written) from exc
+                return
+            with locked(self.out.parent):
+                if self.out.exists() and not self.force:  # another conversion to this -o finished first
+                    shutil.rmtree(self.work, ignore_errors=True)
+                    raise BadInput(f"{self.out} was written by another conversion while this one ran; this one's bundle "
+                                   "is discarded", hint="pass --force to replace it, or choose another -o")
+                old = swap_in(self.work, self.out)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+        finally:
+            os.close(self._lock)
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _no_space_error(out: Path, written: int) -> ConversionFailed:
+    free = shutil.disk_usage(out.parent).free if out.parent.exists() else 0
+    return ConversionFailed(
+        f"no space left on the device holding {out.parent}: the bundle for {out} needs more than the {written / 1e6:.1f} MB "
+        f"written when the disk filled ({free / 1e6:.1f} MB free now); nothing was left at {out}",
+        hint=f"free more than {written / 1e6:.1f} MB there, or choose an -o on another filesystem")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -114,9 +147,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         with open(path, "w") as f:
             f.write(text)
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _json_default(o):
@@ -142,34 +173,53 @@ class Bundle:
 
     @classmethod
     def open(cls, path: Path, *, verify: bool = True) -> Bundle:
+        """The bundle at ``path``, its manifest checked: schema, every path it names inside the bundle (before any file
+        is opened), and with ``verify`` every artifact's sha256. A bundle that fails is BadInput naming what is wrong."""
         if not path.exists():
             raise BadInput(f"bundle {path} does not exist")
         mf = path / MANIFEST
-        if not path.is_dir() or not mf.is_file():
+        if not path.is_dir() or not (mf.is_file() or mf.is_symlink()):
             raise BadInput(f"{path} is not an edgeconv bundle (no {MANIFEST})", hint="make one with `edgeconv convert`")
+        if inside(path, MANIFEST) is None or not mf.is_file():
+            raise BadInput(f"{mf} is not a file inside the bundle (a link to {mf.resolve()})", hint="convert again")
         try:
-            manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as exc:
+            manifest = json.loads(mf.read_bytes())
+        except ValueError as exc:
             raise BadInput(f"{mf} is not valid JSON: {exc}") from exc
-        version = manifest.get("schema_version")
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
         if version != SCHEMA_VERSION:
-            raise BadInput(f"{path} has manifest schema {version}; this edgeconv reads schema {SCHEMA_VERSION}")
+            raise BadInput(f"{mf}: manifest schema {version}; this edgeconv reads schema {SCHEMA_VERSION}")
+        problems = manifest_problems(path, manifest)
+        if problems:
+            raise BadInput(f"{mf} is not a valid bundle manifest: " + "; ".join(problems[:4]), hint="convert again")
         bundle = cls(path, manifest)
         if verify:
             bundle.verify()
         return bundle
 
     def verify(self) -> None:
-        """Every artifact is present with the recorded sha256."""
+        """Every artifact is a file in the bundle with the recorded sha256, and so is reference.npz when it is recorded."""
         bad = []
         for art in self.manifest["artifacts"]:
             p = self.path / art["file"]
-            if not p.exists():
-                bad.append(f"{art['file']} is missing")
+            if not p.is_file():
+                bad.append(f"{art['file']} is missing" if not p.exists() else f"{art['file']} is not a regular file")
             elif sha256_of(p) != art["sha256"]:
                 bad.append(f"{art['file']} changed since conversion (sha256 differs)")
-        if bad:
-            raise CheckFailed(f"bundle {self.path} is damaged: " + "; ".join(bad), hint="convert again")
+        ref = self._reference_problem()
+        if bad or ref:
+            raise BadInput(f"bundle {self.path} is damaged: " + "; ".join(bad + ([ref] if ref else [])), hint="convert again")
+
+    def _reference_problem(self) -> str | None:
+        """What is wrong with reference.npz: missing, outside the bundle, or not the file the manifest recorded (bundles
+        from before the manifest recorded its sha256 are taken as they are)."""
+        ref = self.path / REFERENCE
+        if inside(self.path, REFERENCE) is None or not ref.is_file():
+            return f"{REFERENCE} is missing or not a file inside the bundle"
+        recorded = (self.manifest.get("reference") or {}).get("sha256")
+        if recorded and sha256_of(ref) != recorded:
+            return f"{REFERENCE} changed since conversion (sha256 differs)"
+        return None
 
     @property
     def model_artifact(self) -> dict[str, Any]:
@@ -192,7 +242,48 @@ class Bundle:
         return [TensorSpec.from_dict(d) for d in self.manifest["outputs"]]
 
     def reference(self) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """reference.npz's inputs and outputs, checked first (see ``_reference_problem``)."""
+        problem = self._reference_problem()
+        if problem:
+            raise BadInput(f"bundle {self.path} is damaged: {problem}", hint="convert again")
         with np.load(self.path / REFERENCE) as z:
             inputs = {s.name: z[f"input:{s.name}"] for s in self.inputs}
             outputs = [z[f"output:{s.name}"] for s in self.outputs]
         return inputs, outputs
+
+
+# the fields of an artifact's device build that name a file of the bundle
+_BUILD_FILES = ("onnx", "engine", "timing_cache", "tflite", "file", "log")
+
+
+def inside(root: Path, rel: Any) -> Path | None:
+    """``root / rel`` when ``rel`` is a plain relative path that stays inside ``root`` once symbolic links are
+    followed, else None. Nothing is opened (``resolve`` only reads links)."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return None
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or p.parts[:1] == ("~",):
+        return None
+    base = root.resolve()
+    target = (base / p).resolve()
+    return target if target != base and target.is_relative_to(base) else None
+
+
+def manifest_problems(root: Path, m: dict[str, Any]) -> list[str]:
+    """What makes ``m`` unusable as the manifest of the bundle at ``root``: missing sections, and paths that leave the
+    bundle (checked before any of them is opened)."""
+    arts = m.get("artifacts")
+    if not isinstance(arts, list) or not arts:
+        return ["it lists no artifacts"]
+    problems = [f"{key} is not a list" for key in ("inputs", "outputs") if not isinstance(m.get(key), list)]
+    for i, art in enumerate(arts):
+        if not isinstance(art, dict) or not all(isinstance(art.get(k), str) for k in ("file", "role", "sha256")):
+            problems.append(f"artifacts[{i}] has no file, role and sha256")
+            continue
+        build = art.get("device_build") if isinstance(art.get("device_build"), dict) else {}
+        named = [("file", art["file"])] + [(f"device_build.{k}", build[k]) for k in _BUILD_FILES if k in build]
+        problems += [f"artifacts[{i}].{key} {rel!r} points outside the bundle" for key, rel in named
+                     if inside(root, rel) is None]
+    if not any(isinstance(a, dict) and a.get("role") == "model" for a in arts):
+        problems.append("no artifact has the role 'model'")
+    return problems

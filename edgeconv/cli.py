@@ -44,6 +44,8 @@ TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow load
         "code from the file).")]
 AtolOpt = Annotated[list[str], typer.Option("--atol", help="Max abs error allowed: VALUE for every output or NAME=VALUE "
         "(repeatable).")]
+ScoreOutputOpt = Annotated[str | None, typer.Option("--score-output", help="The output accuracy is computed on, by name "
+        "(default: one named like logits/scores, else the one that fits the labels' range, else the first (N, classes)).")]
 
 
 def _err_console():
@@ -223,8 +225,13 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
             help="Show the version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-paragraph errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show what the libraries print (TensorFlow, ONNX Runtime, "
+            "torch …) after each step; convert always keeps it in the bundle's convert.log.")] = False,
 ) -> None:
+    from edgeconv import quiet
+
     _state["debug"] = debug
+    quiet.set_verbose(verbose)
 
 
 def _load_options(model_class, model_kwargs, trust_pickle):
@@ -340,6 +347,29 @@ def _calibration_group(
     return CalibrationRequest(source=calib, count=calib_count, preprocess=pp)
 
 
+_TIMING = "Latency: timing and stability"
+
+
+def _timing_group(
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs (at least; see --min-seconds).",
+            rich_help_panel=_TIMING)] = 100,
+    min_seconds: Annotated[float, typer.Option("--min-seconds", help="Time for at least this long as well as --runs (trtexec: "
+            "3 s; 1 s keeps CI fast, and the stability verdict says when it was not enough).", rich_help_panel=_TIMING)] = 1.0,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs (at least; see --warmup-seconds).",
+            rich_help_panel=_TIMING)] = 10,
+    warmup_seconds: Annotated[float, typer.Option("--warmup-seconds", help="Warm up for at least this long (trtexec: 200 ms).",
+            rich_help_panel=_TIMING)] = 0.2,
+    stable: Annotated[bool, typer.Option("--stable", help="Repeat rounds of timed runs until two successive rounds' p50 agree "
+            "within 2% (30 s at most).", rich_help_panel=_TIMING)] = False,
+    allow_unstable: Annotated[bool, typer.Option("--allow-unstable", help="Judge --max-latency-ms even on a measurement judged "
+            "unstable (by default: exit 1, 'unstable, not a verdict').", rich_help_panel=_TIMING)] = False,
+) -> dict[str, Any]:
+    """validate's timing options (the defaults and why: edgeconv.core.stats), as ValidateRequest's fields."""
+    return {"runs": runs, "min_seconds": min_seconds, "warmup": warmup, "warmup_seconds": warmup_seconds, "stable": stable,
+            "allow_unstable": allow_unstable}
+
+
+_with_timing = _with_group("timing", _timing_group)
 _with_ssh_options = _with_group("ssh", _ssh_group)
 _with_calibration = _with_group("calib", _calibration_group)
 
@@ -372,6 +402,7 @@ def convert(
             "dimensions.")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Fail (exit 1) when top-1 drops more "
             "points than this on --data.")] = None,
+    score_output: ScoreOutputOpt = None,
     calib: Any = None,  # the calibration group (_calibration_group): a CalibrationRequest, or None without --calib
     fallback: Annotated[str, typer.Option("--fallback", help="int8: auto pulls the guard's levers in order (other "
             "calibration methods, layers kept in float by their measured effect, 16-bit activations) until "
@@ -379,6 +410,14 @@ def convert(
             rich_help_panel="int8 guard")] = "none",
     max_float_layers: Annotated[int, typer.Option("--max-float-layers", help="int8 guard: the most layers --fallback auto may "
             "keep in float (exit 1 when no lever meets the goal).", rich_help_panel="int8 guard")] = 3,
+    levers: Annotated[str | None, typer.Option("--levers", help="int8 guard: the levers to pull, in this order, comma-separated "
+            "(default: calibration,packed-outputs,float-layers,int16-activations,qat).", rich_help_panel="int8 guard")] = None,
+    finetune: Annotated[Path | None, typer.Option("--finetune", help="int8 guard, PyTorch source: a labelled training .npz "
+            "(x, y) for quantization-aware fine-tuning (torchao PT2E), the last lever.", rich_help_panel="int8 guard")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="--finetune: epochs (default 3).",
+            rich_help_panel="int8 guard")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="--finetune: Adam's learning rate (default 1e-4).",
+            rich_help_panel="int8 guard")] = None,
     cache: Annotated[Path | None, typer.Option("--cache", help="Keep the source's facts and outputs and the canonical ONNX "
             "graph here, and take them from here when the same model (same bytes, options and edgeconv) is converted again, "
             "e.g. for another target (default: $EDGECONV_CACHE_DIR, else no cache).")] = None,
@@ -397,8 +436,10 @@ def convert(
         input_shapes=parse_input_shapes(input_shape), input_dtypes=parse_input_dtypes(input_shape),
         dynamic_batch=dynamic_batch, opset=opset,
         load=_load_options(model_class, model_kwargs, trust_pickle), sample=sample,
-        atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop,
+        atol=parse_atol_overrides(atol), data=data, max_accuracy_drop=max_accuracy_drop, score_output=score_output,
         fallback=fallback, max_float_layers=max_float_layers, cache_dir=cache, command_line=_command_line(ctx),
+        levers=[n.strip() for n in levers.split(",") if n.strip()] if levers is not None else None,
+        finetune=finetune, epochs=epochs, lr=lr,
     )
     result = run_convert(req, _steps(as_json))
     if as_json:
@@ -412,18 +453,21 @@ def convert(
 @app.command()
 @_handled()
 @_with_ssh_options
+@_with_timing
 def validate(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert`.")],
     ssh: SshOptions,
+    timing: dict[str, Any],
     data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y) for accuracy.")] = None,
     source: Annotated[Path | None, typer.Option("--source",
             help="The source model, to measure its accuracy on --data now.")] = None,
     trust_pickle: TrustPickleOpt = False,
-    runs: Annotated[int, typer.Option("--runs", help="Timed runs.")] = 100,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs.")] = 10,
+    max_memory_mb: Annotated[float | None, typer.Option("--max-memory-mb", help="Budget: peak resident memory of the run, "
+            "MB.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads (default: the runtime's own).")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Budget: top-1 drop in points vs the "
             "source.")] = None,
+    score_output: ScoreOutputOpt = None,
     max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", help="Budget: p50 latency in ms.")] = None,
     atol: AtolOpt = [],  # noqa: B006
     report: Annotated[Path | None, typer.Option("--report",
@@ -440,16 +484,17 @@ def validate(
             "instead of the options above.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a bundle on this machine's runtime (or on devices with --remote): parity, accuracy, latency; exit 1 when a
-    check or budget is missed. One request, executed here or sent with the bundle to each device."""
+    """Run a bundle here or on devices (--remote): parity, accuracy, latency, budgets.
+
+    One request, executed here or sent with the bundle to each device; a check or budget missed exits 1."""
     from edgeconv.parity import parse_atol_overrides
     from edgeconv.validate import ValidateRequest, build_request, read_request, run_request
 
     req = ValidateRequest(
-        bundle=bundle, data=data, source=source, trust_pickle=trust_pickle, runs=runs, warmup=warmup, threads=threads,
+        bundle=bundle, data=data, source=source, trust_pickle=trust_pickle, threads=threads, **timing,
         max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, report=report,
         atol=parse_atol_overrides(atol), device=device, inference_precision=inference_precision,
-        performance_hint=performance_hint, io_layout=io_layout,
+        performance_hint=performance_hint, io_layout=io_layout, score_output=score_output, max_memory_mb=max_memory_mb,
     )
     steps = _steps(as_json)
     if request is not None:
@@ -482,8 +527,10 @@ def profile(
     threads: Annotated[int | None, typer.Option("--threads", help="Runtime threads.")] = None,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per batch size (at least).")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up runs per batch size.")] = 5,
-    min_time: Annotated[float | None, typer.Option("--min-time",
-            help="Also run each batch size for at least this many seconds.")] = None,
+    min_time: Annotated[float | None, typer.Option("--min-time", help="Also run each batch size for at least this many "
+            "seconds (default 0.5 s per batch size for a sweep; trtexec times 3 s, a sweep has several sizes).")] = None,
+    max_memory_mb: Annotated[float | None, typer.Option("--max-memory-mb", help="Budget: peak resident memory of each batch "
+            "size, MB (exit 1 when one exceeds it).")] = None,
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch (p99) for the best-batch "
             "answer.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: throughput and p50/p99 against batch size.")] = None,
@@ -498,20 +545,26 @@ def profile(
             "instead of the options above.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Latency and throughput per batch size, the knee, the best batch under a budget, batch-dependent outputs; with
-    --layers, each layer's time from the runtime's own profiler against the end-to-end p50."""
+    """Latency and throughput per batch size: the knee, the best batch under a budget.
+
+    Outputs that depend on the batch are flagged. With --layers, each layer's time from the runtime's own profiler
+    against the end-to-end p50."""
     from edgeconv.core.request import REQUEST_SCHEMA, complete_request
+    from edgeconv.core.stats import PROFILE_MIN_SECONDS
     from edgeconv.profile import ProfileRequest
     from edgeconv.profile import profile as run_profile
     from edgeconv.validate import read_request
 
     # one request, as validate's: run here, or sent with the bundle to each device
     req = {"schema": REQUEST_SCHEMA, "command": "profile", "batch_sizes": _batch_sizes(batch_sizes), "threads": threads,
-           "runs": runs, "warmup": warmup, "min_time_s": min_time, "budget_ms": budget_ms, "layers": layers}
+           "runs": runs, "warmup": warmup, "min_time_s": min_time, "budget_ms": budget_ms, "layers": layers,
+           "max_memory_mb": max_memory_mb}
     if request is not None:
-        if ssh.given or layers or any(v is not None for v in (batch_sizes, threads, min_time, budget_ms)):
+        if ssh.given or layers or any(v is not None for v in (batch_sizes, threads, min_time, budget_ms, max_memory_mb)):
             raise BadInput("--request carries the run's options: pass it alone (with --plot, --csv and --json at most)")
         req = read_request(request)
+    elif min_time is None and not layers:
+        req["min_time_s"] = PROFILE_MIN_SECONDS
     req = complete_request(req)
     if req["command"] != "profile":
         raise BadInput(f"a {req['command']} request given to profile")
@@ -520,7 +573,8 @@ def profile(
         return
     report = run_profile(ProfileRequest(bundle=bundle, batch_sizes=req["batch_sizes"], threads=req["threads"], runs=req["runs"],
                                         warmup=req["warmup"], min_time_s=req["min_time_s"], budget_ms=req["budget_ms"], plot=plot,
-                                        csv=csv_file, report=report_file, layers=req["layers"], where=req["where"]),
+                                        csv=csv_file, report=report_file, layers=req["layers"], where=req["where"],
+                                        max_memory_mb=req["max_memory_mb"]),
                          _steps(as_json))
     if as_json:
         _emit_json(report)
@@ -532,6 +586,8 @@ def profile(
         from edgeconv.render import render_profile
 
         render_profile(report)
+    if not report.get("ok", True):
+        raise typer.Exit(1)
 
 
 def _batch_sizes(text: str | None) -> list[int] | None:
@@ -569,7 +625,7 @@ def compare_cmd(
     wide: Annotated[bool, typer.Option("--wide", help="Show every column, however wide the terminal.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Convert to every target and precision that can be built here, validate each, one table."""
+    """Convert to every target and precision buildable here, validate each, one table."""
     from edgeconv.calibration import CalibrationRequest
     from edgeconv.compare import DEFAULT_TARGETS, CompareRequest, compare, write_csv
     from edgeconv.specs import parse_input_shapes
@@ -601,8 +657,9 @@ def debug_cmd(
     top: Annotated[int, typer.Option("--top", help="Rows in the worst-layers table.")] = 10,
     as_json: JsonOpt = False,
 ) -> None:
-    """Which layer loses the accuracy: the artifact and the fp32 ONNX graph side by side, layer by layer, mapped to
-    the PyTorch module / Keras layer; the first diverging layer marked."""
+    """Which layer loses the accuracy: the artifact and the fp32 ONNX graph layer by layer.
+
+    Each layer is mapped to the PyTorch module / Keras layer it came from; the first diverging layer is marked."""
     from edgeconv.debug import DebugRequest, debug
 
     report = debug(DebugRequest(bundle=bundle, data=data, samples=samples, threshold_db=threshold_db), _steps(as_json))
@@ -658,8 +715,10 @@ def compress_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file at -o.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prune (channels or weights) and factorise a PyTorch model before export, fine-tune it, and measure both side by
-    side: parameters, non-zeros, MACs, size, ONNX Runtime p50, top-1. Writes a .pt2 that `convert` takes."""
+    """Prune and factorise a PyTorch model, fine-tune it, and measure before and after.
+
+    Channels or weights are pruned; parameters, non-zeros, MACs, size, ONNX Runtime p50 and top-1 are measured before
+    and after. Writes a .pt2 that `convert` takes."""
     from edgeconv.compress import CompressRequest, RichTrainingProgress, compress, render_report
     from edgeconv.specs import parse_input_dtypes, parse_input_shapes
 
@@ -705,7 +764,10 @@ def inspect(
 
 @app.command()
 @_handled()
-def targets(as_json: JsonOpt = False) -> None:
+def targets(
+    wide: Annotated[bool, typer.Option("--wide", help="Every column on every row: backend, description, where it runs.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """List device profiles and whether their toolchain and runtime are available here."""
     from edgeconv.profiles import all_profiles
     from edgeconv.targets import BACKENDS
@@ -723,7 +785,7 @@ def targets(as_json: JsonOpt = False) -> None:
     else:
         from edgeconv.render import render_targets
 
-        render_targets(rows)
+        render_targets(rows, wide=wide)
 
 
 @app.command()
@@ -736,7 +798,9 @@ def build(
     as_json: JsonOpt = False,
     **target_options: Any,
 ) -> None:
-    """Build the device-specific artifact on the device (TensorRT engine on a Jetson) and record the device."""
+    """Build the device-specific artifact on the device (a TensorRT engine on a Jetson).
+
+    The manifest records the device it was built on."""
     from edgeconv.build import build_bundle
     from edgeconv.target_options import as_arguments
 
@@ -773,8 +837,9 @@ def selftest(
     target: Annotated[str, typer.Option("--target", "-t", help="The device family or profile of this board.")] = "jetson",
     as_json: JsonOpt = False,
 ) -> None:
-    """First run on a new board: convert the bundled sample, build, validate, one table (on this board, or with
-    --remote converted here and built/validated on each board over SSH)."""
+    """First run on a new board: convert the bundled sample, build, validate, one table.
+
+    On this board, or with --remote converted here and built/validated on each board over SSH."""
     from edgeconv.selftest import selftest as run_selftest
     from edgeconv.selftest import selftest_remote
 

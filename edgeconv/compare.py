@@ -92,21 +92,8 @@ def compare(req: CompareRequest, steps: Steps | None = None) -> dict[str, Any]:
                     except EdgeconvError as exc:
                         row.update(status="failed", reason=f"validate: {first_line(exc.message, 200)}")
                         continue
-                m = Bundle.open(out, verify=False).manifest
-                art = next(a for a in m["artifacts"] if a["file"] == report["artifact"])
                 row.setdefault("status", "ok" if report["ok"] else "check-failed")
-                row.update({
-                    # what ships: the model file plus its weights file where the format splits them (OpenVINO .bin)
-                    "artifact": art["file"],
-                    "bytes": art["bytes"] + sum(a["bytes"] for a in m["artifacts"] if a["role"] == "weights"),
-                    "parity_max_abs": max((o["max_abs"] or 0.0) for o in report["parity"]["outputs"]),
-                    "parity_ok": report["parity"]["ok"],
-                    "top1": report.get("accuracy", {}).get("artifact", {}).get("top1"),
-                    "drop_points": report.get("accuracy", {}).get("drop_points"),
-                    "p50_ms": report["latency"]["p50_ms"], "throughput_items_s": report["latency"]["throughput_items_s"],
-                    "runtime": report["measured_on"]["runtime"], "measured": report["measured_on"]["kind"],
-                    "bundle": str(out) if req.out_dir else None,
-                })
+                row.update(_row_fields(report, Bundle.open(out, verify=False).manifest), bundle=str(out) if req.out_dir else None)
         baseline = None
         ok_row = next((r for r in rows if "p50_ms" in r), None)
         if ok_row is not None:
@@ -122,9 +109,32 @@ def compare(req: CompareRequest, steps: Steps | None = None) -> dict[str, Any]:
             "note": "targets that cannot run here (TensorRT engine, Edge TPU) show host-emulation figures, labelled"}
 
 
+def _row_fields(report: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
+    """A compare row's figures from the artifact's validation report: size, parity, accuracy, latency with its stability
+    verdict, and memory: the peak RSS from the model's load on, above the process's RSS before it (compare runs every
+    target in one process, so the runtime's import and edgeconv's own memory are left out: the figure compares the
+    artifacts; 0 when a small model fits in memory the process had already)."""
+    art = next(a for a in m["artifacts"] if a["file"] == report["artifact"])
+    mem = report["memory"]
+    load = next((p for p in mem["phases"] if p["phase"] == "model_load"), None)
+    after = [p["peak_mb"] for p in mem["phases"][mem["phases"].index(load):]] if load else []
+    return {
+        # what ships: the model file plus its weights file where the format splits them (OpenVINO .bin)
+        "artifact": art["file"], "bytes": art["bytes"] + sum(a["bytes"] for a in m["artifacts"] if a["role"] == "weights"),
+        "parity_max_abs": max((o["max_abs"] or 0.0) for o in report["parity"]["outputs"]), "parity_ok": report["parity"]["ok"],
+        "top1": report.get("accuracy", {}).get("artifact", {}).get("top1"),
+        "drop_points": report.get("accuracy", {}).get("drop_points"),
+        "p50_ms": report["latency"]["p50_ms"], "throughput_items_s": report["latency"]["throughput_items_s"],
+        "latency_stability": report["latency"]["stability"]["verdict"],
+        "latency_unstable_why": "; ".join(report["latency"]["stability"]["reasons"]) or None,
+        "memory_mb": max(0.0, max(after) - load["rss_before_mb"]) if after else None, "peak_rss_mb": mem["peak_mb"],
+        "runtime": report["measured_on"]["runtime"], "measured": report["measured_on"]["kind"],
+    }
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     cols = ["target", "precision", "status", "reason", "artifact", "bytes", "parity_max_abs", "top1", "drop_points", "p50_ms",
-            "throughput_items_s", "speedup_vs_source", "runtime", "measured"]
+            "latency_stability", "throughput_items_s", "speedup_vs_source", "memory_mb", "peak_rss_mb", "runtime", "measured"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()

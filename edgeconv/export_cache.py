@@ -14,17 +14,22 @@ reference and ``--data`` inputs, exporting ONNX and the canonical step. With a c
 and the next conversion of the same model takes them instead of recomputing; the source itself is then loaded
 only when something needs the model (a target that builds from it, an input hint).
 
+Nothing read back is trusted: each entry holds ``entry.json`` (written last) with the layout version, the entry's own
+name and model key, and the sha256 of each of its files, and is checked against it before use. An entry that does
+not match (truncated, zero-filled or swapped files, a file missing, an unreadable record) is a miss: one warning line,
+the entry removed and rebuilt, recorded in the manifest (``export.cache.damaged``).
+
 An entry is keyed by the model's bytes (a SavedModel folder: every file), the load options, the file of a
 ``--model-class`` and a fingerprint of the code that computed it: every edgeconv module and the versions of the
 libraries that load, run and export models. A change of any of them misses; nothing is ever invalidated by date.
 The manifest records what came from the cache (``export.cache``). Entries are written to a temporary folder and
-renamed into place, under a lock per entry, so parallel conversions of one model compute it once.
+renamed into place, under a lock per entry, so parallel conversions of one model compute it once; the temporary
+folder of a killed run is removed by the next run that takes that entry's lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -39,11 +44,14 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.atomic import file_hashes, locked
+from edgeconv.core.text import first_line
 from edgeconv.errors import BadInput
 from edgeconv.specs import TensorSpec, sha256_of
 
 CACHE_ENV = "EDGECONV_CACHE_DIR"
-FORMAT = 1  # the layout of an entry on disk
+FORMAT = 2  # the layout of an entry on disk (2: entry.json with the sha256 of every file)
+ENTRY_FILE = "entry.json"  # an entry's record of itself, written last
 # libraries whose version changes what loading, running or exporting a source gives
 LIBS = ("numpy", "torch", "onnxscript", "onnx", "onnxruntime", "onnxslim", "tensorflow", "tensorflow-cpu", "keras",
         "tf_keras", "tf2onnx", "transformers")
@@ -168,18 +176,40 @@ class ExportCache:
     @contextlib.contextmanager
     def _locked(self, name: str):
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / f"{name}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with locked(self.dir / f"{name}.lock"):
+            yield
+
+    def _entry_id(self, name: str) -> str:
+        return f"{self.key}/{name}"
+
+    def _lookup(self, name: str) -> Path | None:
+        """The entry ``name`` when it is whole, else None (call under its lock). A damaged entry is removed, with one
+        warning line, and the caller rebuilds it; a killed run's temporary folders for it are removed too."""
+        for tmp in self.dir.glob(f".{name}-tmp-*"):  # nobody else writes this entry while we hold its lock
+            shutil.rmtree(tmp, ignore_errors=True)
+        entry = self.dir / name
+        if not entry.exists() and not entry.is_symlink():
+            return None
+        problem = entry_problem(entry, self._entry_id(name))
+        if problem is None:
+            return entry
+        from edgeconv.quiet import terminal  # edgeconv's own line: not captured with the libraries' output of the step
+
+        print(f"warning: the cache entry {entry} is damaged ({problem}); rebuilding it", file=terminal())
+        self.events.setdefault("damaged", []).append(f"{name}: {problem}")
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+        return None
 
     def _store(self, name: str, write: Callable[[Path], None]) -> None:
-        """Write the entry ``name`` into a temporary folder, then rename it into place."""
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.dir))
+        """Write the entry ``name`` into a temporary folder, record its files' sha256 last, then rename it into place."""
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-tmp-", dir=self.dir))
         try:
             write(tmp)
+            doc = {"format": FORMAT, "entry": self._entry_id(name), "files": file_hashes(tmp)}
+            (tmp / ENTRY_FILE).write_text(json.dumps(doc, indent=1))
             os.replace(tmp, self.dir / name)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk or a read-only cache: this run just doesn't store it
@@ -188,18 +218,18 @@ class ExportCache:
 
     def source(self, path: Path, load: Callable[[], Any]):
         """The source: its cached facts with the model loaded on demand, or loaded now (and its facts stored)."""
-        facts_file = self.dir / "source" / "facts.json"
-        if facts_file.is_file():
-            self.events["source"] = "hit"
-            return CachedSource(path, json.loads(facts_file.read_text()), load)
-        src = load()
-        facts = {k: getattr(src, k) for k in FACTS} | {
-            "inputs": [s.to_dict() for s in src.inputs], "notes": list(src.notes), "versions": src.versions(),
-            "layer_names": layer_names(src)}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._store("source", lambda d: (d / "facts.json").write_text(json.dumps(facts, indent=1)))
-        self.events["source"] = "stored"
-        return src
+        with self._locked("source"):
+            entry = self._lookup("source")
+            if entry is not None:
+                self.events["source"] = "hit"
+                return CachedSource(path, json.loads((entry / "facts.json").read_text()), load)
+            src = load()
+            facts = {k: getattr(src, k) for k in FACTS} | {
+                "inputs": [s.to_dict() for s in src.inputs], "notes": list(src.notes), "versions": src.versions(),
+                "layer_names": layer_names(src)}
+            self._store("source", lambda d: (d / "facts.json").write_text(json.dumps(facts, indent=1)))
+            self.events["source"] = "stored"
+            return src
 
     # -- the source's outputs ---------------------------------------------------------------------------------------
 
@@ -207,9 +237,9 @@ class ExportCache:
                 compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
         name = "outputs-" + feed_digest(feed, batch)[:32]
         with self._locked(name):
-            f = self.dir / name / "outputs.npz"
-            if f.is_file():
-                with np.load(f) as z:
+            entry = self._lookup(name)
+            if entry is not None:
+                with np.load(entry / "outputs.npz") as z:
                     self.events[what] = "hit"
                     return [z[f"o{i}"] for i in range(len(z.files))]
             outs = compute()
@@ -226,9 +256,9 @@ class ExportCache:
         ``slot.keep(record, canonical)``. Parallel conversions of one model wait here for the first one's graph."""
         name = "export-" + _digest(settings)[:32]
         with self._locked(name):
-            entry = self.dir / name
+            entry = self._lookup(name)
             slot = ExportSlot()
-            if (entry / "record.json").is_file():
+            if entry is not None:
                 shutil.copyfile(entry / "model.onnx", onnx_path)
                 slot.hit = _records(json.loads((entry / "record.json").read_text()))
                 self.events["export"] = "hit"
@@ -257,9 +287,9 @@ class ExportCache:
         prepared, its options, the tool's version). Parallel conversions of one model wait for the first one's."""
         entry_name = f"{name}-" + _digest(key)[:32]
         with self._locked(entry_name):
-            entry = self.dir / entry_name
+            entry = self._lookup(entry_name)
             slot = StepSlot()
-            if (entry / "done").is_file():
+            if entry is not None:
                 slot.hit = entry
                 self.events[name] = "hit"
             yield slot
@@ -268,10 +298,34 @@ class ExportCache:
 
                 def write(d: Path) -> None:
                     writer(d)
-                    (d / "done").write_text(json.dumps(key, indent=1, default=str))
+                    (d / "key.json").write_text(json.dumps(key, indent=1, default=str))
 
                 self._store(entry_name, write)
                 self.events[name] = "stored"
+
+
+def entry_problem(entry: Path, ident: str) -> str | None:
+    """What is wrong with the cache entry folder ``entry`` (whose record must name it ``ident``), or None when every
+    file it recorded is there with its sha256 and nothing else is."""
+    try:
+        doc = json.loads((entry / ENTRY_FILE).read_bytes())
+    except FileNotFoundError:
+        return f"no {ENTRY_FILE}"
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON (truncated, zero-filled)
+        return f"{ENTRY_FILE} is unreadable: {first_line(str(exc))}"
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, dict) or doc.get("format") != FORMAT:
+        return f"{ENTRY_FILE} is not an entry record of layout {FORMAT}"
+    if doc.get("entry") != ident:
+        return f"{ENTRY_FILE} belongs to another entry"
+    try:
+        found = file_hashes(entry, skip=ENTRY_FILE)
+    except OSError as exc:
+        return f"unreadable: {first_line(str(exc))}"
+    wrong = ([f"{f} is missing" for f in sorted(set(files) - set(found))]
+             + [f"{f} is not recorded" for f in sorted(set(found) - set(files))]
+             + [f"{f} changed (sha256 differs)" for f in sorted(set(files) & set(found)) if files[f] != found[f]])
+    return "; ".join(wrong[:3]) + (f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else "") if wrong else None
 
 
 class StepSlot:

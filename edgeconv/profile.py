@@ -49,6 +49,7 @@ class ProfileRequest:
     report: Path | None = None
     layers: bool = False  # per-layer times from the runtime's profiler (one batch size) instead of the sweep
     where: str = "host"  # the request's "where": "device" when edgeconv runs it on a device for a host
+    max_memory_mb: float | None = None  # budget: each batch size's peak RSS (exit 1 when one exceeds it)
 
 
 def knee(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -99,7 +100,7 @@ def _open(req: ProfileRequest, request: dict[str, Any]) -> tuple[Bundle, dict[st
 def _request(req: ProfileRequest) -> dict[str, Any]:
     return complete_request({"command": "profile", "batch_sizes": req.batch_sizes, "runs": req.runs, "warmup": req.warmup,
                              "threads": req.threads, "min_time_s": req.min_time_s, "budget_ms": req.budget_ms,
-                             "layers": req.layers, "where": req.where})
+                             "layers": req.layers, "where": req.where, "max_memory_mb": req.max_memory_mb})
 
 
 def profile(req: ProfileRequest, steps: Steps | None = None) -> dict[str, Any]:
@@ -137,7 +138,21 @@ def sweep_report(bundle: Bundle, result: dict[str, Any], where: str) -> dict[str
         "measured_on": result["measured_on"], "method": method, "rows": rows, "knee": knee(rows), "budget_ms": r.get("budget_ms"),
         "best_under_budget": best_under_budget(rows, r.get("budget_ms")), "notes": result["sweep"]["notes"],
         "divergent_batches": [row["batch"] for row in rows if row.get("diverges")],
+        **memory_budget_rows(rows, r.get("max_memory_mb")),
     }
+
+
+def memory_budget_rows(rows: list[dict[str, Any]], limit_mb: float | None) -> dict[str, Any]:
+    """``--max-memory-mb`` over a sweep: each batch size's peak RSS against the limit (the row's ``memory_ok``); the
+    report's ``ok`` is false when one exceeds it, and ``unstable_batches`` lists the rows whose latency is unstable."""
+    over = []
+    for row in rows:
+        if limit_mb is not None and row.get("peak_rss_mb") is not None:
+            row["memory_ok"] = row["peak_rss_mb"] <= limit_mb
+            if not row["memory_ok"]:
+                over.append(row["batch"])
+    return {"max_memory_mb": limit_mb, "over_memory_budget": over, "ok": not over,
+            "unstable_batches": [row["batch"] for row in rows if (row.get("stability") or {}).get("verdict") == "unstable"]}
 
 
 def device_profile_report(bundle: Bundle, report: dict[str, Any]) -> dict[str, Any]:
@@ -302,6 +317,7 @@ def _write_layers_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     cols = ["batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "per_item_ms", "throughput_items_s", "rss_delta_mb",
+            "peak_rss_mb", "memory_ok",
             "max_abs_vs_batch1", "top1_agreement_vs_batch1", "diverges", "error"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")

@@ -1,4 +1,7 @@
-"""Steps of long operations. The library announces steps; the CLI decides how they look (rich, or nothing)."""
+"""Steps of long operations. The library announces steps; the CLI decides how they look (rich, or nothing).
+
+What the libraries print during a step is captured (edgeconv/quiet.py): logged, shown with --verbose or when the step
+fails; edgeconv's own lines go to ``quiet.terminal()``."""
 
 from __future__ import annotations
 
@@ -6,16 +9,36 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from edgeconv import quiet
+
 
 class Steps:
     """No-op progress: library default and what ``--json`` uses."""
 
     @contextlib.contextmanager
     def step(self, label: str) -> Iterator[None]:
-        yield
+        with self._captured(label):
+            yield
 
     def note(self, text: str) -> None:
         pass
+
+    @contextlib.contextmanager
+    def _captured(self, label: str) -> Iterator[None]:
+        """The libraries' output during the step into the log; shown as :meth:`quiet.Captured.shown` says."""
+        cap = quiet.Captured(label)
+        try:
+            with quiet.captured(label) as cap:
+                yield
+        except BaseException:
+            self._library_output(cap, failed=True)
+            raise
+        self._library_output(cap, failed=False)
+
+    def _library_output(self, cap: quiet.Captured, failed: bool) -> None:
+        shown = cap.shown(failed)
+        if shown:
+            print(shown, file=quiet.terminal())
 
 
 class RichSteps(Steps):
@@ -24,7 +47,7 @@ class RichSteps(Steps):
     def __init__(self):
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(file=quiet.terminal())
 
     @contextlib.contextmanager
     def step(self, label: str) -> Iterator[None]:
@@ -33,7 +56,8 @@ class RichSteps(Steps):
         t0 = time.perf_counter()
         with self.console.status(f"{label}…"):
             try:
-                yield
+                with self._captured(label):
+                    yield
             except BaseException:
                 self.console.print(f"[red]✗[/] {label}")
                 raise
@@ -41,6 +65,11 @@ class RichSteps(Steps):
 
     def note(self, text: str) -> None:
         self.console.print(f"  [dim]{text}[/]")
+
+    def _library_output(self, cap: quiet.Captured, failed: bool) -> None:
+        shown = cap.shown(failed)
+        if shown:
+            self.console.print(shown, style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
 class TrainingProgress:
@@ -65,7 +94,7 @@ class RichTrainingProgress(TrainingProgress):
     def __init__(self):
         from rich.console import Console
 
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(file=quiet.terminal(), highlight=False)
         self.bar = None
 
     def start(self, epochs: int, batches: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -59,9 +60,11 @@ def render_convert(result) -> None:
             if c.get("top1_agreement") is not None:
                 console.print(f"top-1 agreement with the source: {c['top1_agreement']:.2%}")
         elif c["kind"] == "accuracy":
-            console.print(f"accuracy on {c['data']['path']} ({c['data']['count']} samples): source top-1 "
+            console.print(f"accuracy on {c['data']['path']} ({c['data']['count']} samples{_scored(c)}): source top-1 "
                           f"{c['source']['top1']:.2%}, artifact top-1 {c['artifact']['top1']:.2%}, "
                           f"drop {c['drop_points']:.2f} points")
+            if c.get("compared") and c.get("max_drop_points") is not None:
+                console.print(f"[dim]budget: {escape(c['compared'])}[/]")
         elif c["kind"] == "edgetpu-mapping":
             _edgetpu_table(c)
         elif c["kind"] == "ethos-u-npu-mapping":
@@ -75,15 +78,8 @@ def render_convert(result) -> None:
                 console.print(f"  [yellow]on the CPU:[/] {op}")
     fb = m.get("fallback")
     if fb:
-        cost = fb["cost"]
-        layers = ", ".join(f"{x['source'] or x['layer']} ({x['op']})" for x in fb["float_layers"])
         label = "NNCF accuracy control" if fb.get("mode") == "accuracy-control" else "int8 guard"
-        console.print(f"[bold]{label}[/] ({'met' if fb['ok'] else '[red]missed[/]'} "
-                      f"--max-accuracy-drop {fb['max_accuracy_drop']}): "
-                      f"{len(fb['float_layers'])} layer(s) kept in float — {escape(layers)}; drop {fb['drop_before']:.2f} → "
-                      f"{fb['drop_after']:.2f} points; cost vs full int8: {cost['bytes']['delta']:+,} bytes, p50 "
-                      f"{cost['p50_ms']['full_int8']:.3f} → {cost['p50_ms']['with_float_layers']:.3f} ms "
-                      f"(x{cost['p50_ms']['ratio']:.2f}, {cost['method']})")
+        console.print(_guard_line(label, fb))
     if model.get("float_ops"):
         console.print(f"[yellow]left in float ({('the ' + label) if fb else 'no int8 kernel'}):[/] "
                       f"{', '.join(model['float_ops'])}")
@@ -93,6 +89,11 @@ def render_convert(result) -> None:
                       f"  then: {build.get('command') or 'edgeconv build BUNDLE'}")
     if model.get("host_emulation"):
         console.print(f"[dim]checks above ran as host emulation, not on the device: {model.get('host_emulation_note')}[/]")
+
+
+def _scored(c: dict[str, Any]) -> str:
+    """``, output 'logits' chosen by its name``: which output accuracy was computed on, and why."""
+    return f", output '{escape(c['output'])}' chosen by {escape(c.get('output_chosen_by') or '?')}" if c.get("output") else ""
 
 
 def _edgetpu_table(c: dict[str, Any]) -> None:
@@ -148,34 +149,77 @@ def render_validation(r: dict[str, Any]) -> None:
     t.add_row("mean ± std (min–max)",
               f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f} ({lat['min_ms']:.3f}–{lat['max_ms']:.3f}) ms", "", "")
     t.add_row("throughput", f"{lat['throughput_items_s']:.0f} items/s", "", "")
+    _stability_rows(t, lat)
     if r.get("throughput_async"):
         ta = r["throughput_async"]
         t.add_row("throughput (async queue)", f"{ta['items_per_s']:.0f} items/s with {ta['requests']} requests", "", "")
     cs = r["cold_start"]
     t.add_row("cold start (load + 1st)", f"{cs['load_ms']:.1f} + {cs['first_inference_ms']:.1f} ms", "", "")
     console.print(t)
+    if (r.get("accuracy") or {}).get("output"):
+        console.print(f"accuracy on output {escape(r['accuracy']['output'])}, chosen by "
+                      f"{escape(r['accuracy'].get('output_chosen_by') or '?')}")
+    _conditions_and_memory(r)
+    for b in r["budgets"]:
+        if b.get("compared"):
+            console.print(f"[dim]{b['name']}: {escape(b['compared'])}[/]")
     console.print(f"{'[green]PASS[/]' if r['ok'] else '[red]FAIL[/]'} · {lat['runs']} timed runs after {lat['warmup']} "
                   f"warm-up · report: {r['report_file']}")
+
+
+def _stability_rows(t: Table, lat: dict[str, Any]) -> None:
+    """The latency's stability (edgeconv.core.stats.stability): verdict and reasons, the p50 interval, outliers."""
+    st = lat.get("stability")
+    if not st:
+        return
+    ci = st["intervals_ms"]["p50"]
+    verdict = "stable" if st["verdict"] == "stable" else f"[red]UNSTABLE[/]: {escape('; '.join(st['reasons']))}"
+    t.add_row("latency stability", verdict,
+              f"CV ≤ {st['limits']['cv']:.0%}", "✅" if st["verdict"] == "stable" else "⚠")
+    t.add_row(f"p50 {ci['confidence']:.0%} interval", "—" if ci["low"] is None or ci["high"] is None else
+              f"{ci['low']:.3f}–{ci['high']:.3f} ms", f"± {st['limits']['p50_interval_half_width']:.0%}", "")
+    t.add_row("CV · outliers · first run", f"{st['cv']:.1%} · {st['outliers']} ({st['outlier_fraction']:.1%}) · "
+              + ("outlier" if st["first_run_outlier"] else "typical"), "", "")
+
+
+def _conditions_and_memory(r: dict[str, Any]) -> None:
+    """One line each: the conditions of the run (edgeconv.core.conditions) and the peak RSS per phase (core.memory)."""
+    from edgeconv.core.conditions import summary
+
+    if r.get("conditions"):
+        console.print(f"[dim]conditions: {escape(summary(r['conditions']))}[/]")
+    mem = r.get("memory")
+    if mem:
+        phases = ", ".join(f"{p['phase'].replace('_', ' ')} {p['peak_mb']:.0f}" for p in mem["phases"])
+        console.print(f"[dim]peak RSS MB: {phases}; model file {mem['model_file_mb']:.1f} MB ({mem['method']})[/]")
 
 
 def render_profile(r: dict[str, Any]) -> None:
     mo = r["measured_on"]
     t = Table(title=f"{r['target']} · {r['precision']} · {mo.get('runtime')} {mo.get('version') or ''} · threads "
                     f"{mo.get('threads')} · {mo.get('kind')}", title_justify="left")
-    for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "per item ms", "items/s", "RSS Δ MB", "vs batch 1"):
+    for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "per item ms", "items/s", "RSS Δ MB", "peak RSS MB", "vs batch 1"):
         t.add_column(col, justify="right")
     for row in r["rows"]:
         if "error" in row:
-            t.add_row(str(row["batch"]), f"[red]cannot run: {row['error']}[/]", *[""] * 6)
+            t.add_row(str(row["batch"]), f"[red]cannot run: {row['error']}[/]", *[""] * 7)
             continue
+        unstable = (row.get("stability") or {}).get("verdict") == "unstable"
+        peak = "—" if row.get("peak_rss_mb") is None else (
+            f"{'❌ ' if row.get('memory_ok') is False else ''}{row['peak_rss_mb']:.0f}")
         agree = "—" if row.get("max_abs_vs_batch1") is None else (
             f"{'⚠ ' if row['diverges'] else ''}max abs {row['max_abs_vs_batch1']:.1e}"
             + (f", top-1 {row['top1_agreement_vs_batch1']:.0%}" if row.get("top1_agreement_vs_batch1") is not None else ""))
-        t.add_row(str(row["batch"]), f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}",
-                  f"{row['per_item_ms']:.3f}", f"{row['throughput_items_s']:.0f}", f"{row['rss_delta_mb']:.1f}", agree)
+        t.add_row(str(row["batch"]), f"{'⚠ ' if unstable else ''}{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}",
+                  f"{row['p99_ms']:.3f}", f"{row['per_item_ms']:.3f}", f"{row['throughput_items_s']:.0f}",
+                  f"{row['rss_delta_mb']:.1f}", peak, agree)
     console.print(t)
     for note in r["notes"]:
         console.print(f"[yellow]note:[/] {note}")
+    if r.get("unstable_batches"):
+        console.print(f"[yellow]⚠ latency unstable at batch {r['unstable_batches']}[/] (the report's rows say why)")
+    if r.get("over_memory_budget"):
+        console.print(f"[red]peak RSS over {r['max_memory_mb']} MB at batch {r['over_memory_budget']}[/]")
     if r["knee"]:
         console.print(f"knee: batch {r['knee']['batch']} — {r['knee']['why']}")
     if r["best_under_budget"]:
@@ -273,22 +317,29 @@ def render_compare(r: dict[str, Any], wide: bool = False) -> None:
                                                 if base else "")
     columns = [("target", 0, "left"), ("precision", 0, "left"), ("status", 0, "left"), ("size", 4, "right"),
                ("parity max abs", 3, "right"), ("top-1", 2, "right"), ("drop", 2, "right"), ("p50 ms", 1, "right"),
-               ("items/s", 6, "right"), ("speed-up", 5, "right"), ("measured", 7, "left")]
+               ("items/s", 6, "right"), ("speed-up", 5, "right"), ("memory MB", 4, "right"), ("measured", 7, "left")]
     icons = {"ok": "✅", "check-failed": "❎", "failed": "❌"}
     rows = []
     for row in r["rows"]:
         status = icons.get(row.get("status"), "?") + (f" {row['reason']}" if row.get("reason") else "")
         if "p50_ms" not in row:
-            rows.append([row["target"], row["precision"], status, *[""] * 8])
+            rows.append([row["target"], row["precision"], status, *[""] * 9])
             continue
         rows.append([row["target"], row["precision"], status, _size(row["bytes"]), f"{row['parity_max_abs']:.1e}",
                      "—" if row["top1"] is None else f"{row['top1']:.2%}",
                      "—" if row["drop_points"] is None else f"{row['drop_points']:+.2f}",
-                     f"{row['p50_ms']:.3f}", f"{row['throughput_items_s']:.0f}",
+                     f"{'⚠ ' if row.get('latency_stability') == 'unstable' else ''}{row['p50_ms']:.3f}",
+                     f"{row['throughput_items_s']:.0f}",
                      f"{row['speedup_vs_source']:.1f}×" if row.get("speedup_vs_source") else "—",
+                     "—" if row.get("memory_mb") is None else f"{row['memory_mb']:.0f}",
                      f"{row['runtime']} ({row['measured']})"])
     _print_fitted(*fitted_table(title, columns, rows, wide))
     console.print(f"[dim]{r['note']}[/]")
+    if any(row.get("latency_stability") == "unstable" for row in r["rows"]):
+        console.print("[dim]⚠ p50 unstable (the row's latency_unstable_why says why); memory MB: peak RSS above the process "
+                      "before the model's load[/]")
+    else:
+        console.print("[dim]memory MB: peak RSS above the process before the model's load[/]")
 
 
 def render_remote(r: dict[str, Any]) -> None:
@@ -325,7 +376,8 @@ def render_remote(r: dict[str, Any]) -> None:
         missed = [b["name"] for b in rep["budgets"] if not b["ok"]]
         verdict = "✅" if d["ok"] else "❎ " + ", ".join(missed or ["parity"])
         t.add_row(d["target"], verdict, "ok" if rep["parity"]["ok"] else "FAILED", "—" if top1 is None else f"{top1:.2%}",
-                  "—" if acc.get("drop_points") is None else f"{acc['drop_points']:+.2f}", f"{lat['p50_ms']:.3f}",
+                  "—" if acc.get("drop_points") is None else f"{acc['drop_points']:+.2f}",
+                  f"{'⚠ ' if (lat.get('stability') or {}).get('verdict') == 'unstable' else ''}{lat['p50_ms']:.3f}",
                   f"{lat['p99_ms']:.3f}",
                   f"{mo.get('runtime')} {mo.get('version') or ''}", facts)
     if emulated:
@@ -338,8 +390,8 @@ def render_remote(r: dict[str, Any]) -> None:
             rep = d["report"]
             for b in rep.get("budgets", []):
                 if not b["ok"]:
-                    console.print(f"[red]❎[/] {d['target']}: budget {b['name']} missed: {b['value']:.4g} > {b['limit']}",
-                                  soft_wrap=True)
+                    why = escape(b["compared"]) if b.get("compared") else f"{b['value']:.4g} > {b['limit']}"
+                    console.print(f"[red]❎[/] {d['target']}: budget {b['name']} missed: {why}", soft_wrap=True)
             if "parity" in rep and not rep["parity"]["ok"]:
                 console.print(f"[red]❎[/] {d['target']}: parity failed: " + "; ".join(
                     f"{o['name']}: {o['reason']}" for o in rep["parity"]["outputs"] if not o["ok"]), soft_wrap=True)
@@ -406,22 +458,69 @@ def render_inspect(info: dict[str, Any]) -> None:
         console.print(f"[dim]MACs not counted for {len(info['macs_uncounted_nodes'])} nodes with unknown shapes[/]")
 
 
-def render_targets(rows: list[dict[str, Any]]) -> None:
+def render_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:
+    """The device profiles grouped by family, one line each; where a family's artifacts run (a long note) is said once,
+    below the table, with the install hints of what is missing here. ``wide``: every column on every row."""
+    if wide:
+        _targets_wide(rows)
+        return
+    t = Table(title="Device profiles (* the family's default: --target FAMILY)", title_justify="left", box=box.SIMPLE_HEAD,
+              show_edge=False, pad_edge=False, collapse_padding=True)
+    for col in ("family", "target", "runtime", "precisions", "convert here", "runs"):  # what is missing: below the table
+        t.add_column(col, no_wrap=True, max_width=20 if col == "convert here" else None, overflow="ellipsis")
+    notes: dict[str, list[str]] = {}  # note -> the profiles it is about
+    hints: dict[str, list[str]] = {}  # what is missing and how to install it -> the profiles
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    for family in families:
+        group = [r for r in rows if r["family"] == family]
+        for i, r in enumerate(group):
+            part = r.get("device_part") or "here"
+            if part != "here":
+                notes.setdefault(part, []).append(r["name"])
+            if not r["available"] and r.get("install"):
+                missing = ", ".join(r["missing_modules"] + r["missing_tools"])
+                hints.setdefault(f"missing {missing}: {'; '.join(r['install'])}", []).append(r["name"])
+            runs = "here" if part == "here" else f"[{list(notes).index(part) + 1}]"
+            t.add_row(family if i == 0 else "", r["name"] + (" *" if r["default_for_family"] else ""), r["runner"],
+                      " ".join(r["precisions"]), _convert_here(r), runs)
+        if family != families[-1]:
+            t.add_section()
+    console.print(t)
+    for i, (note, names) in enumerate(notes.items(), 1):
+        console.print(f"[{i}] {escape(_about(rows, names))}: {escape(note)}")
+    for hint, names in hints.items():
+        console.print(f"to convert for {escape(_about(rows, names))} here: {escape(hint)}")
+    console.print("[dim]--wide: backends, descriptions and notes on every row; --json: everything[/]")
+
+
+def _about(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """``jetson, intel-gpu``: the families all of whose profiles are in ``names``, then the other profiles by name."""
+    families = {r["family"]: {x["name"] for x in rows if x["family"] == r["family"]} for r in rows}
+    whole = [f for f, members in families.items() if members <= set(names)]
+    return ", ".join(whole + [n for n in names if not any(n in families[f] for f in whole)])
+
+
+def _convert_here(r: dict[str, Any]) -> str:
+    if r["available"]:
+        return "✅"
+    if r.get("backend_missing"):
+        return f"❌ backend '{r['backend']}' not in this edgeconv"
+    return f"❌ missing {', '.join(r['missing_modules'] + r['missing_tools'])}"
+
+
+def _targets_wide(rows: list[dict[str, Any]]) -> None:
+    """Every column on every row, each row on one line however long."""
     t = Table(title="Device profiles", title_justify="left")
-    for col in ("target", "family", "backend → runner", "precisions", "convert here", "device part"):
-        t.add_column(col)
+    for col in ("target", "family", "backend → runner", "precisions", "convert here", "device part", "description"):
+        t.add_column(col, no_wrap=col == "target")
     for r in rows:
-        if r["available"]:
-            status = "✅"
-        elif r.get("backend_missing"):
-            status = f"❌ backend '{r['backend']}' not in this edgeconv"
-        else:
-            missing = r["missing_modules"] + r["missing_tools"]
-            status = f"❌ missing {', '.join(missing)}: {'; '.join(r['install'])}"
+        status = _convert_here(r) + (f": {'; '.join(r['install'])}" if r.get("install") and not r["available"] else "")
         name = r["name"] + (" (default)" if r["default_for_family"] else "")
         t.add_row(name, r["family"], f"{r['backend']} → {r['runner']}", ", ".join(r["precisions"]), status,
-                  r.get("device_part", ""))
-    console.print(t)
+                  r.get("device_part", ""), r.get("description") or "")
+    # long lines, as asked: a console as wide as the table's widest row (Console.print caps the width at the terminal's)
+    widest = console.measure(t, options=console.options.update_width(10_000)).maximum
+    Console(highlight=False, file=console.file, width=max(console.width, widest)).print(t)
 
 
 def _compress_figure(v, kind: str = "int") -> str:
@@ -487,3 +586,21 @@ def render_compress(report: dict[str, Any]) -> None:
     console.print(f"[dim]latency: {report['latency']['method']}[/]")
     console.print(f"wrote {report['output']['path']} (convert it like any other model: edgeconv convert "
                   f"{report['output']['path']} --target …)")
+
+
+def _guard_line(label: str, fb: dict[str, Any]) -> str:
+    """The int8 guard's (or NNCF's accuracy control's) outcome in one line: its goal, what it kept, the metric before and
+    after, and the cost against full int8."""
+    cost = fb["cost"]
+    goal = fb.get("goal") or "accuracy"
+    target = f"--max-accuracy-drop {fb['max_accuracy_drop']}" if goal == "accuracy" else goal
+    layers = ", ".join(f"{x['source'] or x['layer']}" + (f" ({x['op']})" if x.get("op") else "") for x in fb["float_layers"])
+    parts = [f"kept {fb['kept']['label']}"] if fb.get("kept") else []
+    if layers or not parts:
+        parts.append(f"{len(fb['float_layers'])} layer(s) kept in float — {layers}")
+    score = fb.get("score") or {"metric": "drop_points", "before": fb["drop_before"], "after": fb["drop_after"]}
+    unit = "points" if score["metric"] == "drop_points" else "× the tolerance"
+    return (f"[bold]{label}[/] ({'met' if fb['ok'] else '[red]missed[/]'} {target}): {escape('; '.join(parts))}; "
+            f"{'drop' if score['metric'] == 'drop_points' else 'worst error'} {score['before']:.2f} → {score['after']:.2f} "
+            f"{unit}; cost vs full int8: {cost['bytes']['delta']:+,} bytes, p50 {cost['p50_ms']['full_int8']:.3f} → "
+            f"{cost['p50_ms']['with_float_layers']:.3f} ms (x{cost['p50_ms']['ratio']:.2f}, {cost['method']})")

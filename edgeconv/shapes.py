@@ -3,13 +3,16 @@
 A TorchScript file keeps no shapes; an ONNX or Keras model may keep its height, width or sequence length dynamic.
 The user's data says what they are: ``--sample``, then ``--data``, then ``--calib`` fill every dimension the model
 leaves open (the first axis of a data file counts samples; the batch is 1 unless ``--dynamic-batch``). Where each
-dimension came from is recorded. Only when no data is given is ``--input-shape`` asked for, with a hint that fits
-the input (its rank and dtype, or the model's first layer), never an image default for token ids or audio.
+dimension came from is recorded. An ONNX file that writes an open dimension as -1 or 0 (paddle2onnx, old TensorFlow
+exporters) has it named on load (``open_written_dims``), so it is filled like any other. Only when no data is given
+is ``--input-shape`` asked for, with a hint that fits the input (its rank and dtype, or the model's first layer),
+never an image default for token ids or audio.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +52,6 @@ def data_files(sample: Path | None, data: Path | None, calib: str | None) -> lis
 
 def resolve(source, req: ShapeRequest) -> ResolvedInputs:
     """The source's inputs with every dimension and dtype known (the batch dynamic only with ``dynamic_batch``)."""
-    from edgeconv.data import pick_inputs, read_arrays
-
     specs = [TensorSpec(s.name, list(s.shape), s.dtype, s.layout)
              for s in apply_input_shapes(source.inputs, req.input_shapes, baked=source.shapes_baked)]
     dtypes = _named(req.input_dtypes, [s.name for s in specs], "--input-shape …:DTYPE")
@@ -63,8 +64,18 @@ def resolve(source, req: ShapeRequest) -> ResolvedInputs:
         if s.name in dtypes:
             s.dtype = dtypes[s.name]
             origins[s.name]["dtype"] = "--input-shape"
+    _fill_from_data(specs, req.data_files, origins)
+    out = [_finish(source, s, req, origins[s.name], notes, specs) for s in specs]
+    check_memory(out)
+    return ResolvedInputs(out, origins, notes)
+
+
+def _fill_from_data(specs: list[TensorSpec], files: list[tuple[str, Path]], origins: dict[str, dict[str, object]]) -> None:
+    """What the model leaves open, from the data files in order of precedence (each read once)."""
+    from edgeconv.data import pick_inputs, read_arrays
+
     loaded: dict[Path, dict[str, np.ndarray]] = {}
-    for flag, path in req.data_files:
+    for flag, path in files:
         if all(_complete(s) for s in specs):
             break
         if path not in loaded:
@@ -72,76 +83,132 @@ def resolve(source, req: ShapeRequest) -> ResolvedInputs:
         picked = pick_inputs(path, loaded[path], specs, labels=flag == "--data")
         for s in specs:
             if not _complete(s):
-                _fill(s, picked[s.name], f"{flag} {path.name}", origins[s.name])
-    out = []
-    for s in specs:
-        if s.dtype is None:
-            s.dtype = "float32"
-            origins[s.name]["dtype"] = "assumed (no data given)"
-            notes.append(f"input {s.name!r}: dtype float32 assumed ({source.format} records none); "
-                         "give --sample or --input-shape NAME=SHAPE:int64 for integer inputs")
-        if source.shapes_baked and req.dynamic_batch and s.shape and isinstance(s.shape[0], int):
-            raise BadInput(
-                f"{source.path} ({source.format}) was exported with a fixed batch of {s.shape[0]} for input {s.name!r}; "
-                "--dynamic-batch cannot undo that",
-                hint="re-export it with dynamic_shapes={'%s': {0: torch.export.Dim('batch')}}, or drop --dynamic-batch" % s.name,
-            )
-        if not s.shape:
-            raise BadInput(
-                f"{source.path} does not record the shape of input {s.name!r} ({source.format} keeps no shapes), "
-                "and no data file was given to take it from",
-                hint=("give a sample input (--sample x.npy, first axis = samples)" if len(specs) == 1 else
-                      "give sample inputs (--sample FILE.npz with one array per input: "
-                      + ", ".join(x.name for x in specs) + ")")
-                     + f", or the shape: --input-shape {s.name}={source.input_hint(s.name)}",
-            )
-        shape = list(s.shape)
-        if not isinstance(shape[0], int) and not req.dynamic_batch:
-            notes.append(f"input {s.name!r}: dynamic batch {s.shape[0]!r} fixed to 1 (static shapes; --dynamic-batch keeps "
-                         "it dynamic where the target allows)")
-            origins[s.name]["shape"][0] = "batch 1 (static)"
-        if not isinstance(shape[0], int) or req.dynamic_batch:
-            shape[0] = "batch" if req.dynamic_batch else 1
-            if req.dynamic_batch:
-                origins[s.name]["shape"][0] = "dynamic (--dynamic-batch)"
-        open_dims = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
-        if open_dims:
-            spelled = "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
-            raise BadInput(
-                f"input {s.name!r} ({spelled}, {s.dtype}) has dynamic dimensions {open_dims} and no data file gives them",
-                hint="give a sample input (--sample FILE.npy / .npz, first axis = samples), or the sizes: --input-shape "
-                     + s.name + "=" + "x".join(str(d) if isinstance(d, int)
-                                               else _placeholder(i, shape, s.layout or guess_layout(shape, source.layout_default))
-                                               for i, d in enumerate(shape)),
-            )
-        out.append(TensorSpec(s.name, shape, s.dtype, s.layout or guess_layout(shape, source.layout_default)))
-    check_memory(out)
-    return ResolvedInputs(out, origins, notes)
+                empty = [i for i in _fill(s, picked[s.name], f"{flag} {path.name}", origins[s.name]) if s.shape[i] == 0]
+                if empty:
+                    raise BadInput(f"{flag} {path}: its array for input {s.name!r} has shape "
+                                   f"{'x'.join(map(str, picked[s.name].shape))}, size 0 on axis {empty[0]}, which the model "
+                                   "leaves open: the model would run on empty tensors",
+                                   hint="give data with at least one element on every axis")
+
+
+def _finish(source, s: TensorSpec, req: ShapeRequest, record: dict[str, object], notes: list[str],
+            specs: list[TensorSpec]) -> TensorSpec:
+    """One input made whole: dtype, batch fixed or dynamic; what stays open is the user's to give, with a hint."""
+    if s.dtype is None:
+        s.dtype = "float32"
+        record["dtype"] = "assumed (no data given)"
+        notes.append(f"input {s.name!r}: dtype float32 assumed ({source.format} records none); "
+                     "give --sample or --input-shape NAME=SHAPE:int64 for integer inputs")
+    if source.shapes_baked and req.dynamic_batch and s.shape and isinstance(s.shape[0], int):
+        raise BadInput(
+            f"{source.path} ({source.format}) was exported with a fixed batch of {s.shape[0]} for input {s.name!r}; "
+            "--dynamic-batch cannot undo that",
+            hint="re-export it with dynamic_shapes={'%s': {0: torch.export.Dim('batch')}}, or drop --dynamic-batch" % s.name,
+        )
+    if not s.shape:
+        raise BadInput(
+            f"{source.path} does not record the shape of input {s.name!r} ({source.format} keeps no shapes), "
+            "and no data file was given to take it from",
+            hint=("give a sample input (--sample x.npy, first axis = samples)" if len(specs) == 1 else
+                  "give sample inputs (--sample FILE.npz with one array per input: "
+                  + ", ".join(x.name for x in specs) + ")")
+                 + f", or the shape: --input-shape {s.name}={source.input_hint(s.name)}",
+        )
+    shape = list(s.shape)
+    if not isinstance(shape[0], int) and not req.dynamic_batch:
+        notes.append(f"input {s.name!r}: dynamic batch {s.shape[0]!r} fixed to 1 (static shapes; --dynamic-batch keeps "
+                     "it dynamic where the target allows)")
+        record["shape"][0] = "batch 1 (static)"
+    if not isinstance(shape[0], int) or req.dynamic_batch:
+        shape[0] = "batch" if req.dynamic_batch else 1
+        if req.dynamic_batch:
+            record["shape"][0] = "dynamic (--dynamic-batch)"
+    open_dims = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
+    if open_dims:
+        spelled = "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
+        raise BadInput(
+            f"input {s.name!r} ({spelled}, {s.dtype}) has dynamic dimensions {open_dims} and no data file gives them",
+            hint="give a sample input (--sample FILE.npy / .npz, first axis = samples), or the sizes: --input-shape "
+                 + s.name + "=" + "x".join(str(d) if isinstance(d, int)
+                                           else _placeholder(i, shape, s.layout or guess_layout(shape, source.layout_default))
+                                           for i, d in enumerate(shape)),
+        )
+    return TensorSpec(s.name, shape, s.dtype, s.layout or guess_layout(shape, source.layout_default))
+
+
+def open_written_dims(proto) -> list[str]:
+    """Read a dimension written as -1 (paddle2onnx) or 0 (old TensorFlow exporters) as what it means: open.
+
+    ONNX spells an open dimension as a name (``dim_param``) or leaves it unset; some exporters write a number
+    instead, which onnx.checker accepts and converters then take literally (a 0-sized or -1-sized tensor). Every
+    such dimension of the graph's inputs, outputs and intermediate shapes (subgraphs included) is rewritten, in
+    place, as a named one, ``<tensor>_dim<axis>``, so the data fills it and the canonical graph writes it like any
+    named dimension (docs/architecture.md, "shapes come from your data"). Returns one note per graph input changed.
+    """
+    inits = {i.name for i in proto.graph.initializer}
+    notes = []
+    for v in proto.graph.input:
+        if v.name in inits:
+            continue
+        written = _open_dims(v)
+        if written:
+            values = "/".join(sorted({str(w) for _, w in written}))
+            notes.append(f"input {v.name!r} writes axes {', '.join(str(i) for i, _ in written)} as {values} (an exporter's "
+                         "spelling of a dynamic dimension): read as open dimensions "
+                         + ", ".join(d.dim_param for i, d in enumerate(v.type.tensor_type.shape.dim) if i in dict(written))
+                         + ", sized by the data (--sample/--data/--calib) or --input-shape")
+    for g in _graphs(proto.graph):
+        for v in (*(g.input if g is not proto.graph else ()), *g.output, *g.value_info):
+            _open_dims(v)
+    return notes
+
+
+def _open_dims(value_info) -> list[tuple[int, int]]:
+    """Name the -1/0 dims of one tensor's type; the (axis, written value) pairs changed."""
+    if not value_info.type.HasField("tensor_type"):
+        return []
+    changed = []
+    stem = re.sub(r"\W", "_", value_info.name) or "t"
+    for i, d in enumerate(value_info.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value <= 0:
+            changed.append((i, int(d.dim_value)))
+            d.dim_param = f"{stem}_dim{i}"  # the oneof: setting the name clears the value
+    return changed
+
+
+def _graphs(graph):
+    """``graph`` and every subgraph (If/Loop/Scan bodies) below it."""
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _graphs(sub)
 
 
 def _complete(s: TensorSpec) -> bool:
     return bool(s.shape) and s.dtype is not None and all(isinstance(d, int) for d in s.shape[1:])
 
 
-def _fill(s: TensorSpec, arr: np.ndarray, origin: str, record: dict[str, object]) -> None:
-    """Take what ``s`` leaves open from ``arr`` (first axis = samples): rank, dynamic dims, dtype."""
+def _fill(s: TensorSpec, arr: np.ndarray, origin: str, record: dict[str, object]) -> list[int]:
+    """Take what ``s`` leaves open from ``arr`` (first axis = samples): rank, dynamic dims, dtype. Returns the axes
+    whose size it took."""
     if s.dtype is None and arr.dtype.kind in "fiub":
         # numpy's default float64 is never an edge model's input type
         s.dtype = "float32" if arr.dtype == np.float64 else str(arr.dtype)
         record["dtype"] = origin + (" (float64 read as float32)" if arr.dtype == np.float64 else "")
     if arr.ndim == 0:
-        return
+        return []
     if not s.shape:
         s.shape = [1, *arr.shape[1:]]
         record["shape"] = ["batch 1 (static)"] + [origin] * (arr.ndim - 1)
-        return
+        return list(range(1, arr.ndim))
     if arr.ndim != len(s.shape):
-        return  # the data loader names the mismatch with the expected shape
-    shape_from = record["shape"]
-    for i in range(1, len(s.shape)):
-        if not isinstance(s.shape[i], int):
-            s.shape[i] = int(arr.shape[i])
-            shape_from[i] = origin
+        return []  # the data loader names the mismatch with the expected shape
+    taken = [i for i in range(1, len(s.shape)) if not isinstance(s.shape[i], int)]
+    for i in taken:
+        s.shape[i] = int(arr.shape[i])
+        record["shape"][i] = origin
+    return taken
 
 
 def _placeholder(i: int, shape: list[Dim], layout: str | None) -> str:

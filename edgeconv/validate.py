@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeconv.bundle import Bundle, write_json
-from edgeconv.core.accuracy import classifier_output, topk_accuracy
+from edgeconv.core.accuracy import recorded_score_output, score_output, scored, topk_accuracy
 from edgeconv.core.artifact import artifact_to_run, runner_options
 from edgeconv.core.backends.base import inverse_perm
 from edgeconv.core.data import data_specs, load_request_data
 from edgeconv.core.execute import execute
+from edgeconv.core.memory import PhaseMemory, open_measured
 from edgeconv.core.request import REQUEST_SCHEMA, complete_request, resolve_paths
 from edgeconv.data import data_record, load_inputs, run_batched
 from edgeconv.errors import BadInput
@@ -48,6 +49,12 @@ class ValidateRequest:
     inference_precision: str | None = None  # OpenVINO: f32 (default, honest parity) or native
     performance_hint: str | None = None  # OpenVINO: latency (default) or throughput (adds an async-queue figure)
     io_layout: str = "source"  # "nhwc": --data is in the artifact's own layout (TFLite NHWC), fed as it is
+    score_output: str | None = None  # the output accuracy is computed on (else the core's rule: accuracy.score_output)
+    min_seconds: float = 1.0  # timed runs: at least `runs` and at least this long (defaults justified in core/stats.py)
+    warmup_seconds: float = 0.2
+    stable: bool = False  # rounds until successive p50s agree
+    allow_unstable: bool = False  # judge --max-latency-ms on an unstable measurement anyway
+    max_memory_mb: float | None = None  # budget: peak RSS of the run
 
     def to_request(self) -> dict[str, Any]:
         """The serialisable request (``edgeconv.core.request.REQUEST_DEFAULTS`` names every field)."""
@@ -55,6 +62,8 @@ class ValidateRequest:
                    "performance_hint": self.performance_hint}
         return {"schema": REQUEST_SCHEMA, "command": "validate", "runs": self.runs, "warmup": self.warmup,
                 "threads": self.threads, "max_latency_ms": self.max_latency_ms, "max_accuracy_drop": self.max_accuracy_drop,
+                "score_output": self.score_output, "min_seconds": self.min_seconds, "warmup_seconds": self.warmup_seconds,
+                "stable": self.stable, "allow_unstable": self.allow_unstable, "max_memory_mb": self.max_memory_mb,
                 "atol": {"*" if k is None else k: v for k, v in self.atol.items()},
                 "runner_options": {k: v for k, v in options.items() if v is not None}, "io_layout": self.io_layout,
                 "data": None if self.data is None else {"file": str(self.data.resolve()), "path": str(self.data)}}
@@ -84,18 +93,20 @@ def build_request(req: ValidateRequest, steps: Steps | None = None, *, check_dat
         if req.source is not None:
             what = "accuracy" if labels is not None else "predictions"
             with steps.step(f"Source {what} on {req.data.name} ({req.source.name})"):
-                scores, framework = _source_scores(req, bundle, art, feed)
+                scores, framework, which = _source_scores(req, bundle, art, feed, labels, request)
                 if labels is None:
                     request["source_predictions"] = scores.argmax(1).tolist()
                 else:
                     acc = topk_accuracy(scores, labels)
-                    request["source_accuracy"] = {**data_record(req.data, len(labels)), **acc,
+                    request["source_accuracy"] = {**data_record(req.data, len(labels)), **acc, **which,
                                                   "measured_with": f"{framework} (at validate time)"}
     return request
 
 
-def _source_scores(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], feed) -> tuple[Any, str]:
-    """The source model's class scores on --data (in the source's layout), measured here, and its framework."""
+def _source_scores(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], feed, labels,
+                   request: dict[str, Any]) -> tuple[Any, str, dict[str, str]]:
+    """The source model's class scores on --data (in the source's layout), measured here, its framework, and which output
+    was scored (the output the artifact's accuracy is computed on: the core's ``score_output``)."""
     if req.io_layout == "nhwc":  # the source takes its own layout
         perms = (art.get("runner_options") or {}).get("permutations") or {}
         feed = {k: v.transpose(inverse_perm(perms[k])) if perms.get(k) else v for k, v in feed.items()}
@@ -103,10 +114,11 @@ def _source_scores(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], fe
     source = load_source(req.source, LoadOptions(lo.get("model_class"), lo.get("model_kwargs") or {}, req.trust_pickle))
     batch = bundle.inputs[0].shape[0] if bundle.inputs and isinstance(bundle.inputs[0].shape[0], int) else None
     out = run_batched(source.run, feed, batch)
-    idx = classifier_output(out)
+    names = [o.name for o in bundle.outputs]
+    idx, chosen_by = score_output(names, out, labels, *recorded_score_output(bundle.manifest, request))
     if idx is None:
         raise BadInput("--source compares class scores; this model has no output of shape (N, classes)")
-    return out[idx], source.framework
+    return out[idx], source.framework, scored(names, idx, chosen_by)
 
 
 def run_request(bundle_path: Path, request: dict[str, Any], *, report: Path | None = None, steps: Steps | None = None,
@@ -128,10 +140,11 @@ def run_request(bundle_path: Path, request: dict[str, Any], *, report: Path | No
     def open_it():
         return open_runner(art["runner"], artifact, threads=request["threads"], options=options)
 
+    memory = PhaseMemory()
     with steps.step(f"Loading {art['file']} on {art['runner']}"):
-        runner = open_it()
+        runner = open_measured(memory, art["runner"], open_it)
     with runner:
-        result = execute(request, str(bundle.path), m, art, runner, data, reopen=open_it, step=steps.step)
+        result = execute(request, str(bundle.path), m, art, runner, data, reopen=open_it, step=steps.step, memory=memory)
     dest = report or bundle.path / "validation.json"
     write_json(dest, result)
     result["report_file"] = str(dest)

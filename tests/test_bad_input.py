@@ -165,7 +165,7 @@ def test_tampered_artifact_is_refused(cli, samples, tmp_path):
     assert cli("convert", samples / "digits_cnn.pt", "-o", out, "--json").code == 0
     with open(out / "model.onnx", "ab") as f:
         f.write(b"\0")
-    assert_refused(cli("validate", out), 1, "changed since conversion")
+    assert_refused(cli("validate", out), 2, "changed since conversion")  # a damaged bundle is bad input (issue 26)
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -85,25 +85,25 @@ def test_the_runner_is_one_deterministic_file_that_says_its_protocol(tmp_path, m
         assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     r = subprocess.run([sys.executable, str(tmp_path / "a" / DEVICE_RUNNER_NAME), "--protocol"], capture_output=True,
                        text=True, timeout=60, check=False)
-    assert r.returncode == 0 and r.stdout.strip() == str(PROTOCOL_VERSION) == "2", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == str(PROTOCOL_VERSION) == "4", r.stderr
 
 
 def test_a_request_of_an_unknown_protocol_is_refused(bundles, tmp_path):
     """A request made by a newer edgeconv: refused (exit 2) with a typed error, before any of its fields is read."""
     bundle = bundles("pt")
-    (tmp_path / "request.json").write_text(json.dumps({"protocol": 3, "runs": 2, "a_field_of_protocol_3": True}))
+    (tmp_path / "request.json").write_text(json.dumps({"protocol": 5, "runs": 2, "a_field_of_protocol_5": True}))
     r = subprocess.run([sys.executable, str(bundle / DEVICE_RUNNER_NAME), str(bundle), "--request",
                         str(tmp_path / "request.json"), "--json"], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2, r.stderr
     err = json.loads(r.stdout)["error"]
-    assert err["type"] == "UnknownProtocol" and err["exit_code"] == 2 and "protocol 3" in err["message"]
+    assert err["type"] == "UnknownProtocol" and err["exit_code"] == 2 and "protocol 5" in err["message"]
     from edgeconv.core.request import complete_request
     from edgeconv.errors import BadInput, UnknownProtocol
 
     with pytest.raises(UnknownProtocol) as exc:
-        complete_request({"protocol": 3})
+        complete_request({"protocol": 5})
     assert isinstance(exc.value, BadInput) and exc.value.exit_code == 2
-    assert complete_request({"protocol": 1})["protocol"] == 1 and complete_request({})["protocol"] == 2
+    assert complete_request({"protocol": 1})["protocol"] == 1 and complete_request({})["protocol"] == 4
 
 
 def test_one_error_per_kind():

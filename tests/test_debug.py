@@ -129,7 +129,9 @@ def test_fallback_that_cannot_meet_the_budget_fails_with_exit_1(planted, tmp_pat
     assert m["status"] == "failed-check" and not fb["ok"]
     # every lever was pulled, in order, and said what it did: jetson's other calibration methods, then one float layer
     # (--max-float-layers 1), and TensorRT has no 16-bit activations
-    assert [lever["name"] for lever in fb["levers"]] == ["calibration", "packed-outputs", "float-layers", "int16-activations"]
+    assert [lever["name"] for lever in fb["levers"]] == ["calibration", "packed-outputs", "float-layers", "int16-activations",
+                                                         "qat"]
+    assert "no --finetune" in fb["levers"][4]["skipped"]
     assert "no output" in fb["levers"][1]["skipped"]  # the digits logits share one range
     assert [a["settings"]["calibration"] for a in fb["attempts"] if a["lever"] == "calibration"] == [
         "entropy", "percentile"]

@@ -44,7 +44,7 @@ def test_same_request_same_report_here_and_on_the_device(cli, bundles, sshd, dev
     same parity numbers, accuracy and budgets in the same fields as this host."""
     python = device_python if where == "device runner" else sys.executable
     opts = ["--data", samples / "digits_test.npz", "--atol", "output=1e-3", "--max-accuracy-drop", "0", "--max-latency-ms",
-            "10000", "--runs", "5", "--json"]
+            "10000", "--allow-unstable", "--runs", "5", "--json"]  # a shared machine: stability is test_latency_stability's
     local = _validate(cli, bundles("pt"), *opts)
     assert local.code == 0, local
     r = _on_device(cli, sshd, python, bundles("pt"), *opts)
@@ -70,7 +70,8 @@ def test_a_budget_missed_on_the_device_exits_1(cli, bundles, sshd, device_python
     r = _on_device(cli, sshd, python, bundles("pt"), "--runs", "5", "--max-latency-ms", "0.000001", "--json")
     assert r.code == 1, r
     dev = r.json()["devices"][0]
-    assert not dev["ok"] and dev["report"]["budgets"] == [
+    budgets = [dict((k, b[k]) for k in ("name", "limit", "value", "ok")) for b in dev["report"]["budgets"]]
+    assert not dev["ok"] and budgets == [
         {"name": "max_latency_ms_p50", "limit": 1e-06, "value": dev["report"]["latency"]["p50_ms"], "ok": False}]
     table = _on_device(cli, sshd, python, bundles("pt"), "--runs", "5", "--max-latency-ms", "0.000001")
     assert table.code == 1
@@ -223,7 +224,7 @@ def test_a_request_file_runs_here_as_it_runs_there(cli, bundles, samples, tmp_pa
     r = cli("validate", bundles("pt"), "--request", tmp_path / "request.json", "--report", tmp_path / "r.json", "--json")
     assert r.code == 1, r
     rep = r.json()
-    assert rep["latency"]["runs"] == 4 and rep["accuracy"]["data"]["path"] == "digits_test.npz"
+    assert rep["latency"]["runs"] >= 4 and rep["accuracy"]["data"]["path"] == "digits_test.npz"
     assert rep["budgets"][0]["name"] == "max_latency_ms_p50" and not rep["budgets"][0]["ok"]
     (tmp_path / "bad.json").write_text(json.dumps({"schema": 1, "runs": 4, "max_latency": 1}))
     r = cli("validate", bundles("pt"), "--request", tmp_path / "bad.json")

@@ -88,10 +88,10 @@ def test_remote_validate_matches_local(cli, bundles, sshd, samples):
     assert dev["ok"] and dev["report"]["device"]["ran"] == "edgeconv"
     rep = dev["report"]
     assert rep["parity"]["outputs"] == local["parity"]["outputs"]  # same bundle, same runtime: identical numbers
-    assert rep["latency"]["runs"] == 10 and rep["latency"]["p50_ms"] > 0
+    assert rep["latency"]["runs"] >= 10 and rep["latency"]["p50_ms"] > 0  # at least --runs and --min-seconds
     assert rep["accuracy"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
     saved = bundle / "reports" / "127.0.0.1" / "validation.json"
-    assert json.loads(saved.read_text())["latency"]["runs"] == 10
+    assert json.loads(saved.read_text())["latency"]["runs"] >= 10
 
 
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
@@ -307,7 +307,7 @@ def test_a_runner_of_a_newer_protocol_is_refused(cli, bundles, sshd, device_pyth
     r = cli("validate", new, "--remote", remote(sshd), *sshd["opts"], "--remote-python", device_python)
     assert r.code == 3, r
     text = " ".join((r.stdout + r.stderr).split())
-    assert "edgeconv_runner.pyz) reads request protocol 99, newer than this edgeconv's 2" in text
+    assert "edgeconv_runner.pyz) reads request protocol 99, newer than this edgeconv's 4" in text
     assert "upgrade edgeconv on this machine" in text and "ran a request" not in text
 
 
@@ -332,7 +332,7 @@ def test_an_edgeconv_older_than_the_protocol_leaves_the_run_to_the_runner(cli, b
 
 def test_an_edgeconv_of_a_newer_protocol_is_refused(cli, bundles, sshd, device_python, tmp_path):
     python = _python_with(tmp_path, device_python, {"edgeconv/__init__.py": "", "edgeconv/core/__init__.py": "",
-                                                    "edgeconv/core/request.py": "PROTOCOL_VERSION = 3\n"})
+                                                    "edgeconv/core/request.py": "PROTOCOL_VERSION = 5\n"})
     r = cli("validate", bundles("pt"), "--remote", remote(sshd), *sshd["opts"], "--remote-python", python)
     assert r.code == 3, r
-    assert "reads request protocol 3, newer than this edgeconv's 2" in " ".join((r.stdout + r.stderr).split())
+    assert "reads request protocol 5, newer than this edgeconv's 4" in " ".join((r.stdout + r.stderr).split())

@@ -30,7 +30,7 @@ def test_convert_then_validate_matches_source(name, bundles, cli, samples):
     assert acc["artifact"]["top1"] > 0.9
     assert acc["drop_points"] == pytest.approx(0.0, abs=1e-9)
     lat = report["latency"]
-    assert lat["runs"] == 20 and 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert lat["runs"] >= 20 and 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
     assert report["measured_on"]["runtime"] == "onnxruntime"
     assert (bundle / "validation.json").is_file()
 

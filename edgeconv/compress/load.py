@@ -53,7 +53,7 @@ def load(torch, req: CompressRequest) -> Loaded:
     source = load_source(req.model, req.load)
     refuse_torchscript(req.model, source.format)
     specs = _specs(source, req)
-    model, functional = _trainable(torch, source)
+    model, functional = trainable(torch, source)
     feed = random_inputs(specs, batch=1)
     example = {s.name: np.asarray(feed[s.name]) for s in specs}
     args = tuple(torch.from_numpy(example[s.name]) for s in specs)
@@ -78,7 +78,9 @@ def _specs(source, req: CompressRequest) -> list[TensorSpec]:
                                          f"samples), or the shape: --input-shape {shape}") from None
 
 
-def _trainable(torch, source) -> tuple[Any, list[str]]:
+def trainable(torch, source) -> tuple[Any, list[str]]:
+    """A module that trains and computes what ``source`` computes: the program's graph with its convolutions, linears
+    and batch norms lifted into modules (a .pt2), or a copy of the source's module; and the ATen calls left functional."""
     if source.program is not None:
         model, functional = trainable_from_program(torch, source.program)
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -11,22 +11,23 @@ from edgeconv.progress import TrainingProgress
 from edgeconv.specs import TensorSpec
 
 
-def _logits(torch, out):
+def _logits(torch, out, index: int = 0):
+    """The class scores among a module's outputs: the ``index``-th of a dict, tuple or list, else the one tensor."""
     if isinstance(out, dict):
-        out = next(iter(out.values()))
+        out = list(out.values())
     if isinstance(out, (tuple, list)):
-        out = out[0]
+        out = out[index]
     return out
 
 
 def _epoch(torch, model, opt, tensors: list, labels, starts: list[int], batch_size: int, perm,
-           progress: TrainingProgress) -> tuple[float, int, int]:
+           progress: TrainingProgress, output_index: int = 0) -> tuple[float, int, int]:
     """One pass over the shuffled batches: the summed loss, the correct predictions and the samples seen."""
     total_loss, correct, seen = 0.0, 0, 0
     for i in starts:
         idx = perm[i:i + batch_size]
         opt.zero_grad()
-        logits = _logits(torch, model(*[t[idx] for t in tensors]))
+        logits = _logits(torch, model(*[t[idx] for t in tensors]), output_index)
         loss = torch.nn.functional.cross_entropy(logits, labels[idx])
         loss.backward()
         opt.step()
@@ -38,9 +39,13 @@ def _epoch(torch, model, opt, tensors: list, labels, starts: list[int], batch_si
 
 
 def finetune(torch, model, specs: list[TensorSpec], feed: dict[str, np.ndarray], y: np.ndarray, *, epochs: int, lr: float,
-             batch_size: int, seed: int, magnitude: MagnitudePruning | None, progress: TrainingProgress) -> list[dict[str, Any]]:
-    """Cross-entropy on the model's own input layout, Adam, seeded shuffles; with ``magnitude``, the sparsity follows
-    :func:`sparsity_schedule` (pruned at the start of each epoch). Returns one row per epoch."""
+             batch_size: int, seed: int, magnitude: MagnitudePruning | None, progress: TrainingProgress,
+             output_index: int = 0, modes: tuple[Callable, Callable] | None = None) -> list[dict[str, Any]]:
+    """Cross-entropy on the model's own input layout (its ``output_index``-th output), Adam, seeded shuffles; with
+    ``magnitude``, the sparsity follows :func:`sparsity_schedule` (pruned at the start of each epoch). ``modes``: how to
+    put the model in training and in eval mode (default ``model.train()``/``model.eval()``; an exported graph module
+    needs torchao's). Returns one row per epoch."""
+    to_train, to_eval = modes or (lambda m: m.train(), lambda m: m.eval())
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     tensors = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs]
@@ -56,14 +61,15 @@ def finetune(torch, model, specs: list[TensorSpec], feed: dict[str, np.ndarray],
         for epoch in range(epochs):
             if magnitude:
                 magnitude.step(schedule[epoch])
-            model.train()
+            to_train(model)
             perm = torch.randperm(n, generator=gen)
-            total_loss, correct, seen = _epoch(torch, model, opt, tensors, labels, starts, batch_size, perm, progress)
+            total_loss, correct, seen = _epoch(torch, model, opt, tensors, labels, starts, batch_size, perm, progress,
+                                               output_index)
             row = {"epoch": epoch + 1, "loss": total_loss / seen, "train_top1": correct / seen,
                    "sparsity": schedule[epoch]}
             history.append(row)
             progress.epoch(row, epochs)
     finally:
         progress.close()
-        model.eval()
+        to_eval(model)
     return history

@@ -3,10 +3,12 @@ measured (``Attempt``), and the scratch space they are built in (``Guard``). See
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,21 @@ class GuardJob:
     goal: str = "accuracy"  # what the kept artifact must pass: "accuracy", "agreement" or "parity" (Evaluator.goal)
     model_path: Path | None = None  # the source model and its load options: the guard's own target cache is keyed by them
     load_options: LoadOptions | None = None
+    levers: list[str] | None = None  # --levers: the levers to pull, in this order (None: all, in LEVERS order)
+    tune: Callable[[Path], Tuned] | None = None  # --finetune: quantization-aware fine-tuning into a folder (guard.py)
+
+
+@dataclass
+class Tuned:
+    """The source after quantization-aware fine-tuning (edgeconv/convert/qat.py): its canonical ONNX graph, its outputs
+    on the reference feed (the fine-tuned artifacts' parity reference) and what the training did."""
+
+    source: Any  # the fine-tuned model loaded by its frontend (a SourceModel)
+    pt2: Path
+    onnx_path: Path
+    expected: list[np.ndarray]
+    record: dict[str, Any]
+    onnx_parity: dict[str, Any] = field(default_factory=dict)  # its ONNX graph against it (as check_onnx for the source)
 
 
 @dataclass
@@ -60,6 +77,7 @@ class Attempt:
     goal_check: dict[str, Any]  # the check the guard must pass (Evaluator.goal): accuracy, agreement or parity
     float_layers: list[dict[str, Any]] = field(default_factory=list)
     p50_ms: float | None = None
+    tuned: Tuned | None = None  # built from the fine-tuned source (the qat lever), not from the source itself
 
     @property
     def score(self) -> float:
@@ -81,7 +99,8 @@ class Attempt:
     def row(self) -> dict[str, Any]:
         return {"lever": self.lever, "label": self.label, "settings": self.settings.to_dict(),
                 "layers": [c["source"] or c["layer"] for c in self.float_layers], "float_layers": len(self.float_layers),
-                self.score_name: self.score, "ok": self.ok, "parity_ok": self.parity_check["ok"], "p50_ms": self.p50_ms}
+                self.score_name: self.score, "ok": self.ok, "parity_ok": self.parity_check["ok"], "p50_ms": self.p50_ms,
+                "finetuned": self.tuned is not None}
 
     @property
     def score_name(self) -> str:
@@ -146,24 +165,42 @@ class Guard:
         return min([self.first, *self.attempts], key=lambda a: (not a.ok, a.score))
 
     def attempt(self, lever: str, label: str, settings: QuantSettings, float_layers: list[dict[str, Any]],
-                record: bool = True) -> Attempt:
+                record: bool = True, tuned: Tuned | None = None) -> Attempt:
+        """One artifact built by the target (from the fine-tuned graph when ``tuned``) and measured: parity against its
+        source's outputs, and the guard's goal (accuracy against the source's own)."""
         job = self.job
         workdir = self.scratch / f"attempt-{len(self.attempts) + 1}{'' if record else '-probe'}-{time.monotonic_ns()}"
         workdir.mkdir()
         job.ctx.float_layers, job.ctx.quant = float_layers, settings
-        with job.steps.step(f"int8 guard: {label}"):
+        evaluator = job.evaluator if tuned is None else replace(job.evaluator, expected=tuned.expected)
+        with job.steps.step(f"int8 guard: {label}"), self._building(tuned) as onnx_path:
             with converter_step(f"the {job.profile.backend} conversion ({label})", job.failed_dir):
-                conversion = job.target.convert(job.onnx_path, workdir, job.profile, job.topts, job.ctx)
+                conversion = job.target.convert(onnx_path, workdir, job.profile, job.topts, job.ctx)
             art = _model(conversion)
             options = {**art.extra.get("runner_options", {}), **job.runner_options}  # as Attempt.options
             with converter_step(f"running {art.file} on {art.runner}", job.failed_dir):
-                parity = job.evaluator.artifact_parity(workdir, art, options)
-                goal = job.evaluator.goal(job.goal, workdir, art, options)
+                parity = evaluator.artifact_parity(workdir, art, options)
+                goal = evaluator.goal(job.goal, workdir, art, options)
         found = Attempt(lever, label, settings, workdir, conversion, parity, {"kind": "parity", **parity.to_dict()}, goal,
-                        list(float_layers))
+                        list(float_layers), tuned=tuned)
         if record:
             self.attempts.append(found)
         return found
+
+    @contextlib.contextmanager
+    def _building(self, tuned: Tuned | None):
+        """The graph the target converts: the source's, or the fine-tuned one with its own calibration ranges (the
+        ranges ONNX Runtime keeps per method are the source's) and its own source model."""
+        ctx = self.job.ctx
+        if tuned is None:
+            yield self.job.onnx_path
+            return
+        saved = ctx.reuse_dir, ctx.source_model
+        ctx.reuse_dir, ctx.source_model = tuned.onnx_path.parent / "reuse", tuned.source
+        try:
+            yield tuned.onnx_path
+        finally:
+            ctx.reuse_dir, ctx.source_model = saved
 
     def within_budget(self) -> bool:
         return self.best.ok

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv.core.accuracy import drop_budget, scored
 from edgeconv.data import accuracy, data_record, run_batched
 from edgeconv.parity import ParityReport, Tolerance, compare
 from edgeconv.runners import open_runner
@@ -25,6 +26,7 @@ class EvalData:
     labels: np.ndarray | None
     source_outputs: list[np.ndarray]
     score_index: int | None
+    score_by: str | None = None  # why that output is scored (edgeconv.core.accuracy.score_output)
 
     @property
     def count(self) -> int:
@@ -63,12 +65,12 @@ class Evaluator:
         assert d is not None and d.labels is not None and d.score_index is not None
         src_acc = accuracy(d.source_outputs[d.score_index], d.labels)
         art_acc = accuracy(self.outputs(workdir / art.file, art.runner, d.feed, options)[d.score_index], d.labels)
-        drop = (src_acc["top1"] - art_acc["top1"]) * 100
+        budget = drop_budget(src_acc["top1"], art_acc["top1"], len(d.labels), self.max_accuracy_drop)
         record = data_record(d.path, len(d.labels))
-        ok = self.max_accuracy_drop is None or drop <= self.max_accuracy_drop
-        source_accuracy = {**record, **src_acc, "measured_with": self.framework}
-        check = {"kind": "accuracy", "ok": ok, "data": record, "source": src_acc, "artifact": art_acc,
-                 "drop_points": drop, "max_drop_points": self.max_accuracy_drop}
+        which = scored(self.names, d.score_index, d.score_by)
+        source_accuracy = {**record, **src_acc, **which, "measured_with": self.framework}
+        check = {"kind": "accuracy", "ok": budget["ok"], "data": record, **which, "source": src_acc, "artifact": art_acc,
+                 "drop_points": budget["drop_points"], "max_drop_points": self.max_accuracy_drop, "compared": budget["compared"]}
         return source_accuracy, check
 
     def goal(self, kind: str, workdir: Path, art: Artifact, options: dict[str, Any]) -> dict[str, Any]:
@@ -120,14 +122,25 @@ def score_of(check: dict[str, Any]) -> float:
     return float(check["drop_points"]) if check["kind"] == "accuracy" else tolerance_ratio(check)
 
 
-def failure_reason(check: dict[str, Any], fallback: str, max_accuracy_drop: float | None, max_float_layers: int) -> str:
-    """One sentence for a failed check, as the CLI prints it."""
-    if check["kind"] == "accuracy" and fallback == "auto":
-        return (f"accuracy drop {check['drop_points']:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop} even after "
-                f"the int8 guard's levers (other calibration, up to {max_float_layers} layer(s) in float: --max-float-layers, "
-                "16-bit activations where the target has them; the manifest's fallback lists every attempt)")
+def failure_reason(check: dict[str, Any], fallback: dict[str, Any] | None, max_accuracy_drop: float | None) -> str:
+    """One sentence for a failed check, as the CLI prints it (``fallback``: the int8 guard's record, when it ran)."""
+    compared = f" ({check['compared']})" if check.get("compared") else ""
+    if check["kind"] == "accuracy" and fallback is not None:
+        return (f"accuracy drop {check['drop_points']:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop}{compared} "
+                f"even after the int8 guard's levers ({levers_summary(fallback)}; the manifest's fallback lists every attempt)")
     if check["kind"] == "accuracy":
-        return f"accuracy drop {check['drop_points']:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop}"
+        return f"accuracy drop {check['drop_points']:.2f} points exceeds --max-accuracy-drop {max_accuracy_drop}{compared}"
     if check["kind"] == "agreement":
         return f"the artifact does not agree with the source on {check['data']['path']} within its tolerance"
     return check.get("reason") or f"check {check['kind']} failed"
+
+
+def levers_summary(fallback: dict[str, Any]) -> str:
+    """What the guard's levers did, in one line: those tried, those skipped and why."""
+    notes = fallback.get("levers") or []
+    limit = f" (up to {fallback.get('max_float_layers')}: --max-float-layers)"
+    tried = [n["name"] + (limit if n["name"] == "float-layers" else "") for n in notes
+             if not n.get("skipped") and not n.get("failed")]
+    other = [f"{n['name']} ({n.get('skipped') or n.get('failed')})" for n in notes if n.get("skipped") or n.get("failed")]
+    parts = ([f"tried {', '.join(tried)}"] if tried else []) + ([f"not {'; '.join(other)}"] if other else [])
+    return "; ".join(parts) or "none pulled"

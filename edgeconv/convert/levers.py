@@ -1,8 +1,9 @@
 """The int8 guard's levers, in the order the guard pulls them (``LEVERS``): calibration, packed outputs, float layers,
-16-bit activations. Each takes the ``Guard`` (its attempts so
-far, the best of them first in line), builds and measures attempts through ``Guard.attempt``, and returns a note for the
-record: what it tried, or why it was skipped. A lever starts from the best attempt so far, so calibration found by the
-first lever carries into the float layers of the second. See edgeconv/convert/guard.py and docs/architecture.md."""
+16-bit activations, quantization-aware fine-tuning (``convert --levers`` picks and orders them). Each takes the
+``Guard`` (its attempts so far, the best of them first in line), builds and measures attempts through
+``Guard.attempt``, and returns a note for the record: what it tried, or why it was skipped. A lever starts from the
+best attempt so far, so calibration found by the first lever carries into the float layers of the second. See
+edgeconv/convert/guard.py and docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -165,4 +166,32 @@ def int16_activations(g: Guard) -> dict[str, Any]:
     return {**note, a.score_name: a.score, "ok": a.ok}
 
 
-LEVERS = (calibration, packed_outputs, float_layers, int16_activations)
+def qat(g: Guard) -> dict[str, Any]:
+    """Quantization-aware fine-tuning on ``--finetune`` (edgeconv/convert/qat.py), then the backend's int8 of the
+    fine-tuned graph with the best calibration so far: alone, then with the best attempt's float layers."""
+    from edgeconv.errors import ConversionFailed, MissingDependency
+
+    note: dict[str, Any] = {"name": "qat"}
+    job = g.job
+    if job.tune is None:
+        return {**note, "skipped": "no --finetune TRAIN.npz (a labelled training set for a PyTorch source) was given"}
+    if job.goal != "accuracy":
+        return {**note, "skipped": "fine-tuning changes the model's outputs: it is judged by --max-accuracy-drop on "
+                                   "labelled --data, not by agreement or parity with the source"}
+    base = g.best
+    try:
+        tuned = job.tune(g.scratch / "qat")
+    except (ConversionFailed, MissingDependency) as exc:
+        return {**note, "failed": exc.message}
+    settings = replace(base.settings, activations="int8")
+    a = g.attempt("qat", "fine-tuned with quantization in the loop, full int8", settings, [], tuned=tuned)
+    tried = [{"float_layers": 0, a.score_name: a.score, "ok": a.ok}]
+    if not a.ok and base.float_layers:
+        label = f"fine-tuned, {len(base.float_layers)} layer(s) in float as before"
+        b = g.attempt("qat", label, settings, base.float_layers, tuned=tuned)
+        tried.append({"float_layers": len(base.float_layers), b.score_name: b.score, "ok": b.ok})
+    return {**note, **tuned.record, "tried": tried}
+
+
+LEVERS = {"calibration": calibration, "packed-outputs": packed_outputs, "float-layers": float_layers,
+          "int16-activations": int16_activations, "qat": qat}

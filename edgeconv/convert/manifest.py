@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from edgeconv import __version__
+from edgeconv import __version__, quiet
 from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, save_reference, write_device_runner, write_json
 from edgeconv.convert.state import ConvertState
 from edgeconv.export_cache import layer_names
@@ -18,8 +18,10 @@ from edgeconv.targets import Artifact
 
 
 def write(st: ConvertState) -> None:
-    """reference.npz, the device runner and manifest.json into the bundle being written."""
+    """reference.npz, the device runner, convert.log (what the libraries printed) and manifest.json into the bundle
+    being written."""
     work = st.work
+    (work / quiet.LOG_NAME).write_text(quiet.text())
     st.checks = [*st.checks, st.accuracy_check] if st.accuracy_check is not None else st.checks
     save_reference(work / REFERENCE, st.feed, st.expected, st.names)
     artifacts = st.conversion.artifacts
@@ -52,7 +54,10 @@ def manifest(st: ConvertState, artifacts: list[Artifact]) -> dict[str, Any]:
         "input_origins": st.resolved.origins,
         "outputs": [s.to_dict() for s in st.outputs],
         "artifacts": [_artifact_entry(st.work, a) for a in artifacts] + canonical,
-        "reference": {"file": REFERENCE, "samples": len(next(iter(st.feed.values()))), "inputs": st.feed_origin},
+        "log": quiet.LOG_NAME,
+        "reference": {"file": REFERENCE, "sha256": sha256_of(st.work / REFERENCE),
+                      "samples": len(next(iter(st.feed.values()))), "inputs": st.feed_origin,
+                      "runtime": _reference_runtime(source)},
         "tolerances": ({p: vars(t) for p, t in profile.tolerances.items()}
                        | {"overrides": {str(k): v for k, v in req.atol.items()}}),
         "source_accuracy": st.source_accuracy,
@@ -76,6 +81,12 @@ def _source_section(st: ConvertState) -> dict[str, Any]:
         # (layer conv2d under conv2d_1), which edgeconv debug maps back
         "layer_names": layer_names(source),
     }
+
+
+def _reference_runtime(source) -> str:
+    """What computed the reference outputs: the source framework itself; for an ONNX source, ONNX Runtime or, when it
+    refuses the graph (an old opset), onnx's reference evaluator (``onnx.reference``)."""
+    return source.reference_runtime if source.framework == "onnx" else source.framework
 
 
 def _host() -> dict[str, str]:

@@ -34,9 +34,14 @@ class ConvertRequest:
     atol: dict[str | None, float] = field(default_factory=dict)
     data: Path | None = None
     max_accuracy_drop: float | None = None
+    score_output: str | None = None  # --score-output: the output accuracy is computed on (core.accuracy.score_output)
     calib: CalibrationRequest | None = None
     fallback: str = "none"  # "auto": the int8 guard (edgeconv/convert/guard.py) until --max-accuracy-drop holds
     max_float_layers: int = 3
+    levers: list[str] | None = None  # the guard's levers to pull, in order (None: all, edgeconv/convert/levers.py)
+    finetune: Path | None = None  # a labelled training set: the guard's quantization-aware fine-tuning (qat lever)
+    epochs: int | None = None
+    lr: float | None = None
     target_extra: dict[str, Any] = field(default_factory=dict)  # the target's own options (edgeconv/target_options.py)
     cache_dir: Path | None = None  # --cache (else $EDGECONV_CACHE_DIR): edgeconv/export_cache.py
     command_line: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -69,6 +74,8 @@ def check_request(req: ConvertRequest, target: Target, profile: Profile) -> bool
         raise BadInput(f"--calib applies to int8 conversions; {profile.name} {req.precision} does not calibrate")
     if req.max_accuracy_drop is not None and req.data is None:
         raise BadInput("--max-accuracy-drop needs --data (a labelled .npz) to measure accuracy on")
+    if req.score_output is not None and req.data is None:
+        raise BadInput("--score-output names the output accuracy is computed on: pass --data too")
     check_fallback(req, target, profile)
     return needs_calib
 
@@ -77,6 +84,7 @@ def check_fallback(req: ConvertRequest, target: Target, profile: Profile) -> Non
     """``--fallback auto`` needs an int8 conversion on a backend that can keep layers in float."""
     if req.fallback not in FALLBACK_MODES:
         raise BadInput(f"--fallback must be none or auto, not {req.fallback!r}")
+    _check_levers(req)
     if req.fallback == "none":
         return
     if req.precision != "int8":
@@ -87,3 +95,24 @@ def check_fallback(req: ConvertRequest, target: Target, profile: Profile) -> Non
     if not getattr(target, "float_fallback", False):
         raise PreflightError(f"--fallback auto: target {profile.name} ({profile.backend}) has no way to keep layers in float",
                              hint="targets with a float fallback: onnx, jetson, openvino, tflite, coral, ethos-u")
+
+
+def _check_levers(req: ConvertRequest) -> None:
+    """``--levers``, ``--finetune``, ``--epochs`` and ``--lr`` belong to the int8 guard."""
+    from edgeconv.convert.levers import LEVERS
+
+    guard_only = [flag for flag, v in (("--levers", req.levers), ("--finetune", req.finetune)) if v is not None]
+    if guard_only and req.fallback != "auto":
+        raise BadInput(f"{', '.join(guard_only)} set(s) the int8 guard's levers: add --fallback auto")
+    if (req.epochs is not None or req.lr is not None) and req.finetune is None:
+        raise BadInput("--epochs and --lr are for --finetune TRAIN.npz", hint="add --finetune TRAIN.npz (x and labels y)")
+    if req.epochs is not None and req.epochs < 1 or req.lr is not None and req.lr <= 0:
+        raise BadInput("--epochs must be at least 1 and --lr above 0")
+    unknown = [n for n in req.levers or [] if n not in LEVERS]
+    if unknown or req.levers == []:
+        raise BadInput(f"--levers: unknown {', '.join(unknown) or '(none given)'}", hint=f"levers: {', '.join(LEVERS)}")
+    if req.finetune is not None and req.levers is not None and "qat" not in req.levers:
+        raise BadInput("--finetune is the qat lever's training set, and --levers leaves qat out")
+    if req.finetune is not None and req.max_accuracy_drop is None:
+        raise BadInput("--finetune is judged by --max-accuracy-drop on labelled --data: give both",
+                       hint="fine-tuning changes the outputs, so agreement or parity with the source cannot judge it")

@@ -42,8 +42,10 @@ class ConvertState:
     feed_origin: str = ""
     expected: list[np.ndarray] = field(default_factory=list)
     data: EvalData | None = None
+    train: Any = None  # --finetune: the training set of the guard's qat lever (edgeconv/convert/qat.py TrainSet)
     # export + canonical: the checked ONNX graph in the bundle being written
     work: Path | None = None
+    export_opset: int | None = None  # the opset exported at (None: the exporter's default)
     record: ExportRecord | None = None
     canon: CanonicalRecord | None = None
     proto: Any = None

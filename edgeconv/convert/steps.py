@@ -7,19 +7,23 @@ check_data → guard (edgeconv/convert/guard.py) → write (edgeconv/convert/man
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 
+from edgeconv import quiet
 from edgeconv.calibration import load_calibration
-from edgeconv.canonical import canonicalize_file, upgrade_ceiling
+from edgeconv.canonical import CanonicalRecord, canonicalize_file, upgrade_ceiling
 from edgeconv.convert.checks import EvalData, Evaluator, failure_reason
 from edgeconv.convert.failures import converter_step, source_failure, tolerance_hint
 from edgeconv.convert.request import ConvertRequest, ConvertResult, check_request, default_output
 from edgeconv.convert.state import ConvertState
+from edgeconv.core.accuracy import score_output
 from edgeconv.data import classifier_output, load_inputs, run_batched
 from edgeconv.errors import BadInput, CheckFailed, ConversionFailed, EdgeconvError
 from edgeconv.export_cache import ExportCache, ExportSlot
 from edgeconv.frontends import SourceModel, load_source
+from edgeconv.frontends.base import ExportRecord
 from edgeconv.onnx_tools import check_and_infer, io_specs
 from edgeconv.parity import Tolerance
 from edgeconv.profiles import resolve_profile
@@ -36,6 +40,7 @@ CANONICAL_FP32 = Tolerance(atol=1e-4, min_cosine=0.99999)
 
 def plan(req: ConvertRequest, steps: Steps) -> ConvertState:
     """The device profile, its backend and the options it accepts: everything refused before any work."""
+    quiet.reset()  # the bundle's convert.log holds what the libraries print from here on
     profile = resolve_profile(req.target)
     if req.precision is None:
         req.precision = profile.raw.get("default_precision", "fp32")
@@ -100,7 +105,13 @@ def load(st: ConvertState) -> None:
             st.calib_samples, st.calib_record = load_calibration(req.calib, st.inputs)
         real_calib = None if st.calib_record and st.calib_record["random"] else st.calib_samples
         st.feed, st.feed_origin = reference_feed(req, st.inputs, real_calib)
+        if not st.feed or not len(next(iter(st.feed.values()))):  # never run: every check would pass on nothing
+            raise BadInput(f"the reference inputs ({st.feed_origin}) hold no samples: there is nothing to check the "
+                           "conversion on", hint="give data with at least one sample (first axis = samples)")
         st.expected = _source_outputs(st, "reference_outputs", st.feed)
+        if st.source.framework == "onnx" and st.source.reference_note:  # ONNX Runtime refused the original graph
+            st.notes.append(st.source.reference_note)
+            st.steps.note(st.source.reference_note)
         load_data(st)
 
 
@@ -117,6 +128,20 @@ def load_data(st: ConvertState) -> None:
         raise BadInput(f"{req.data} has labels 'y', which need a classifier output of shape (N, classes); this model "
                        "has none", hint="leave 'y' out: unlabelled --data measures the artifact's agreement with the source")
     st.data = EvalData(req.data, feed, labels, scores, index)
+    if req.finetune is not None:
+        st.train = _train_set(st)
+
+
+def _train_set(st: ConvertState):
+    """``--finetune TRAIN.npz`` read and checked before any work: it fine-tunes a PyTorch classifier."""
+    from edgeconv.convert.qat import load_train_set
+
+    req, data = st.req, st.data
+    if st.source.framework != "torch":
+        raise BadInput(f"--finetune fine-tunes a PyTorch source with quantization in the loop; {req.model.name} is a "
+                       f"{st.source.framework} model", hint="leave --finetune out: the guard's other levers apply")
+    classes = int(data.source_outputs[data.score_index].shape[1]) if data and data.score_index is not None else None
+    return load_train_set(req.finetune, st.inputs, classes, req.epochs, req.lr)
 
 
 def _export_opset(st: ConvertState) -> int | None:
@@ -139,22 +164,29 @@ def _export_opset(st: ConvertState) -> int | None:
 
 def export(st: ConvertState) -> None:
     """The source → ONNX export and the canonical step (old opsets upgraded, constants folded), or both from the cache."""
-    req, profile, source = st.req, st.profile, st.source
-    opset = _export_opset(st)
-    settings = {"inputs": [s.to_dict() for s in st.inputs], "opset": opset, "dynamic_batch": req.dynamic_batch,
+    req, profile = st.req, st.profile
+    st.export_opset = _export_opset(st)
+    settings = {"inputs": [s.to_dict() for s in st.inputs], "opset": st.export_opset, "dynamic_batch": req.dynamic_batch,
                 "upgrade_ceiling": upgrade_ceiling(req.opset or profile.max_opset)}
     with st.cache.export(settings, st.onnx_path) if st.cache else contextlib.nullcontext(ExportSlot()) as slot:
         if slot.hit:
             st.record, st.canon = slot.hit
             st.steps.note(f"ONNX export and canonical graph from the cache ({st.cache.dir})")
             return
-        with st.steps.step(f"Exporting ONNX ({source.frontend})"), \
-                converter_step(f"{source.framework} → ONNX export", st.failed_dir):
-            st.record = source.export_onnx(st.onnx_path, inputs=st.inputs, opset=opset, dynamic_batch=req.dynamic_batch)
-        with st.steps.step("Canonical ONNX graph (old opsets upgraded, constants folded)"):
-            st.canon = canonicalize_file(st.onnx_path, max_opset=req.opset or profile.max_opset,
-                                         keep_inputs=[s.name for s in st.inputs], constant_inputs=st.record.constant_inputs)
+        st.record, st.canon = export_graph(st, st.source, st.onnx_path)
         slot.keep(st.record, st.canon)
+
+
+def export_graph(st: ConvertState, source: SourceModel, onnx_path: Path) -> tuple[ExportRecord, CanonicalRecord]:
+    """``source`` exported to ONNX at ``onnx_path`` at this conversion's opset and inputs, then the canonical step (the
+    source itself, or the int8 guard's fine-tuned model)."""
+    with st.steps.step(f"Exporting ONNX ({source.frontend})"), \
+            converter_step(f"{source.framework} → ONNX export", st.failed_dir):
+        record = source.export_onnx(onnx_path, inputs=st.inputs, opset=st.export_opset, dynamic_batch=st.req.dynamic_batch)
+    with st.steps.step("Canonical ONNX graph (old opsets upgraded, constants folded)"):
+        canon = canonicalize_file(onnx_path, max_opset=st.req.opset or st.profile.max_opset,
+                                  keep_inputs=[s.name for s in st.inputs], constant_inputs=record.constant_inputs)
+    return record, canon
 
 
 def check_graph(st: ConvertState) -> None:
@@ -167,6 +199,9 @@ def check_graph(st: ConvertState) -> None:
         if [s.name for s in st.onnx_inputs] != [s.name for s in st.inputs]:
             raise ConversionFailed(f"the exported graph's inputs {[s.name for s in st.onnx_inputs]} differ from the "
                                    f"source's {[s.name for s in st.inputs]}")
+    if st.data is not None:  # the scored output, by --score-output, its name, the labels' range (the graph's names now)
+        st.data.score_index, st.data.score_by = score_output(st.names, st.data.source_outputs, st.data.labels,
+                                                             st.req.score_output)
     st.evaluator = Evaluator(st.source.framework, st.names, st.expected, st.feed, st.batch,
                              st.profile.tolerance(st.req.precision), st.req.atol, st.data, st.req.max_accuracy_drop)
 
@@ -248,7 +283,7 @@ def verdict(st: ConvertState) -> ConvertResult:
             f"{out} is kept and marked failed in its manifest", details=st.parity_miss.failure_text(),
             hint=f"`edgeconv debug {out} --data DATA` shows which layer loses the accuracy; " + tolerance_hint(st.profile))
     if not result.ok:
-        reasons = [failure_reason(c, req.fallback, req.max_accuracy_drop, req.max_float_layers)
+        reasons = [failure_reason(c, st.fallback_record if req.fallback == "auto" else None, req.max_accuracy_drop)
                    for c in st.checks if not c["ok"]]
         raise CheckFailed("; ".join(reasons) + f"; the bundle at {out} is kept and marked failed in its manifest")
     return result

@@ -1,7 +1,8 @@
 """The device runner's command line: run an edgeconv bundle on a device with only numpy and the device's runtime.
 
     python3 edgeconv_runner.pyz [BUNDLE_DIR] --request request.json [--json]
-    python3 edgeconv_runner.pyz [BUNDLE_DIR] [--runs 100] [--warmup 10] [--threads N] [--data test.npz] [--json]
+    python3 edgeconv_runner.pyz [BUNDLE_DIR] [--runs 100] [--min-seconds 1] [--warmup 10] [--threads N] [--data test.npz]
+                                [--stable] [--max-latency-ms MS] [--allow-unstable] [--max-memory-mb MB] [--json]
     python3 edgeconv_runner.pyz [BUNDLE_DIR] --batch-sizes 1,2,4,8 [--min-time S] [--runs 50] [--json]
     python3 edgeconv_runner.pyz [BUNDLE_DIR] --layers [--batch-sizes 1] [--runs 50] [--json]
     python3 edgeconv_runner.pyz --protocol
@@ -21,15 +22,20 @@ from .artifact import artifact_to_run, open_backend, runner_options
 from .data import data_specs, load_request_data
 from .errors import EXIT_CHECK, EXIT_OK, BadInput, EdgeconvError
 from .execute import execute
+from .memory import PhaseMemory, open_measured
 from .request import PROTOCOL_VERSION, complete_request, resolve_paths
+from .stats import PROFILE_MIN_SECONDS
 from .steps import stderr_step
 from .sweep import execute_profile
+
+
+VALIDATE_OPTIONS = ("min_seconds", "warmup_seconds", "stable", "max_latency_ms", "allow_unstable", "max_memory_mb")
 
 
 def _read_request(args):
     with open(args.request) as f:
         request = json.load(f)
-    options = ("runs", "warmup", "threads", "data", "batch_sizes", "min_time", "layers")
+    options = ("runs", "warmup", "threads", "data", "batch_sizes", "min_time", "layers") + VALIDATE_OPTIONS
     given = ["--" + k.replace("_", "-") for k in options if getattr(args, k) is not None]
     if given:
         raise BadInput("--request carries the options; do not also pass %s" % ", ".join(given))
@@ -43,12 +49,14 @@ def request_from_args(args):
         return _read_request(args)
     request = {"runs": args.runs if args.runs is not None else 100, "warmup": args.warmup if args.warmup is not None else 10,
                "threads": args.threads, "where": "device"}
+    request.update((k, getattr(args, k)) for k in VALIDATE_OPTIONS if getattr(args, k) is not None)
     if args.batch_sizes or args.layers:
         if args.data:
             raise BadInput("--data applies to a validate run; --%s makes this a profile run"
                            % ("layers" if args.layers else "batch-sizes"))
         request.update(command="profile", batch_sizes=[int(v) for v in (args.batch_sizes or "").split(",") if v.strip()] or None,
-                       min_time_s=args.min_time, layers=bool(args.layers))
+                       min_time_s=args.min_time if args.min_time is not None or args.layers else PROFILE_MIN_SECONDS,
+                       layers=bool(args.layers))
     elif args.data:
         request["data"] = {"file": os.path.abspath(args.data), "path": args.data}
     return complete_request(request)
@@ -62,14 +70,16 @@ def run(args):
         manifest = json.load(f)
     art, options = artifact_to_run(manifest)
     options = runner_options(art, options, request)
-    backend = open_backend(bundle, art, options, request["threads"])
+    memory = PhaseMemory()
+    backend = open_measured(memory, art["runner"], lambda: open_backend(bundle, art, options, request["threads"]))
     try:
         if request["command"] == "profile":
             report = execute_profile(request, bundle, manifest, art, backend, stderr_step)
         else:
             data = load_request_data(request, data_specs(manifest, art, request["io_layout"]))
             report = execute(request, bundle, manifest, art, backend, data,
-                             reopen=lambda: open_backend(bundle, art, options, request["threads"]), step=stderr_step)
+                             reopen=lambda: open_backend(bundle, art, options, request["threads"]), step=stderr_step,
+                             memory=memory)
     finally:
         backend.close()
     if args.json:
@@ -97,6 +107,9 @@ def _print_validation(report):
     print("%s on %s (%s): %s, p50 %.3f ms, p99 %.3f ms over %d runs" % (
         report["artifact"], mo["runtime"], mo["host"], "ok" if report["ok"] else "FAILED", lat["p50_ms"], lat["p99_ms"],
         lat["runs"]))
+    st = lat["stability"]
+    print("  latency %s%s; peak RSS %.1f MB" % (st["verdict"], ": " + "; ".join(st["reasons"]) if st["reasons"] else "",
+                                              report["memory"]["peak_mb"]))
     if "accuracy" in report:
         acc = report["accuracy"]
         print("  top-1 %.2f%% (drop %s points)" % (100 * acc["artifact"]["top1"],
@@ -104,7 +117,8 @@ def _print_validation(report):
     for r in report["parity"]["outputs"]:
         print("  %-20s %s" % (r["name"], "ok" if r["ok"] else "FAILED %s" % r["reason"]))
     for b in report["budgets"]:
-        print("  %-20s %s (%.4g, limit %s)" % (b["name"], "ok" if b["ok"] else "FAILED", b["value"], b["limit"]))
+        print("  %-20s %s (%.4g, limit %s)%s" % (b["name"], "ok" if b["ok"] else "FAILED", b["value"], b["limit"],
+                                                 " " + b["compared"] if b.get("compared") else ""))
 
 
 def parser(default_bundle=None):
@@ -115,6 +129,12 @@ def parser(default_bundle=None):
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--min-seconds", type=float, default=None, help="time at least this long (default 1) as well as --runs")
+    ap.add_argument("--warmup-seconds", type=float, default=None, help="warm up at least this long (default 0.2)")
+    ap.add_argument("--stable", action="store_true", default=None, help="repeat rounds until successive p50s agree")
+    ap.add_argument("--max-latency-ms", type=float, default=None, help="budget: p50 latency (never passed when unstable)")
+    ap.add_argument("--allow-unstable", action="store_true", default=None, help="judge the latency budget even when unstable")
+    ap.add_argument("--max-memory-mb", type=float, default=None, help="budget: peak resident memory of the run")
     ap.add_argument("--data", default=None, help="labelled .npz (x, y): top-1 accuracy on the device")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 1,2,4,8: a latency/throughput sweep")

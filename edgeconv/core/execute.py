@@ -7,23 +7,27 @@ import os
 
 import numpy as np
 
-from .accuracy import classifier_output, outputs_on_data, source_accuracy, topk_accuracy
+from .accuracy import drop_budget, outputs_on_data, recorded_score_output, score_output, scored, source_accuracy, topk_accuracy
 from .data import reference, run_batched
 from .errors import BadInput
+from .conditions import conditions, snapshot
 from .machine import measured_on
+from .memory import PhaseMemory, memory_budget
 from .parity import compare_outputs, tolerance_of
-from .stats import LATENCY_METHOD, cold_start, summarize_latency, time_backend
+from .stats import LATENCY_METHOD, cold_start, latency_budget, measure
 from .steps import no_step
 
 
-def execute(request, bundle_dir, manifest, art, backend, data=None, reopen=None, step=None):
+def execute(request, bundle_dir, manifest, art, backend, data=None, reopen=None, step=None, memory=None):
     """Run a complete validate request on an open backend and return the report.
 
     ``backend``: ``prepare(feed)``, ``run(prepared) -> outputs``, ``last_s``, ``info()``, ``fixed_batch()``
     (and ``async_throughput(feed)`` where the runtime has one). ``data``: ``(feed, labels, record)`` with
     ``record = {path, sha256, count}``. ``reopen()``: a fresh backend, for the cold-start figure. ``step(label)``:
-    a context manager announcing each step."""
+    a context manager announcing each step. ``memory``: the :class:`PhaseMemory` the backend was opened under
+    (``open_measured``), to which the first inference and the steady state are added."""
     step = step or no_step
+    memory = memory or PhaseMemory()
     m = manifest
     report = {
         "bundle": str(bundle_dir), "target": m["target"]["profile"], "precision": m["precision"], "artifact": art["file"],
@@ -32,13 +36,16 @@ def execute(request, bundle_dir, manifest, art, backend, data=None, reopen=None,
     }
     batch = backend.fixed_batch()
     ref_in, ref_out = reference(bundle_dir, m, art, request["io_layout"])
+    with memory.phase("first_inference"):
+        backend.run(backend.prepare(dict((k, v[:batch or 1]) for k, v in ref_in.items())))
     with step("Parity against reference.npz"):
         outputs = _parity(report, request, m, art, backend, ref_in, ref_out, batch)
     if data is not None and data[1] is None:
         outputs.update(_unlabelled(report, request, m, backend, data, batch, step))
     if data is not None and data[1] is not None:
         outputs.update(_accuracy(report, request, m, backend, data, batch, step))
-    _latency(report, request, backend, ref_in, batch or 1, reopen, step)
+    _latency(report, request, backend, ref_in, batch or 1, reopen, step, memory)
+    _memory(report, request, m, art, bundle_dir, memory)
     report["ok"] = bool(all(c["ok"] for c in report["checks"]) and all(b["ok"] for b in report["budgets"]))
     report["request"] = request
     if request.get("outputs_file"):
@@ -72,43 +79,51 @@ def _unlabelled(report, request, m, backend, data, batch, step):
                        % record["path"])
     with step("Outputs on %s (no labels)" % os.path.basename(record["path"])):
         out = run_batched(backend, feed, batch)
-        report["outputs_on_data"] = outputs_on_data(out, record, request)
+        report["outputs_on_data"] = outputs_on_data(out, record, request, [s["name"] for s in m["outputs"]],
+                                                    recorded_score_output(m, request))
         report["checks"].append({"name": "finite outputs", "ok": report["outputs_on_data"]["finite"]})
     return _named("data:", m, out)
 
 
 def _accuracy(report, request, m, backend, data, batch, step):
-    """Labelled --data: top-1/top-5 against the source's, and the accuracy budget."""
+    """Labelled --data: top-1/top-5 of the scored output against the source's, and the accuracy budget."""
     feed, labels, record = data
     with step("Accuracy on %s" % os.path.basename(record["path"])):
         out = run_batched(backend, feed, batch)
-        idx = classifier_output(out)
+        names = [s["name"] for s in m["outputs"]]
+        idx, chosen_by = score_output(names, out, labels, *recorded_score_output(m, request))
         if idx is None:
             raise BadInput("--data needs a classifier output of shape (N, classes); this model has none")
-        acc = {"artifact": topk_accuracy(out[idx], labels), "data": record}
-        src = source_accuracy(m, record, request)
+        acc = dict(scored(names, idx, chosen_by), artifact=topk_accuracy(out[idx], labels), data=record)
+        src = source_accuracy(m, record, request, acc["output"])
         acc["source"] = src
-        acc["drop_points"] = None if src is None else (src["top1"] - acc["artifact"]["top1"]) * 100
-        report["accuracy"] = acc
         limit = request["max_accuracy_drop"]
+        budget = None if src is None else drop_budget(src["top1"], acc["artifact"]["top1"], len(labels), limit)
+        acc["drop_points"] = None if budget is None else budget["drop_points"]
+        report["accuracy"] = acc
         if limit is not None:
-            if src is None:
-                raise BadInput("--max-accuracy-drop needs the source model's accuracy on this data: pass --source MODEL, "
-                               "or convert with --data on the same file")
+            if budget is None:
+                raise BadInput("--max-accuracy-drop needs the source model's accuracy on this data and output (%s): pass "
+                               "--source MODEL, or convert with --data on the same file" % acc["output"])
             report["budgets"].append({"name": "max_accuracy_drop_points", "limit": limit, "value": acc["drop_points"],
-                                      "ok": acc["drop_points"] <= limit})
+                                      "ok": budget["ok"], "compared": budget["compared"]})
     return _named("data:", m, out)
 
 
-def _latency(report, request, backend, ref_in, lat_batch, reopen, step):
-    """Latency of one batch of reference inputs (warm-up, timed runs), the async throughput where the runtime has one,
-    the cold start where the backend can be opened again, and the latency budget."""
+def _latency(report, request, backend, ref_in, lat_batch, reopen, step, memory):
+    """Latency of one batch of reference inputs (warm-up and timed runs by count and time, their stability, the
+    conditions before and after), the async throughput where the runtime has one, the cold start where the backend can
+    be opened again, and the latency budget (never passed on an unstable measurement unless allowed)."""
     one = dict((k, v[:lat_batch]) for k, v in ref_in.items())
-    with step("Latency: %d warm-up + %d timed runs, batch %d" % (request["warmup"], request["runs"], lat_batch)):
-        lat = summarize_latency(time_backend(backend, one, request["warmup"], request["runs"]), lat_batch)
-        lat.update({"batch": lat_batch, "warmup": request["warmup"], "method": LATENCY_METHOD,
+    with step("Latency: >= %d warm-up runs and %g s, >= %d timed runs and %g s%s, batch %d" % (
+            request["warmup"], request["warmup_seconds"], request["runs"], request["min_seconds"],
+            " (rounds until stable)" if request["stable"] else "", lat_batch)):
+        before = snapshot()
+        lat = measure(backend, one, request, lat_batch, around=lambda: memory.phase("steady_state"))
+        lat.update({"batch": lat_batch, "method": LATENCY_METHOD,
                     "measured": report["measured_on"]["kind"]})  # under emulation: EMULATED_LABEL
         report["latency"] = lat
+        report["conditions"] = conditions(before, snapshot(), report["measured_on"].get("threads"))
     if hasattr(backend, "async_throughput"):
         with step("Throughput (async queue)"):
             tput = backend.async_throughput(one)
@@ -118,5 +133,13 @@ def _latency(report, request, backend, ref_in, lat_batch, reopen, step):
         with step("Cold start (load + first inference)"):
             report["cold_start"] = cold_start(reopen, one)
     if request["max_latency_ms"] is not None:
-        report["budgets"].append({"name": "max_latency_ms_p50", "limit": request["max_latency_ms"], "value": lat["p50_ms"],
-                                  "ok": lat["p50_ms"] <= request["max_latency_ms"]})
+        report["budgets"].append(latency_budget(lat, request["max_latency_ms"], request["allow_unstable"]))
+
+
+def _memory(report, request, m, art, bundle_dir, memory):
+    """Memory per phase, the model's size on disk (with its weights file where the format splits them) and the budget."""
+    files = [os.path.join(str(bundle_dir), a["file"]) for a in m["artifacts"]
+             if a["file"] == art["file"] or a.get("role") == "weights"]
+    report["memory"] = memory.report(files, request["max_memory_mb"])
+    if request["max_memory_mb"] is not None:
+        report["budgets"].append(memory_budget(report["memory"], request["max_memory_mb"]))

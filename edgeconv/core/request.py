@@ -9,18 +9,28 @@ single-file ``edgeconv_runner.py``) count as protocol 1. See docs/architecture.m
 import os
 
 from .errors import BadInput, UnknownProtocol
+from .stats import DEFAULT_MIN_SECONDS, DEFAULT_RUNS, DEFAULT_WARMUP, DEFAULT_WARMUP_SECONDS, STABLE_MAX_S, STABLE_TOLERANCE
 
-PROTOCOL_VERSION = 2
-PROTOCOLS = (1, 2)  # the protocols this runner reads: 2 only adds the ``protocol`` field to 1's request
+PROTOCOL_VERSION = 4
+# the protocols this runner reads: 2 adds the ``protocol`` field to 1's request, 3 ``score_output``, 4 timing by time and
+# stability (min_seconds, warmup_seconds, stable*, allow_unstable) and max_memory_mb
+PROTOCOLS = (1, 2, 3, 4)
 REQUEST_SCHEMA = 1
 
 REQUEST_DEFAULTS = {
     "schema": REQUEST_SCHEMA,
     "protocol": PROTOCOL_VERSION,  # a request without one is read as this runner's (protocol 1's fields are all here)
     "command": "validate",  # or "profile"
-    "runs": 100, "warmup": 10, "threads": None,
+    "runs": DEFAULT_RUNS, "warmup": DEFAULT_WARMUP, "threads": None,
+    # validate: at least ``runs`` and ``min_seconds`` of timed runs after at least ``warmup`` runs and ``warmup_seconds``
+    # (the defaults and why: edgeconv.core.stats); ``stable``: rounds until successive p50s agree (stats.measure)
+    "min_seconds": DEFAULT_MIN_SECONDS, "warmup_seconds": DEFAULT_WARMUP_SECONDS, "stable": False,
+    "stable_tolerance": STABLE_TOLERANCE, "stable_max_s": STABLE_MAX_S,
+    "allow_unstable": False,  # judge the latency budget on an unstable measurement anyway
+    "max_memory_mb": None,  # budget: peak RSS of the run (validate) or of each batch size (profile)
     "max_latency_ms": None,  # budget: p50 latency
     "max_accuracy_drop": None,  # budget: top-1 points below the source
+    "score_output": None,  # the output accuracy is computed on (--score-output); None: the core's rule (accuracy.score_output)
     "atol": {},  # max abs error per output name ("*": every output), over the manifest's tolerances
     "runner_options": {},  # runtime options: device, inference_precision, performance_hint (OpenVINO) …
     "io_layout": "source",  # "nhwc": the data is in the TFLite artifact's own layout
@@ -60,8 +70,14 @@ def complete_request(request):
         raise BadInput("request command %r: this runner runs validate and profile" % (out["command"],))
     if int(out["runs"]) < 1 or int(out["warmup"]) < 0:
         raise BadInput("--runs must be >= 1 and --warmup >= 0")
+    if float(out["min_seconds"]) < 0 or float(out["warmup_seconds"]) < 0 or float(out["stable_max_s"]) < 0:
+        raise BadInput("--min-seconds, --warmup-seconds and the --stable time cap must be >= 0")
+    if not 0 < float(out["stable_tolerance"]) < 1:
+        raise BadInput("the --stable tolerance must be a fraction between 0 and 1, not %r" % (out["stable_tolerance"],))
     if out["max_accuracy_drop"] is not None and out["data"] is None:
         raise BadInput("--max-accuracy-drop needs --data (a labelled .npz)")
+    if out["score_output"] is not None and out["data"] is None:
+        raise BadInput("--score-output names the output accuracy is computed on: pass --data too")
     if out["data"] is not None:  # the same fields however it was made (sha256: sent by a host to check the copy)
         out["data"] = dict(out["data"])
         out["data"].setdefault("path", None)

@@ -10,6 +10,7 @@ import numpy as np
 from .data import reference, tile
 from .layers import execute_layers
 from .machine import measured_on
+from .memory import peak_since_reset, reset_peak
 from .parity import tolerance_of
 from .stats import rss_bytes, summarize_latency
 from .steps import no_step
@@ -17,7 +18,9 @@ from .text import first_line
 
 DEFAULT_MAX_BATCH = 32
 SWEEP_METHOD = ("runtime call only (validate's timing); throughput and per-item time from the median latency; RSS delta: "
-                "peak (sampled after each warm-up run and after the timed runs) minus RSS before the batch size's first run")
+                "peak (sampled after each warm-up run and after the timed runs) minus RSS before the batch size's first run; "
+                "peak RSS: the process's high-water mark (VmHWM) reset before each batch size where /proc/self/clear_refs "
+                "allows, else that sampled peak")
 
 
 def default_batch_sizes(manifest):
@@ -86,6 +89,7 @@ def sweep(backend, ref, sizes, runs, warmup, min_time_s=None, atol=None, can_sin
     for b in sizes:
         row = {"batch": b}
         base = rss_bytes()  # before this batch size's buffers and workspaces exist
+        resettable = reset_peak()
         try:
             prepared = backend.prepare(dict((k, v[:b]) for k, v in items.items()))
             outs = backend.run(prepared)
@@ -94,7 +98,9 @@ def sweep(backend, ref, sizes, runs, warmup, min_time_s=None, atol=None, can_sin
             rows.append(row)
             continue
         samples, peak = _timed(backend, prepared, runs, warmup, min_time_s, rss_bytes())
+        row["peak_rss_mb"] = max(peak, (peak_since_reset() or 0) if resettable else 0) / 2.0 ** 20
         lat = summarize_latency(samples, b)
+        row["stability"] = lat["stability"]
         for k in ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_items_s"):
             row[k] = lat[k]
         row["per_item_ms"] = lat["p50_ms"] / b

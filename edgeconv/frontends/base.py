@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,16 @@ from edgeconv.specs import TensorSpec
 def default_output_names(n: int) -> list[str]:
     """Stable output names for exported graphs (exporters invent ``Identity:0``, ``linear_1`` …)."""
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def source_output_names(names: list[str] | None, n: int, inputs: list[str]) -> list[str]:
+    """The source's own output names (dict keys, Keras output names) for the exported graph when they can name every
+    target's tensors: ``n`` distinct identifiers (letters, digits, ``_``), none an input's name; else the defaults."""
+    names = [str(k) for k in names or ()]
+    if (len(names) == n and len(set(names)) == n and not set(names) & set(inputs)
+            and all(re.fullmatch(r"[A-Za-z_]\w*", k, re.ASCII) for k in names)):
+        return names
+    return default_output_names(n)
 
 
 @dataclass

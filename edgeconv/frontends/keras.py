@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeconv.core.text import first_line
 from edgeconv.errors import BadInput, ConversionFailed, MissingDependency
-from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names, import_user_module
+from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, import_user_module, source_output_names
 from edgeconv.lazy import require, version_of
 from edgeconv.specs import TensorSpec, guess_layout
 
@@ -225,11 +225,41 @@ class KerasSource(SourceModel):
             return [np.asarray(out[k]) for k in self._output_keys]
         xs = [feed[s.name] for s in self.inputs]
         out = self.model(xs if len(xs) > 1 else xs[0], training=False)
+        return [np.asarray(o) for o in self.ordered_outputs(out)[1]]
+
+    def ordered_outputs(self, out) -> tuple[list[str] | None, list]:
+        """The model's outputs in the order the exported graph keeps, with the source's names (None: it has none): a
+        dict's keys in the model's ``output_names`` order when those are its keys, else sorted (as TensorFlow flattens a
+        dict); several outputs of a list are named by the model's ``output_names`` (the output layers' names)."""
+        declared = [str(n) for n in getattr(self.model, "output_names", None) or []]
         if isinstance(out, dict):
-            out = list(out.values())
+            keys = [k for k in declared if k in out] if sorted(declared) == sorted(map(str, out)) else sorted(out)
+            return [str(k) for k in keys], [out[k] for k in keys]
         if not isinstance(out, (list, tuple)):
-            out = [out]
-        return [np.asarray(o) for o in out]
+            return None, [out]
+        return (declared if len(declared) == len(out) > 1 else None), list(out)
+
+    def named_outputs(self, out) -> dict:
+        """``{name: output}`` in the exported graph's order and with its names (a signature's outputs, for TFLite)."""
+        names, outs = self.ordered_outputs(out)
+        return dict(zip(source_output_names(names, len(outs), [s.name for s in self.inputs]), outs))
+
+    def _export_function(self, tf, inputs: list[TensorSpec]):
+        """The ``tf.function`` tf2onnx exports (its outputs a list, in ``ordered_outputs``' order), and a dict whose
+        ``names`` are the source's output names once the function is traced (None: the defaults)."""
+        traced: dict[str, list[str] | None] = {}
+
+        def ordered(out):
+            traced["names"], outs = self.ordered_outputs(out)
+            return outs
+
+        if self.signature is not None:
+            traced["names"] = self._output_keys if len(self._output_keys) > 1 else None
+            return tf.function(lambda *xs: [self.signature(**{s.name: x for s, x in zip(inputs, xs)})[k]
+                                            for k in self._output_keys]), traced
+        if len(inputs) == 1:
+            return tf.function(lambda x: ordered(self.model(x, training=False))), traced
+        return tf.function(lambda *xs: ordered(self.model(list(xs), training=False))), traced
 
     def export_onnx(self, dest: Path, *, inputs: list[TensorSpec], opset: int | None, dynamic_batch: bool) -> ExportRecord:
         tf = _tf()
@@ -240,13 +270,7 @@ class KerasSource(SourceModel):
             tf.TensorSpec([None if (i == 0 and dynamic_batch) else d for i, d in enumerate(s.shape)], s.dtype, name=s.name)
             for s in inputs
         ]
-        if self.signature is not None:
-            fn = tf.function(lambda *xs: [self.signature(**{s.name: x for s, x in zip(inputs, xs)})[k]
-                                          for k in self._output_keys])
-        elif len(inputs) == 1:
-            fn = tf.function(lambda x: self.model(x, training=False))
-        else:
-            fn = tf.function(lambda *xs: self.model(list(xs), training=False))
+        fn, traced = self._export_function(tf, inputs)
         opset = opset or DEFAULT_OPSET
         import logging
 
@@ -279,7 +303,8 @@ class KerasSource(SourceModel):
                 f"Keras → ONNX (tf2onnx {tf2onnx.__version__}) cannot convert {len(left)} TensorFlow op(s): "
                 + "; ".join(left[:3]) + (" …" if len(left) > 3 else ""),
                 hint="replace that op in the model (e.g. compute it outside the model), or try another --opset")
-        rename_outputs(model_proto, default_output_names(len(model_proto.graph.output)))
+        rename_outputs(model_proto, source_output_names(traced.get("names"), len(model_proto.graph.output),
+                                                        [s.name for s in inputs]))
         import onnx
 
         from edgeconv.canonical import lifted_constants

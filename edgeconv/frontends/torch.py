@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeconv.core.text import first_line, shorten
 from edgeconv.errors import BadInput, ConversionFailed
-from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, default_output_names, import_user_module
+from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel, import_user_module, source_output_names
 from edgeconv.lazy import require, version_of
 from edgeconv.specs import TensorSpec, guess_layout
 
@@ -136,6 +136,7 @@ class TorchSource(SourceModel):
         # the inputs a .pt2 program was exported to take by keyword (torch.export.export(model, (), {"input_ids": …}),
         # as Hugging Face models usually are): the program refuses them positionally
         self.keywords: list[str] = []
+        self.output_names: list[str] | None = None  # a dict's keys, once ``run`` has seen the model return one
         torch = _torch()
         if path.suffix == ".pt2":
             self._load_exported(torch)
@@ -305,7 +306,8 @@ class TorchSource(SourceModel):
             out = self.module(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             out = (out,)
-        elif isinstance(out, dict):
+        elif isinstance(out, dict):  # Hugging Face's ModelOutput is one: its keys name the outputs on every target
+            self.output_names = [str(k) for k in out]
             out = tuple(out.values())
         return [o.detach().cpu().numpy() for o in out]
 
@@ -317,7 +319,7 @@ class TorchSource(SourceModel):
         args, kwargs = self.call_args(example)
         n_out = len(self.run(example))
         names = [s.name for s in inputs]
-        out_names = default_output_names(n_out)
+        out_names = source_output_names(self.output_names, n_out, names)
         opset = opset or DEFAULT_OPSET
         if self.format == "torchscript":
             reason = "the source is a TorchScript module, which torch.export (the dynamo exporter) cannot trace"

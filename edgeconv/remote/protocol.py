@@ -24,7 +24,9 @@ from edgeconv.remote.transport import Session, SshHost
 
 OLD_RUNNER_NAME = "edgeconv_runner.py"  # the runner of bundles written before it became one .pyz
 FIRST_PROTOCOL = 1  # a runner without --protocol; it reads outputs_file already
-SINCE_PROTOCOL = {"protocol": 2}  # request fields added after protocol 1, and the protocol that added them
+# request fields added after protocol 1, and the protocol that added them (an older runner gets the request without them)
+SINCE_PROTOCOL = {"protocol": 2, "score_output": 3, "min_seconds": 4, "warmup_seconds": 4, "stable": 4, "stable_tolerance": 4,
+                  "stable_max_s": 4, "allow_unstable": 4, "max_memory_mb": 4}
 # edgeconv on the device, and its protocol: exit 10 without edgeconv, 11 for an edgeconv older than the protocol
 _NO_EDGECONV, _EDGECONV_WITHOUT_PROTOCOL = 10, 11
 _ASK_EDGECONV = ("import sys\n"
@@ -65,7 +67,13 @@ class Plan:
 
     def fit(self, request: dict[str, Any]) -> dict[str, Any]:
         """The request as the device's protocol reads it: the fields of later protocols left out (they only add to
-        protocol 1's), and its own protocol named where it reads one."""
+        protocol 1's), and its own protocol named where it reads one. A budget or a --score-output the device's protocol
+        cannot read is refused (MissingDependency), never dropped: it would pass unchecked, or score another output."""
+        budgets = [k for k in ("max_memory_mb", "score_output") if request.get(k) is not None and not self.knows(k)]
+        if budgets:
+            raise MissingDependency(f"the device's {self.ran} reads request protocol {self.protocol}; "
+                                    f"--{budgets[0].replace('_', '-')} needs protocol {SINCE_PROTOCOL[budgets[0]]}: convert "
+                                    "the bundle again (its runner) or upgrade edgeconv on the device")
         out = {k: v for k, v in request.items() if self.knows(k)}
         if self.knows("protocol"):
             out["protocol"] = self.protocol

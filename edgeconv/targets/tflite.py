@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from edgeconv import quiet
 from edgeconv.core.text import shorten
 from edgeconv.errors import ConversionFailed, MissingDependency
 from edgeconv.export_cache import StepSlot
 from edgeconv.lazy import require, require_installed, version_of
 from edgeconv.specs import sha256_of
 from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
-from edgeconv.targets.tflite_job import TFLITE_FAILED, channel_last_perm, tflite_from_saved_model
+from edgeconv.targets.tflite_job import TFLITE_FAILED, channel_last_perm, float_ops_notes, tflite_from_saved_model
 
 ONNX2TF_TESTED = ">=1.28,<1.29"  # the onnx2tf range this code was tested with (1.28.8, TF 2.21)
 ONNX2TF_TIMEOUT_S = 1800
@@ -343,9 +344,11 @@ def _run_job(work: Path, job: dict[str, Any]) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "edgeconv.targets.tflite_job", str(work / "job.json")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     try:
-        return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S, check=False)
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
         raise ConversionFailed(f"onnx2tf and TFLiteConverter did not finish in {ONNX2TF_TIMEOUT_S} s") from exc
+    quiet.record("onnx2tf and TFLiteConverter (edgeconv/targets/tflite_job.py)", proc.stdout + proc.stderr)
+    return proc
 
 
 def _graph_nodes(onnx_path: Path, infer_shapes: bool = False):
@@ -501,9 +504,11 @@ class TfliteTarget(Target):
                     notes.append(f"input shapes fixed at {shapes} (no dynamic batch): TFLiteConverter lowers the "
                                  f"recurrent {recurrent} only with static shapes")
                 saved = self._saved_model_from_keras(tf, source, build, ctx.input_shapes if static else None)
+                report: dict[str, Any] = {}
                 data = tflite_from_saved_model(tf, saved, opts.precision, ctx.calibration, opts.extra["io_dtype"],
                                                moved, from_signature=True, denylisted_nodes=_denylist(ctx),
-                                               activations=ctx.quant.activations)
+                                               activations=ctx.quant.activations, report=report)
+                notes += float_ops_notes(report, len(_denylist(ctx)))
             else:
                 data, notes, onnx_names = self._from_onnx(onnx_path, build, opts, ctx)
                 route = (f"onnx2tf {version_of('onnx2tf')} → SavedModel → tf.lite.TFLiteConverter "
@@ -548,8 +553,9 @@ class TfliteTarget(Target):
         out = build / "saved_model"
         specs = [tf.TensorSpec(shapes[s.name] if shapes else s.shape, s.dtype, name=s.name) for s in source.inputs]
 
-        def infer(*xs):
-            return source.model(list(xs) if len(xs) > 1 else xs[0], training=False)
+        def infer(*xs):  # several outputs keep the ONNX graph's names and order in the signature
+            named = source.named_outputs(source.model(list(xs) if len(xs) > 1 else xs[0], training=False))
+            return named if len(named) > 1 else next(iter(named.values()))
 
         try:
             if source.format in ("keras", "keras-h5"):  # Keras 3: its ExportArchive tracks the model's variables
@@ -595,7 +601,7 @@ class TfliteTarget(Target):
                # the int8 guard's float layers: the full-int8 model's tensor names for them (onnx2tf names the TF ops
                # the same way on every run of the same graph)
                "denylisted_nodes": _denylist(ctx), "names": str(work / "onnx-names.json"),
-               "activations": ctx.quant.activations}
+               "float_ops_report": str(work / "float-ops.json"), "activations": ctx.quant.activations}
         names = work / "onnx-names.json"
         with self._cached_saved_model(ctx, copy, work, saved, names, args) as slot:
             job["skip_onnx2tf"] = slot.hit is not None
@@ -611,6 +617,8 @@ class TfliteTarget(Target):
                 else:
                     notes.append(f"onnx2tf's SavedModel from the cache ({slot.hit}): the same graph, sample data and "
                                  f"onnx2tf {version_of('onnx2tf')} as the conversion that stored it")
+                if (work / "float-ops.json").is_file():
+                    notes += float_ops_notes(json.loads((work / "float-ops.json").read_text()), len(job["denylisted_nodes"]))
                 return (work / "model.tflite").read_bytes(), notes, names.read_text() if names.is_file() else None
         if proc.returncode == TFLITE_FAILED:
             raise ConversionFailed((work / "tflite_error.txt").read_text())
