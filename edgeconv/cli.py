@@ -865,8 +865,18 @@ def selftest(
         raise typer.Exit(1)  # a local step failed, or a device ran but its check did not pass
 
 
+GLOBAL_FLAGS = ("--debug", "--verbose")  # the root's switches, accepted after the command too (`convert … --verbose`)
+
+
+def _global_flags_first(argv: list[str]) -> list[str]:
+    """``argv`` with the root's switches moved before the command, where Click reads them (up to a ``--``)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for i, a in enumerate(argv) if i >= end or a not in GLOBAL_FLAGS]
+
+
 def main() -> None:
-    app()
+    app(args=_global_flags_first(sys.argv[1:]))
 
 
 if __name__ == "__main__":

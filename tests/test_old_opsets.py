@@ -191,6 +191,9 @@ def test_verbose_shows_library_lines(files, tmp_path):
     assert quiet.returncode == loud.returncode == 0, (quiet, loud)
     assert "Transpose optimizer failed" not in quiet.stderr + quiet.stdout
     assert "Transpose optimizer failed" in loud.stderr
+    after = run_subprocess("convert", files["avgpool", 6], "--target", "onnx", "-o", tmp_path / "a", "--verbose",
+                           timeout=120)  # the root's switch after the command, where users type it
+    assert after.returncode == 0 and "Transpose optimizer failed" in after.stderr, after
     log = (tmp_path / "q" / "convert.log").read_text()
     assert "── Loading avgpool6.onnx ──" in log and "Transpose optimizer failed: Unsupported ONNX opset: 6" in log
     assert "\x1b[" not in log  # ONNX Runtime's colours are not kept
