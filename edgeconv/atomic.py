@@ -1,5 +1,5 @@
 """Writing that survives being killed: locks held by open files, temporary siblings renamed into place, and the
-clean-up of the temporaries a killed process left (see docs/architecture.md, "Trust nothing read back").
+clean-up of the temporaries a killed process left (see docs/architecture.md, "Faults").
 
 A process that dies (SIGKILL included) releases its ``flock`` locks with its file descriptors, so a temporary folder
 whose lock can be taken belongs to nobody alive and can be removed; one whose lock is held is another run's work in
