@@ -103,7 +103,7 @@ def _same_as_source(torch, source, model, example: dict[str, np.ndarray], args: 
     return ref
 
 
-def _load_labelled(path: Path, specs: list[TensorSpec], classes: int, flag: str) -> Labelled:
+def load_labelled(path: Path, specs: list[TensorSpec], classes: int, flag: str) -> Labelled:
     from edgeconv.data import load_inputs
 
     feed, y = load_inputs(path, specs, need_labels=True)
@@ -121,11 +121,11 @@ def _labelled_sets(torch, req: CompressRequest, loaded: Loaded) -> None:
         raise BadInput(f"--finetune/--data need a classifier: the model's first output is {list(ref[0].shape)}, not "
                        "(N, classes)")
     if req.finetune is not None:
-        loaded.train = _load_labelled(req.finetune, loaded.specs, classes, "--finetune")
+        loaded.train = load_labelled(req.finetune, loaded.specs, classes, "--finetune")
         if len(loaded.train[1]) < 2:
             raise BadInput(f"--finetune {req.finetune} holds {len(loaded.train[1])} sample; fine-tuning needs at least 2")
     if req.data is not None:
-        loaded.val = _load_labelled(req.data, loaded.specs, classes, "--data")
+        loaded.val = load_labelled(req.data, loaded.specs, classes, "--data")
     if loaded.train is not None:
         _runs_batch_of_two(torch, loaded)
 

@@ -42,16 +42,13 @@ class TrainSet:
 def load_train_set(path: Path, specs: list[TensorSpec], classes: int | None, epochs: int | None,
                    lr: float | None) -> TrainSet:
     """``--finetune TRAIN.npz`` read and checked against the model's inputs and its class count before any work."""
-    from edgeconv.data import load_inputs
+    from edgeconv.compress.load import load_labelled
 
     if classes is None:
         raise BadInput("--finetune trains a classifier with cross-entropy; this model has no output of shape (N, classes)")
-    feed, labels = load_inputs(path, specs, need_labels=True)
+    feed, labels = load_labelled(path, specs, classes, "--finetune")
     if len(labels) < 2:
         raise BadInput(f"--finetune {path} holds {len(labels)} sample; fine-tuning needs at least 2")
-    if labels.min() < 0 or labels.max() >= classes:
-        raise BadInput(f"--finetune {path}: labels 'y' go from {int(labels.min())} to {int(labels.max())}; the model has "
-                       f"{classes} classes, so labels must be class ids 0..{classes - 1}")
     return TrainSet(path, feed, labels.astype(np.int64), epochs or DEFAULT_EPOCHS, lr or DEFAULT_LR)
 
 
