@@ -198,33 +198,40 @@ def median(xs) -> float:
 
 # The bare script a user would write to time an ONNX model: its own process, ONNX Runtime, the same session options as
 # edgeconv's backend (intra-op threads, one inter-op thread, CPU provider), the same inputs, warm-up and timed runs,
-# each run timed around session.run. It names the outputs as the backend does: run(None, …) costs ~1 µs more per
-# call, 5% of the digits CNN, and would flatter validate.
+# each run timed around session.run; warm-up and timed runs by count and, when given, by time too (at least
+# WARMUP_SECONDS and MIN_SECONDS, as edgeconv's core/stats.py times them). It names the outputs as the backend does:
+# run(None, …) costs ~1 µs more per call, 5% of the digits CNN, and would flatter validate.
 BARE_ORT = """
 import json, sys, time
 import numpy as np
 import onnxruntime as ort
 model, feed, threads, warmup, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+min_s, warmup_s = (float(sys.argv[6]), float(sys.argv[7])) if len(sys.argv) > 7 else (0.0, 0.0)
 so = ort.SessionOptions()
 so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
 sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 names = [o.name for o in sess.get_outputs()]
 with np.load(feed) as z:
     feed = {k: z[k] for k in z.files}
-for _ in range(warmup):
+t_end, n = time.perf_counter() + warmup_s, 0
+while n < warmup or time.perf_counter() < t_end:
     sess.run(names, feed)
+    n += 1
 times = []
-for _ in range(runs):
+t_end = time.perf_counter() + min_s
+while len(times) < runs or time.perf_counter() < t_end:
     t0 = time.perf_counter()
     sess.run(names, feed)
     times.append(time.perf_counter() - t0)
-print(json.dumps({"p50_ms": float(np.median(times)) * 1e3}))
+print(json.dumps({"p50_ms": float(np.median(times)) * 1e3, "runs": len(times)}))
 """
 
 
-def bare_ort(model: Path, feed_npz: Path, threads: int, warmup: int, runs: int) -> list[str]:
+def bare_ort(model: Path, feed_npz: Path, threads: int, warmup: int, runs: int, min_seconds: float = 0.0,
+             warmup_seconds: float = 0.0) -> list[str]:
     """The command line of the bare ONNX Runtime script (see BARE_ORT)."""
-    return [sys.executable, "-c", BARE_ORT, str(model), str(feed_npz), str(threads), str(warmup), str(runs)]
+    return [sys.executable, "-c", BARE_ORT, str(model), str(feed_npz), str(threads), str(warmup), str(runs), str(min_seconds),
+            str(warmup_seconds)]
 
 
 def timed_json(cmd: list[str], cwd: Path = ROOT) -> tuple[float, dict]:

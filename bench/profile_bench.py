@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import EDGECONV, alternating, bare_ort, digits_onnx, median, mobilenet_onnx, timed_json, write_result
 from validate_vs_bare import reference_feed
 
+from edgeconv.core.stats import PROFILE_MIN_SECONDS
+
 BUDGET = 1.05
 WARMUP = 5  # profile's default
 
@@ -36,7 +38,7 @@ def whole_command(bundle: Path, rounds: int, runs: int, threads: int) -> dict:
         reference_feed(copy, feed)
         prof = [*EDGECONV, "profile", str(copy), "--batch-sizes", "1", "--runs", str(runs), "--warmup", str(WARMUP),
                 "--threads", str(threads), "--json"]
-        bare = bare_ort(copy / "model.onnx", feed, threads, WARMUP, runs)
+        bare = bare_ort(copy / "model.onnx", feed, threads, WARMUP, runs, PROFILE_MIN_SECONDS)
 
         def measure(who: str) -> dict:
             wall, doc = timed_json(prof if who == "profile" else bare)
@@ -97,8 +99,9 @@ def main() -> dict:
     mobilenet = mobilenet_onnx()
     cases = [whole_command(mobilenet, rounds, runs=100, threads=2), whole_command(digits_onnx(), rounds, runs=2000, threads=1)]
     result = {"method": f"{rounds} rounds, order alternating: `edgeconv profile BUNDLE --batch-sizes 1 --runs N "
-                        f"--warmup {WARMUP} --threads T --json` as a subprocess vs a bare ONNX Runtime script in its own "
-                        "process (same artifact, session options, input, warm-up and runs, each run timed around "
+                        f"--warmup {WARMUP} --threads T --json` as a subprocess (its default --min-time: timed runs >= N "
+                        f"and >= {PROFILE_MIN_SECONDS} s) vs a bare ONNX Runtime script in its own process (same artifact, "
+                        "session options, input, warm-up runs, and timed runs by count and time, each run timed around "
                         "session.run); p50 ratio = median of per-round "
                         "ratios; wall = start to exit of each whole command. Secondary (in_process): profile() vs a bare "
                         "runner.run loop on a fresh runner, 2 threads",

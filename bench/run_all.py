@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["help_time.py", "validate_vs_bare.py", "openvino_bench.py", "tflite_bench.py", "tflite_layers.py", "profile_bench.py",
-           "compress_bench.py"]
+           "compress_bench.py", "stable_vs_references.py", "memory_vs_bare.py"]
 
 
 def main() -> int:

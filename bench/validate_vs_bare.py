@@ -24,6 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import EDGECONV, alternating, bare_ort, digits_onnx, median, mobilenet_onnx, timed_json, write_result
 
+from edgeconv.core.stats import DEFAULT_MIN_SECONDS, DEFAULT_WARMUP_SECONDS
+
 TOLERANCE = 0.10
 WARMUP = 10
 
@@ -47,7 +49,7 @@ def whole_command(bundle: Path, rounds: int, runs: int, threads: int) -> dict:
         batch = reference_feed(copy, feed)
         validate = [*EDGECONV, "validate", str(copy), "--runs", str(runs), "--warmup", str(WARMUP), "--threads", str(threads),
                     "--report", str(Path(tmp) / "validation.json"), "--json"]
-        bare = bare_ort(copy / "model.onnx", feed, threads, WARMUP, runs)
+        bare = bare_ort(copy / "model.onnx", feed, threads, WARMUP, runs, DEFAULT_MIN_SECONDS, DEFAULT_WARMUP_SECONDS)
 
         def measure(who: str) -> dict:
             wall, doc = timed_json(validate if who == "validate" else bare)
@@ -107,9 +109,10 @@ def main() -> dict:
     cases = [whole_command(digits, rounds, runs=2000, threads=1), whole_command(mobilenet, rounds, runs=100, threads=2)]
     inner = [inner_call(digits, rounds=10, per_block=200, threads=1), inner_call(mobilenet, rounds=6, per_block=10, threads=2)]
     result = {"method": f"{rounds} rounds, order alternating (A, B then B, A): `edgeconv validate BUNDLE --runs N "
-                        f"--warmup {WARMUP} --threads T --json` as a subprocess vs a bare ONNX Runtime script in its own "
-                        "process (same artifact, session options, input, warm-up and runs, each run timed around "
-                        "session.run); p50 ratio = median of per-round "
+                        f"--warmup {WARMUP} --threads T --json` as a subprocess (its defaults: warm-up >= {WARMUP} runs and "
+                        f">= {DEFAULT_WARMUP_SECONDS} s, timed runs >= N and >= {DEFAULT_MIN_SECONDS} s) vs a bare ONNX "
+                        "Runtime script in its own process (same artifact, session options, input, warm-up and runs by "
+                        "count and time, each run timed around session.run); p50 ratio = median of per-round "
                         "ratios of the reported p50s; wall = start to exit of each whole command. Secondary (inner_call): "
                         "edgeconv.stats.time_runner vs a bare session.run loop on the same session, interleaved blocks",
               "tolerance": TOLERANCE, "cases": cases, "inner_call": inner, "ok": all(c["ok"] for c in cases)}

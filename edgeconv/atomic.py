@@ -97,10 +97,16 @@ def file_hashes(folder: Path, skip: str | None = None) -> dict[str, str]:
 def write_text_atomic(path: Path, text: str) -> None:
     """``path`` holds either its old content or ``text``, whenever the process dies: a temporary file beside it,
     flushed, then renamed over it."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """``path`` holds either its old content or ``data``, whenever the process dies (``write_text_atomic``); a link
+    at ``path`` is replaced, never written through."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -7,7 +7,9 @@
    :func:`lifted_constants` recovers their values);
 2. takes initializers out of the graph inputs (IR < 4 required every initializer to be listed as an input: they
    are weights, not the model's inputs) and drops inputs no node reads when they are not the model's inputs;
-3. upgrades an old opset with ``onnx.version_converter`` (never above the device's ``max_opset``, never down);
+3. upgrades an old opset with ``onnx.version_converter`` (never above the device's ``max_opset``), or lowers a graph
+   newer than ``lower_to`` (the device's parser limit: TensorRT 8.2 on Jetson Nano/TX2 reads opset 13, the dynamo
+   exporter writes 18) with the same converter, ops whose newer versions only widened their types kept as they are;
 4. folds constants and simplifies with onnxslim (weights built at run time: ConstantOfShape, Shape → Gather →
    Concat chains on static shapes, Conv+BatchNorm) — keeping the graph's inputs and outputs (names, order, types,
    dynamic dims) and the source's node names and ``metadata_props`` where a node survives under its name;
@@ -19,6 +21,7 @@ Everything it changed is said in :class:`CanonicalRecord` (``manifest["export"][
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,11 +64,12 @@ class CanonicalRecord:
 
 
 def canonicalize(proto, *, min_opset: int = MIN_OPSET, max_opset: int | None = None, keep_inputs: list[str] | None = None,
-                 constant_inputs: dict[str, np.ndarray] | None = None, fold: bool = True):
+                 constant_inputs: dict[str, np.ndarray] | None = None, fold: bool = True, lower_to: int | None = None):
     """The canonical graph of ``proto`` (not modified) and the record of what changed.
 
     ``min_opset``: an opset below it is upgraded to :data:`UPGRADE_OPSET`, or to ``max_opset`` (the device's limit)
-    when that is lower. A graph newer than ``max_opset`` is left alone: the target's preflight refuses it.
+    when that is lower. A graph newer than ``max_opset`` is left alone (the target's preflight refuses it) unless
+    ``lower_to`` is given: a graph newer than ``lower_to`` is lowered to it (:func:`lower_opset`).
     ``keep_inputs``: the model's inputs (the source's input names). Graph inputs outside it that no node reads are
     dropped; one that a node reads and that has no value is an error. ``None``: every graph input that is not an
     initializer is a model input. ``constant_inputs``: graph inputs that are constants, with their values.
@@ -83,6 +87,8 @@ def canonicalize(proto, *, min_opset: int = MIN_OPSET, max_opset: int | None = N
     if _drop_non_model_inputs(graph, keep_inputs, rec) and model.ir_version < 4:
         model.ir_version = 4  # before the converter: at IR < 4 it only sees initializers that are also inputs
     _upgrade_opset(model, min_opset, max_opset, rec)
+    if lower_to is not None and opset_of(model) > lower_to:
+        lower_opset(model, lower_to, rec)
     _bump_ir(model, rec)
     invariants = _loop_invariants_out_of_state(model.graph)
     if invariants:
@@ -291,6 +297,158 @@ def _upgrade_opset(model, min_opset: int, max_opset: int | None, rec: CanonicalR
         rec.changes.append(f"{renamed} tensor name(s) the version converter had replaced (_v_N) given back their source names")
 
 
+# Ops whose newer versions only widened their types, but whose values or attributes mean more: never kept as they are.
+LOWER_NEVER_KEEP = ("Pad", "ScatterElements", "ScatterND", "If", "Loop", "Scan")
+HELD_DOMAIN = "edgeconv.held"  # where kept nodes wait while onnx.version_converter lowers the others
+
+
+def lower_opset(model, want: int, rec: CanonicalRecord) -> None:
+    """Lower ``model`` (edited in place) to opset ``want`` with ``onnx.version_converter``. Its C++ converter has no
+    downward adapter for many ops whose newer versions only widened their types (Relu-14 added integer types, Add-14
+    small integers, Identity-16 optionals): such a node, when its tensors' types are ones the old version takes and
+    its signature (inputs, outputs, attributes) is the old one, is the same node at ``want`` and is kept as it is (the
+    converter does not see it); the converter lowers the rest. An op it cannot lower is a ConversionFailed (exit 4)
+    naming the node. The canonical graph is then checked against the source like every other change."""
+    from onnx import version_converter
+
+    have = opset_of(model)
+    idle = _drop_idle_allowzero(model.graph) if want < 14 else 0
+    kept = _type_only_nodes(model, have, want)
+    for node in kept:
+        node.domain = HELD_DOMAIN
+    model.opset_import.add(domain=HELD_DOMAIN, version=1)
+    try:
+        converted = version_converter.convert_version(model, want)
+    except Exception as exc:  # noqa: BLE001 - the converter's C++ assertions arrive as RuntimeError or others
+        _release_held(model)
+        raise ConversionFailed(
+            f"onnx.version_converter cannot lower the graph from opset {have} to {want}: {_converter_culprit(model, str(exc))}",
+            hint=f"the device's parser reads opset {want} at most: replace that op in the model, or export a TorchScript "
+                 "source (.pt) with --opset, which writes the old opset directly") from exc
+    _release_held(model)
+    _release_held(converted)
+    renamed = _restore_tensor_names(model, converted)
+    model.CopyFrom(converted)
+    held = ", ".join(f"{c} {op}" for op, c in sorted(Counter(n.op_type for n in kept).items()))
+    rec.changes.append(f"opset {have} → {want} (onnx.version_converter, lowered to the device's limit)"
+                       + (f"; kept as they are (newer versions only widened their types): {held}" if held else ""))
+    if idle:
+        rec.changes.append(f"allowzero=1 dropped from {idle} Reshape node(s) whose constant shape has no 0 (it changes "
+                           "nothing there; Reshape before opset 14 has no such attribute)")
+    if renamed:
+        rec.changes.append(f"{renamed} tensor name(s) the version converter had replaced (_v_N) given back their source names")
+    model.ir_version = min(int(model.ir_version), _lowest_ir(model))  # for older parsers; _bump_ir records it
+
+
+def _drop_idle_allowzero(graph) -> int:
+    """Reshape's ``allowzero=1`` (torch's exporter writes it) means something only when the shape holds a 0: where the
+    shape is a constant without one, the attribute is dropped, so the node is a Reshape of any opset. Returns how many."""
+    from onnx import numpy_helper
+
+    consts = {i.name: i for i in graph.initializer}
+    consts |= {n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
+    count = 0
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        for i, attr in enumerate(node.attribute):
+            if attr.name == "allowzero" and attr.i == 1 and 0 not in numpy_helper.to_array(consts[node.input[1]]).tolist():
+                del node.attribute[i]
+                count += 1
+                break
+    return count
+
+
+def _release_held(model) -> None:
+    """The nodes :func:`lower_opset` kept out of the converter's sight back in the default domain."""
+    for node in model.graph.node:
+        if node.domain == HELD_DOMAIN:
+            node.domain = ""
+    for i, o in enumerate(model.opset_import):
+        if o.domain == HELD_DOMAIN:
+            del model.opset_import[i]
+            return
+
+
+def _lowest_ir(model) -> int:
+    from onnx import helper
+
+    return max(4, helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+
+
+def _type_only_nodes(model, have: int, want: int) -> list:
+    """Top-level default-domain nodes whose op at opset ``want`` has the same signature as at ``have`` and accepts
+    the node's tensor types (from shape inference): the node is valid at ``want`` unchanged."""
+    from onnx import defs
+
+    types = _tensor_types(model)
+    kept = []
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type in LOWER_NEVER_KEEP:
+            continue
+        try:
+            new, old = defs.get_schema(node.op_type, have, ""), defs.get_schema(node.op_type, want, "")
+        except defs.SchemaError:
+            continue
+        if new.since_version == old.since_version:
+            continue  # the same version at both opsets: nothing to lower (the converter just relabels it)
+        if _same_signature(new, old, node) and _types_allowed(old, node, types):
+            kept.append(node)
+    return kept
+
+
+def _same_signature(new, old, node) -> bool:
+    """The same inputs and outputs at both versions, and every attribute the node sets means the same in the old one:
+    an attribute the newer version added (Reshape-14's ``allowzero``) only where the node leaves it at its default."""
+    from onnx import helper
+
+    def io(schema) -> tuple:
+        return [(p.name, p.option) for p in schema.inputs], [(p.name, p.option) for p in schema.outputs]
+
+    if io(new) != io(old):
+        return False
+    for name, a in old.attributes.items():
+        b = new.attributes.get(name)
+        if b is None or (a.type, a.required) != (b.type, b.required):
+            return False
+    for attr in node.attribute:
+        if attr.name in old.attributes:
+            continue
+        default = new.attributes[attr.name].default_value if attr.name in new.attributes else None
+        if default is None or not default.name or helper.get_attribute_value(default) != helper.get_attribute_value(attr):
+            return False
+    return True
+
+
+def _tensor_types(model) -> dict[str, str]:
+    """``name -> "tensor(float)"`` for every tensor of the top-level graph whose element type shape inference knows."""
+    from onnx import TensorProto, shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    g = inferred.graph
+    out = {}
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            out[vi.name] = f"tensor({TensorProto.DataType.Name(vi.type.tensor_type.elem_type).lower()})"
+    for init in g.initializer:
+        out[init.name] = f"tensor({TensorProto.DataType.Name(init.data_type).lower()})"
+    return out
+
+
+def _types_allowed(schema, node, types: dict[str, str]) -> bool:
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    for formals, names in ((schema.inputs, node.input), (schema.outputs, node.output)):
+        for i, name in enumerate(names):
+            if not name:
+                continue
+            if not formals or name not in types:
+                return False
+            formal = formals[min(i, len(formals) - 1)]
+            if types[name] not in allowed.get(formal.type_str, {formal.type_str}):
+                return False
+    return True
+
+
 def _restore_tensor_names(before, after) -> int:
     """onnx.version_converter names the output of every node it replaces ``_v_N``: give such tensors back their
     names, found where a node that kept its name reads or writes them. Top-level graph only. Returns the count."""
@@ -330,7 +488,7 @@ def _converter_culprit(model, message: str) -> str:
 
     text = first_line(message, 300) or "no message"
     nodes = [n for n in model.graph.node if n.domain in ("", "ai.onnx")]
-    named = [n for n in nodes if n.op_type and n.op_type in message]
+    named = [n for n in nodes if n.op_type and re.search(rf"\b{re.escape(n.op_type)}\b", message)]
     unknown = [n for n in nodes if not defs.has(n.op_type)]
     culprits = {(n.name or "(unnamed)", n.op_type) for n in named + unknown}
     if not culprits:

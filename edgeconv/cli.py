@@ -372,6 +372,50 @@ def _timing_group(
 _with_timing = _with_group("timing", _timing_group)
 _with_ssh_options = _with_group("ssh", _ssh_group)
 _with_calibration = _with_group("calib", _calibration_group)
+_BARE = "A bare model file (.tflite, .onnx, .xml+.bin, .param+.bin, .pte) instead of a bundle"
+
+
+def _bare_file(fn):
+    """The command takes a bare model file in place of its bundle: wrapped first (edgeconv/wrap.py) in a temporary
+    directory, with --reference, --target and --input-shape for that file; the command's --source is its reference too."""
+    import inspect
+
+    sig = inspect.signature(fn, eval_str=True)
+    extra = [
+        inspect.Parameter("bare_reference", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Path | None, typer.Option("--reference", help="A bare file's reference inputs and outputs (.npz: input:NAME, "
+                                      "output:NAME), checked for parity.", rich_help_panel=_BARE)]),
+        inspect.Parameter("bare_target", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            str | None, typer.Option("--target", help="A bare file's device profile (default: its runtime's family).",
+                                     rich_help_panel=_BARE)]),
+        inspect.Parameter("bare_input_shape", inspect.Parameter.KEYWORD_ONLY, default=[], annotation=Annotated[
+            list[str], typer.Option("--input-shape", help="A bare file's input shapes where it keeps none (ncnn): "
+                                    "NAME=1x3x224x224.", rich_help_panel=_BARE)]),
+    ]
+    if "source" not in sig.parameters:  # debug: an ONNX --source is the float graph it compares the file with
+        extra.append(inspect.Parameter("bare_source", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Path | None, typer.Option("--source", help="A bare file's source model (run here as its reference; an .onnx "
+                                      "one is also the float graph debug compares it with).", rich_help_panel=_BARE)]))
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from edgeconv.specs import parse_input_shapes
+        from edgeconv.wrap import bare_bundle, is_model_file
+
+        reference, target, shapes = (kwargs.pop(k) for k in ("bare_reference", "bare_target", "bare_input_shape"))
+        given, source = kwargs["bundle"], kwargs.pop("bare_source", None)
+        if source is not None and not is_model_file(given):
+            raise BadInput(f"--source applies to a bare model file; {given} is a bundle (its float graph is inside)")
+        load = _load_options(None, None, kwargs.get("trust_pickle", False))
+        with bare_bundle(given, source=source or kwargs.get("source"), reference=reference, target=target,
+                         input_shapes=parse_input_shapes(shapes), load=load, steps=_steps(kwargs.get("as_json", False))) as b:
+            kwargs["bundle"] = b
+            if is_model_file(given) and kwargs.get("data") is None and "source" in kwargs:
+                kwargs["source"] = None  # the file's reference only: there is no --data to measure its accuracy on
+            return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
+    return wrapper
 
 
 @app.command()
@@ -441,6 +485,8 @@ def convert(
         levers=[n.strip() for n in levers.split(",") if n.strip()] if levers is not None else None,
         finetune=finetune, epochs=epochs, lr=lr,
     )
+    if model.suffix.lower() == ".tflite":  # taken as it is by the TFLite-family targets (edgeconv/wrap.py)
+        from edgeconv.wrap import convert_given as run_convert
     result = run_convert(req, _steps(as_json))
     if as_json:
         _emit_json({"ok": True, "bundle": str(result.bundle), "manifest": result.manifest})
@@ -452,6 +498,7 @@ def convert(
 
 @app.command()
 @_handled()
+@_bare_file
 @_with_ssh_options
 @_with_timing
 def validate(
@@ -482,12 +529,19 @@ def validate(
             "nhwc (data in the artifact's own layout).")] = "source",
     request: Annotated[Path | None, typer.Option("--request", help="Run this request.json (what --remote sends a device) "
             "instead of the options above.")] = None,
+    stream: Annotated[int | None, typer.Option("--stream", help="Stateful models: run N consecutive chunks, each step's "
+            "output state fed to the next, every step compared with the source's.")] = None,
+    state_map: Annotated[list[str], typer.Option("--state-map", help="With --stream: STATE_INPUT=NEXT_STATE_OUTPUT "
+            "(repeatable; default: read from the names, state→stateN, h0→hn).")] = [],  # noqa: B006
+    chunk_ms: Annotated[float | None, typer.Option("--chunk-ms", help="With --stream: a chunk's duration in ms, for the "
+            "real-time factor (chunk duration / latency).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a bundle here or on devices (--remote): parity, accuracy, latency, budgets.
 
     One request, executed here or sent with the bundle to each device; a check or budget missed exits 1."""
     from edgeconv.parity import parse_atol_overrides
+    from edgeconv.streaming import parse_state_map
     from edgeconv.validate import ValidateRequest, build_request, read_request, run_request
 
     req = ValidateRequest(
@@ -495,10 +549,11 @@ def validate(
         max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms, report=report,
         atol=parse_atol_overrides(atol), device=device, inference_precision=inference_precision,
         performance_hint=performance_hint, io_layout=io_layout, score_output=score_output, max_memory_mb=max_memory_mb,
+        stream=stream, state_map=parse_state_map(state_map), chunk_ms=chunk_ms,
     )
     steps = _steps(as_json)
     if request is not None:
-        if req.to_request() != ValidateRequest(bundle).to_request() or source is not None or ssh.given:
+        if req.to_request() != ValidateRequest(bundle).to_request() or source is not None or ssh.given or stream is not None:
             raise BadInput("--request carries the run's options: pass it alone (with --report and --json at most)")
         result = run_request(bundle, read_request(request), report=report, steps=steps, base_dir=request.parent)
     elif ssh.given:
@@ -518,6 +573,7 @@ def validate(
 
 @app.command()
 @_handled()
+@_bare_file
 @_with_ssh_options
 def profile(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert`.")],
@@ -644,17 +700,72 @@ def compare_cmd(
         from edgeconv.render import render_compare
 
         render_compare(result, wide=wide)
+    if result.get("interrupted"):  # Ctrl-C: the finished rows are shown above; the run itself did not finish
+        raise typer.Exit(130)
+
+
+@app.command("sweep")
+@_handled()
+def sweep_cmd(
+    models: Annotated[list[Path] | None, typer.Argument(help="Source models (or --plan).")] = None,
+    targets: Annotated[str | None, typer.Option("--targets", help="Comma-separated targets (profiles or families); "
+            "T@DEVICE validates on a plan's device.")] = None,
+    precisions: Annotated[str | None, typer.Option("--precisions", help="Comma-separated precisions (default: each "
+            "profile's own).")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="A TOML plan: models with their own data, calibration, "
+            "options and targets, and devices (see docs/architecture.md, Sweeps).")] = None,
+    calib: Annotated[Path | None, typer.Option("--calib", help="Calibration data for the int8 cells.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled .npz (x, y) for accuracy.")] = None,
+    sample: Annotated[Path | None, typer.Option("--sample", help="Reference inputs (.npz/.npy).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: results.json, matrix.md, results.html; "
+            "rerunning into it skips the cells already done.")] = Path("sweep-run"),
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Cells at once on this machine.")] = 1,
+    ray: Annotated[str | None, typer.Option("--ray", help="Run each cell as a task on this Ray cluster (auto: the running "
+            "one; needs edgeconv[ray]).")] = None,
+    keep_bundles: Annotated[bool, typer.Option("--keep-bundles", help="Keep every cell's bundle (default: its reports "
+            "only).")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for each convert and each validate.")] = 1800.0,
+    baseline: Annotated[Path | None, typer.Option("--baseline", help="An earlier results.json: list what changed, exit 1 on "
+            "a regression.")] = None,
+    accuracy_tolerance: Annotated[float, typer.Option("--accuracy-tolerance", help="--baseline: top-1 points a cell may "
+            "lose.")] = 0.5,
+    latency_tolerance: Annotated[float, typer.Option("--latency-tolerance", help="--baseline: share a p50 may grow "
+            "(and it must leave both runs' intervals).")] = 0.10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Many models × many targets: convert + validate each cell, here or on Ray; one matrix; a CI gate."""
+    from edgeconv.sweep import SweepRequest, run_sweep
+
+    def split(text: str | None) -> list[str]:
+        return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+    result = run_sweep(SweepRequest(
+        run_dir=output, models=list(models or []), targets=split(targets), precisions=split(precisions), plan=plan,
+        data=data, calib=calib, sample=sample, jobs=jobs, ray=ray, keep_bundles=keep_bundles, timeout=timeout,
+        baseline=baseline, accuracy_tolerance=accuracy_tolerance, latency_tolerance=latency_tolerance,
+    ), progress=None if as_json else _progress_line)
+    if as_json:
+        _emit_json(result)
+    else:
+        from edgeconv.sweep.render import render_sweep
+
+        render_sweep(result)
+    if result["baseline"] and result["baseline"]["regressions"]:
+        raise typer.Exit(1)
 
 
 @app.command("debug")
 @_handled()
+@_bare_file
 def debug_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `edgeconv convert` (a failed int8 bundle too).")],
     data: Annotated[Path, typer.Option("--data", help="Real inputs (.npz x[, y] or .npy) to run both graphs on.")],
     samples: Annotated[int, typer.Option("--samples", help="How many samples of --data to run.")] = 32,
-    threshold_db: Annotated[float, typer.Option("--threshold-db", help="A layer diverges when its SNR, and the SNR its own "
-            "error leaves, fall below this.")] = 20.0,
+    threshold_db: Annotated[float | None, typer.Option("--threshold-db", help="A layer diverges when its SNR, and the SNR its "
+            "own error leaves, fall below this (default: 20 dB int8, 40 dB fp16, 60 dB fp32).")] = None,
     top: Annotated[int, typer.Option("--top", help="Rows in the worst-layers table.")] = 10,
+    reduce_dir: Annotated[Path | None, typer.Option("--reduce", help="Write the smallest piece of the canonical ONNX graph "
+            "that still fails on the bundle's backend into this folder, with its inputs and a command reproducing it.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Which layer loses the accuracy: the artifact and the fp32 ONNX graph layer by layer.
@@ -662,6 +773,16 @@ def debug_cmd(
     Each layer is mapped to the PyTorch module / Keras layer it came from; the first diverging layer is marked."""
     from edgeconv.debug import DebugRequest, debug
 
+    if reduce_dir is not None:  # edgeconv/debug/reduce.py
+        from edgeconv.debug.reduce import reduce
+
+        found = reduce(bundle, data, reduce_dir, min(samples, 8), threshold_db, _steps(as_json))
+        if as_json:
+            _emit_json(found)
+        else:
+            typer.echo(f"{found['nodes']} node(s) ending at {found['first_diverging']} still fail on {found['runtime']}: "
+                       f"{found['dir']}\nreproduce: {found['command'] or found.get('note')}")
+        return
     report = debug(DebugRequest(bundle=bundle, data=data, samples=samples, threshold_db=threshold_db), _steps(as_json))
     if as_json:
         _emit_json(report)
@@ -669,6 +790,48 @@ def debug_cmd(
         from edgeconv.debug.render import render_debug
 
         render_debug(report, top=top)
+
+
+@app.command("wrap")
+@_handled()
+def wrap_cmd(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="A model file edgeconv did not build: .tflite, .onnx, .xml (+ .bin), "
+            ".param (+ .bin), .pte.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Bundle directory to write.")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Device profile (default: the file's runtime's "
+            "family).")] = None,
+    source: Annotated[Path | None, typer.Option("--source", help="The model the file was made from (any source edgeconv "
+            "reads), run here on the same inputs: the reference for parity.")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", help="Reference inputs and outputs (.npz: input:NAME, "
+            "output:NAME) for parity.")] = None,
+    sample: Annotated[Path | None, typer.Option("--sample", help="Reference inputs (.npy/.npz; default: seeded random).")] = None,
+    input_shape: InputShapeOpt = [],  # noqa: B006
+    atol: AtolOpt = [],  # noqa: B006
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at -o.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a bundle around a model file edgeconv did not build, so validate, profile and the device runner take it.
+
+    The manifest says the file was given: its sha256, the runtime that opened it, its inputs and outputs read from it;
+    with --source or --reference, parity is checked (exit 1 on a miss)."""
+    from edgeconv.parity import parse_atol_overrides
+    from edgeconv.specs import parse_input_shapes
+    from edgeconv.wrap import WrapRequest, wrap
+
+    result = wrap(WrapRequest(model, output, target=target, source=source, reference=reference, sample=sample,
+                              input_shapes=parse_input_shapes(input_shape), load=_load_options(model_class, model_kwargs,
+                                                                                              trust_pickle),
+                              atol=parse_atol_overrides(atol), force=force, command_line=_command_line(ctx)), _steps(as_json))
+    if as_json:
+        _emit_json({"ok": result.ok, "bundle": str(result.bundle), "manifest": result.manifest})
+    else:
+        from edgeconv.render import render_convert
+
+        render_convert(result)
 
 
 @app.command("compress")

@@ -56,7 +56,8 @@ ENTRY_FILE = "entry.json"  # an entry's record of itself, written last
 LIBS = ("numpy", "torch", "onnxscript", "onnx", "onnxruntime", "onnxslim", "tensorflow", "tensorflow-cpu", "keras",
         "tf_keras", "tf2onnx", "transformers")
 # the source's attributes a cached conversion needs before (or instead of) loading the model
-FACTS = ("framework", "format", "frontend", "layout_default", "shapes_baked", "default_opset", "max_export_opset")
+FACTS = ("framework", "format", "frontend", "layout_default", "shapes_baked", "default_opset", "max_export_opset",
+         "declared_scalars")
 
 
 @functools.lru_cache(maxsize=1)

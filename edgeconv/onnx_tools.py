@@ -104,7 +104,7 @@ def set_input_shapes(proto, inputs: list[TensorSpec], dynamic_batch: bool) -> No
         del dims[:]
         for i, d in enumerate(spec.shape):
             dim = dims.add()
-            if i == 0 and dynamic_batch:
+            if i == spec.batch_axis and dynamic_batch:  # the first axis, or the one the graph names batch (a state's)
                 dim.dim_param = "batch"
             elif isinstance(d, int):
                 dim.dim_value = d

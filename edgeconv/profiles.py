@@ -31,6 +31,7 @@ class Profile:
     runner: str
     precisions: list[str]
     description: str = ""
+    default_precision: str = "fp32"  # what convert builds without --precision: always one of ``precisions``
     default_for_family: bool = False
     max_opset: int | None = None
     dynamic_batch: bool = True
@@ -50,9 +51,14 @@ class Profile:
         if missing:
             raise BadInput(f"device profile {path} lacks {', '.join(missing)}", hint=f"a profile needs {', '.join(REQUIRED)}")
         tols = {p: tolerance_from_dict(t) for p, t in data.get("tolerances", {}).items()}
+        precisions = list(data["precisions"])
+        default = data.get("default_precision") or ("fp32" if "fp32" in precisions or not precisions else precisions[0])
+        if default not in precisions:
+            raise BadInput(f"device profile {path}: default_precision {default!r} is not one of its precisions "
+                           f"({', '.join(precisions)})", hint="set default_precision to one the device offers")
         return cls(
             name=data["name"], family=data["family"], backend=data["backend"], runner=data["runner"],
-            precisions=list(data["precisions"]), description=data.get("description", ""),
+            precisions=precisions, description=data.get("description", ""), default_precision=default,
             default_for_family=bool(data.get("default_for_family", False)), max_opset=data.get("max_opset"),
             dynamic_batch=bool(data.get("dynamic_batch", True)), device_python=data.get("device_python"),
             runtime=data.get("runtime", {}), tolerances=tols, path=path, raw=data,
@@ -70,7 +76,24 @@ class Profile:
         install = sorted({f"pip install 'edgeconv[{e}]'" if not e.startswith("(") else f"pip install {m}"
                           for m, e in missing_mods.items()})
         return {"available": not missing_mods and not missing_tools, "missing_modules": sorted(missing_mods),
-                "missing_tools": missing_tools, "install": install, "device_part": self.device_part()}
+                "missing_tools": missing_tools, "install": install, "device_part": self.device_part(),
+                "runs_here": self.runs_here()}
+
+    def runs_here(self) -> str:
+        """"native" when this machine is the profile's device (its ``[native]`` table, judged as ``measured_on`` judges
+        a figure), else "emulated": what validate, profile and compare measure here is labelled host emulation."""
+        import ctypes.util
+
+        from edgeconv.core.machine import is_the_device
+
+        info = {"device": self.runtime.get("device", "CPU"), "delegate": ""}  # OpenVINO: the CPU unless told otherwise
+        if self.backend == "jetson":
+            info["device"] = "GPU" if _importable("tensorrt") else "CPU"
+        if self.backend == "coral" and ctypes.util.find_library("edgetpu"):
+            info["delegate"] = "edgetpu"
+        if self.backend == "openvino":
+            info["device"] = "CPU"  # an Intel GPU/NPU is only known by opening OpenVINO: validate --device says
+        return "native" if is_the_device(self.raw.get("native"), info) else "emulated"
 
     def device_part(self) -> str:
         """Whether the device-side step (engine build, compile, accelerator run) can happen on this machine."""
@@ -87,6 +110,10 @@ class Profile:
         device = self.runtime.get("device")
         if self.backend == "openvino" and device and device != "CPU":
             return f"runs on an Intel {device} (validate exits 3 here without one; --device CPU works)"
+        if self.runs_here() == "emulated":
+            from edgeconv.core.machine import arch_name
+
+            return f"runs on the device itself; host emulation on {arch_name()} here"
         return "here"
 
 

@@ -77,7 +77,11 @@ def render_convert(result) -> None:
             for op in c["cpu_operators"]:
                 console.print(f"  [yellow]on the CPU:[/] {op}")
     fb = m.get("fallback")
-    if fb:
+    if fb and fb.get("precision") == "fp16":  # edgeconv/convert/fp16_fallback.py
+        kept = ", ".join(f"{x['source'] or x['layer']} ({x['why']})" for x in fb["float_layers"]) or "none"
+        console.print(f"[bold]fp16 fallback[/] ({'met' if fb['ok'] else '[red]missed[/]'} parity): "
+                      f"{len(fb['float_layers'])} layer(s) kept in fp32 — {escape(kept)} [dim]({fb['mechanism']})[/]")
+    elif fb:
         label = "NNCF accuracy control" if fb.get("mode") == "accuracy-control" else "int8 guard"
         console.print(_guard_line(label, fb))
     if model.get("float_ops"):
@@ -112,10 +116,11 @@ def _edgetpu_table(c: dict[str, Any]) -> None:
 
 def render_validation(r: dict[str, Any]) -> None:
     mo = r["measured_on"]
-    console.print(f"[bold]{r['bundle']}[/] · {r['target']} · {r['precision']} · measured on {mo['host']} ({mo['kind']}), "
+    where = mo.get("label") or mo["kind"]
+    console.print(f"[bold]{r['bundle']}[/] · {r['target']} · {r['precision']} · measured on {mo['host']} ({where}), "
                   f"{mo['runtime']} {mo['version']}, threads {mo['threads']}")
     console.print(_parity_table(r["parity"], "Parity against the source model's reference outputs"))
-    t = Table(title="Validation" + (f" · latency {mo['kind']}" if mo.get("emulation") else ""), title_justify="left")
+    t = Table(title="Validation" + (f" · latency {where}" if mo["kind"] not in ("host", "device") else ""), title_justify="left")
     t.add_column("check")
     t.add_column("value", justify="right")
     t.add_column("budget", justify="right")
@@ -141,6 +146,11 @@ def render_validation(r: dict[str, Any]) -> None:
             t.add_row("top-1 agreement with the source", f"{o['top1_agreement']:.2%}", "", "")
         else:
             t.add_row("accuracy", "not measured (no labels)", "", "")
+    if r.get("stream"):
+        from edgeconv.streaming import stream_rows
+
+        for row in stream_rows(r):
+            t.add_row(*row)
     lat = r["latency"]
     b = budgets.get("max_latency_ms_p50")
     t.add_row(f"latency p50 (batch {lat['batch']})", f"{lat['p50_ms']:.3f} ms", "" if b is None else f"≤ {b['limit']} ms",
@@ -192,12 +202,22 @@ def _conditions_and_memory(r: dict[str, Any]) -> None:
     if mem:
         phases = ", ".join(f"{p['phase'].replace('_', ' ')} {p['peak_mb']:.0f}" for p in mem["phases"])
         console.print(f"[dim]peak RSS MB: {phases}; model file {mem['model_file_mb']:.1f} MB ({mem['method']})[/]")
+        own = mem.get("runtime_own_figure") or {}
+        if own.get("source"):
+            console.print(f"[dim]runtime's own figure ({escape(own['source'])}): "
+                          f"{escape(', '.join(f'{k} {v}' for k, v in own.items() if k != 'source'))}[/]")
+    ld = r.get("load")
+    if ld and ld.get("first_load_ms") is not None:
+        later = "—" if ld.get("later_load_ms") is None else f"{ld['later_load_ms']:.1f} ms"
+        console.print(f"[dim]model load: first {ld['first_load_ms']:.1f} ms"
+                      f"{' (fresh process)' if ld['first_load_fresh_process'] else ''}, later {later}; "
+                      f"{escape(ld['model_cache'])}[/]")
 
 
 def render_profile(r: dict[str, Any]) -> None:
     mo = r["measured_on"]
     t = Table(title=f"{r['target']} · {r['precision']} · {mo.get('runtime')} {mo.get('version') or ''} · threads "
-                    f"{mo.get('threads')} · {mo.get('kind')}", title_justify="left")
+                    f"{mo.get('threads')} · {mo.get('label') or mo.get('kind')}", title_justify="left")
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "per item ms", "items/s", "RSS Δ MB", "peak RSS MB", "vs batch 1"):
         t.add_column(col, justify="right")
     for row in r["rows"]:
@@ -243,7 +263,7 @@ def render_profile_layers(r: dict[str, Any], top: int = 20) -> None:
     mo, lay = r["measured_on"], r["layers"]
     version = str(mo.get("version") or "").split("-")[0]  # OpenVINO's carries its build hash
     title = (f"{r['target']} · {r['precision']} · {mo.get('runtime')} {version} · threads {mo.get('threads')} · "
-             f"batch {lay['batch']} · {mo.get('kind')}")
+             f"batch {lay['batch']} · {mo.get('label') or mo.get('kind')}")
     columns = [("#", 0, "right"), ("layer", 0, "left"), ("op", 2, "left"), ("source", 1, "left"), ("p50 ms", 0, "right"),
                ("mean ms", 4, "right"), ("share", 0, "right"), ("cumulative", 3, "right")]
     rows, cum = [], 0.0
@@ -313,8 +333,8 @@ def _print_fitted(t: Table, hidden: list[str]) -> None:
 
 def render_compare(r: dict[str, Any], wide: bool = False) -> None:
     base = r["source_baseline"]
-    title = f"{r['model']} on this machine" + (f" · baseline: {base['framework']} {base['p50_ms']:.3f} ms (p50, batch 1)"
-                                                if base else "")
+    title = f"{r['model']} on this machine" + (f" · baseline: {base['framework']} eager {base['p50_ms']:.3f} ms (p50, batch "
+                                                f"{base.get('batch', 1)})" if base and base.get("p50_ms") else "")
     columns = [("target", 0, "left"), ("precision", 0, "left"), ("status", 0, "left"), ("size", 4, "right"),
                ("parity max abs", 3, "right"), ("top-1", 2, "right"), ("drop", 2, "right"), ("p50 ms", 1, "right"),
                ("items/s", 6, "right"), ("speed-up", 5, "right"), ("memory MB", 4, "right"), ("measured", 7, "left")]
@@ -332,8 +352,14 @@ def render_compare(r: dict[str, Any], wide: bool = False) -> None:
                      f"{row['throughput_items_s']:.0f}",
                      f"{row['speedup_vs_source']:.1f}×" if row.get("speedup_vs_source") else "—",
                      "—" if row.get("memory_mb") is None else f"{row['memory_mb']:.0f}",
-                     f"{row['runtime']} ({row['measured']})"])
+                     f"{row['runtime']} ({row.get('label') or row['measured']})"])
     _print_fitted(*fitted_table(title, columns, rows, wide))
+    if r.get("interrupted"):
+        console.print(f"[yellow]interrupted: {r.get('finished')} rows finished (shown)[/]")
+    if base and base.get("how"):
+        console.print(f"[dim]baseline: {escape(base['how'])}[/]")
+    elif base and base.get("error"):
+        console.print(f"[yellow]baseline not measured: {escape(base['error'])}[/]")
     console.print(f"[dim]{r['note']}[/]")
     if any(row.get("latency_stability") == "unstable" for row in r["rows"]):
         console.print("[dim]⚠ p50 unstable (the row's latency_unstable_why says why); memory MB: peak RSS above the process "
@@ -480,7 +506,8 @@ def render_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:
             if not r["available"] and r.get("install"):
                 missing = ", ".join(r["missing_modules"] + r["missing_tools"])
                 hints.setdefault(f"missing {missing}: {'; '.join(r['install'])}", []).append(r["name"])
-            runs = "here" if part == "here" else f"[{list(notes).index(part) + 1}]"
+            runs = ("native" if r.get("runs_here", "native") == "native" else "emulated") + (
+                "" if part == "here" else f" [{list(notes).index(part) + 1}]")
             t.add_row(family if i == 0 else "", r["name"] + (" *" if r["default_for_family"] else ""), r["runner"],
                       " ".join(r["precisions"]), _convert_here(r), runs)
         if family != families[-1]:
@@ -490,6 +517,7 @@ def render_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:
         console.print(f"[{i}] {escape(_about(rows, names))}: {escape(note)}")
     for hint, names in hints.items():
         console.print(f"to convert for {escape(_about(rows, names))} here: {escape(hint)}")
+    console.print("[dim]runs: native = runs here natively; emulated = emulated here (figures say \"host emulation\")[/]")
     console.print("[dim]--wide: backends, descriptions and notes on every row; --json: everything[/]")
 
 

@@ -54,6 +54,7 @@ def resolve(source, req: ShapeRequest) -> ResolvedInputs:
     """The source's inputs with every dimension and dtype known (the batch dynamic only with ``dynamic_batch``)."""
     specs = [TensorSpec(s.name, list(s.shape), s.dtype, s.layout)
              for s in apply_input_shapes(source.inputs, req.input_shapes, baked=source.shapes_baked)]
+    _batch_axes(specs, scalar_inputs(source) | {n for n, shape in req.input_shapes.items() if n and shape == []})
     dtypes = _named(req.input_dtypes, [s.name for s in specs], "--input-shape …:DTYPE")
     origins: dict[str, dict[str, object]] = {}
     notes: list[str] = []
@@ -76,14 +77,16 @@ def _fill_from_data(specs: list[TensorSpec], files: list[tuple[str, Path]], orig
 
     loaded: dict[Path, dict[str, np.ndarray]] = {}
     for flag, path in files:
-        if all(_complete(s) for s in specs):
+        if all(_complete(s) for s in specs) and (not specs or "reading" in origins[specs[0].name]):
             break
         if path not in loaded:
             loaded[path] = read_arrays(path)
         picked = pick_inputs(path, loaded[path], specs, labels=flag == "--data")
+        one_feed = _reading(flag, path, picked, specs, origins)
         for s in specs:
             if not _complete(s):
-                empty = [i for i in _fill(s, picked[s.name], f"{flag} {path.name}", origins[s.name]) if s.shape[i] == 0]
+                fill = _fill_one_feed if one_feed else _fill
+                empty = [i for i in fill(s, picked[s.name], f"{flag} {path.name}", origins[s.name]) if s.shape[i] == 0]
                 if empty:
                     raise BadInput(f"{flag} {path}: its array for input {s.name!r} has shape "
                                    f"{'x'.join(map(str, picked[s.name].shape))}, size 0 on axis {empty[0]}, which the model "
@@ -105,6 +108,8 @@ def _finish(source, s: TensorSpec, req: ShapeRequest, record: dict[str, object],
             "--dynamic-batch cannot undo that",
             hint="re-export it with dynamic_shapes={'%s': {0: torch.export.Dim('batch')}}, or drop --dynamic-batch" % s.name,
         )
+    if s.batch_axis is None and not s.shape:  # a 0-d input: no batch, nothing open
+        return TensorSpec(s.name, [], s.dtype, None, None)
     if not s.shape:
         raise BadInput(
             f"{source.path} does not record the shape of input {s.name!r} ({source.format} keeps no shapes), "
@@ -115,15 +120,16 @@ def _finish(source, s: TensorSpec, req: ShapeRequest, record: dict[str, object],
                  + f", or the shape: --input-shape {s.name}={source.input_hint(s.name)}",
         )
     shape = list(s.shape)
-    if not isinstance(shape[0], int) and not req.dynamic_batch:
-        notes.append(f"input {s.name!r}: dynamic batch {s.shape[0]!r} fixed to 1 (static shapes; --dynamic-batch keeps "
-                     "it dynamic where the target allows)")
-        record["shape"][0] = "batch 1 (static)"
-    if not isinstance(shape[0], int) or req.dynamic_batch:
-        shape[0] = "batch" if req.dynamic_batch else 1
+    ax = s.batch_axis
+    if ax is not None and not isinstance(shape[ax], int) and not req.dynamic_batch:
+        notes.append(f"input {s.name!r}: dynamic batch {s.shape[ax]!r}" + (f" (axis {ax})" if ax else "")
+                     + " fixed to 1 (static shapes; --dynamic-batch keeps it dynamic where the target allows)")
+        record["shape"][ax] = "batch 1 (static)"
+    if ax is not None and (not isinstance(shape[ax], int) or req.dynamic_batch):
+        shape[ax] = "batch" if req.dynamic_batch else 1
         if req.dynamic_batch:
-            record["shape"][0] = "dynamic (--dynamic-batch)"
-    open_dims = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
+            record["shape"][ax] = "dynamic (--dynamic-batch)"
+    open_dims = [i for i, d in enumerate(shape) if i != ax and not isinstance(d, int)]
     if open_dims:
         spelled = "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
         raise BadInput(
@@ -133,7 +139,39 @@ def _finish(source, s: TensorSpec, req: ShapeRequest, record: dict[str, object],
                                            else _placeholder(i, shape, s.layout or guess_layout(shape, source.layout_default))
                                            for i, d in enumerate(shape)),
         )
-    return TensorSpec(s.name, shape, s.dtype, s.layout or guess_layout(shape, source.layout_default))
+    return TensorSpec(s.name, shape, s.dtype, s.layout or guess_layout(shape, source.layout_default), ax)
+
+
+def scalar_inputs(source) -> set[str]:
+    """The inputs the model declares 0-d (the source's ``declared_scalars``: edgeconv/frontends/base.py)."""
+    return set(source.declared_scalars)
+
+
+def _batch_axes(specs: list[TensorSpec], scalars: set[str]) -> None:
+    """Each input's batch axis, from the graph: the first axis, or the axis that carries the name the first input's
+    batch has (``state [2, batch, 128]`` beside ``input [batch, 512]``); none for a 0-d input."""
+    named = next((s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)), None)
+    for s in specs:
+        if s.name in scalars:
+            s.batch_axis = None
+        elif named is not None and named in s.shape:
+            s.batch_axis = s.shape.index(named)
+
+
+def _reading(flag: str, path: Path, picked: dict[str, np.ndarray], specs: list[TensorSpec],
+             origins: dict[str, dict[str, object]]) -> bool:
+    """Whether a data file is one feed as the model takes it (else a data set, first axis = samples); recorded in
+    each input's origins (``reading``: the first file's, which is the reference feed's when it is ``--sample``), with
+    a note when both readings fit. Neither: the loader's error says why."""
+    from edgeconv.core.data import choose_reading
+
+    dicts = [{"name": s.name, "shape": None if not s.shape and s.batch_axis is not None else s.shape} for s in specs]
+    reading, why = choose_reading(path, picked, dicts)
+    for s in specs:
+        origins[s.name].setdefault("reading", f"{flag} {path.name}: " + {
+            "samples": "first axis = samples", "one feed": "one feed as the model takes it",
+            None: "first axis = samples"}[reading] + (f" ({why})" if why and reading else ""))
+    return reading == "one feed"
 
 
 def open_written_dims(proto) -> list[str]:
@@ -186,16 +224,15 @@ def _graphs(graph):
 
 
 def _complete(s: TensorSpec) -> bool:
-    return bool(s.shape) and s.dtype is not None and all(isinstance(d, int) for d in s.shape[1:])
+    """Every dimension but the batch known (a 0-d input has none), and the dtype."""
+    return ((bool(s.shape) or s.batch_axis is None) and s.dtype is not None
+            and all(isinstance(d, int) for i, d in enumerate(s.shape) if i != s.batch_axis))
 
 
 def _fill(s: TensorSpec, arr: np.ndarray, origin: str, record: dict[str, object]) -> list[int]:
     """Take what ``s`` leaves open from ``arr`` (first axis = samples): rank, dynamic dims, dtype. Returns the axes
     whose size it took."""
-    if s.dtype is None and arr.dtype.kind in "fiub":
-        # numpy's default float64 is never an edge model's input type
-        s.dtype = "float32" if arr.dtype == np.float64 else str(arr.dtype)
-        record["dtype"] = origin + (" (float64 read as float32)" if arr.dtype == np.float64 else "")
+    _fill_dtype(s, arr, origin, record)
     if arr.ndim == 0:
         return []
     if not s.shape:
@@ -208,6 +245,29 @@ def _fill(s: TensorSpec, arr: np.ndarray, origin: str, record: dict[str, object]
     for i in taken:
         s.shape[i] = int(arr.shape[i])
         record["shape"][i] = origin
+    return taken
+
+
+def _fill_dtype(s: TensorSpec, arr: np.ndarray, origin: str, record: dict[str, object]) -> None:
+    if s.dtype is None and arr.dtype.kind in "fiub":
+        # numpy's default float64 is never an edge model's input type
+        s.dtype = "float32" if arr.dtype == np.float64 else str(arr.dtype)
+        record["dtype"] = origin + (" (float64 read as float32)" if arr.dtype == np.float64 else "")
+
+
+def _fill_one_feed(s: TensorSpec, arr: np.ndarray, origin: str, record: dict[str, object]) -> list[int]:
+    """Take what ``s`` leaves open from ``arr``, one feed as the model takes it: every axis is the model's, its batch
+    included (a source that keeps no shapes takes the array's shape, with no batch axis known: the feed is run whole,
+    at its own batch). Returns the axes whose size it took."""
+    _fill_dtype(s, arr, origin, record)
+    if not s.shape and s.batch_axis is not None:
+        s.shape = [None] * arr.ndim
+        record["shape"] = [origin] * arr.ndim
+        s.batch_axis = None
+    taken = [i for i, d in enumerate(s.shape) if not isinstance(d, int)]
+    for i in taken:
+        s.shape[i] = int(arr.shape[i])
+        record["shape"][i] = origin + (f", batch {arr.shape[i]} (one feed)" if i == s.batch_axis else " (one feed)")
     return taken
 
 
@@ -278,3 +338,17 @@ def check_graph_memory(proto, specs: list[TensorSpec]) -> str | None:
     check_memory([s for s in known if s.dtype and not s.dtype.startswith("onnx:") and s.shape
                   and all(isinstance(d, int) for d in s.shape)], what="intermediate tensor")
     return None
+
+
+def axes_moved(src: list[int], art: list[int]) -> list[int] | None:
+    """The permutation that takes a tensor of shape ``src`` to ``art`` when there is one answer (perm[i] = the source axis
+    at artifact axis i); axes of size 1 may trade places (the data is the same). None when none fits, or several do."""
+    import itertools
+
+    if len(src) != len(art) or len(src) > 6:
+        return None
+    fits = [list(p) for p in itertools.permutations(range(len(src))) if [src[i] for i in p] == list(art)]
+    if not fits:
+        return None
+    order = {tuple(i for i in p if src[i] != 1) for p in fits}
+    return fits[0] if len(order) == 1 else None

@@ -20,17 +20,24 @@ class TensorSpec:
     shape: list[Dim]
     dtype: str | None  # numpy dtype name: "float32", "int64", ...; None until resolved when the source keeps none
     layout: str | None = None  # "NCHW", "NHWC", ... for 4-D image tensors, else None
+    # the axis that counts the batch: the first, unless the graph names it elsewhere (``state [2, batch, 128]``);
+    # None for a 0-d input (``sr``) or one whose batch is not known (docs/architecture.md, "shapes come from your data")
+    batch_axis: int | None = 0
 
     @property
     def dynamic_dims(self) -> list[int]:
         return [i for i, d in enumerate(self.shape) if not isinstance(d, int)]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["batch_axis"] == 0:  # the usual case stays out of manifests
+            del d["batch_axis"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(name=d["name"], shape=list(d["shape"]), dtype=d["dtype"], layout=d.get("layout"))
+        return cls(name=d["name"], shape=list(d["shape"]), dtype=d["dtype"], layout=d.get("layout"),
+                   batch_axis=d.get("batch_axis", 0))
 
     def shape_str(self) -> str:
         return "x".join("?" if d is None else str(d) for d in self.shape)
@@ -51,7 +58,10 @@ def sha256_of(path: Path) -> str:
 
 
 def parse_shape(text: str) -> list[Dim]:
-    """``1x3x224x224`` or ``1,3,224,224``; a non-numeric token (``batch``, ``?``) stays dynamic."""
+    """``1x3x224x224`` or ``1,3,224,224``; a non-numeric token (``batch``, ``?``) stays dynamic; ``scalar`` (or ``()``)
+    is a 0-d input's shape (a sample rate)."""
+    if text.strip() in ("scalar", "()"):
+        return []
     parts = [p.strip() for p in text.replace(",", "x").split("x") if p.strip()]
     if not parts:
         raise BadInput(f"empty shape {text!r}", hint="write shapes like 1x3x224x224")
@@ -156,11 +166,16 @@ def apply_input_shapes(specs: list[TensorSpec], shapes: dict[str | None, list[Di
 
 def random_inputs(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs of the right shape and dtype with ``batch`` samples on the first axis; dynamic
-    dimensions other than the batch must be resolved first."""
+    dimensions other than the batch must be resolved first. A model with an input whose batch is not its first axis
+    (or a 0-d input) gets one feed as it takes it: ``batch`` fills only the batch axes left open."""
     rng = np.random.default_rng(seed)
+    samples_first = all(s.batch_axis == 0 for s in specs)
     feed = {}
     for s in specs:
-        shape = [batch if i == 0 else d for i, d in enumerate(s.shape)]
+        shape = list(s.shape)
+        ax = s.batch_axis
+        if ax is not None and ax < len(shape) and (samples_first or not isinstance(shape[ax], int)):
+            shape[ax] = batch
         if any(not isinstance(d, int) for d in shape):
             raise BadInput(
                 f"input {s.name!r} has dynamic dimensions {s.shape_str()}; give a concrete shape",

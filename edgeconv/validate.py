@@ -30,6 +30,7 @@ from edgeconv.frontends import LoadOptions, load_source
 from edgeconv.progress import Steps
 from edgeconv.runners import open_runner
 from edgeconv.specs import TensorSpec, sha256_of
+from edgeconv.streaming import stream_section
 
 
 @dataclass
@@ -55,6 +56,9 @@ class ValidateRequest:
     stable: bool = False  # rounds until successive p50s agree
     allow_unstable: bool = False  # judge --max-latency-ms on an unstable measurement anyway
     max_memory_mb: float | None = None  # budget: peak RSS of the run
+    stream: int | None = None  # --stream N: N consecutive chunks, state carried (edgeconv/streaming.py)
+    state_map: dict[str, str] = field(default_factory=dict)  # --state-map in=out
+    chunk_ms: float | None = None  # --chunk-ms: a chunk's duration, for the real-time factor
 
     def to_request(self) -> dict[str, Any]:
         """The serialisable request (``edgeconv.core.request.REQUEST_DEFAULTS`` names every field)."""
@@ -83,6 +87,12 @@ def build_request(req: ValidateRequest, steps: Steps | None = None, *, check_dat
     bundle = Bundle.open(req.bundle)
     art, options = artifact_to_run(bundle.manifest)
     runner_options(art, options, request)  # --io-layout and friends, refused here as on the device
+    if req.stream is not None:  # --data, if given, is the stream's chunks (edgeconv/streaming.py), not a data set
+        with steps.step(f"Source outputs over a stream of {req.stream} chunks"):
+            request["stream"] = stream_section(req.bundle, req.stream, req.state_map, req.chunk_ms, req.source,
+                                               req.trust_pickle, req.io_layout, req.data)
+        request["data"] = None
+        return request
     if req.source is not None and req.data is None:
         raise BadInput("--source measures the source model's accuracy on --data: pass --data too")
     if req.data is not None and (check_data or req.source is not None):
@@ -113,6 +123,10 @@ def _source_scores(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], fe
     lo = bundle.manifest["source"].get("load_options", {})
     source = load_source(req.source, LoadOptions(lo.get("model_class"), lo.get("model_kwargs") or {}, req.trust_pickle))
     batch = bundle.inputs[0].shape[0] if bundle.inputs and isinstance(bundle.inputs[0].shape[0], int) else None
+    if bundle.manifest.get("given"):  # a given file (edgeconv/wrap.py): its inputs in the source's names and layout
+        from edgeconv.wrap import source_feed
+
+        feed = source_feed(source.inputs, bundle.inputs, feed)
     out = run_batched(source.run, feed, batch)
     names = [o.name for o in bundle.outputs]
     idx, chosen_by = score_output(names, out, labels, *recorded_score_output(bundle.manifest, request))

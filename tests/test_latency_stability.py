@@ -132,8 +132,16 @@ def test_validate_reports_stability_conditions_and_memory_as_the_device_runner(c
         assert len(cond["load_average"]) == 3 and cond["process_threads"] >= 1
         assert (cond["cpus"] == []) == any("governor" in n for n in cond["not_readable"])
         assert (cond["thermal"] == []) == any("temperatures" in n for n in cond["not_readable"])
-    for part in ("latency", "memory", "conditions"):
+    for part in ("latency", "memory", "conditions", "load"):
         assert report_keys(here[part]) == report_keys(there[part]), part
+    # cold vs warm load, apart: the first load (the model_load phase) and a later one in the same process (cold_start);
+    # only the device runner's process is fresh (the in-process CLI had ONNX Runtime imported already)
+    for rep, fresh in ((here, False), (there, True)):
+        ld = rep["load"]
+        assert ld["first_load_fresh_process"] is fresh and ld["first_load_ms"] > 0 and ld["later_load_ms"] > 0
+        assert ld["later_load_ms"] == rep["cold_start"]["load_ms"] and ld["model_cache"] == "no model cache for this runtime"
+        assert ld["first_load_ms"] == pytest.approx(1e3 * rep["memory"]["phases"][1]["seconds"])
+        assert rep["memory"]["runtime_own_figure"] == {"source": None, "why": "this runtime reports no memory figure of its own"}
     assert report_keys(here) == report_keys(there)
     _compare_row_has_memory_and_stability(bundle, here)
     # the memory budget: exit 1 from the runner, and from profile for each batch size
@@ -249,3 +257,24 @@ def test_a_competing_load_makes_the_latency_budget_unstable_not_a_verdict(busy_b
     assert code == (0 if budget["ok"] else 1), out[-2000:]
     if rep["latency"]["stability"]["verdict"] == "unstable":
         assert "judged anyway (--allow-unstable)" in budget["compared"]
+
+
+def test_the_runtime_own_memory_figure_and_model_cache(tmp_path):
+    """OpenVINO on a real compiled IR: no memory property on the CPU plugin (said, not guessed) and no CACHE_DIR
+    configured; an Ethos-U bundle's manifest: Vela's SRAM/off-chip estimate is the runtime's own figure."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from edgeconv.core.memory import _model_cache, runtime_own_figure
+    from edgeconv.runners import open_runner
+
+    x = ops.parameter([1, 8], np.float32, name="x")
+    ov.save_model(ov.Model([ops.relu(x)], [x]), str(tmp_path / "m.xml"))
+    with open_runner("openvino", tmp_path / "m.xml", threads=1, options={"device": "CPU"}) as runner:
+        own = runtime_own_figure(runner)
+        assert own["source"] is None and "reports no memory property" in own["why"], own
+        assert _model_cache(runner) == "OpenVINO: no CACHE_DIR configured (every load compiles the IR)"
+    estimate = {"sram_used_kib": 312.5, "off_chip_used_kib": 1480.0, "arena_cache_size_bytes": 320000.0}
+    own = runtime_own_figure(None, {"checks": [{"kind": "ethos-u-npu-mapping", "estimate": estimate}]})
+    assert own == {"source": "Vela estimate (static, from the bundle's manifest)", "sram_kib": 312.5, "off_chip_kib": 1480.0,
+                   "arena_cache_bytes": 320000.0}

@@ -183,3 +183,13 @@ def test_convert_never_touches_the_network(cli, samples, tmp_path, monkeypatch):
             samples / "digits_calib.npz", "-o", tmp_path / "o", "--json")
     assert r.code == 0, r
     assert attempts == []
+
+
+def test_keras_source_on_openvino(cli, samples, tmp_path):
+    """The Keras sample's graph starts with a Reshape that compiling folds into the input, whose names then include the
+    Reshape's output: the artifact is still fed by the input's own name."""
+    r = cli("convert", samples / "digits_keras.keras", "--target", "openvino", "-o", tmp_path / "b",
+            "--data", samples / "digits_test.npz")
+    assert r.code == 0, r.stderr
+    v = cli("validate", tmp_path / "b", "--data", samples / "digits_test.npz", "--runs", "5", "--json")
+    assert v.code == 0 and v.json()["accuracy"]["artifact"]["top1"] > 0.9, v.stdout

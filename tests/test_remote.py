@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_subprocess
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -336,3 +337,144 @@ def test_an_edgeconv_of_a_newer_protocol_is_refused(cli, bundles, sshd, device_p
     r = cli("validate", bundles("pt"), "--remote", remote(sshd), *sshd["opts"], "--remote-python", python)
     assert r.code == 3, r
     assert "reads request protocol 5, newer than this edgeconv's 4" in " ".join((r.stdout + r.stderr).split())
+
+
+# Faults over SSH (issue 26): a device killed or dropped mid-run, a device whose python3 hangs.
+
+def _more_sshd(sshd, tmp_path: Path, n: int) -> tuple[list[tuple[subprocess.Popen, int]], list[str]]:
+    """``n`` more sshd (more 'devices') with the first one's keys, each on its own port; and SSH options for all."""
+    d = sshd["dir"]
+    servers = []
+    for i in range(n):
+        port = _free_port()
+        servers.append((subprocess.Popen([SSHD, "-D", "-f", str(d / "sshd_config"), "-p", str(port), "-o",
+                                          f"PidFile={tmp_path / f'sshd{i}.pid'}", "-E", str(tmp_path / f"sshd{i}.log")]), port))
+    for _, port in servers:
+        if not _listening(port, 15):
+            pytest.fail(f"an sshd on {port} did not start: " + "".join(p.read_text() for p in tmp_path.glob("sshd*.log")))
+    pub = (d / "host_key.pub").read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n" for port in [sshd["port"], *(p for _, p in servers)]))
+    opts = ["--identity", str(d / "client_key"), "--ssh-option", f"UserKnownHostsFile={known}",
+            "--ssh-option", "StrictHostKeyChecking=yes"]
+    return servers, opts
+
+
+def _listening(port: int, seconds: float) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (sshd's connections and sessions, whatever their process group)."""
+    parents = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                parents[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        cur = todo.pop()
+        found.append(cur)
+        todo += [c for c, par in parents.items() if par == cur]
+    return found
+
+
+def _stalling_python(tmp_path: Path, ports: list[int] | None) -> str:
+    """A device Python that, on the devices at ``ports`` (None: everywhere, for every command), writes its pid and
+    command line into ``tmp_path/stalled-PORT`` and sleeps instead of running the request; elsewhere this Python."""
+    wrapper = tmp_path / "python"
+    when = "*" if ports is None else "|".join(f'*" {port}"' for port in ports)
+    stall = "*" if ports is None else "*--request*"
+    wrapper.write_text(f'#!/bin/sh\nport=${{SSH_CONNECTION##* }}\ncase "$SSH_CONNECTION" in {when}) case "$*" in {stall}) '
+                       f'echo "$$ $*" > {tmp_path}/stalled-$port; exec sleep 600;; esac;; esac\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def _wait_for(path: Path, seconds: float = 60) -> str:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if path.exists() and path.read_text().endswith("\n"):
+            return path.read_text()
+        time.sleep(0.05)
+    pytest.fail(f"{path} never appeared")
+
+
+def _stalled(marker: Path) -> tuple[int, Path]:
+    """The stalled run's pid and its remote directory."""
+    pid, *argv = _wait_for(marker).split()
+    return int(pid), Path(next(a for a in argv if a.endswith("/request.json"))).parent
+
+
+def test_devices_killed_mid_run_among_three(bundles, sshd, tmp_path):
+    """Three devices; two are killed mid-run: one's run process (its directory is then removed), the other's whole
+    sshd with every connection (its directory cannot be removed: its error names it). Exit 3 for each, with its
+    reason; the third device's report is kept."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundles("pt"), bundle, ignore=shutil.ignore_patterns("reports"))
+    servers, opts = _more_sshd(sshd, tmp_path, 2)
+    (run_killed, p_run), (device_killed, p_dev) = servers
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "edgeconv", "validate", str(bundle), "--remote", remote(sshd),
+                                 *(f"--remote={sshd['user']}@127.0.0.1:{p}" for p in (p_run, p_dev)), *opts,
+                                 "--remote-python", _stalling_python(tmp_path, [p_run, p_dev]), "--runs", "5", "--json"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        (pid, run_dir), (_, dev_dir) = _stalled(tmp_path / f"stalled-{p_run}"), _stalled(tmp_path / f"stalled-{p_dev}")
+        t0 = time.time()
+        for p in [pid, *_descendants(device_killed.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        for server, _ in servers:
+            server.kill()
+            server.wait(timeout=10)
+    assert time.time() - t0 < 30 and proc.returncode == 1, (proc.returncode, err[-2000:])
+    good, killed, gone = json.loads(out)["devices"]
+    assert good["ok"] and good["report"]["latency"]["runs"] >= 5, good
+    kept = json.loads((bundle / "reports" / "127.0.0.1" / "validation.json").read_text())
+    assert kept["device"]["target"] == remote(sshd) and kept["ok"]
+    assert not killed["ok"] and killed["exit_code"] == 3, killed
+    assert "was killed on the device" in killed["error"] and "SIGKILL" in killed["error"], killed
+    assert not run_dir.exists()
+    assert not gone["ok"] and gone["exit_code"] == 3 and "connection was lost" in gone["error"], gone
+    assert f"the remote directory {dev_dir} was left on the device" in gone["error"], gone
+    assert dev_dir.exists()
+    shutil.rmtree(dev_dir)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_device_whose_python_hangs_is_given_up_after_the_timeout(bundles, sshd, tmp_path):
+    """Its python3 never answers: the device is given up after --timeout (exit 3), and what hung is killed with its
+    remote directory."""
+    python = _stalling_python(tmp_path, None)
+    before = _remote_dirs()
+    t0 = time.time()
+    r = run_subprocess("validate", bundles("pt"), "--remote", remote(sshd), *sshd["opts"], "--remote-python", python,
+                       "--timeout", "3", "--json", timeout=60)
+    took = time.time() - t0
+    assert r.returncode == 3, (r.stdout[-2000:], r.stderr[-2000:])
+    dev = json.loads(r.stdout)["devices"][0]
+    assert "no answer within 3 s (--timeout)" in dev["error"] and dev["exit_code"] == 3, dev
+    assert took < 20, took
+    pid = (tmp_path / f"stalled-{sshd['port']}").read_text().split()[0]
+    deadline = time.time() + 5
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the hanging python3 was left running on the device"
+    assert not (_remote_dirs() - before)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from edgeconv.bundle import BundleWriter
 from edgeconv.convert.failures import converter_step
+from edgeconv.convert.fp16_fallback import fallback_step
+from edgeconv.convert.fp16_range import range_record, range_step
 from edgeconv.convert.guard import guard_step
 from edgeconv.convert.manifest import write
 from edgeconv.convert.request import ConvertRequest, ConvertResult, default_output
@@ -29,7 +31,8 @@ from edgeconv.convert.steps import (
 from edgeconv.progress import Steps
 
 # the steps that write into the bundle, in order (load and plan run before it exists)
-BUNDLE_STEPS = (export, check_graph, check_onnx, build, check_artifact, check_data, guard_step, write)
+BUNDLE_STEPS = (export, check_graph, check_onnx, range_step, build, fallback_step, check_artifact, check_data, range_record,
+                guard_step, write)
 
 
 def convert(req: ConvertRequest, steps: Steps | None = None) -> ConvertResult:

@@ -87,8 +87,8 @@ def check_fallback(req: ConvertRequest, target: Target, profile: Profile) -> Non
     _check_levers(req)
     if req.fallback == "none":
         return
-    if req.precision != "int8":
-        raise BadInput(f"--fallback auto keeps layers of an int8 conversion in float; this conversion is {req.precision}")
+    if req.precision not in ("int8", "fp16"):
+        raise BadInput(f"--fallback auto keeps layers of an int8 or fp16 conversion in float; this conversion is {req.precision}")
     # its goal: --max-accuracy-drop on labelled --data; else agreement on --data; else parity on the reference samples
     if req.max_float_layers < 1:
         raise BadInput("--max-float-layers must be at least 1")

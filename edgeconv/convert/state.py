@@ -62,6 +62,9 @@ class ConvertState:
     source_accuracy: dict[str, Any] | None = None
     accuracy_check: dict[str, Any] | None = None
     fallback_record: dict[str, Any] | None = None
+    # fp16 --fallback auto: the layers kept in fp32 (edgeconv/convert/fp16_range.py), handed to the target's build
+    fp16_float_layers: list[dict[str, Any]] = field(default_factory=list)
+    fp16_range: dict[str, Any] | None = None  # the fp16 range check, recorded after the artifact's own checks
     manifest: dict[str, Any] | None = None
 
     @property

@@ -43,7 +43,7 @@ def plan(req: ConvertRequest, steps: Steps) -> ConvertState:
     quiet.reset()  # the bundle's convert.log holds what the libraries print from here on
     profile = resolve_profile(req.target)
     if req.precision is None:
-        req.precision = profile.raw.get("default_precision", "fp32")
+        req.precision = profile.default_precision
     target = backend(profile.backend)
     topts = TargetOptions(precision=req.precision, dynamic_batch=req.dynamic_batch,
                           extra=check_for(profile.backend, profile.name, req.target_extra))
@@ -167,7 +167,7 @@ def export(st: ConvertState) -> None:
     req, profile = st.req, st.profile
     st.export_opset = _export_opset(st)
     settings = {"inputs": [s.to_dict() for s in st.inputs], "opset": st.export_opset, "dynamic_batch": req.dynamic_batch,
-                "upgrade_ceiling": upgrade_ceiling(req.opset or profile.max_opset)}
+                "upgrade_ceiling": upgrade_ceiling(req.opset or profile.max_opset)}  # the lowering follows from "opset"
     with st.cache.export(settings, st.onnx_path) if st.cache else contextlib.nullcontext(ExportSlot()) as slot:
         if slot.hit:
             st.record, st.canon = slot.hit
@@ -185,7 +185,8 @@ def export_graph(st: ConvertState, source: SourceModel, onnx_path: Path) -> tupl
         record = source.export_onnx(onnx_path, inputs=st.inputs, opset=st.export_opset, dynamic_batch=st.req.dynamic_batch)
     with st.steps.step("Canonical ONNX graph (old opsets upgraded, constants folded)"):
         canon = canonicalize_file(onnx_path, max_opset=st.req.opset or st.profile.max_opset,
-                                  keep_inputs=[s.name for s in st.inputs], constant_inputs=record.constant_inputs)
+                                  keep_inputs=[s.name for s in st.inputs], constant_inputs=record.constant_inputs,
+                                  lower_to=st.req.opset or st.profile.max_opset)
     return record, canon
 
 
@@ -232,7 +233,8 @@ def build(st: ConvertState) -> None:
         output_shapes={s.name: s.shape for s in st.outputs}, layouts={s.name: s.layout for s in st.onnx_inputs},
         failed_build_dir=st.failed_dir, calibration=st.calib_samples,
         accuracy_data=(data.feed, data.labels, data.score_index) if accuracy_aware else None,
-        max_accuracy_drop=req.max_accuracy_drop if accuracy_aware else None, cache=st.cache)
+        max_accuracy_drop=req.max_accuracy_drop if accuracy_aware else None, cache=st.cache,
+        float_layers=list(st.fp16_float_layers))
     st.check_overrides = st.target.check_runner_options(req.precision, profile)
     with st.steps.step(f"Converting for {profile.name} ({req.precision})"), converter_step(
             f"the {profile.backend} conversion ({req.precision})", st.failed_dir):

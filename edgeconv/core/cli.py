@@ -62,12 +62,59 @@ def request_from_args(args):
     return complete_request(request)
 
 
-def run(args):
-    """Open the bundle and the backend, execute the request, print the report; returns the exit code."""
-    request = request_from_args(args)
-    bundle = os.path.abspath(args.bundle)
+# the fields of an artifact's device build that name a file of the bundle (edgeconv/bundle.py's _BUILD_FILES)
+_BUILD_FILES = ("onnx", "engine", "timing_cache", "tflite", "file", "log")
+
+
+def inside(root, rel):
+    """``root/rel`` when ``rel`` is a plain relative path that stays inside ``root`` once symbolic links are followed,
+    else None. Nothing is opened (realpath only reads links)."""
+    if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        return None
+    base = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(base, rel))
+    return target if target != base and os.path.commonpath([base, target]) == base else None
+
+
+def _manifest(bundle):
+    """The bundle's manifest, and every file it names confined to the bundle before any of them is opened (exit 2)."""
+    if inside(bundle, "manifest.json") is None:
+        raise BadInput("%s/manifest.json points outside the bundle (a link): refused" % bundle)
     with open(os.path.join(bundle, "manifest.json")) as f:
         manifest = json.load(f)
+    arts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    if not isinstance(arts, list) or not all(isinstance(a, dict) for a in arts):
+        raise BadInput("%s/manifest.json lists no artifacts" % bundle)
+    named = [("reference.npz", "reference.npz")]
+    for i, art in enumerate(arts):
+        build = art.get("device_build") if isinstance(art.get("device_build"), dict) else {}
+        named += [("artifacts[%d].file" % i, art.get("file"))]
+        named += [("artifacts[%d].device_build.%s" % (i, k), build[k]) for k in _BUILD_FILES if k in build]
+    out = ["%s %r" % (key, rel) for key, rel in named if inside(bundle, rel) is None]
+    if out:
+        raise BadInput("%s/manifest.json: %s point%s outside the bundle: refused before opening anything"
+                       % (bundle, ", ".join(out), "s" if len(out) > 1 else ""))
+    return manifest
+
+
+def _confine_request(request, request_file):
+    """A request file's paths (its data file, ``outputs_file``) stay in the request's folder (exit 2 otherwise)."""
+    if not request_file:
+        return request
+    base = os.path.realpath(os.path.dirname(os.path.abspath(request_file)))
+    named = [("data.file", (request.get("data") or {}).get("file")), ("outputs_file", request.get("outputs_file"))]
+    for key, path in named:
+        if path and not (isinstance(path, str) and inside(base, os.path.relpath(os.path.realpath(path), base))):
+            raise BadInput("--request %s: %s %r is outside the request's folder %s: refused"
+                           % (request_file, key, path, base))
+    return request
+
+
+def run(args):
+    """Open the bundle and the backend, execute the request, print the report; returns the exit code."""
+    request = _confine_request(request_from_args(args), args.request)
+    bundle = os.path.abspath(args.bundle)
+    manifest = _manifest(bundle)
     art, options = artifact_to_run(manifest)
     options = runner_options(art, options, request)
     memory = PhaseMemory()

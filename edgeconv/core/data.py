@@ -4,7 +4,6 @@ refused in the same words here and there. Input specs are dicts ``{name, shape, 
 See docs/architecture.md.
 """
 
-import hashlib
 import os
 import zipfile
 
@@ -74,11 +73,15 @@ def check_input(path, key, arr, spec):
         raise BadInput("%s: array %r has shape %s (%s), the model's input %r expects %s (%s; first axis = samples)" % (
             path, key, "x".join(map(str, arr.shape)), arr.dtype, spec["name"], expected, want),
             hint="a single sample needs its batch axis: x[None]" if arr.ndim == len(shape) - 1 else None)
+    return _in_range(path, key, arr, spec, want)
+
+
+def _in_range(path, key, arr, spec, want):
     if want.kind in "iu" and arr.dtype != want:
         info = np.iinfo(want)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise BadInput("%s: array %r has values outside %s's range for input %r" % (path, key, want, spec["name"]))
-    return arr.astype(want, copy=False)
+    return np.asarray(arr).astype(want, copy=False)
 
 
 def pick_inputs(path, arrays, specs, labels=False):
@@ -99,21 +102,123 @@ def pick_inputs(path, arrays, specs, labels=False):
     return feed
 
 
+def samples_misfit(arrays, specs):
+    """Why the arrays are not a data set with samples on the first axis (None when they are): every array has its
+    input's rank and fixed sizes after the first axis, and all agree on their first axis. A spec's shape None: its rank
+    is unknown (a TorchScript source). A 0-d array has no sample axis."""
+    counts = set()
+    for s in specs:
+        arr, shape = arrays[s["name"]], s["shape"]
+        if arr.ndim == 0:
+            return "%r is 0-d: it has no sample axis" % s["name"]
+        if shape is not None and (arr.ndim != len(shape) or any(
+                isinstance(d, int) and d != a for i, (d, a) in enumerate(zip(shape, arr.shape)) if i > 0)):
+            return "%r has shape %s, the model's input is %s" % (s["name"], shape_str(arr.shape), shape_str(shape) or "0-d")
+        counts.add(len(arr))
+    if len(counts) > 1:
+        return "inputs have different sample counts %s" % sorted(counts)
+    return None
+
+
+def one_feed_misfit(arrays, specs):
+    """Why the arrays are not one feed as the model takes it (None when they are): every array has its input's rank (0-d
+    included), its fixed sizes, and one size per named dimension across the inputs sharing it (``batch`` at axis 0 of
+    ``input`` and axis 1 of ``state``). An input of unknown rank (shape None) takes its array as it is."""
+    sizes = {}
+    for s in specs:
+        arr, shape = arrays[s["name"]], s["shape"]
+        if shape is None:
+            continue
+        if arr.ndim != len(shape):
+            return "%r has rank %d, the model's input %s has rank %d" % (s["name"], arr.ndim, shape_str(shape) or "0-d",
+                                                                        len(shape))
+        for i, (d, a) in enumerate(zip(shape, arr.shape)):
+            if isinstance(d, int) and d != a:
+                return "%r has size %d on axis %d, the model's input is %s" % (s["name"], a, i, shape_str(shape))
+            if isinstance(d, str) and sizes.setdefault(d, a) != a:
+                return "dimension %r is %d in one input and %d in %r" % (d, sizes[d], a, s["name"])
+    return None
+
+
+def choose_reading(path, arrays, specs):
+    """How a data file's arrays feed the model: ``("samples", note)`` (first axis = samples, a data set) when that
+    fits; else ``("one feed", note)`` when the arrays have the ranks the model declares (one feed, as the model takes
+    it: a state whose batch is not its first axis, a 0-d input). The note says so when both readings fit. Neither: the
+    samples reading's own error is the caller's to raise, with ``one_feed_misfit``'s reason."""
+    samples, one = samples_misfit(arrays, specs), one_feed_misfit(arrays, specs)
+    if samples is None:
+        # with every first axis the model's open batch, the two readings are the same feed
+        same = all(s["shape"] and not isinstance(s["shape"][0], int) for s in specs)
+        return "samples", (None if one is not None or same else
+                           "%s fits both readings: read as a data set (first axis = samples), not as one feed" % (path,))
+    if one is None:
+        return "one feed", None
+    return None, "not a data set (%s), nor one feed as the model takes it (%s)" % (samples, one)
+
+
+def feed_count(feed):
+    """Samples in a feed: the common first axis of a data set; 1 for one feed as the model takes it (a 0-d array or
+    first axes that disagree: a state ``[layers, batch, hidden]`` beside an ``input [batch, n]``)."""
+    if any(np.ndim(v) == 0 for v in feed.values()):
+        return 1
+    counts = set(len(v) for v in feed.values())
+    return counts.pop() if len(counts) == 1 else 1
+
+
+def is_one_feed(feed):
+    return any(np.ndim(v) == 0 for v in feed.values()) or len(set(len(v) for v in feed.values())) > 1
+
+
+def head(feed, n):
+    """The first ``n`` samples of a data set; one feed, as the model takes it, whole."""
+    return feed if is_one_feed(feed) else dict((k, v[:n]) for k, v in feed.items())
+
+
+def _one_feed(path, arrays, picked, specs):
+    """The arrays of one feed checked against their inputs' dtypes and cast."""
+    feed = {}
+    for s in specs:
+        key = s["name"] if s["name"] in arrays else "x"
+        want = np.dtype(s["dtype"])
+        _check_dtype(path, key, picked[s["name"]], s, want)
+        feed[s["name"]] = _in_range(path, key, picked[s["name"]], s, want)
+    return feed
+
+
+def _data_set(path, arrays, picked, specs, why):
+    """The arrays as a data set (first axis = samples), each checked against its input; ``why``: the reason neither
+    reading fits, added to the refusal (the user may have meant one feed)."""
+    try:
+        feed = dict((s["name"], check_input(path, s["name"] if s["name"] in arrays else "x", picked[s["name"]], s))
+                    for s in specs)
+        counts = set(len(v) for v in feed.values())
+        if len(counts) != 1:
+            raise BadInput("%s: inputs have different sample counts %s" % (path, sorted(counts)))
+    except BadInput as exc:
+        if why and not exc.hint:
+            exc.hint = "%s is %s" % (path, why)
+        elif why:
+            exc.hint = "%s; %s is %s" % (exc.hint, path, why)
+        raise
+    return feed, counts.pop()
+
+
 def load_labelled(path, specs, need_labels=False):
     """Inputs keyed by input name (``x`` in the file for a one-input model), from an .npz or an .npy, each checked
     against its spec; labels ``y`` (integer class ids, .npz only) when the file has them, required with
-    ``need_labels``. Returns ``(feed, labels or None)``."""
+    ``need_labels``. A data set has samples on its first axis; a file whose arrays are one feed as the model takes it
+    (``choose_reading``) is that one feed. Returns ``(feed, labels or None)``."""
     arrays = read_arrays(path)
     ext = os.path.splitext(str(path))[1]
     if need_labels and ext == ".npy":
         raise BadInput("%s is a single array (inputs only); labels need an .npz" % (path,),
                        hint="numpy.savez(path, x=..., y=...)")
     picked = pick_inputs(path, arrays, specs, labels=need_labels)
-    feed = dict((s["name"], check_input(path, s["name"] if s["name"] in arrays else "x", picked[s["name"]], s)) for s in specs)
-    counts = set(len(v) for v in feed.values())
-    if len(counts) != 1:
-        raise BadInput("%s: inputs have different sample counts %s" % (path, sorted(counts)))
-    n = counts.pop()
+    reading, why = choose_reading(path, picked, specs)
+    if reading == "one feed":
+        feed, n = _one_feed(path, arrays, picked, specs), 1
+    else:
+        feed, n = _data_set(path, arrays, picked, specs, None if reading else why)
     if n == 0:
         raise BadInput("%s holds no samples" % (path,))
     y = arrays.get("y") if ext == ".npz" else None
@@ -126,6 +231,8 @@ def load_labelled(path, specs, need_labels=False):
 
 
 def file_sha256(path):
+    import hashlib  # here, not at the top: OpenSSL's libcrypto is 3.6 MB of RSS every device run would carry (core/memory.py)
+
     h = hashlib.sha256()
     with open(str(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -143,7 +250,7 @@ def load_request_data(request, specs):
     digest = file_sha256(path)
     if request["data"].get("sha256") not in (None, digest):
         raise BadInput("%s changed on its way here (sha256 differs from the request's)" % (path,))
-    record = {"path": request["data"].get("path") or str(path), "sha256": digest, "count": int(len(next(iter(feed.values()))))}
+    record = {"path": request["data"].get("path") or str(path), "sha256": digest, "count": int(feed_count(feed))}
     return feed, labels, record
 
 
@@ -170,9 +277,11 @@ def data_specs(manifest, art, io_layout):
 
 def run_batched(backend, feed, batch, chunk=64):
     """``feed`` through the backend in slices of the model's fixed batch (or ``chunk`` when it is dynamic)."""
-    n = len(next(iter(feed.values())))
-    if batch and n % batch:
+    n = feed_count(feed)
+    if batch and n % batch and not is_one_feed(feed):
         raise BadInput("%d samples do not split into batches of %d (the model's fixed batch)" % (n, batch))
+    if is_one_feed(feed) or n <= (batch or chunk):  # one feed as the model takes it, or one batch: run whole
+        return [np.array(o) for o in backend.run(backend.prepare(feed))]  # copies: a runtime may reuse its buffers
     step = batch or chunk
     parts = []
     for i in range(0, n, step):
@@ -181,7 +290,12 @@ def run_batched(backend, feed, batch, chunk=64):
 
 
 def tile(ref, n):
-    """The reference items repeated to n."""
+    """The reference items repeated to n. One feed as the model takes it (a state, a 0-d input) is refused: it has no
+    sample axis to repeat."""
+    if is_one_feed(ref):
+        raise BadInput("reference.npz is one feed as the model takes it (a state whose batch is not its first axis, or a "
+                       "0-d input): it has no sample axis to make batches of %d from" % n,
+                       hint="validate BUNDLE (--stream N for a stateful model) measures its latency per feed")
     out = {}
     for k, v in ref.items():
         reps = -(-n // len(v))

@@ -8,12 +8,13 @@ import os
 import numpy as np
 
 from .accuracy import drop_budget, outputs_on_data, recorded_score_output, score_output, scored, source_accuracy, topk_accuracy
-from .data import reference, run_batched
+from .data import head, reference, run_batched
 from .errors import BadInput
 from .conditions import conditions, snapshot
 from .machine import measured_on
 from .memory import PhaseMemory, memory_budget
 from .parity import compare_outputs, tolerance_of
+from .stream import stream_check, without_arrays
 from .stats import LATENCY_METHOD, cold_start, latency_budget, measure
 from .steps import no_step
 
@@ -31,23 +32,28 @@ def execute(request, bundle_dir, manifest, art, backend, data=None, reopen=None,
     m = manifest
     report = {
         "bundle": str(bundle_dir), "target": m["target"]["profile"], "precision": m["precision"], "artifact": art["file"],
-        "runner": art["runner"], "measured_on": measured_on(art, backend, request["where"]), "checks": [], "budgets": [],
+        "runner": art["runner"], "measured_on": measured_on(art, backend, request["where"], m["target"]),
+        "checks": [], "budgets": [],
         "calibration": m.get("calibration"), "io_layout": request["io_layout"],
     }
     batch = backend.fixed_batch()
     ref_in, ref_out = reference(bundle_dir, m, art, request["io_layout"])
     with memory.phase("first_inference"):
-        backend.run(backend.prepare(dict((k, v[:batch or 1]) for k, v in ref_in.items())))
+        backend.run(backend.prepare(head(ref_in, batch or 1)))
     with step("Parity against reference.npz"):
         outputs = _parity(report, request, m, art, backend, ref_in, ref_out, batch)
     if data is not None and data[1] is None:
         outputs.update(_unlabelled(report, request, m, backend, data, batch, step))
     if data is not None and data[1] is not None:
         outputs.update(_accuracy(report, request, m, backend, data, batch, step))
+    if request["stream"]:
+        with step("Stream: %d consecutive chunks, state carried" % request["stream"]["steps"]):
+            report["stream"] = stream_check(request, m, backend)
+            report["checks"].append({"name": "stream parity", "ok": report["stream"]["ok"]})
     _latency(report, request, backend, ref_in, batch or 1, reopen, step, memory)
     _memory(report, request, m, art, bundle_dir, memory)
     report["ok"] = bool(all(c["ok"] for c in report["checks"]) and all(b["ok"] for b in report["budgets"]))
-    report["request"] = request
+    report["request"] = without_arrays(request)
     if request.get("outputs_file"):
         np.savez(request["outputs_file"], **outputs)
         report["outputs_file"] = request["outputs_file"]
@@ -114,7 +120,7 @@ def _latency(report, request, backend, ref_in, lat_batch, reopen, step, memory):
     """Latency of one batch of reference inputs (warm-up and timed runs by count and time, their stability, the
     conditions before and after), the async throughput where the runtime has one, the cold start where the backend can
     be opened again, and the latency budget (never passed on an unstable measurement unless allowed)."""
-    one = dict((k, v[:lat_batch]) for k, v in ref_in.items())
+    one = head(ref_in, lat_batch)
     with step("Latency: >= %d warm-up runs and %g s, >= %d timed runs and %g s%s, batch %d" % (
             request["warmup"], request["warmup_seconds"], request["runs"], request["min_seconds"],
             " (rounds until stable)" if request["stable"] else "", lat_batch)):
@@ -140,6 +146,7 @@ def _memory(report, request, m, art, bundle_dir, memory):
     """Memory per phase, the model's size on disk (with its weights file where the format splits them) and the budget."""
     files = [os.path.join(str(bundle_dir), a["file"]) for a in m["artifacts"]
              if a["file"] == art["file"] or a.get("role") == "weights"]
-    report["memory"] = memory.report(files, request["max_memory_mb"])
+    report["memory"] = memory.report(files, request["max_memory_mb"], m)
+    report["load"] = memory.load_report(report.get("cold_start"))  # cold (first in this process) vs warm (a later one)
     if request["max_memory_mb"] is not None:
         report["budgets"].append(memory_budget(report["memory"], request["max_memory_mb"]))

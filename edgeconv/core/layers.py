@@ -178,5 +178,6 @@ def execute_layers(request, bundle_dir, manifest, art, backend, step=None):
         finally:  # whatever failed in between: the profiler's session and trace do not outlive the run
             profiler.close()
     layers.update({"batch": batch, "warmup": warmup, "runs": runs, "method": LAYERS_METHOD})
-    return {"artifact": art["file"], "runner": art["runner"], "measured_on": measured_on(art, backend, request["where"]),
+    return {"artifact": art["file"], "runner": art["runner"],
+            "measured_on": measured_on(art, backend, request["where"], manifest["target"]),
             "layers": layers, "notes": notes, "request": request, "ok": True}

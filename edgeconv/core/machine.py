@@ -63,17 +63,65 @@ def distribution(read=_read):
     return None
 
 
-def measured_on(art, backend, where):
-    """Where and on what the numbers were measured. Under emulation the kind is :data:`EMULATED_LABEL`, whatever the
-    request said, with the evidence (see :func:`emulation`); ``emulation`` is None on a real machine, so that a report
-    has the same fields wherever it was measured."""
+HOST_EMULATION = "host emulation, not device"  # the kind of a figure measured here for another device
+ARCH_NAMES = {"x86_64": "x86-64", "amd64": "x86-64", "AMD64": "x86-64"}
+
+
+def arch_name(machine=None, read=_read):
+    """This machine's architecture as people write it ("x86-64", "aarch64"): the kernel's, which qemu-user cannot hide."""
+    kernel = (read("/proc/sys/kernel/arch") or "").strip() or machine or platform.machine()
+    return ARCH_NAMES.get(kernel, kernel)
+
+
+def is_the_device(native, info, machine=None, read=_read):
+    """Whether this machine is the device a profile describes, by its ``[native]`` table (docs/architecture.md, "Measurements
+    carry their quality"): ``machines`` (architectures, "*" for any CPU; [] for none: a device no host can be),
+    ``device_model`` (the start of /proc/device-tree/model: "Raspberry Pi 5"), ``runtime_device`` (the device the
+    runtime ran on: OpenVINO's "NPU", TensorRT's "GPU") and ``runtime_delegate`` (a word of the delegate that ran:
+    "edgetpu"). Every key given must hold; a profile without the table names no device here."""
+    if not native or not native.get("machines", ["*"]):
+        return False
+    machine = machine or platform.machine()
+    machines = native.get("machines", ["*"])
+    if "*" not in machines and machine not in machines and ARCH_NAMES.get(machine) not in machines:
+        return False
+    model = native.get("device_model")
+    if model and not (read("/proc/device-tree/model") or "").strip("\x00 \n").startswith(model):
+        return False
+    info = info or {}
+    device, delegate = native.get("runtime_device"), native.get("runtime_delegate")
+    if device and str(info.get("device") or "").split(".")[0] != device:
+        return False
+    return not (delegate and delegate not in str(info.get("delegate") or "").lower())
+
+
+def where_label(target, art, where, info, machine=None, read=_read):
+    """``(kind, label)`` of a figure: ``label`` is the same words in every table and report, e.g. "host emulation on
+    x86-64, not raspberry-pi-5", "native on x86-64" (this machine is the device), "on the device (jetson-nano)". ``target``: the
+    manifest's target section (None: an older caller, judged by ``art`` and ``where`` alone)."""
+    profile = (target or {}).get("profile") or "the device"
+    here = arch_name(machine, read)
+    if emulation(machine, read):
+        return EMULATED_LABEL, "host emulation on %s (qemu-user), not %s" % (here, profile)
+    if art.get("host_emulation"):
+        return HOST_EMULATION, "host emulation on %s, not %s" % (here, profile)
+    if where == "device":
+        return "device", "on the device (%s)" % profile
+    if target is None or is_the_device((target.get("profile_data") or {}).get("native"), info, machine, read):
+        return where, "native on %s" % here
+    return HOST_EMULATION, "host emulation on %s, not %s" % (here, profile)
+
+
+def measured_on(art, backend, where, target=None):
+    """Where and on what the numbers were measured. ``kind``: "host" (this machine is the profile's device), "device",
+    :data:`HOST_EMULATION` (measured here for another device) or, under qemu, :data:`EMULATED_LABEL` with the
+    evidence (see :func:`emulation`; ``emulation`` is None on a real machine, so that a report has the same fields
+    wherever it was measured). ``label``: the words every table prints (:func:`where_label`)."""
     mo = {"host": socket.gethostname(), "machine": platform.machine(), "platform": platform.platform(),
-          "distribution": distribution(), "python": platform.python_version(), "numpy": np.__version__,
-          "kind": "host emulation, not device" if art.get("host_emulation") else where}
+          "distribution": distribution(), "python": platform.python_version(), "numpy": np.__version__}
     mo.update(backend.info())
+    mo["kind"], mo["label"] = where_label(target, art, where, mo)
     if art.get("host_emulation"):
         mo["note"] = art.get("host_emulation_note")
     mo["emulation"] = emulation()
-    if mo["emulation"]:
-        mo["kind"] = EMULATED_LABEL
     return mo

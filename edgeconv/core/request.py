@@ -9,6 +9,7 @@ single-file ``edgeconv_runner.py``) count as protocol 1. See docs/architecture.m
 import os
 
 from .errors import BadInput, UnknownProtocol
+from .stream import check_stream_request
 from .stats import DEFAULT_MIN_SECONDS, DEFAULT_RUNS, DEFAULT_WARMUP, DEFAULT_WARMUP_SECONDS, STABLE_MAX_S, STABLE_TOLERANCE
 
 PROTOCOL_VERSION = 4
@@ -42,6 +43,7 @@ REQUEST_DEFAULTS = {
     "layers": False,  # profile: per-layer times from the runtime's own profiler (one batch size) instead of the sweep
     "outputs_file": None,  # validate: save the artifact's outputs here (a .npz file: reference:NAME, data:NAME; relative: to
     # the request file, as data's) to compare machines
+    "stream": None,  # validate --stream: {steps, pairs, first, chunks, expected (the source's per step), ...}: core/stream.py
 }
 
 
@@ -87,6 +89,8 @@ def complete_request(request):
         raise BadInput("outputs_file %r must end in .npz" % (out["outputs_file"],))
     if out["layers"]:
         _check_layers(out)
+    if out["stream"] is not None:
+        check_stream_request(out["stream"])
     return out
 
 

@@ -124,5 +124,5 @@ def execute_profile(request, bundle_dir, manifest, art, backend, step=None):
     with step("Profiling batch sizes %s on %s" % (", ".join(map(str, sizes)), art["runner"])):
         rows = sweep(backend, ref_in, sizes, request["runs"], request["warmup"], request["min_time_s"], tol["atol"],
                      can_single=can_single)
-    return {"artifact": art["file"], "measured_on": measured_on(art, backend, request["where"]),
+    return {"artifact": art["file"], "measured_on": measured_on(art, backend, request["where"], manifest["target"]),
             "sweep": {"rows": rows, "notes": notes, "method": SWEEP_METHOD}, "request": request, "ok": True}

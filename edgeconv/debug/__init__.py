@@ -32,6 +32,9 @@ from edgeconv.progress import Steps
 
 DEFAULT_SAMPLES = 32
 DEFAULT_THRESHOLD_DB = 20.0
+# a float conversion diverges far above int8's noise: fp16 rounding leaves ~70 dB per op, fp32 converters ~120 dB; a layer
+# below these is where the converter went wrong (a transpose or pad on the wrong axis, an overflow)
+FLOAT_THRESHOLD_DB = {"fp16": 40.0, "fp32": 60.0}
 SNR_CAP_DB = 150.0  # an exact match
 DEAD_CHANNEL = 1e-6  # a channel with less energy than this share of the median channel's is left out of the SNR
 
@@ -41,7 +44,7 @@ class DebugRequest:
     bundle: Path
     data: Path
     samples: int = DEFAULT_SAMPLES
-    threshold_db: float = DEFAULT_THRESHOLD_DB
+    threshold_db: float | None = None  # None: by the bundle's precision (FLOAT_THRESHOLD_DB, else DEFAULT_THRESHOLD_DB)
 
 
 def _db(nsr: float) -> float:
@@ -51,6 +54,9 @@ def _db(nsr: float) -> float:
 def tensor_metrics(ref: np.ndarray, art: np.ndarray, channel_axis: int = 1) -> dict[str, Any]:
     ref = ref.astype(np.float64)
     art = art.astype(np.float64)
+    broken = ~np.isfinite(art)  # an fp16 overflow (inf) or what it turned into (NaN): a value entirely lost
+    if broken.any():
+        art = np.where(broken, -ref if np.any(ref) else 1.0, art)
     err = ref - art
     sig_all, noise_all = float((ref**2).sum()), float((err**2).sum())
     if ref.ndim >= 2:
@@ -71,7 +77,8 @@ def tensor_metrics(ref: np.ndarray, art: np.ndarray, channel_axis: int = 1) -> d
     return {"nsr": nsr, "snr_db": _db(nsr),
             "snr_tensor_db": _db(noise_all / sig_all if sig_all > 0 else (0.0 if noise_all == 0 else 1.0)),
             "cosine": cosine, "max_abs_error": float(np.abs(err).max()) if err.size else 0.0,
-            "reference_max_abs": float(np.abs(ref).max()) if ref.size else 0.0, "noise_in_silent_channels": dead_noise}
+            "reference_max_abs": float(np.abs(ref).max()) if ref.size else 0.0, "noise_in_silent_channels": dead_noise,
+            "non_finite": int(broken.sum())}
 
 
 def _feeds(bundle: Bundle, data: Path, samples: int) -> tuple[list[dict[str, np.ndarray]], int]:
@@ -157,13 +164,17 @@ def debug(req: DebugRequest, steps: Steps | None = None) -> dict[str, Any]:
     if canon is None and art["file"] == "model.onnx":
         canon = art
     if canon is None:
-        raise IntermediatesUnavailable(f"{req.bundle} holds no fp32 canonical ONNX graph to compare with")
+        raise IntermediatesUnavailable(f"{req.bundle} holds no fp32 canonical ONNX graph to compare with",
+                                       hint="a bare model file is compared with its float ONNX graph: pass --source "
+                                            "MODEL.onnx" if m.get("given") else None)
     if req.samples < 1:
         raise BadInput("--samples must be at least 1")
     feeds, n = _feeds(bundle, req.data, req.samples)
     framework = m["source"]["framework"]
+    threshold = req.threshold_db if req.threshold_db is not None else FLOAT_THRESHOLD_DB.get(m["precision"],
+                                                                                             DEFAULT_THRESHOLD_DB)
     table = compare_layers(bundle.path / canon["file"], bundle.path / art["file"], art.get("runner"),
-                           art.get("runner_options") or {}, framework, feeds, req.threshold_db, steps,
+                           art.get("runner_options") or {}, framework, feeds, threshold, steps,
                            where=m["target"]["profile"], layer_names=m["source"].get("layer_names"))
     rows, outputs = table["rows"], table["outputs"]
     sensitivity = _guard_sensitivity(m, rows)
@@ -182,7 +193,7 @@ def debug(req: DebugRequest, steps: Steps | None = None) -> dict[str, Any]:
         "source": {"framework": framework, "path": m["source"]["path"]},
         "capture": table["capture"],
         "data": data_record(req.data, n),
-        "threshold_db": req.threshold_db,
+        "threshold_db": threshold,
         "metric": "snr_db: channel-balanced SNR, -10*log10(mean over channels of noise/signal); added_snr_db: the SNR "
                   "this layer's own error alone would leave",
         "layers": rows,

@@ -55,6 +55,24 @@ def _shapes(model) -> dict[str, list]:
     return out
 
 
+def _inferable(model_path: Path, work: Path) -> Path:
+    """An fp16 graph from ONNX Runtime's float16 converter keeps value_info of the fp32 graph it came from, which
+    shape inference then refuses: a copy without it (the augmenting re-infers every shape)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    if not any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return model_path
+    from edgeconv.targets.half import sort_nodes
+
+    model = onnx.load(str(model_path))
+    del model.graph.value_info[:]
+    sort_nodes(model.graph)  # the converter appends its casts at the end, which shape inference cannot follow
+    dest = work / f"{model_path.stem}.no-value-info.onnx"
+    onnx.save(model, str(dest))
+    return dest
+
+
 def _collect(model_path: Path, feeds: list[dict[str, np.ndarray]], work: Path) -> dict[str, list[np.ndarray]]:
     from onnxruntime.quantization.calibrate import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
@@ -67,7 +85,7 @@ def _collect(model_path: Path, feeds: list[dict[str, np.ndarray]], work: Path) -
             return next(self._it, None)
 
     augmented = work / f"{model_path.stem}.augmented.onnx"
-    modify_model_output_intermediate_tensors(str(model_path), str(augmented))
+    modify_model_output_intermediate_tensors(str(_inferable(model_path, work)), str(augmented))
     return collect_activations(str(augmented), Reader())
 
 

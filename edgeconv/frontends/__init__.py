@@ -14,12 +14,14 @@ FRONTENDS = {
     "torch": "edgeconv.frontends.torch:TorchSource",
     "keras": "edgeconv.frontends.keras:KerasSource",
     "onnx": "edgeconv.frontends.onnx:OnnxSource",
+    "tflite": "edgeconv.frontends.tflite:TfliteSource",  # a reference, and the TFLite-family targets' input as it is
 }
 
 SUFFIXES = {
     ".pt": "torch", ".pth": "torch", ".pt2": "torch", ".ts": "torch",
     ".keras": "keras", ".h5": "keras", ".hdf5": "keras",
     ".onnx": "onnx",
+    ".tflite": "tflite",
 }
 
 __all__ = ["ExportRecord", "LoadOptions", "SourceModel", "detect_family", "load_source"]

@@ -95,6 +95,17 @@ class SourceModel(ABC):
         self.inputs: list[TensorSpec] = []
         self.notes: list[str] = []  # what loading had to do (recorded in the manifest)
 
+    @property
+    def declared_scalars(self) -> list[str]:
+        """The inputs the model declares 0-d (a sample rate ``sr``): an ONNX graph input with a shape of no dims (one
+        without a shape keeps its rank open), a torch.export program's input of shape ``()``. A fact the export cache
+        keeps (edgeconv/shapes.py reads it before the model is loaded)."""
+        proto = self.__dict__.get("proto")
+        if proto is not None:
+            return [v.name for v in proto.graph.input if v.type.HasField("tensor_type")
+                    and v.type.tensor_type.HasField("shape") and not v.type.tensor_type.shape.dim]
+        return [s.name for s in self.inputs if s.shape == [] and self.shapes_baked]
+
     @abstractmethod
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs of the source framework, in the model's output order."""

@@ -25,6 +25,9 @@ from edgeconv.lazy import require, version_of
 from edgeconv.specs import TensorSpec, guess_layout
 
 DEFAULT_OPSET = 18
+# The dynamo exporter writes opset 18 or newer (asked for older, it tries onnxscript's converter and, failing, keeps 18
+# without saying so): an older opset is the canonical step's job (onnx.version_converter, recorded and checked).
+DYNAMO_MIN_OPSET = 18
 # The file a TorchScript archive may carry (``_extra_files``) to say what its inputs are.
 SPEC_EXTRA_FILE = "edgeconv.json"
 
@@ -295,7 +298,7 @@ class TorchSource(SourceModel):
     def call_args(self, feed: dict[str, np.ndarray]) -> tuple[tuple, dict]:
         """The call's positional and keyword arguments (a .pt2 program's keyword inputs are the last ones, in order)."""
         torch = _torch()
-        tensors = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in self.inputs]
+        tensors = [torch.from_numpy(np.asarray(feed[s.name], order="C")) for s in self.inputs]
         n_pos = len(tensors) - len(self.keywords)
         return tuple(tensors[:n_pos]), dict(zip(self.keywords, tensors[n_pos:]))
 
@@ -328,14 +331,16 @@ class TorchSource(SourceModel):
         dyn = {n: {0: torch.export.Dim.DYNAMIC} for n in names} if dynamic_batch else None
         model = self.program if (self.program is not None and not dynamic_batch) else self.module
         log = io.StringIO()
+        dynamo_opset = max(opset, DYNAMO_MIN_OPSET)
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    model, args, str(dest), kwargs=kwargs or None, dynamo=True, external_data=False, opset_version=opset,
+                    model, args, str(dest), kwargs=kwargs or None, dynamo=True, external_data=False, opset_version=dynamo_opset,
                     input_names=names, output_names=out_names, dynamic_shapes=dyn, verbose=False,
                 )
-            notes = []
+            notes = [f"written at opset {dynamo_opset}, the dynamo exporter's oldest; the canonical step lowers it to {opset}"
+                     ] if dynamo_opset > opset else []
             if model is self.program and any(not isinstance(d, int) for spec in self.inputs for d in spec.shape):
                 # a program exported with dynamic dimensions keeps them in the graph: the resolved shapes go in,
                 # so that the canonical step can fold the shape arithmetic (onnx2tf cannot convert what it leaves)
@@ -348,7 +353,7 @@ class TorchSource(SourceModel):
                 onnx.save(proto, str(dest))
                 notes.append("the program's dynamic dimensions fixed to "
                              + ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}" for s in inputs) + " in the ONNX graph")
-            return ExportRecord(exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=opset, notes=notes)
+            return ExportRecord(exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=dynamo_opset, notes=notes)
         except Exception as exc:  # noqa: BLE001 - any dynamo failure falls back to the TorchScript exporter; the
             # reason goes into the export record (fallback_reason), and into the error if that exporter fails too
             reason = f"the dynamo exporter failed: {type(exc).__name__}: {first_line(str(exc), 300)}"

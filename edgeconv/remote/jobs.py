@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeconv.bundle import MANIFEST, Bundle
+from edgeconv.atomic import write_bytes_atomic
+from edgeconv.bundle import MANIFEST, Bundle, inside, manifest_problems
 from edgeconv.errors import MissingDependency
 from edgeconv.profile import default_batch_sizes, device_profile_report
 from edgeconv.remote.cross import cross_architecture
@@ -61,12 +62,24 @@ def build_job(dev: Session, bundle: Bundle, req: RemoteRequest, here: Here = Non
     report = device_report(res, dev.host, "edgeconv", bundle, dev.python)
     if res.returncode == 0:
         dev.say("fetching the built bundle back")
-        files = dev.read_files(f"{dev.workdir}/bundle")
-        for name in sorted(files, key=lambda n: n == MANIFEST):  # the manifest last: it names the others
-            tmp = bundle.path / f".{name}.fetch"
-            tmp.write_bytes(files[name])
-            tmp.replace(bundle.path / name)
+        _take_back(bundle, dev.read_files(f"{dev.workdir}/bundle"), dev)
     return report, "edgeconv"
+
+
+def _take_back(bundle: Bundle, files: dict[str, bytes], dev: Session) -> None:
+    """The built files into the bundle here, the manifest last (it names the others). What the device sent is
+    checked before anything is written: plain file names inside the bundle, and a manifest whose paths stay in it."""
+    bad = [name for name in files if inside(bundle.path, name) is None or "/" in name or name.startswith(".")]
+    try:
+        manifest = json.loads(files[MANIFEST]) if MANIFEST in files else None
+    except ValueError as exc:
+        raise MissingDependency(f"{dev.host}: the built bundle's {MANIFEST} is not JSON ({exc})") from None
+    problems = manifest_problems(bundle.path, manifest) if isinstance(manifest, dict) else []
+    if bad or problems:
+        raise MissingDependency(f"{dev.host}: the built bundle names files outside the bundle: "
+                                f"{'; '.join([*(repr(n) for n in bad), *problems])}: nothing taken back")
+    for name in sorted(files, key=lambda n: n == MANIFEST):
+        write_bytes_atomic(bundle.path / name, files[name])
 
 
 JOBS: dict[str, Job] = {"validate": validate_job, "profile": profile_job, "build": build_job}

@@ -125,6 +125,10 @@ def _known(protocol: int, what: str, host: SshHost) -> int:
     return protocol
 
 
+# signals that end a run from outside, not a crash of the run itself: the device is at fault (exit 3)
+KILLED_BY = {1: "SIGHUP: its session ended", 9: "SIGKILL: the OOM killer, or a user", 15: "SIGTERM: a shutdown, or a user"}
+
+
 class DeviceFailed(EdgeconvError):
     """The run on the device ended without a report, or with the device's own refusal: the device's exit code."""
 
@@ -154,6 +158,9 @@ def device_report(res: subprocess.CompletedProcess, host: SshHost, ran: str, bun
                                 f"({_install_hint(missing.group(1), bundle)})", details=tail)
     what = "crashed" if res.returncode not in (0, 1) else "printed no report"
     signal_note = f", signal {res.returncode - 128}" if 128 < res.returncode < 160 else ""
+    if res.returncode - 128 in KILLED_BY:  # ended from outside (the OOM killer, a shutdown, a user): the device's fault
+        raise DeviceFailed(f"{host}: the {ran} was killed on the device (exit {res.returncode}{signal_note}, "
+                           f"{KILLED_BY[res.returncode - 128]}); its stderr ends:", 3, details=tail or "(nothing on stderr)")
     raise DeviceFailed(f"{host}: the {ran} {what} (exit {res.returncode}{signal_note}); its stderr ends:",
                        res.returncode or 1, details=tail or "(nothing on stderr)")
 

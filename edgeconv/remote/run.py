@@ -51,6 +51,9 @@ def _on_device(req: RemoteRequest, host: SshHost, say: Callable[[str], None], he
         report, ran = JOBS[req.command](dev, bundle, req, here)
         facts = dev.facts()
     report["device"] = {"target": str(host), "uname": facts.pop("uname"), "ran": ran, **facts}
+    if dev.left:  # the run is whole, but its remote directory could not be removed
+        report["device"]["remote_directory_left"] = dev.left
+        say(f"{host}: warning: {dev.left}")
     dest = bundle.path / "reports" / host.host / REPORT_NAMES.get(req.command, f"{req.command}.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_json(dest, report)

@@ -32,6 +32,8 @@ SSH_ERRORS = [
      "host key verification failed (known_hosts checking stays on)"),
     (r"Permission denied", "authentication failed (key or user refused)"),
     (r"No space left on device", "the device's disk is full"),
+    (r"closed by remote host|Connection reset|Broken pipe|Connection closed|connection abort",
+     "the connection was lost (the device, its sshd or the network went away)"),
 ]
 MAX_PARALLEL = 4
 # Ctrl-C: the main thread sets _abort and kills the ssh processes in flight; workers then only clean up.
@@ -170,32 +172,60 @@ def tar_stream(entries: dict[str, Path | bytes]) -> bytes:
     return buf.getvalue()
 
 
-# a remote command run through sh, so that a process killed by a signal comes back as 128+N, not as ssh's own 255
-_THROUGH_SH = ["sh", "-c", '"$@"; exit $?', "sh"]
+# A remote command run through sh, so that a process killed by a signal comes back as 128+N, not as ssh's own 255.
+# The sh writes its pid into the remote directory first (.pids), so the clean-up can kill what a dropped connection
+# or a timeout left running there (ssh gives a command without a terminal no signal when the connection goes).
+_THROUGH_SH = 'echo $$ >> "$0/.pids"; "$@"; exit $?'
+# The clean-up: each recorded sh still alive (its command line names this directory) is killed with its process group
+# (sshd makes each session its own group; the group's leader, the login shell, names the directory too), then the
+# directory goes. Linux's /proc; elsewhere only the removal.
+_CLEANUP = ('for p in $(cat "$1/.pids" 2>/dev/null); do if grep -q "$1" "/proc/$p/cmdline" 2>/dev/null; then '
+            'read -r _ _ _ _ g _ < "/proc/$p/stat"; grep -q "$1" "/proc/$g/cmdline" 2>/dev/null && kill -KILL "-$g"; '
+            'kill -KILL "$p"; fi; done 2>/dev/null; rm -rf -- "$1"')
+
 
 class Session:
     """One command on one device: the connection, a fresh directory there (``workdir``), and progress lines that
-    name the device."""
+    name the device. ``left``: after the session, why its remote directory could not be removed (None: removed)."""
 
     def __init__(self, ssh: Ssh, workdir: str, progress: Callable[[str], None], run_timeout: float):
         self.ssh = ssh
         self.workdir = workdir
         self._progress = progress
         self.run_timeout = run_timeout
+        self.left: str | None = None
 
     @classmethod
     @contextlib.contextmanager
     def open(cls, host: SshHost, opts: SshOptions, progress: Callable[[str], None], run_timeout: float) -> Iterator[Session]:
-        """A session whose remote directory is removed when it ends, however it ends."""
+        """A session whose remote directory (and whatever still runs in it) is removed when it ends, however it ends.
+        When it cannot be (the device is gone), the error that ended the session, or ``left``, names it."""
         ssh = Ssh(host, opts)
         workdir = ssh.run(["mktemp", "-d", "-t", "edgeconv.XXXXXXXX"], timeout=opts.timeout).stdout.decode().strip()
         if not workdir.startswith("/"):
             raise MissingDependency(f"{host}: could not create a temporary directory on the device")
+        session = cls(ssh, workdir, progress, run_timeout)
         try:
-            yield cls(ssh, workdir, progress, run_timeout)
-        finally:
-            with contextlib.suppress(EdgeconvError):  # the device may be gone: the command's own error says so
-                ssh.run(["rm", "-rf", "--", workdir], check=False, timeout=opts.timeout, cleanup=True)
+            yield session
+        except EdgeconvError as exc:
+            session.left = session._remove()
+            if session.left:
+                exc.message += f"; {session.left}"
+            raise
+        except BaseException:
+            session._remove()
+            raise
+        session.left = session._remove()
+
+    def _remove(self) -> str | None:
+        """Kill what still runs in the remote directory and remove it; None when done, else the sentence naming it."""
+        try:
+            res = self.ssh.run(["sh", "-c", _CLEANUP, "sh", self.workdir], check=False, timeout=self.ssh.opts.timeout,
+                               cleanup=True)
+            why = None if res.returncode == 0 else shorten(res.stderr, 200, keep="tail") or f"exit {res.returncode}"
+        except EdgeconvError as exc:
+            why = exc.message.removeprefix(f"{self.host}: ")
+        return None if why is None else f"the remote directory {self.workdir} was left on the device ({why}): remove it by hand"
 
     @property
     def host(self) -> SshHost:
@@ -210,7 +240,7 @@ class Session:
 
     def ask(self, args: list[str]) -> subprocess.CompletedProcess:
         """A short command whose exit status is the answer (the SSH timeout applies); through sh as ``execute``."""
-        return self.ssh.run([*_THROUGH_SH, *args], check=False, timeout=self.ssh.opts.timeout)
+        return self.ssh.run(["sh", "-c", _THROUGH_SH, self.workdir, *args], check=False, timeout=self.ssh.opts.timeout)
 
     def send(self, entries: dict[str, Path | bytes]) -> None:
         """Files into the remote directory (names relative to it), as one tar stream."""
@@ -218,7 +248,7 @@ class Session:
 
     def execute(self, cmd: list[str]) -> subprocess.CompletedProcess:
         """The command's run, its stderr streamed as progress; its exit status is the caller's to read."""
-        return self.ssh.run([*_THROUGH_SH, *cmd], check=False, timeout=self.run_timeout,
+        return self.ssh.run(["sh", "-c", _THROUGH_SH, self.workdir, *cmd], check=False, timeout=self.run_timeout,
                             stream=self.say)
 
     def read(self, path: str) -> bytes:

@@ -38,7 +38,7 @@ class Runner(ABC):
     def prepare(self, feed: dict[str, np.ndarray]) -> Any:
         """Turn a feed into whatever ``run`` takes, once (no per-call conversions when timing)."""
         missing_inputs([{"name": s.name} for s in self.inputs], feed)  # the core's refusal, in its words
-        return {s.name: np.ascontiguousarray(feed[s.name], dtype=np.dtype(s.dtype)) for s in self.inputs}
+        return {s.name: np.asarray(feed[s.name], dtype=np.dtype(s.dtype), order="C") for s in self.inputs}
 
     @abstractmethod
     def run(self, prepared: Any) -> list[np.ndarray]:

@@ -128,8 +128,10 @@ class OpenVinoRunner(Runner):
         except Exception as exc:
             raise ArtifactRefused(f"OpenVINO cannot load {self.artifact} on {device}: {exc}") from exc
         self.request = self.compiled.create_infer_request()
-        self.inputs = [self._spec(p) for p in self.compiled.inputs]
-        self.outputs = [self._spec(p) for p in self.compiled.outputs]
+        # names from the model as read: compiling may merge a no-op's output name into an input's (a Keras graph's
+        # leading Reshape), and get_any_name() then picks that one
+        self.inputs = [self._spec(p, m) for p, m in zip(self.compiled.inputs, self.model.inputs, strict=True)]
+        self.outputs = [self._spec(p, m) for p, m in zip(self.compiled.outputs, self.model.outputs, strict=True)]
         self._requests = {self.fixed_batch(): self.request}  # batch -> request of a model compiled for it
 
     def _request_for(self, batch: int):
@@ -167,9 +169,9 @@ class OpenVinoRunner(Runner):
         return OpenVinoLayerProfiler(self, feed)
 
     @staticmethod
-    def _spec(port) -> TensorSpec:
+    def _spec(port, read_port) -> TensorSpec:
         shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-        return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
+        return TensorSpec(read_port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
 
     def prepare(self, feed: dict[str, np.ndarray]) -> Any:
         arrays = super().prepare(feed)

@@ -34,14 +34,22 @@ def trt_shapes(inputs: dict[str, list], dynamic_batch: bool, max_batch: int) -> 
     return out
 
 
-def trtexec_command(build: dict[str, Any], trtexec: str = "trtexec") -> list[str]:
-    """The trtexec equivalent of `edgeconv build` for this bundle (argument list)."""
+def trtexec_command(build: dict[str, Any], trtexec: str = "trtexec", strongly_typed: bool = False) -> list[str]:
+    """The trtexec equivalent of `edgeconv build` for this bundle (argument list). TensorRT 10 (weakly typed network):
+    ``--fp16``/``--int8`` with the fp32 layers pinned by precision constraints. ``strongly_typed`` (TensorRT 11, which
+    drops those flags; TensorRT 10 takes it too): the bundle's strongly typed graph, whose types are the precisions."""
     cmd = [trtexec, f"--onnx={build['onnx']}", f"--saveEngine={build['engine']}", f"--timingCacheFile={build['timing_cache']}",
            f"--memPoolSize=workspace:{build['workspace_mb']}M"]
-    if build["fp16"]:
+    if strongly_typed:  # the graph's own types rule: no --fp16/--int8 (TensorRT 11 drops them)
+        cmd[1] = f"--onnx={build['strongly_typed']['onnx']}"
+        cmd.append("--stronglyTyped")
+    if build["fp16"] and not strongly_typed:
         cmd.append("--fp16")
-    if build["int8"]:
+    if build["int8"] and not strongly_typed:
         cmd.append("--int8")  # explicit quantization: scales come from the graph's Q/DQ nodes, no calibration
+    if build.get("fp32_layers") and not strongly_typed:
+        joined = ",".join(f"{n}:fp32" for n in build["fp32_layers"])
+        cmd += [f"--layerPrecisions={joined}", f"--layerOutputTypes={joined}", "--precisionConstraints=obey"]
     if build.get("dla_core") is not None:
         cmd += [f"--useDLACore={build['dla_core']}", "--allowGPUFallback"]
     if build.get("shapes"):
@@ -51,18 +59,37 @@ def trtexec_command(build: dict[str, Any], trtexec: str = "trtexec") -> list[str
     return cmd
 
 
-def build_script(build: dict[str, Any], trtexec: str) -> str:
-    line = " ".join(shlex.quote(a) for a in trtexec_command(build, "${TRTEXEC:-%s}" % trtexec))
-    line = line.replace(shlex.quote("${TRTEXEC:-%s}" % trtexec), '"${TRTEXEC:-%s}"' % trtexec)
-    return (
+def _line(build: dict[str, Any], trtexec: str, strongly_typed: bool) -> str:
+    line = " ".join(shlex.quote(a) for a in trtexec_command(build, "${TRTEXEC:-%s}" % trtexec, strongly_typed))
+    return line.replace(shlex.quote("${TRTEXEC:-%s}" % trtexec), '"${TRTEXEC:-%s}"' % trtexec)
+
+
+STRONGLY_TYPED_SCRIPT = "build_strongly_typed.sh"
+
+
+def build_script(build: dict[str, Any], trtexec: str, strongly_typed: bool = False) -> str:
+    """build.sh (TensorRT 10's weakly typed line; on TensorRT 11 it hands over to the strongly typed script), or with
+    ``strongly_typed`` that script."""
+    head = (
         "#!/bin/sh\n"
         "# Build the TensorRT engine for this bundle on the Jetson itself (an engine is tied to the GPU and the\n"
         "# TensorRT version that built it). `edgeconv build .` does the same through the TensorRT Python API and\n"
         "# records the device in manifest.json; this is the trtexec equivalent.\n"
         "set -e\n"
         'cd "$(dirname "$0")"\n'
-        f"{line}\n"
     )
+    if strongly_typed or not build.get("strongly_typed"):
+        return head + _line(build, trtexec, strongly_typed) + "\n"
+    fp32 = ", ".join(build.get("fp32_layers") or []) or "none"
+    return head + (
+        f"# Targets the TensorRT {build['tensorrt_line']} line: a weakly typed network with --fp16/--int8 (layers kept in\n"
+        f"# fp32 by precision constraints: {fp32}). TensorRT 11 drops those flags: there (or with\n"
+        f"# EDGECONV_STRONGLY_TYPED=1) {STRONGLY_TYPED_SCRIPT} builds the strongly typed graph\n"
+        f"# {build['strongly_typed']['onnx']}, whose casts keep the same layers in fp32.\n"
+        'TRT_MAJOR="${TRT_MAJOR:-$(python3 -c \'import tensorrt; print(tensorrt.__version__.split(".")[0])\' 2>/dev/null '
+        '|| echo %s)}"\n' % build["tensorrt_line"]
+        + 'if [ "${EDGECONV_STRONGLY_TYPED:-0}" = 1 ] || [ "$TRT_MAJOR" -ge 11 ]; then\n'
+        f'  exec sh "./{STRONGLY_TYPED_SCRIPT}"\nfi\n' + _line(build, trtexec, False) + "\n")
 
 
 class JetsonTarget(Target):
@@ -71,6 +98,7 @@ class JetsonTarget(Target):
     dynamic_batch = True
     needs_calibration = ("int8",)
     float_fallback = True  # onnxruntime.quantization's nodes_to_exclude
+    fp16_float_layers = True  # fp16: TensorRT layer precision constraints and a strongly typed graph (_typed_build)
     calibration_methods = tuple(CALIBRATION_METHODS)
     int16_activations = False  # TensorRT takes int8 and fp8/fp4 Q/DQ, not 16-bit activations: the guard says so
 
@@ -146,13 +174,44 @@ class JetsonTarget(Target):
             "for_device": {k: device.get(k) for k in ("jetpack", "l4t", "tensorrt", "cuda", "compute_capability")},
             "how": "on the Jetson: `edgeconv build BUNDLE` (TensorRT Python API) or `sh BUNDLE/build.sh` (trtexec)",
         }
+        build.update(self._typed_build(clean, workdir, precision, engine_onnx, ctx, device))
         extra["device_build"] = build
         trtexec = profile.raw.get("tensorrt", {}).get("trtexec", "trtexec")
-        script = workdir / "build.sh"
+        script, typed = workdir / "build.sh", workdir / STRONGLY_TYPED_SCRIPT
         script.write_text(build_script(build, trtexec))
-        script.chmod(0o755)
-        artifacts.append(Artifact(script.name, "build-script", precision))
+        typed.write_text(build_script(build, trtexec, strongly_typed=True))
+        for s in (script, typed):
+            s.chmod(0o755)
+        artifacts += [Artifact(script.name, "build-script", precision),
+                      Artifact(typed.name, "build-script-strongly-typed", precision)]
+        if precision == "fp16":
+            artifacts.append(Artifact(build["strongly_typed"]["onnx"], "tensorrt-onnx-strongly-typed", "fp16"))
         return Conversion(artifacts)
+
+    @staticmethod
+    def _typed_build(clean: Path, workdir: Path, precision: str, engine_onnx: str, ctx: TargetContext,
+                     device: dict[str, Any]) -> dict[str, Any]:
+        """The TensorRT line the bundle targets, the layers kept in fp32 (fp16 --fallback auto: TensorRT's layers are
+        named after the ONNX nodes) and the strongly typed graph TensorRT 11 builds (fp16: the fp32 layers cast in the
+        graph, edgeconv/targets/half.py; int8: the Q/DQ graph, the rest fp32; fp32: the graph itself)."""
+        import onnx
+
+        line = str(device.get("tensorrt") or "10").split(".")[0]
+        present = {n.name for n in onnx.load(str(clean), load_external_data=False).graph.node}
+        wanted = [n for layer in ctx.float_layers for n in layer["nodes"]] if precision == "fp16" else []
+        fp32 = [n for n in wanted if n in present]
+        typed = engine_onnx
+        if precision == "fp16":
+            from edgeconv.targets.half import half_with_fp32_nodes
+
+            typed = "model_trt_fp16.onnx"
+            onnx.save(half_with_fp32_nodes(clean, fp32), str(workdir / typed))
+        out: dict[str, Any] = {"tensorrt_line": line, "fp32_layers": fp32,
+                               "strongly_typed": {"onnx": typed, "how": "trtexec --stronglyTyped / "
+                                                  "NetworkDefinitionCreationFlag.STRONGLY_TYPED: no --fp16/--int8 flags"}}
+        if len(fp32) < len(wanted):
+            out["fp32_layers_missing"] = [n for n in wanted if n not in present]  # onnxslim merged or renamed them
+        return out
 
     @staticmethod
     def _clean(src: Path, dest: Path) -> list[str]:

@@ -99,24 +99,57 @@ class _Progress:
         return Monitor()
 
 
+def precision_plan(build: dict[str, Any], trt_major: int, strongly_typed: bool = False) -> dict[str, Any]:
+    """How the engine is built from the bundle's build record on a TensorRT of ``trt_major``: TensorRT 11 (which drops the
+    weakly typed FP16/INT8 builder flags) or ``strongly_typed`` takes the bundle's strongly typed graph and no precision
+    flag; TensorRT 10 the graph with the FP16/INT8 flags, and the fp32 layers pinned (ILayer.precision and its output
+    types, OBEY_PRECISION_CONSTRAINTS), as build.sh's trtexec line does."""
+    typed = build.get("strongly_typed")
+    if typed and (strongly_typed or trt_major >= 11):
+        return {"onnx": typed["onnx"], "strongly_typed": True, "flags": [], "fp32_layers": []}
+    flags = [f for f, on in (("FP16", build["fp16"]), ("INT8", build["int8"])) if on]
+    fp32 = list(build.get("fp32_layers") or [])
+    if fp32:
+        flags.append("OBEY_PRECISION_CONSTRAINTS")
+    return {"onnx": build["onnx"], "strongly_typed": False, "flags": flags, "fp32_layers": fp32}
+
+
+def _pin_fp32(trt, network, names: list[str]) -> list[str]:
+    """The network's layers named in ``names`` computed and output in fp32; returns the names not found."""
+    wanted = set(names)
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.name in wanted:
+            layer.precision = trt.float32
+            for k in range(layer.num_outputs):
+                layer.set_output_type(k, trt.float32)
+            wanted.discard(layer.name)
+    return sorted(wanted)
+
+
 def build_engine(bundle_dir: Path, build: dict[str, Any], steps) -> dict[str, Any]:
     """Build ``build['engine']`` from ``build['onnx']`` as the manifest describes; returns the build record."""
     trt = tensorrt()
     device = device_info()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    major = int(trt.__version__.split(".")[0])
+    plan = precision_plan(build, major)
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if plan["strongly_typed"]:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse((bundle_dir / build["onnx"]).read_bytes()):
+    if not parser.parse((bundle_dir / plan["onnx"]).read_bytes()):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ConversionFailed(f"TensorRT {trt.__version__} cannot parse {build['onnx']}", details="\n".join(errors[:10]))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(build["workspace_mb"]) << 20)
-    if build["fp16"]:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if build["int8"]:
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ in the graph: no calibrator
+    for flag in plan["flags"]:  # INT8: explicit Q/DQ in the graph, no calibrator
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    missing = _pin_fp32(trt, network, plan["fp32_layers"])
+    if missing:
+        steps.note(f"layers to keep in fp32 not in TensorRT's network: {', '.join(missing)}")
     if build.get("dla_core") is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(build["dla_core"])
@@ -137,4 +170,4 @@ def build_engine(bundle_dir: Path, build: dict[str, Any], steps) -> dict[str, An
         raise ConversionFailed(f"TensorRT {trt.__version__} failed to build the engine (see the messages above)")
     (bundle_dir / build["engine"]).write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {**build, "built": True, "build_seconds": time.perf_counter() - t0, "built_on": device}
+    return {**build, "built": True, "build_seconds": time.perf_counter() - t0, "built_on": device, "built_with": plan}

@@ -19,6 +19,7 @@ class OnnxTarget(Target):
     float_fallback = True  # onnxruntime.quantization's nodes_to_exclude
     calibration_methods = tuple(CALIBRATION_METHODS)
     int16_activations = True  # 16-bit Q/DQ (com.microsoft domain below opset 21); ONNX Runtime runs those ops in float
+    fp16_float_layers = True  # fp16: convert_float_to_float16's node_block_list (edgeconv/convert/fp16_fallback.py)
 
     def convert(self, onnx_path: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext) -> Conversion:
         if opts.precision == "fp32":
@@ -31,12 +32,12 @@ class OnnxTarget(Target):
             return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"),
                                Artifact(dest.name, "model", "int8", profile.runner, {"quantization": info})])
         import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        from edgeconv.targets.half import half_with_fp32_nodes
 
         dest = workdir / "model_fp16.onnx"
         try:
-            half = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-            onnx.save(half, str(dest))
+            onnx.save(half_with_fp32_nodes(onnx_path, [n for layer in ctx.float_layers for n in layer["nodes"]]), str(dest))
         except Exception as exc:
             raise ConversionFailed(f"fp16 conversion of the ONNX graph failed: {type(exc).__name__}: {exc}") from exc
         # Inputs and outputs stay float32 so callers feed the same data; the graph computes in fp16.

@@ -93,12 +93,29 @@ def nncf_settings(nncf, method: str | None, user_preset: str) -> dict[str, Any]:
     return kwargs
 
 
+def keep_in_fp32(model, nodes: list[str]) -> list[str]:
+    """fp16: the ops the ONNX frontend made of ``nodes`` (``node`` or ``node/...``) and the constants they read marked
+    ``precise`` (OpenVINO's disable_fp16_compression, saved in the IR as DisablePrecisionConversion): save_model keeps
+    those weights in fp32 and a plugin computing in f16 keeps those ops in f32. Returns the marked ops' names."""
+    marked = []
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if not any(name == n or name.startswith(n + "/") for n in nodes):
+            continue
+        for node in [op, *(op.input_value(i).get_node() for i in range(op.get_input_size()))]:
+            if node is op or node.get_type_name() == "Constant":
+                node.get_rt_info()["precise_0"] = ""
+        marked.append(name)
+    return marked
+
+
 class OpenVinoTarget(Target):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
     dynamic_batch = True
     needs_calibration = ("int8",)
     float_fallback = True  # NNCF's ignored scope
+    fp16_float_layers = True  # fp16: keep_in_fp32 (rt_info disable_fp16_compression, edgeconv/convert/fp16_fallback.py)
     calibration_methods = tuple(NNCF_CALIBRATION)
 
     def check_runner_options(self, precision: str, profile) -> dict[str, Any]:
@@ -119,6 +136,8 @@ class OpenVinoTarget(Target):
             extra["quantization"] = qinfo
         compress = opts.precision == "fp16"
         extra["compress_to_fp16"] = compress
+        if compress and ctx.float_layers:
+            extra["kept_in_fp32"] = keep_in_fp32(model, [n for layer in ctx.float_layers for n in layer["nodes"]])
         conversion = Conversion([
             Artifact(onnx_path.name, "canonical-onnx", "fp32"),
             *self._save(ov, model, workdir, profile, opts, ctx, extra),

@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 
 from edgeconv import quiet
+from edgeconv.core.stream import kept_inputs
 from edgeconv.core.text import shorten
 from edgeconv.errors import ConversionFailed, MissingDependency
 from edgeconv.export_cache import StepSlot
 from edgeconv.lazy import require, require_installed, version_of
+from edgeconv.shapes import axes_moved
 from edgeconv.specs import sha256_of
 from edgeconv.targets.base import Artifact, Conversion, Target, TargetContext, TargetOptions
 from edgeconv.targets.tflite_job import TFLITE_FAILED, channel_last_perm, float_ops_notes, tflite_from_saved_model
@@ -61,6 +63,8 @@ def artifact_layouts(source_shapes: dict[str, list], artifact_shapes: dict[str, 
             out[name] = None
         elif matches_moved:
             out[name] = perm
+        elif axes_moved(src_i, art) is not None:  # a recurrent state onnx2tf laid out its own way ([2,1,H] → [1,2,H])
+            out[name] = axes_moved(src_i, art)
         else:
             raise ConversionFailed(f"cannot relate the TFLite tensor {name!r} {art} to the source's {src}")
     return out
@@ -690,6 +694,11 @@ class TfliteTarget(Target):
                     f"int8: the padding of {len(moved_pads)} MaxPool node(s) on non-negative inputs ({', '.join(moved_pads[:3])}"
                     f"{' …' if len(moved_pads) > 3 else ''}) made an explicit zero Pad (the same values; onnx2tf would pad with "
                     "float32's minimum, which leaves int8 no resolution in that tensor)")
+        kept = kept_inputs(ctx.input_shapes, ctx.output_shapes)
+        if kept:  # a state and a 0-d input keep their shapes (onnx2tf would move a state's axes away from its op's)
+            args += ["-kat", *kept]
+            notes.append(f"input(s) {', '.join(kept)} kept as the model declares them (onnx2tf -kat): 0-d, or a state an "
+                         "output carries to the next step")
         onnx.save(model, str(copy))
         np.save(work / ONNX2TF_SAMPLE_FILE, _nhwc_sample(ctx.reference_inputs))
         return copy, notes, args

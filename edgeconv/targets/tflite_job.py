@@ -10,12 +10,19 @@ JOB.json: ``onnx2tf_args`` (onnx2tf's command line), ``saved_model``, ``precisio
 TFLiteConverter failure's message goes); ``check_only``: run onnx2tf alone (for its -cotof log);
 ``denylisted_nodes`` / ``float_ops_report``: the int8 guard's float layers, and where what became of them goes. Exit 0: done;
 TFLITE_FAILED: onnx2tf worked and TFLiteConverter did not; anything else: onnx2tf failed (its own exit code).
+
+The job dies with the conversion that started it, SIGKILL included (``die_with_parent``): a killed ``convert``
+leaves no onnx2tf running on (docs/architecture.md, "Faults").
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,22 +155,40 @@ def float_ops_notes(report: dict[str, Any], asked: int) -> list[str]:
     return notes
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` (the conversion that started it) dies, however it dies: on Linux the kernel
+    sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread notices the parent is gone (this process is
+    re-parented) within half a second. A parent already gone ends it at once."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
-    from onnx2tf import main as onnx2tf_main
-
-    from edgeconv.debug.capture import record_onnx2tf_names
-
     # skip_onnx2tf: the SavedModel (and the names map) came from convert --cache, already in place
-    names = record_onnx2tf_names() if job.get("names") and not job.get("skip_onnx2tf") else None  # before any layer
-
-    sys.argv = ["onnx2tf", *job["onnx2tf_args"]]
-    try:
-        if not job.get("skip_onnx2tf"):
-            onnx2tf_main()
-    except SystemExit as exc:
-        if exc.code not in (None, 0):
-            return exc.code if isinstance(exc.code, int) else 1
+    if not job.get("skip_onnx2tf"):
+        code = _onnx2tf(job)
+        if code:
+            return code
     if job.get("check_only"):  # onnx2tf's own per-op check (-cotof): its log is the result
         return 0
     saved = Path(job["saved_model"])
@@ -188,10 +213,28 @@ def main(argv: list[str]) -> int:
     Path(job["output"]).write_bytes(data)
     if job.get("float_ops_report"):  # what became of the denylisted names
         Path(job["float_ops_report"]).write_text(json.dumps(report))
-    if names is not None:  # which ONNX node each TensorFlow layer (and so each TFLite tensor) comes from: edgeconv debug
+    return 0
+
+
+def _onnx2tf(job: dict[str, Any]) -> int:
+    """onnx2tf itself (the SavedModel), and which ONNX node each TensorFlow layer (and so each TFLite tensor) comes
+    from, for edgeconv debug; its exit code (0: done)."""
+    from onnx2tf import main as onnx2tf_main
+
+    from edgeconv.debug.capture import record_onnx2tf_names
+
+    names = record_onnx2tf_names() if job.get("names") else None  # before any layer
+    sys.argv = ["onnx2tf", *job["onnx2tf_args"]]
+    try:
+        onnx2tf_main()
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            return exc.code if isinstance(exc.code, int) else 1
+    if names is not None:
         Path(job["names"]).write_text(json.dumps(names))
     return 0
 
 
 if __name__ == "__main__":
+    die_with_parent(os.getppid())
     sys.exit(main(sys.argv[1:]))

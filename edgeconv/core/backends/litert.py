@@ -88,8 +88,10 @@ class LiteRtBackend(Backend):
             if e["scale"]:
                 info = np.iinfo(e["dtype"])
                 x = np.clip(np.round(x / e["scale"] + e["zero"]), info.min, info.max)
-            x = np.ascontiguousarray(x, dtype=e["dtype"])
+            x = np.asarray(x, dtype=e["dtype"], order="C")
             current = [int(v) for v in self.interp.get_tensor_details()[e["index"]]["shape"]]
+            if x.ndim == 0 and current == [1]:  # a 0-d input the converter wrote as [1] (onnx2tf): the same value
+                x = x.reshape(1)
             if list(x.shape) != current:
                 self.interp.resize_tensor_input(e["index"], list(x.shape))
                 self.interp.allocate_tensors()

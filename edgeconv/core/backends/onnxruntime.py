@@ -63,7 +63,7 @@ class OnnxRuntimeBackend(Backend):
 
     def prepare(self, feed):
         missing_inputs(self.inputs, feed)
-        return dict((e["name"], np.ascontiguousarray(feed[e["name"]], dtype=e["dtype"])) for e in self.inputs)
+        return dict((e["name"], np.asarray(feed[e["name"]], dtype=e["dtype"], order="C")) for e in self.inputs)
 
     def run(self, prepared):
         t0 = time.perf_counter()

@@ -114,7 +114,7 @@ class TensorRtBackend(Backend):
         missing_inputs(self.inputs, feed)
         cudart = self.cudart
         for e in self.inputs:
-            x = np.ascontiguousarray(feed[e["name"]], dtype=e["dtype"])
+            x = np.asarray(feed[e["name"]], dtype=e["dtype"], order="C")
             if self.named:
                 self.context.set_input_shape(e["name"], x.shape)
             else:

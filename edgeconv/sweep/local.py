@@ -1,0 +1,58 @@
+"""The default executor: ``--jobs N`` cells at once on this machine, each cell's commands in child processes, the
+export cache shared between the cells of a model, and one device measuring one thing at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from edgeconv.atomic import locked
+from edgeconv.sweep.cell import run_cell, stop_all
+from edgeconv.sweep.plan import Cell
+from edgeconv.sweep.results import slug
+
+
+def device_lock(name: str) -> contextlib.AbstractContextManager:
+    """An exclusive lock on the device ``name`` for this machine's processes and threads alike (an ``flock`` on a
+    file of its own: separate opens exclude each other), so two sweeps never measure on one board at once."""
+    folder = Path(tempfile.gettempdir()) / "edgeconv-devices"
+    folder.mkdir(exist_ok=True)
+    return locked(folder / f"{slug(name)}.lock")
+
+
+class LocalPool:
+    def __init__(self, run_dir: Path, jobs: int, *, timeout: float, keep_bundles: bool, cache: bool = True) -> None:
+        self.run_dir, self.jobs, self.timeout, self.keep = run_dir, max(1, jobs), timeout, keep_bundles
+        self.cache_dir = run_dir / ".export-cache" if cache else None
+
+    def _one(self, cell: Cell) -> dict[str, Any]:
+        work = self.run_dir / "cells" / slug(cell.cell_id)
+        lock = device_lock(cell.device.name) if cell.device else None
+        rec = run_cell(cell.to_dict(), cell.files, work, cache_dir=self.cache_dir, timeout=self.timeout, device_lock=lock)
+        if not self.keep:
+            shutil.rmtree(work / "bundle", ignore_errors=True)
+        else:
+            rec["bundle"] = str((work / "bundle").relative_to(self.run_dir))
+        return rec
+
+    def run(self, cells: list[Cell]) -> Iterator[dict[str, Any]]:
+        """Each cell's record as it finishes; an interrupt cancels the cells not started and stops the running ones
+        (their commands see the Ctrl-C too, and ``run_cell`` kills a command's process group on the way out)."""
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="sweep")
+        futures: set[Future] = {pool.submit(self._one, c) for c in cells}
+        try:
+            while futures:
+                done, futures = wait(futures, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+            if futures:  # left early (an interrupt): stop the running commands rather than wait for them
+                stop_all()
+            pool.shutdown(wait=True, cancel_futures=True)
