@@ -95,15 +95,19 @@ for line in cmd_in:
         finally:
             sys.stdout.flush(); sys.stderr.flush()
             os._exit(code)
+    try:  # the group from this side too: a kill due before the child's own setpgid still finds it
+        os.setpgid(pid, pid)
+    except OSError:  # the child set it first (EACCES once it runs the command) or has already ended
+        pass
     killed, orphans = False, []
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
         if due(job, t0):
-            if job.get("group", True):
-                os.killpg(pid, signal.SIGKILL)
-            else:
+            try:
+                os.killpg(pid, signal.SIGKILL) if job.get("group", True) else os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # no such group yet: the child alone
                 os.kill(pid, signal.SIGKILL)
             killed = True
             _, status = os.waitpid(pid, 0)

@@ -84,17 +84,11 @@ class Cell:
         return d
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cell_key(cell: Cell, code: str) -> str:
     """sha256 of what the cell's result depends on: its files' bytes, its options and edgeconv's code."""
-    parts = {role: file_sha256(Path(p)) for role, p in sorted(cell.files.items())}
+    from edgeconv.specs import sha256_of
+
+    parts = {role: sha256_of(Path(p)) for role, p in sorted(cell.files.items())}  # a SavedModel folder too
     parts.update(target=cell.target, precision=cell.precision, convert=cell.convert_args, validate=cell.validate_args,
                  device=asdict(cell.device) if cell.device else None, code=code)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

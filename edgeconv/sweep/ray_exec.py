@@ -36,7 +36,7 @@ def _ray():
     return ray
 
 
-def _cell_task(cell: dict[str, Any], files: dict[str, tuple[str, Any]], timeout: float, keep: bool) -> dict[str, Any]:
+def _cell_task(cell: dict[str, Any], files: dict[str, tuple[str, Any, bool]], timeout: float, keep: bool) -> dict[str, Any]:
     """On a Ray worker: the cell's files from the object store into a folder of its own, the cell, its record."""
     import ray
 
@@ -45,10 +45,10 @@ def _cell_task(cell: dict[str, Any], files: dict[str, tuple[str, Any]], timeout:
     work = Path(tempfile.mkdtemp(prefix="edgeconv-sweep-"))
     try:
         local = {}
-        for role, (name, ref) in files.items():
+        for role, (name, ref, folder) in files.items():
             (work / role).mkdir()
             local[role] = str(work / role / name)
-            Path(local[role]).write_bytes(ray.get(ref))
+            _unpack(ray.get(ref), Path(local[role]), folder)
         cache = Path(tempfile.gettempdir()) / "edgeconv-sweep-cache"  # verified entries: safe to share between runs
         rec = run_cell(cell, local, work / "cell", cache_dir=cache, timeout=timeout)
         rec["node"] = f"{rec['node']} (ray node {ray.get_runtime_context().get_node_id()[:12]})"
@@ -61,6 +61,25 @@ def _cell_task(cell: dict[str, Any], files: dict[str, tuple[str, Any]], timeout:
         return rec
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _pack(path: Path) -> bytes:
+    """A file's bytes, or a folder (a SavedModel) as a tar archive."""
+    if not path.is_dir():
+        return path.read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(path, arcname=".")
+    return buf.getvalue()
+
+
+def _unpack(blob: bytes, dest: Path, folder: bool) -> None:
+    if not folder:
+        dest.write_bytes(blob)
+        return
+    dest.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
 
 
 class RayPool:
@@ -87,13 +106,13 @@ class RayPool:
         opts: dict[str, Any] = {"num_cpus": self.cpus, "memory": self.memory, "max_retries": RETRIES}
         if cell.device:
             opts["resources"] = {resource_name(cell.device.name): 1}
-        files = {role: (Path(p).name, refs[p]) for role, p in cell.files.items()}
+        files = {role: (Path(p).name, refs[p], Path(p).is_dir()) for role, p in cell.files.items()}
         return task.options(**opts).remote(cell.to_dict(), files, self.timeout, self.keep)
 
     def run(self, cells: list[Cell]) -> Iterator[dict[str, Any]]:
         ray = self._connect(cells)
         task = ray.remote(_cell_task)
-        refs = {p: ray.put(Path(p).read_bytes()) for c in cells for p in c.files.values()}
+        refs = {p: ray.put(_pack(Path(p))) for c in cells for p in c.files.values()}
         pending = {self._submit(ray, task, c, refs): c for c in cells}
         try:
             while pending:
