@@ -89,7 +89,8 @@ def summarize(req: SweepRequest, order: list[str], old: dict[str, Any] | None) -
     from edgeconv.sweep.results import read_results
 
     doc = read_results(req.run_dir / "results.json")
-    cells = [r for r in doc["cells"] if r["cell_id"] in set(order)]
+    wanted = set(order)
+    cells = [r for r in doc["cells"] if r["cell_id"] in wanted]
     out = {"run_dir": str(req.run_dir), "cells": len(cells), "by_status": dict(Counter(r["status"] for r in cells)),
            "results": str(req.run_dir / "results.json"), "matrix": str(req.run_dir / "matrix.md"),
            "html": str(req.run_dir / "results.html"), "baseline": None}

@@ -144,9 +144,3 @@ class RayPool:
                 tar.extractall(work, filter="data")
             rec["bundle"] = str((work / "bundle").relative_to(self.run_dir))
         return rec
-
-
-def shutdown() -> None:
-    ray = _ray()
-    if ray.is_initialized():
-        ray.shutdown()
