@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.edgeconv-setup
 
-.PHONY: setup demo test bench clean samples system-deps arm-board arm-board-stop
+.PHONY: setup demo test bench clean samples system-deps arm-board arm-board-stop toolchains
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,17 +27,24 @@ demo: setup
 	$(BIN)/edgeconv validate out/digits-onnx --data samples/digits_test.npz
 
 # The SSH tests start a real OpenSSH server on 127.0.0.1: Debian's openssh-server (installed when root).
+# The imx500 toolchain's converter (imxconv-pt) runs Java: Debian's default-jre-headless.
 system-deps:
 	@if [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then (apt-get install -y -q openssh-server || (apt-get update -q && apt-get install -y -q openssh-server)) >/dev/null; \
 	else echo "the SSH tests need sshd: sudo apt-get install openssh-server" >&2; exit 1; fi
+	@if command -v java >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get install -y -q default-jre-headless || (apt-get update -q && apt-get install -y -q default-jre-headless)) >/dev/null; \
+	else echo "the imx500 converter (imxconv-pt) needs Java: sudo apt-get install default-jre-headless" >&2; exit 1; fi
 
 # The tests' aarch64 board (tests/test_arm_board.py) is built and started by `arm-board`, before pytest: the tests
 # never build it (no apt-get, no pip), they only start a built one, and skip with the reason where there is none.
 # ruff first, with the rules in pyproject.toml (it comes with the dev extra): a line it flags fails the tests.
-test: setup system-deps arm-board
+# Two passes: the tests in two workers (a file stays on one worker, so its module fixtures are built once), then the
+# tests marked `alone` (latency verdicts, kills timed against an uninterrupted run) by themselves on a quiet machine.
+test: setup system-deps arm-board toolchains
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not alone" --durations=15
+	$(BIN)/python -m pytest -q -m alone --durations=5
 
 # An ARM64 board on loopback: Debian bookworm arm64 under qemu-user, its sshd on 127.0.0.1 (root; built once, cached
 # in /var/cache/edgeconv/arm-board). The last line printed is the arguments to add to an edgeconv command.
@@ -52,6 +59,12 @@ arm-board: setup
 
 arm-board-stop:
 	$(PYTHON) .ci/arm_board.py stop
+
+# The NPU toolchains (rknn, qnn, imx500), each in its own venv under $EDGECONV_TOOLCHAINS (default
+# ~/.cache/edgeconv/toolchains): one already installed and verified is kept as it is (docs/architecture.md).
+TOOLCHAINS ?= rknn qnn imx500
+toolchains: setup
+	$(BIN)/edgeconv toolchain install $(TOOLCHAINS)
 
 bench: setup
 	$(BIN)/python bench/run_all.py

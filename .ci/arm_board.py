@@ -8,7 +8,7 @@
 
 What it is, and that nothing is faked:
 - The root is `debootstrap --arch=arm64 --variant=minbase bookworm` with Debian's python3 (3.11), plus the
-  aarch64 wheels of numpy, ai-edge-litert and onnxruntime from PyPI (downloaded here with pip's --platform,
+  aarch64 wheels of numpy, ai-edge-litert, onnxruntime and ncnn from PyPI (downloaded here with pip's --platform,
   unpacked into the root's /usr/local/lib/python3.11/dist-packages; no pip, no edgeconv in the root, like a
   fresh Raspberry Pi OS 64-bit). Versions follow the host's .venv so that a difference between the two is the
   architecture's, not a version's.
@@ -49,7 +49,7 @@ RECIPE = "bookworm-arm64-minbase-python3-v1"  # change to force a rebuild of the
 SUITE, ARCH = "bookworm", "arm64"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_PORT = 22464
-WHEELS = ("numpy", "ai-edge-litert", "onnxruntime")
+WHEELS = ("numpy", "ai-edge-litert", "onnxruntime", "ncnn")
 PY_TAG = ("3.11", "cp311")  # bookworm's python3
 GLIBC = 36  # bookworm's glibc 2.36: manylinux_2_17 … 2_36 wheels run there
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -98,7 +98,7 @@ class Board:
         self.wheels = cache / "wheels"
         self.port = port
         self.mirror = mirror
-        self.python = python  # whose numpy/ai-edge-litert/onnxruntime versions the board gets
+        self.python = python  # whose numpy/ai-edge-litert/onnxruntime/ncnn versions the board gets
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -159,7 +159,7 @@ class Board:
         run(["rm", "-rf", "--one-file-system", "--", str(path)], 600)
 
     def pins(self) -> list[str]:
-        """numpy/ai-edge-litert/onnxruntime at the host venv's versions (unpinned where it has none)."""
+        """numpy/ai-edge-litert/onnxruntime/ncnn at the host venv's versions (unpinned where it has none)."""
         if self.python is None or not self.python.exists():
             return list(WHEELS)
         code = (f"import importlib.metadata as m\nfor p in {WHEELS!r}:\n    try: print(p + '==' + m.version(p))\n"
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("EDGECONV_ARM_BOARD_PORT", DEFAULT_PORT)))
     ap.add_argument("--mirror", default=os.environ.get("EDGECONV_DEBIAN_MIRROR", DEFAULT_MIRROR))
     ap.add_argument("--versions-from", type=Path, default=REPO / ".venv" / "bin" / "python",
-                    help="a Python whose numpy/ai-edge-litert/onnxruntime versions the board gets (default: the repo's .venv)")
+                    help="a Python whose versions of the board's wheels (WHEELS) the board gets (default: the repo's .venv)")
     ap.add_argument("--json", action="store_true", help="start: the board's record as JSON before the last line")
     ap.add_argument("--no-build", action="store_true",
                     help="start: only a board already built here (exit 75 otherwise; no apt-get, no pip); the tests use it")

@@ -14,6 +14,11 @@ Budgets (issue 17): MACs <= 0.6x, ORT fp32 p50 >= 1.4x faster (median of per-rou
 model faster than of the original. Accuracy is not measured here (random weights): the digits tests measure it.
 
     .venv/bin/python bench/compress_bench.py [ROUNDS]
+
+With ``--zoo [NAME_GLOB]`` it runs instead `edgeconv compress --prune-channels 0.3` and `--low-rank 0.9` on each of the
+zoo's PyTorch models (.pt2 and state_dict + class, bench/zoo_models.py) and records per model: ran or refused with the
+reason, MACs ratio, ONNX Runtime fp32 p50 ratio (compress's report, interleaved) and ONNX parity of the result, in
+bench/results/compress.json.
 """
 
 from __future__ import annotations
@@ -171,5 +176,96 @@ def main() -> dict:
     return result
 
 
+# -- the zoo's PyTorch models (issue 32): python bench/compress_bench.py --zoo [NAME_GLOB] -----------------------------
+ZOO_FORMATS = ("pt2", "state_dict")
+ZOO_METHODS = {"prune-channels": ["--prune-channels", "0.3"], "low-rank": ["--low-rank", "0.9"]}
+
+
+def _shape_args(folder: Path, built) -> list[str]:
+    """``--input-shape NAME=AxB…`` from the model's own sample (a state_dict keeps no shapes)."""
+    import numpy as np
+
+    sample = folder / built.sample
+    if sample.suffix == ".npy":
+        return ["--input-shape", "x".join(str(d) for d in np.load(sample).shape)]
+    with np.load(sample) as z:
+        return [a for k in z.files for a in ("--input-shape", f"{k}=" + "x".join(str(d) for d in z[k].shape))]
+
+
+def _run_json(cmd: list[str], timeout: float = 900) -> tuple[int, dict]:
+    r = subprocess.run(["flock", "/tmp/edgeconv-heavy.lock", *cmd], capture_output=True, text=True, timeout=timeout,
+                       cwd=ROOT, check=False)
+    try:
+        return r.returncode, json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return r.returncode, {"error": {"message": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]}}
+
+
+def zoo_cell(folder: Path, built, method: str, work: Path) -> dict:
+    """`edgeconv compress` of one zoo model by one method (its report times source and result on ONNX Runtime,
+    interleaved), then `edgeconv convert RESULT --target onnx` (parity of the ONNX artifact against the result)."""
+    out = work / f"{folder.name}-{method}.pt2"
+    model_args = [str(folder / built.model), *built.args]
+    shapes = _shape_args(folder, built) if folder.joinpath(built.model).suffix != ".pt2" else []
+    code, rep = _run_json([*EDGECONV, "compress", *model_args, *shapes, "-o", str(out), *ZOO_METHODS[method], "--runs",
+                           "100", "--threads", str(THREADS), "--force", "--json"])
+    if code != 0:
+        err = rep.get("error", {})
+        return {"ran": False, "exit": code, "reason": err.get("message") if isinstance(err, dict) else str(err)}
+    m = rep["methods"][0]
+    cell = {"ran": True, "macs_ratio": rep["ratios"]["macs"], "ort_p50_ratio": rep["ratios"]["p50_ms"],
+            "p50_ms": [rep["before"]["p50_ms"], rep["after"]["p50_ms"]], "parameters_ratio": rep["ratios"]["parameters"],
+            "kept_whole": m.get("kept_whole"), "kept": m.get("kept"), "undone": m.get("undone"), "notes": rep["notes"]}
+    code, conv = _run_json([*EDGECONV, "convert", str(out), "--target", "onnx", "-o", str(work / f"{out.stem}-onnx"),
+                            "--force", "--json"])
+    parity = [c for c in conv.get("manifest", {}).get("checks", []) if c.get("kind") == "parity"]
+    cell["onnx_parity"] = bool(code == 0 and parity and all(c["ok"] for c in parity))
+    if code != 0:
+        cell["convert_error"] = conv.get("error")
+    return cell
+
+
+def zoo_main(pattern: str) -> dict:
+    """The zoo's PyTorch models whose names match one of the comma-separated globs of ``pattern``."""
+    import fnmatch
+
+    from zoo import build_model, corpus_key
+    from zoo_models import MODELS as ZOO
+
+    key, rows = corpus_key(), {}
+    with tempfile.TemporaryDirectory(prefix="edgeconv-compress-zoo-") as tmp:
+        patterns = pattern.split(",")
+        for m in [m for m in ZOO if m.fmt in ZOO_FORMATS and any(fnmatch.fnmatch(m.name, p) for p in patterns)]:
+            folder, built, why = build_model(m, key, rebuild=False)
+            if built is None:
+                rows[m.name] = {"format": m.fmt, "built": False, "reason": why}
+                continue
+            rows[m.name] = {"format": m.fmt, "built": True,
+                            **{method: zoo_cell(folder, built, method, Path(tmp)) for method in ZOO_METHODS}}
+            print(m.name, json.dumps(rows[m.name])[:400], flush=True)
+            _zoo_result(rows)  # after every model: a long run stopped early keeps what it measured
+    return _zoo_result(rows)
+
+
+def _zoo_result(rows: dict) -> dict:
+    pruned = [r["prune-channels"] for r in rows.values() if r.get("built")]
+    result = {"what": "edgeconv compress on the zoo's PyTorch models (.pt2 and state_dict + class): ran or refused with "
+                      "the reason, MACs ratio, ONNX Runtime fp32 p50 ratio (compress's own report: source and result "
+                      f"interleaved, 4 rounds, 100 runs each, {THREADS} threads), and whether the result converts to onnx "
+                      "with parity against itself",
+              "models": rows,
+              "summary": {"built": len(pruned), "prune_ran": sum(c["ran"] for c in pruned),
+                          "prune_onnx_parity": sum(bool(c.get("onnx_parity")) for c in pruned),
+                          "prune_slower": [n for n, r in rows.items() if r.get("built") and r["prune-channels"]["ran"]
+                                           and r["prune-channels"]["ort_p50_ratio"] > 1.05],
+                          "low_rank_slower": [n for n, r in rows.items() if r.get("built") and r["low-rank"]["ran"]
+                                              and r["low-rank"]["ort_p50_ratio"] > 1.05]}}
+    write_result("compress", result)
+    return result
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--zoo":
+        zoo_main(sys.argv[2] if len(sys.argv) > 2 else "*")
+        sys.exit(0)
     sys.exit(0 if main()["ok"] else 1)

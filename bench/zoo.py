@@ -508,7 +508,7 @@ def select(pattern: str | None, fast: bool) -> list[ZooModel]:
     return chosen
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", help="subset: comma-separated glob patterns or substrings of model names")
     ap.add_argument("--targets", help="comma-separated target families (default: all; --fast: " + ",".join(FAST_TARGETS) + ")")
@@ -530,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-export-cache", action="store_true",
                     help="start from the export cache an earlier run left (entries are keyed by edgeconv's code: none is stale)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     a = ap.parse_args(argv)
     if a.worker:
         return worker_main()

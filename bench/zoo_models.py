@@ -583,17 +583,18 @@ _BERT = {**_SMALL, "vocab_size": VOCAB, "max_position_embeddings": 64}
 _VIT = {**_SMALL, "image_size": 64, "patch_size": 16, "num_labels": 10}
 
 
-def _registry() -> list[ZooModel]:
+def _token_feed() -> dict[str, np.ndarray]:
+    return _tokens(1, seed=0)
+
+
+def _ids_feed() -> dict[str, np.ndarray]:
+    return {"input_ids": _tokens(1, seed=0)["input_ids"]}
+
+
+def _timm_models() -> list[ZooModel]:
+    """Timm image classifiers, 96 px unless the arch needs more."""
     Z = ZooModel
-
-    def tokens():
-        return _tokens(1, seed=0)
-
-    def ids_only():
-        return {"input_ids": _tokens(1, seed=0)["input_ids"]}
-
     return [
-        # timm image classifiers, 96 px unless the arch needs more
         Z("timm_resnet18", "cnn", "torchscript", _timm("resnet18", "torchscript"), "x 1x3x96x96", "timm"),
         Z("timm_mobilenetv3_small", "cnn", "pt2", _timm("mobilenetv3_small_100", "pt2"), "x 1x3x96x96", "timm"),
         Z("timm_efficientnet_b0", "cnn", "pt2", _timm("efficientnet_b0", "pt2"), "x 1x3x96x96", "timm"),
@@ -619,7 +620,13 @@ def _registry() -> list[ZooModel]:
         Z("timm_vit_tiny", "vit", "pt2", _timm("vit_tiny_patch16_224", "pt2", img_size=96), "x 1x3x96x96", "timm"),
         Z("timm_deit_tiny", "vit", "torchscript", _timm("deit_tiny_patch16_224", "torchscript", img_size=96),
           "x 1x3x96x96", "timm"),
-        # torchvision
+    ]
+
+
+def _torchvision_models() -> list[ZooModel]:
+    """Torchvision."""
+    Z = ZooModel
+    return [
         Z("tv_resnet18_sd", "cnn", "state_dict", _tv("resnet18", "state_dict", num_classes=10), "x 1x3x96x96", "torchvision"),
         Z("tv_mobilenet_v2", "cnn", "torchscript", _tv("mobilenet_v2", "torchscript", num_classes=10),
           "x 1x3x96x96", "torchvision"),
@@ -640,7 +647,13 @@ def _registry() -> list[ZooModel]:
           "x 1x3x128x128 → dict {out}", "torchvision"),
         Z("tv_r3d_18", "video", "pt2", _tv("r3d_18", "pt2", size=64, kind="video", num_classes=10),
           "x 1x3x4x64x64", "torchvision"),
-        # the user's own nn.Modules (model.py next to the weights)
+    ]
+
+
+def _user_models() -> list[ZooModel]:
+    """The user's own nn.Modules (model.py next to the weights)."""
+    Z = ZooModel
+    return [
         Z("user_dscnn_kws_sd", "cnn", "state_dict", _user_net("DSCNN", "state_dict", (1, 1, 49, 10), classifier=True),
           "x 1x1x49x10 MFCC", "model.py", fast=True),
         Z("user_dscnn_kws", "cnn", "torchscript", _user_net("DSCNN", "torchscript", (1, 1, 49, 10), classifier=True),
@@ -655,16 +668,22 @@ def _registry() -> list[ZooModel]:
           "x 1x20x16", "model.py"),
         Z("user_tiny_unet", "seg", "pt2", _user_net("TinyUNet", "pt2", (1, 3, 64, 64), calib=True), "x 1x3x64x64", "model.py",
           fast=True),
-        # Hugging Face transformers, random init from small configs
-        Z("hf_bert", "text", "torchscript", _hf("BertModel", "BertConfig", "torchscript", tokens, **_BERT),
+    ]
+
+
+def _hf_models() -> list[ZooModel]:
+    """Hugging Face transformers, random init from small configs."""
+    Z = ZooModel
+    return [
+        Z("hf_bert", "text", "torchscript", _hf("BertModel", "BertConfig", "torchscript", _token_feed, **_BERT),
           "input_ids, attention_mask int64 1x16", "transformers", fast=True),
-        Z("hf_distilbert", "text", "pt2", _hf("DistilBertModel", "DistilBertConfig", "pt2", tokens, dim=64, hidden_dim=128,
+        Z("hf_distilbert", "text", "pt2", _hf("DistilBertModel", "DistilBertConfig", "pt2", _token_feed, dim=64, hidden_dim=128,
                                                n_layers=2, n_heads=2, vocab_size=VOCAB),
           "input_ids, attention_mask int64 1x16", "transformers"),
-        Z("hf_roberta_cls", "text", "pt2", _hf("RobertaForSequenceClassification", "RobertaConfig", "pt2", tokens, num_labels=3,
-                                                **{**_BERT, "max_position_embeddings": 66}),
+        Z("hf_roberta_cls", "text", "pt2", _hf("RobertaForSequenceClassification", "RobertaConfig", "pt2", _token_feed,
+                                                num_labels=3, **{**_BERT, "max_position_embeddings": 66}),
           "input_ids, attention_mask int64 1x16", "transformers"),
-        Z("hf_gpt2", "text", "pt2", _hf("GPT2Model", "GPT2Config", "pt2", ids_only, n_embd=64, n_layer=2, n_head=2,
+        Z("hf_gpt2", "text", "pt2", _hf("GPT2Model", "GPT2Config", "pt2", _ids_feed, n_embd=64, n_layer=2, n_head=2,
                                          vocab_size=VOCAB, n_positions=64, use_cache=False),
           "input_ids int64 1x16", "transformers"),
         Z("hf_vit", "vit", "pt2", _hf("ViTForImageClassification", "ViTConfig", "pt2", _image_feed(64), classifier=True, **_VIT),
@@ -687,12 +706,18 @@ def _registry() -> list[ZooModel]:
                                                      conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16,
                                                      num_conv_pos_embedding_groups=4),
           "input_values 1x16000 float", "transformers", fast=True),
-        Z("hf_clip_text", "text", "pt2", _hf("CLIPTextModel", "CLIPTextConfig", "pt2", ids_only, **_SMALL, vocab_size=VOCAB,
+        Z("hf_clip_text", "text", "pt2", _hf("CLIPTextModel", "CLIPTextConfig", "pt2", _ids_feed, **_SMALL, vocab_size=VOCAB,
                                               max_position_embeddings=32), "input_ids int64 1x16", "transformers"),
         Z("hf_clip_vision", "vit", "torchscript", _hf("CLIPVisionModel", "CLIPVisionConfig", "torchscript", _image_feed(64),
                                                       **_SMALL, image_size=64, patch_size=16),
           "pixel_values 1x3x64x64", "transformers"),
-        # ONNX files from other exporters, old opsets, dynamic axes
+    ]
+
+
+def _onnx_models() -> list[ZooModel]:
+    """ONNX files from other exporters, old opsets, dynamic axes."""
+    Z = ZooModel
+    return [
         Z("onnx_opset9_resnet18", "cnn", "onnx", _onnx_from_torch(_tv_module("resnet18", num_classes=10), 9),
           "input 1x3x96x96, opset 9", "torch.onnx (TorchScript)"),
         Z("onnx_opset11_mobilenetv2_dynhw", "cnn", "onnx",
@@ -726,7 +751,13 @@ def _registry() -> list[ZooModel]:
           "data_0 1x3x224x224, opset 9", "onnx wheel (caffe2)"),
         Z("onnxzoo_resnet50", "cnn", "onnx", _onnx_light("resnet50"), "gpu_0/data_0 1x3x224x224, opset 9", "onnx wheel (caffe2)"),
         Z("onnxzoo_densenet121", "cnn", "onnx", _onnx_light("densenet121"), "data_0 1x3x224x224, opset 9", "onnx wheel (caffe2)"),
-        # keras.applications (weights=None) and Keras models with preprocessing layers
+    ]
+
+
+def _keras_models() -> list[ZooModel]:
+    """Keras.applications (weights=None) and Keras models with preprocessing layers."""
+    Z = ZooModel
+    return [
         Z("keras_mobilenetv2", "cnn", "keras", _keras_app("MobileNetV2", "keras", alpha=0.35),
           "1x96x96x3 NHWC", "keras.applications", fast=True),
         Z("keras_mobilenetv3small", "cnn", "h5", _keras_app("MobileNetV3Small", "h5"), "1x96x96x3 (Rescaling inside)",
@@ -748,6 +779,10 @@ def _registry() -> list[ZooModel]:
           "audio 1x16000x1", "keras"),
         Z("keras_two_inputs", "mlp", "keras", _keras_custom("two_inputs", "keras"), "image 1x48x48x3 + meta 1x5", "keras"),
     ]
+
+
+def _registry() -> list[ZooModel]:
+    return [*_timm_models(), *_torchvision_models(), *_user_models(), *_hf_models(), *_onnx_models(), *_keras_models()]
 
 
 MODELS: list[ZooModel] = _registry()

@@ -643,6 +643,60 @@ def control_flow_nodes(model) -> list[dict[str, str]]:
     return found
 
 
+def scalar_if_outputs_as_rank1(model) -> list[str]:
+    """Every ``If`` (nested ones included) whose output is 0-d in both branches gets it as ``[1]`` and reshaped back to
+    0-d after the ``If``: the same values, both branches kept. onnx2tf 1.28 evaluates both branches and picks with
+    Keras' ``switch``, which refuses a condition of higher rank than the branch outputs; onnx2tf writes a 0-d input
+    (a sample rate the condition is computed from) as ``[1]``, so an ``If`` on it with 0-d branch outputs failed
+    ("Rank of `condition` should be less than or equal to rank of `then_expression`"). Returns the ``If`` nodes
+    rewritten; rewrites ``model`` in place (docs/architecture.md)."""
+    from onnx import TensorProto, helper
+
+    changed: list[str] = []
+
+    def shape_const(graph, name: str, dims: list[int]) -> str:
+        graph.node.append(helper.make_node("Constant", [], [name], name=name, value=helper.make_tensor(
+            name, TensorProto.INT64, [len(dims)], dims)))
+        return name
+
+    def visit(graph) -> None:
+        nodes = list(graph.node)
+        del graph.node[:]
+        for node in nodes:
+            for attr in node.attribute:
+                for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    visit(g)
+            graph.node.append(node)
+            node = graph.node[-1]  # the graph's copy (append copies a message)
+            if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+                continue
+            branches = [a.g for a in node.attribute if a.name in ("then_branch", "else_branch")]
+            name = node.name or node.output[0]
+            for i, out in enumerate(node.output):
+                if not out or not all(_declared_0d(b.output[i]) for b in branches):
+                    continue
+                for b in branches:
+                    vi = b.output[i]
+                    wide = f"{name}/{b.name}/{vi.name}/rank1"
+                    b.node.append(helper.make_node("Reshape", [vi.name, shape_const(b, wide + "_shape", [1])], [wide],
+                                                   name=wide))
+                    vi.CopyFrom(helper.make_tensor_value_info(wide, vi.type.tensor_type.elem_type, [1]))
+                elem = branches[0].output[i].type.tensor_type.elem_type
+                node.output[i] = f"{out}/rank1"
+                graph.value_info.append(helper.make_tensor_value_info(node.output[i], elem, [1]))
+                graph.node.append(helper.make_node("Reshape", [node.output[i], shape_const(graph, f"{out}/0d_shape", [])],
+                                                   [out], name=f"{out}/0d"))
+                changed.append(name)
+
+    visit(model.graph)
+    return sorted(set(changed))
+
+
+def _declared_0d(value_info) -> bool:
+    t = value_info.type
+    return t.HasField("tensor_type") and t.tensor_type.HasField("shape") and not t.tensor_type.shape.dim
+
+
 # -- tf2onnx: constants it lifts into graph inputs --------------------------------------------------------------------
 def lifted_constants(fn, input_signature) -> dict[str, np.ndarray]:
     """Values of the graph inputs tf2onnx invents for ``fn`` (a ``tf.function``): its captured tensors.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -54,6 +55,16 @@ def _err_console():
     return Console(stderr=True, highlight=False)
 
 
+BROKEN_PIPE_EXIT = 128 + 13  # SIGPIPE's exit status in a shell
+
+
+def _stdout_closed() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _handled(json_flag: str | None = "as_json"):
     """Map edgeconv errors to a message and exit code; with --json, also an error document on stdout."""
 
@@ -73,6 +84,9 @@ def _handled(json_flag: str | None = "as_json"):
                 raise
             except typer.Exit:
                 raise
+            except BrokenPipeError:  # the reader went away (`edgeconv targets --json | head`): end as `cat` would
+                _stdout_closed()
+                raise typer.Exit(BROKEN_PIPE_EXIT) from None
             except EdgeconvError as exc:
                 if interrupted:  # Ctrl-C inside native code (TensorFlow, torch) can surface as any error
                     _interrupted(as_json)
@@ -853,6 +867,9 @@ def compress_cmd(
     low_rank: Annotated[float | None, typer.Option("--low-rank", help="Split each Linear and 1x1 conv by truncated SVD: 0-1 "
             "keeps the rank holding that fraction of the layer's energy; a whole number >= 1 is a fixed rank.",
             rich_help_panel="Compression")] = None,
+    keep_slower: Annotated[bool, typer.Option("--keep-slower", help="--low-rank: keep the splits that run slower on ONNX "
+            "Runtime too (a smaller file for a device short of storage); they are still timed and reported.",
+            rich_help_panel="Compression")] = False,
     finetune: Annotated[Path | None, typer.Option("--finetune", help="Labelled training .npz (x in the model's own layout, "
             "integer labels y): fine-tune with cross-entropy after compressing.", rich_help_panel="Fine-tuning")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Fine-tuning epochs (default 10).",
@@ -887,6 +904,7 @@ def compress_cmd(
 
     req = CompressRequest(
         model=model, output=output, prune_channels=prune_channels, round_to=round_to, sparsity=sparsity, low_rank=low_rank,
+        keep_slower=keep_slower,
         finetune=finetune, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, data=data, runs=runs, warmup=warmup,
         threads=threads,
         input_shapes=parse_input_shapes(input_shape), input_dtypes=parse_input_dtypes(input_shape),
@@ -1026,6 +1044,52 @@ def selftest(
     if not result["ok"]:
         _exit_for_devices(result.get("devices") or [])
         raise typer.Exit(1)  # a local step failed, or a device ran but its check did not pass
+
+
+toolchain_app = typer.Typer(help="NPU toolchains (rknn, qnn, imx500) in venvs edgeconv creates and records.",
+                            no_args_is_help=True)
+app.add_typer(toolchain_app, name="toolchain")
+
+
+@toolchain_app.command("install")
+@_handled(None)
+def toolchain_install(
+    names: Annotated[list[str], typer.Argument(help="Toolchains to install (see `edgeconv toolchain list`).")],
+    find_links: Annotated[Path | None, typer.Option("--find-links", help="An offline wheelhouse: pip installs from this "
+                                                    "folder only (--no-index).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Reinstall even when installed and verified.")] = False,
+) -> None:
+    """Create a toolchain's venv, install its pinned packages, probe it and record it (never done at convert time)."""
+    from edgeconv import toolchains
+
+    for name in names:
+        toolchains.pins(name)  # an unknown name is refused before anything is installed
+    for name in names:
+        toolchains.install(name, find_links=find_links, force=force, progress=lambda msg: print(msg, file=sys.stderr))
+
+
+@toolchain_app.command("list")
+@_handled()
+def toolchain_list(as_json: JsonOpt = False) -> None:
+    """The toolchains edgeconv knows: installed (and verified) or not, versions, size, path."""
+    from edgeconv import toolchains
+
+    rows = toolchains.listing()
+    if as_json:
+        _emit_json({"ok": True, "root": str(toolchains.root()), "toolchains": rows})
+        return
+    from rich.table import Table
+
+    from edgeconv.render import console
+
+    t = Table(title=f"toolchains in {toolchains.root()}", title_justify="left")
+    for col in ("name", "installed", "versions", "size", "path"):
+        t.add_column(col)
+    for r in rows:
+        size = f"{r['size_bytes'] / 1e9:.2f} GB" if r["installed"] else ""
+        t.add_row(r["name"], "yes" if r["installed"] else f"no: {r['reason']} ({r['install_command']})",
+                  ", ".join(f"{k} {v}" for k, v in r["versions"].items()), size, r["path"])
+    console.print(t)
 
 
 GLOBAL_FLAGS = ("--debug", "--verbose")  # the root's switches, accepted after the command too (`convert … --verbose`)

@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from edgeconv.calibration import CalibrationRequest
+from edgeconv.core.data import head
 from edgeconv.core.text import first_line, shorten
+from edgeconv.data import fixed_batch
 from edgeconv.errors import CheckFailed, EdgeconvError
 from edgeconv.frontends import LoadOptions, detect_family, load_source
 from edgeconv.progress import Steps
@@ -199,8 +201,8 @@ def _baseline_from(req: CompareRequest, base: Path, rows: list[Row]) -> dict[str
         return None
     bundle = Bundle.open(base / f"{ok['target']}-{ok['precision']}", verify=False)
     ref_in, _ = bundle.reference()
-    batch = bundle.inputs[0].shape[0] if isinstance(bundle.inputs[0].shape[0], int) else 1
-    feed = {k: v[:batch] for k, v in ref_in.items()}
+    batch = fixed_batch(bundle.inputs) or 1  # a 0-d first input (a sample rate) has no batch
+    feed = head(ref_in, batch)  # one feed as the model takes it (a state, a 0-d input): whole
     try:
         return source_baseline(req.model, req.load, feed, batch, req.runs, req.threads)
     except EdgeconvError as exc:

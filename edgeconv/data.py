@@ -16,8 +16,10 @@ from edgeconv.core.accuracy import classifier_output, topk_accuracy
 from edgeconv.core.data import DATA_FORMS, read_arrays
 from edgeconv.specs import TensorSpec, sha256_of
 
-__all__ = ["DATA_FORMS", "accuracy", "classifier_output", "data_record", "load_inputs", "pick_inputs", "read_arrays",
-           "run_batched"]
+__all__ = ["DATA_FORMS", "accuracy", "classifier_output", "data_record", "feed_count", "fixed_batch", "load_inputs",
+           "pick_inputs", "read_arrays", "run_batched"]
+
+feed_count = core.feed_count  # samples in a feed: the data set's first axis; 1 for one feed as the model takes it
 
 accuracy = topk_accuracy  # top-1 (and top-5) against integer labels: the core's rule
 
@@ -36,6 +38,14 @@ def load_inputs(path: Path, specs: list[TensorSpec], *, need_labels: bool) -> tu
     """Inputs keyed ``x`` (one-input models) or by input name, from an .npz or an .npy; labels ``y``
     (integer class ids, .npz only) when the file has them, required with ``need_labels``."""
     return core.load_labelled(path, _specs(specs), need_labels=need_labels)
+
+
+def fixed_batch(specs: list[TensorSpec]) -> int | None:
+    """The batch every call has: the size on the batch axis of the first input that has one (a 0-d ``sr`` has none,
+    a state ``[layers, batch, hidden]`` has it on axis 1); None when it is open."""
+    first = next((s for s in specs if s.batch_axis is not None and s.batch_axis < len(s.shape)), None)
+    size = first.shape[first.batch_axis] if first else None
+    return size if isinstance(size, int) else None
 
 
 def data_record(path: Path, n: int) -> dict:

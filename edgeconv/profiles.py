@@ -75,9 +75,22 @@ class Profile:
         missing_tools = [t for t in self.runtime.get("tools", []) if shutil.which(t) is None]
         install = sorted({f"pip install 'edgeconv[{e}]'" if not e.startswith("(") else f"pip install {m}"
                           for m, e in missing_mods.items()})
-        return {"available": not missing_mods and not missing_tools, "missing_modules": sorted(missing_mods),
-                "missing_tools": missing_tools, "install": install, "device_part": self.device_part(),
-                "runs_here": self.runs_here()}
+        toolchain = self._toolchain()
+        if toolchain and toolchain["missing"]:
+            install.append(toolchain["install"])
+        return {"available": not missing_mods and not missing_tools and not (toolchain and toolchain["missing"]),
+                "missing_modules": sorted(missing_mods), "missing_tools": missing_tools, "install": install,
+                "toolchain": toolchain, "device_part": self.device_part(), "runs_here": self.runs_here()}
+
+    def _toolchain(self) -> dict[str, Any] | None:
+        """The toolchain environment this profile's target runs in (``[runtime] toolchain``), whether it verifies."""
+        name = self.runtime.get("toolchain")
+        if not name:
+            return None
+        from edgeconv import toolchains
+
+        tc, why = toolchains.inspect(name)
+        return {"name": name, "missing": tc is None, "why": why or None, "install": toolchains.install_command(name)}
 
     def runs_here(self) -> str:
         """"native" when this machine is the profile's device (its ``[native]`` table, judged as ``measured_on`` judges

@@ -67,6 +67,8 @@ def render_convert(result) -> None:
                 console.print(f"[dim]budget: {escape(c['compared'])}[/]")
         elif c["kind"] == "edgetpu-mapping":
             _edgetpu_table(c)
+        elif c["kind"] == "imx500-memory":
+            console.print(f"IMX500 memory report: {escape(c['summary'])}")
         elif c["kind"] == "ethos-u-npu-mapping":
             e = c["estimate"]
             console.print(f"Ethos-U ({c['accelerator_config']}, {c['system_config']}, {c['memory_mode']}): "
@@ -188,6 +190,10 @@ def _stability_rows(t: Table, lat: dict[str, Any]) -> None:
               f"CV ≤ {st['limits']['cv']:.0%}", "✅" if st["verdict"] == "stable" else "⚠")
     t.add_row(f"p50 {ci['confidence']:.0%} interval", "—" if ci["low"] is None or ci["high"] is None else
               f"{ci['low']:.3f}–{ci['high']:.3f} ms", f"± {st['limits']['p50_interval_half_width']:.0%}", "")
+    across = (st.get("rounds") or {}).get("p50_interval_ms")
+    if across:
+        t.add_row("p50 interval across rounds", f"{across['low']:.3f}–{across['high']:.3f} ms",
+                  f"{len(st['rounds']['p50_ms'])} rounds", "")
     t.add_row("CV · outliers · first run", f"{st['cv']:.1%} · {st['outliers']} ({st['outlier_fraction']:.1%}) · "
               + ("outlier" if st["first_run_outlier"] else "typical"), "", "")
 
@@ -504,7 +510,7 @@ def render_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:
             if part != "here":
                 notes.setdefault(part, []).append(r["name"])
             if not r["available"] and r.get("install"):
-                missing = ", ".join(r["missing_modules"] + r["missing_tools"])
+                missing = ", ".join(_missing(r))
                 hints.setdefault(f"missing {missing}: {'; '.join(r['install'])}", []).append(r["name"])
             runs = ("native" if r.get("runs_here", "native") == "native" else "emulated") + (
                 "" if part == "here" else f" [{list(notes).index(part) + 1}]")
@@ -533,7 +539,13 @@ def _convert_here(r: dict[str, Any]) -> str:
         return "✅"
     if r.get("backend_missing"):
         return f"❌ backend '{r['backend']}' not in this edgeconv"
-    return f"❌ missing {', '.join(r['missing_modules'] + r['missing_tools'])}"
+    return f"❌ missing {', '.join(_missing(r))}"
+
+
+def _missing(r: dict[str, Any]) -> list[str]:
+    """What a profile lacks here: modules, tools, and its toolchain environment (``edgeconv toolchain install``)."""
+    tc = r.get("toolchain") or {}
+    return r["missing_modules"] + r["missing_tools"] + ([f"the {tc['name']} toolchain"] if tc.get("missing") else [])
 
 
 def _targets_wide(rows: list[dict[str, Any]]) -> None:

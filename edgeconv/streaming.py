@@ -18,7 +18,7 @@ from edgeconv.core.data import head, read_arrays, reference
 from edgeconv.core.stream import encode, make_chunks, run_stream, state_pairs
 from edgeconv.errors import BadInput
 from edgeconv.frontends import LoadOptions, load_source
-from edgeconv.specs import sha256_of
+from edgeconv.specs import TensorSpec, sha256_of
 
 STREAM_SEED = 0
 
@@ -106,6 +106,26 @@ def read_sequence(path: Path, inputs: list[dict[str, Any]], steps: int, first: d
         raise BadInput(f"{path} holds no chunks for --stream (arrays: {', '.join(sorted(arrays))})",
                        hint="numpy.savez(path, NAME=chunks) with chunks of shape [steps, *the input's shape]")
     return chunks
+
+
+def refuse_sequence(flag: str, path: Path | None, inputs: list[TensorSpec]) -> None:
+    """A file of chunks (an array with one more axis than its input: ``input`` [steps, 1, 512] for a [1, 512] input,
+    beside a state or sample rate of their own shapes or left out) given to convert is refused, saying what to pass
+    instead: convert checks the artifact on one feed or a data set; the stream of chunks, the state carried from step to
+    step, is ``validate --stream``'s (docs/architecture.md)."""
+    if path is None or path.suffix != ".npz" or not path.is_file():
+        return
+    arrays = read_arrays(path)
+    seq = {s.name: arrays[s.name] for s in inputs if s.shape is not None and s.name in arrays
+           and arrays[s.name].ndim == len(s.shape) + 1}
+    if not seq or len(seq) == len(inputs):  # every input one axis up: a data set mis-shaped (the loader says how)
+        return
+    steps = min(len(a) for a in seq.values())
+    chunks = ", ".join(f"{k!r}: {len(a)} chunks of {'x'.join(map(str, a.shape[1:])) or '0-d'}" for k, a in seq.items())
+    raise BadInput(f"{flag} {path.name} is a stream of chunks ({chunks}): convert checks the artifact on one feed as the "
+                   "model takes it or on a data set (first axis = samples), not on a stream with its state carried",
+                   hint=f"convert with one feed as the model takes it (--sample FEED.npz), then stream the file through the "
+                        f"bundle: edgeconv validate BUNDLE --stream {steps} --data {path}")
 
 
 def stream_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -24,7 +24,7 @@ from edgeconv.core.data import data_specs, load_request_data
 from edgeconv.core.execute import execute
 from edgeconv.core.memory import PhaseMemory, open_measured
 from edgeconv.core.request import REQUEST_SCHEMA, complete_request, resolve_paths
-from edgeconv.data import data_record, load_inputs, run_batched
+from edgeconv.data import data_record, fixed_batch, load_inputs, run_batched
 from edgeconv.errors import BadInput
 from edgeconv.frontends import LoadOptions, load_source
 from edgeconv.progress import Steps
@@ -122,7 +122,7 @@ def _source_scores(req: ValidateRequest, bundle: Bundle, art: dict[str, Any], fe
         feed = {k: v.transpose(inverse_perm(perms[k])) if perms.get(k) else v for k, v in feed.items()}
     lo = bundle.manifest["source"].get("load_options", {})
     source = load_source(req.source, LoadOptions(lo.get("model_class"), lo.get("model_kwargs") or {}, req.trust_pickle))
-    batch = bundle.inputs[0].shape[0] if bundle.inputs and isinstance(bundle.inputs[0].shape[0], int) else None
+    batch = fixed_batch(bundle.inputs)
     if bundle.manifest.get("given"):  # a given file (edgeconv/wrap.py): its inputs in the source's names and layout
         from edgeconv.wrap import source_feed
 

@@ -166,9 +166,10 @@ def open_given(path: Path, input_shapes: dict[str | None, list] | None = None) -
 def _open(kind: Kind, path: Path, options: dict[str, Any]):
     try:
         return open_runner(kind.runner, path, options=options)
-    except ValueError as exc:  # LiteRT: a file without a serving signature
+    except ValueError as exc:  # LiteRT: a file with several signatures (one without any is read by its graph's I/O)
         raise BadInput(f"{kind.runner} cannot open {path} by its signature: {exc}",
-                       hint="re-export it with a signature (TFLiteConverter.from_saved_model / from_keras_model)") from exc
+                       hint="re-export it with the one signature to run (TFLiteConverter.from_saved_model / "
+                            "from_keras_model)") from exc
 
 
 def _runner_options(kind: Kind, files: list[Path], shapes: dict[str | None, list]) -> dict[str, Any]:

@@ -215,3 +215,12 @@ def test_build_takes_its_options_from_the_target_table():
     assert [o.flag for o in options_of("build")] == ["--compiler", "--dla-core", "--workspace"]
     # what `build --remote` passes on to edgeconv on the device: the options given, a 0 included, defaults left out
     assert as_arguments({"dla_core": 0, "workspace_mb": 512, "compiler": None}) == ["--dla-core", "0", "--workspace", "512"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_as_a_closed_pipe_not_a_bug():
+    """`edgeconv targets --json | head`: the closed pipe is exit 141 (SIGPIPE's status), no "internal error"."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgeconv", "targets", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "internal error" not in err and "Traceback" not in err, err

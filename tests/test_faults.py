@@ -433,6 +433,7 @@ def _killed_run(server, args: list, when, group: bool, here: Path, warm: bool) -
     return first
 
 
+@pytest.mark.alone  # kill moments are shares of an uninterrupted run's time, measured alone
 def test_convert_killed_at_20_points_then_rerun_gives_the_same_bundle(server, tmp_path):
     left = _kill_sweep(server, tmp_path, "onnx", 20, 20)
     # the kills spread over the run: before the cache was filled, and while the bundle was written
@@ -451,6 +452,7 @@ def _cache_writes(here: Path) -> list[list]:
     return [[p] for p in points]
 
 
+@pytest.mark.alone  # kill moments are shares of an uninterrupted run's time, measured alone
 def test_cache_fills_killed_at_every_write_then_rerun_gives_the_same_bundle(server, tmp_path):
     """``--cache`` fills (the source's facts, its outputs, the export) and the bundle killed at each of their writes,
     and at times between them."""
@@ -470,6 +472,7 @@ def _servers(tmp_path: Path, n: int, *modules: str) -> list[ForkServer]:
     return out
 
 
+@pytest.mark.alone  # kill moments are shares of an uninterrupted run's time, measured alone
 def test_convert_to_openvino_killed_at_20_points_then_rerun(tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed (the openvino extra)")
     servers = _servers(tmp_path, 2, "openvino")
@@ -490,6 +493,7 @@ def _tflite_writes(here: Path) -> list[list]:
     return [[[p, 1]] for p in names]
 
 
+@pytest.mark.alone  # kill moments are shares of an uninterrupted run's time, measured alone
 def test_convert_to_tflite_killed_at_20_points_then_rerun(tmp_path):
     """The TFLite target's own steps (onnx2tf's job, where TensorFlow is imported, TFLiteConverter, the bundle) killed
     at 20 points, at its writes and at times between them; only the edgeconv process is killed: onnx2tf's job must end

@@ -155,25 +155,33 @@ def test_missing_runtime_on_the_device_is_exit_3(cli, sshd, samples, tmp_path, d
     assert r.code == 3 and "no backend for 'openvino'" in r.stdout + r.stderr
 
 
-def _remote_dirs() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("edgeconv.*")}
+def _remote_tmp(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A temporary folder of this test's own on the device (its mktemp honours TMPDIR, which the test sshd accepts),
+    so that what it leaves is told apart from the remote directories of tests running beside it."""
+    root = tmp_path / "device-tmp"
+    root.mkdir()
+    return root, ["--ssh-option", f"SetEnv=TMPDIR={root}"]
 
 
-def test_ctrl_c_mid_run_leaves_no_remote_directory(bundles, sshd):
-    before = _remote_dirs()
+def _remote_dirs(root: Path) -> set[str]:
+    return {p.name for p in root.glob("edgeconv.*")}
+
+
+def test_ctrl_c_mid_run_leaves_no_remote_directory(bundles, sshd, tmp_path):
+    root, env = _remote_tmp(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "edgeconv", "validate", str(bundles("pt")), "--remote", remote(sshd),
-                             *sshd["opts"], "--remote-python", sys.executable, "--runs", "2000000"], cwd=ROOT,
+                             *sshd["opts"], *env, "--remote-python", sys.executable, "--runs", "2000000"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not (_remote_dirs() - before):
+    while time.time() < deadline and not _remote_dirs(root):
         time.sleep(0.05)
-    assert _remote_dirs() - before, "the remote directory never appeared"
+    assert _remote_dirs(root), "the remote directory never appeared"
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     time.sleep(0.5)
-    assert not (_remote_dirs() - before)
+    assert not _remote_dirs(root)
 
 
 def test_profile_and_build_over_ssh_need_edgeconv_there(cli, bundles, sshd, samples, tmp_path, device_python):
@@ -463,9 +471,9 @@ def test_a_device_whose_python_hangs_is_given_up_after_the_timeout(bundles, sshd
     """Its python3 never answers: the device is given up after --timeout (exit 3), and what hung is killed with its
     remote directory."""
     python = _stalling_python(tmp_path, None)
-    before = _remote_dirs()
+    root, env = _remote_tmp(tmp_path)
     t0 = time.time()
-    r = run_subprocess("validate", bundles("pt"), "--remote", remote(sshd), *sshd["opts"], "--remote-python", python,
+    r = run_subprocess("validate", bundles("pt"), "--remote", remote(sshd), *sshd["opts"], *env, "--remote-python", python,
                        "--timeout", "3", "--json", timeout=60)
     took = time.time() - t0
     assert r.returncode == 3, (r.stdout[-2000:], r.stderr[-2000:])
@@ -477,4 +485,4 @@ def test_a_device_whose_python_hangs_is_given_up_after_the_timeout(bundles, sshd
     while _alive(pid) and time.time() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), "the hanging python3 was left running on the device"
-    assert not (_remote_dirs() - before)
+    assert not _remote_dirs(root)

@@ -1,9 +1,10 @@
 """Stateful and streaming models (issue 34): a Silero-VAD-like interface (a 1x512 chunk ``input``, a GRU state
 ``state`` [layers, batch, hidden] whose graph dims are ``[2, batch, 16]``, a 0-d int64 ``sr``; a score and the next
-state out), exported to ONNX at opsets 15 and 18 (with an ``If`` on ``sr`` and without), as TorchScript and as .pt2;
-and a keyword-spotting model with a [1, 1, T, F] input and a ring-buffer state. Each takes its one-feed .npz sample,
-converts on real converters, validates on real runtimes, and ``validate --stream 50`` carries the state over 50
-chunks (and fails, exit 1, when the state is not carried)."""
+state out), exported to ONNX at opsets 15 and 18 (with an ``If`` on ``sr`` and without; and with ``sr`` first), as
+TorchScript and as .pt2; the same with an LSTM (two states) at opset 15 with the ``If``; and a keyword-spotting model
+with a [1, 1, T, F] input and a ring-buffer state. Each takes its one-feed .npz sample, converts on real converters,
+validates on real runtimes, and ``validate --stream 50`` carries the state over 50 chunks (and fails, exit 1, when
+the state is not carried)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,29 @@ class Vad(torch.nn.Module):
         x = torch.relu(self.enc(input)).unsqueeze(0)  # [1, batch, 32]
         y, state_next = self.rnn(x, state)
         return torch.sigmoid(self.head(y[0]) * (sr.to(torch.float32) / 16000.0)), state_next
+
+
+class Lstm(Vad):
+    """The same interface with an LSTM: two states, ``h0``→``hn`` and ``c0``→``cn``."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(32, HIDDEN, num_layers=LAYERS)
+
+    def forward(self, input, h0, c0, sr):  # noqa: A002
+        y, (hn, cn) = self.rnn(torch.relu(self.enc(input)).unsqueeze(0), (h0, c0))
+        return torch.sigmoid(self.head(y[0]) * (sr.to(torch.float32) / 16000.0)), hn, cn
+
+
+class SrFirst(torch.nn.Module):
+    """The VAD model with its 0-d ``sr`` as the first input: nothing to count samples on there."""
+
+    def __init__(self, vad):
+        super().__init__()
+        self.vad = vad
+
+    def forward(self, sr, input, state):  # noqa: A002
+        return self.vad(input, state, sr)
 
 
 class Kws(torch.nn.Module):
@@ -85,6 +109,14 @@ def models(tmp_path_factory):
                           dynamic_axes={"input": {0: "batch"}, "state": {1: "batch"}, "output": {0: "batch"},
                                         "stateN": {1: "batch"}})
     out["onnx18_if"] = _with_if_on_sr(out["onnx18"], d / "vad18_if.onnx")
+    torch.onnx.export(Lstm().eval(), (x, h, h, sr), str(d / "lstm15.onnx"), input_names=["input", "h0", "c0", "sr"],
+                      output_names=["output", "hn", "cn"], opset_version=15, dynamo=False,
+                      dynamic_axes={"input": {0: "batch"}, "h0": {1: "batch"}, "c0": {1: "batch"}, "output": {0: "batch"},
+                                    "hn": {1: "batch"}, "cn": {1: "batch"}})
+    out["lstm15_if"] = _with_if_on_sr(d / "lstm15.onnx", d / "lstm15_if.onnx")
+    out["sr_first"] = d / "sr_first.onnx"
+    torch.onnx.export(SrFirst(vad), (sr, x, h), str(out["sr_first"]), input_names=["sr", "input", "state"],
+                      output_names=["output", "stateN"], opset_version=15, dynamo=False)
     out["torchscript"] = d / "vad.ts.pt"
     torch.jit.trace(vad, (x, h, sr)).save(str(out["torchscript"]))
     out["pt2"] = d / "vad.pt2"
@@ -96,6 +128,9 @@ def models(tmp_path_factory):
     out["vad_sample"] = d / "vad_sample.npz"
     np.savez(out["vad_sample"], input=rng.standard_normal((1, CHUNK)).astype(np.float32),
              state=np.zeros((LAYERS, 1, HIDDEN), np.float32), sr=np.array(16000, np.int64))
+    out["lstm_sample"] = d / "lstm_sample.npz"
+    np.savez(out["lstm_sample"], input=rng.standard_normal((1, CHUNK)).astype(np.float32), sr=np.array(16000, np.int64),
+             **{k: np.zeros((LAYERS, 1, HIDDEN), np.float32) for k in ("h0", "c0")})
     out["kws_sample"] = d / "kws_sample.npz"
     np.savez(out["kws_sample"], x=rng.standard_normal((1, 1, KWS_T, KWS_F)).astype(np.float32),
              buffer_in=np.zeros((1, 8, KWS_K), np.float32))
@@ -110,7 +145,7 @@ def bundles(models, tmp_path_factory, cli):
 
     def get(model: str, target: str):
         if (model, target) not in made:
-            sample = models["kws_sample" if model == "kws" else "vad_sample"]
+            sample = models[{"kws": "kws_sample", "lstm15_if": "lstm_sample"}.get(model, "vad_sample")]
             dest = base / f"{model}-{target}"
             r = cli("convert", models[model], "--target", target, "--sample", sample, "-o", dest, "--json")
             assert r.code == 0, r
@@ -138,9 +173,10 @@ def _stream(cli, bundle, *args):
     return r, (json.loads(r.stdout) if r.stdout.strip().startswith("{") else None)
 
 
-@pytest.mark.parametrize("target", ["onnx", "openvino", "jetson", "tflite"])
-def test_vad_one_feed_sample_converts_validates_and_streams(cli, bundles, target):
-    bundle = _bundle(bundles, "onnx15", target)
+@pytest.mark.parametrize(("model", "target"), [("onnx15", t) for t in ("onnx", "openvino", "jetson", "tflite")]
+                         + [("onnx18", t) for t in ("onnx", "openvino", "jetson")])  # opset 18 on tflite: onnx18_if's
+def test_vad_one_feed_sample_converts_validates_and_streams(cli, bundles, model, target):
+    bundle = _bundle(bundles, model, target)
     m = _manifest(bundle)
     shapes = {s["name"]: (s["shape"], s["dtype"]) for s in m["inputs"]}
     assert shapes == {"input": ([1, 512], "float32"), "state": ([2, 1, 16], "float32"), "sr": ([], "int64")}
@@ -155,6 +191,24 @@ def test_vad_one_feed_sample_converts_validates_and_streams(cli, bundles, target
     if target == "tflite":  # the 0-d int64 sr stays an int64 tensor in the artifact (onnx2tf writes it [1])
         art = next(a for a in m["artifacts"] if a["file"] == "model.tflite")
         assert art["tensor_dtypes"]["sr"] == "int64", art
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_a_0d_first_input_converts_and_streams(cli, bundles, target):
+    """The first input 0-d (``sr``): the batch and the sample count come from the first input that has them."""
+    m = _manifest(_bundle(bundles, "sr_first", target))
+    assert [s["shape"] for s in m["inputs"]] == [[], [1, 512], [2, 1, 16]] and m["reference"]["samples"] == 1
+    r, rep = _stream(cli, _bundle(bundles, "sr_first", target))
+    assert r.code == 0, r
+    assert rep["parity"]["ok"] and rep["stream"]["ok"] and rep["stream"]["pairs"] == [["state", "stateN"]]
+
+
+def test_compare_times_the_source_on_one_feed_with_a_0d_first_input(cli, models, tmp_path):
+    r = cli("compare", models["sr_first"], "--targets", "onnx", "--precisions", "fp32", "--runs", 3, "--out-dir",
+            tmp_path / "c", "--json")
+    assert r.code == 0, r
+    base = r.json()["source_baseline"]
+    assert base["batch"] == 1 and base["p50_ms"] > 0, base
 
 
 def test_state_not_carried_fails_the_stream_with_exit_1(cli, bundles, tmp_path):
@@ -176,15 +230,7 @@ def test_state_not_carried_fails_the_stream_with_exit_1(cli, bundles, tmp_path):
 
 @pytest.mark.parametrize("target", ["onnx", "openvino", "jetson", "tflite"])
 @pytest.mark.parametrize("model", ["onnx18_if", "torchscript", "pt2"])
-def test_other_exports_of_the_vad_model_convert_and_stream(cli, models, bundles, model, target, tmp_path):
-    if (model, target) == ("onnx18_if", "tflite"):  # onnx2tf 1.28 turns the If on a 0-d value into a Keras switch
-        # that refuses a rank-1 condition beside 0-d branches: refused, exit 4, with onnx2tf's reason
-        pytest.importorskip("onnx2tf", reason="the tflite extra is not installed")
-        r = cli("convert", models[model], "--target", target, "--sample", models["vad_sample"], "-o", tmp_path / "b",
-                "--json")
-        msg = r.json()["error"]["message"]
-        assert r.code == 4 and "onnx2tf" in msg and "condition" in msg, msg
-        return
+def test_other_exports_of_the_vad_model_convert_and_stream(cli, bundles, model, target):
     bundle = _bundle(bundles, model, target)
     m = _manifest(bundle)
     sr = next(s for s in m["inputs"] if s["name"] == "sr")
@@ -194,8 +240,22 @@ def test_other_exports_of_the_vad_model_convert_and_stream(cli, models, bundles,
     assert rep["stream"]["ok"] and rep["stream"]["steps_ok"] == 50
     if model == "onnx18_if":
         assert any(n.op_type == "If" for n in onnx.load(str(bundle / "model.onnx")).graph.node)
+        if target == "tflite":  # onnx2tf's switch refuses a [1] condition (sr is [1] there) beside 0-d branch outputs
+            assert any("0-d branch outputs made [1]" in n for n in m["export"]["notes"]), m["export"]["notes"]
     else:  # torch names its outputs output_0, output_1: the state pairs by shape and dtype
         assert rep["stream"]["pairs"] == [["state", "output_1"]]
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino", "jetson", "tflite"])
+def test_an_lstm_with_two_states_and_an_if_at_opset_15_streams(cli, bundles, target):
+    bundle = _bundle(bundles, "lstm15_if", target)
+    m = _manifest(bundle)
+    assert {s["name"]: s["shape"] for s in m["inputs"]} == {"input": [1, 512], "h0": [2, 1, 16], "c0": [2, 1, 16], "sr": []}
+    assert any(n.op_type == "If" for n in onnx.load(str(bundle / "model.onnx")).graph.node)
+    r, rep = _stream(cli, bundle)
+    assert r.code == 0, r
+    s = rep["stream"]
+    assert s["ok"] and s["steps_ok"] == 50 and s["pairs"] == [["h0", "hn"], ["c0", "cn"]]
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino", "jetson", "tflite"])
@@ -208,16 +268,44 @@ def test_keyword_spotting_ring_buffer_streams(cli, bundles, target):
     assert rep["stream"]["ok"] and rep["stream"]["pairs"] == [["buffer_in", "buffer_out"]]
 
 
-def test_stream_chunks_from_a_sequence_file(cli, models, bundles, tmp_path):
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_stream_chunks_from_a_sequence_file(cli, models, bundles, target, tmp_path):
     """``--data`` with ``--stream``: the user's own chunks ([steps, 1, 512]) and a one-feed sample rate (8 kHz: the
-    If's other branch), compared step by step with the source."""
+    If's other branch, which the tflite artifact keeps beside the 16 kHz one), compared step by step with the source.
+    The same file given to convert is refused (exit 2) with the command that streams it."""
     seq = tmp_path / "seq.npz"
     np.savez(seq, input=np.random.default_rng(1).standard_normal((60, 1, CHUNK)).astype(np.float32), sr=np.array(8000))
-    r, rep = _stream(cli, bundles("onnx18_if", "onnx"), "--data", seq)
+    r, rep = _stream(cli, _bundle(bundles, "onnx18_if", target), "--data", seq)
     assert r.code == 0, r
     s = rep["stream"]
     assert s["ok"] and s["steps_ok"] == 50 and s["chunks_from"] == "seq.npz: input"
     assert rep["request"]["stream"]["first"]["sr"]["shape"] == [] and "accuracy" not in rep
+    if target == "onnx":
+        r = cli("convert", models["onnx18_if"], "--target", "onnx", "--sample", models["vad_sample"], "--data", seq,
+                "-o", tmp_path / "b")
+        assert r.code == 2 and "--data seq.npz is a stream of chunks ('input': 60 chunks of 1x512)" in r.stderr, r
+        assert f"validate BUNDLE --stream 60 --data {seq}" in r.stderr, r
+
+
+def test_an_if_with_0d_branch_outputs_is_rewritten_for_onnx2tf_keeping_both_branches(models):
+    """What the tflite target hands onnx2tf: the If's 0-d branch outputs made [1], reshaped back to 0-d after it; the
+    same outputs as the original graph on ONNX Runtime on either branch (16 kHz and 8 kHz)."""
+    import onnxruntime as ort
+
+    from edgeconv.canonical import scalar_if_outputs_as_rank1
+
+    m = onnx.load(str(models["onnx18_if"]))
+    assert scalar_if_outputs_as_rank1(m) == ["scale"]
+    onnx.checker.check_model(m, full_check=True)
+    node = next(n for n in m.graph.node if n.op_type == "If")
+    assert [[d.dim_value for d in a.g.output[0].type.tensor_type.shape.dim] for a in node.attribute] == [[1], [1]]
+    before, after = ort.InferenceSession(str(models["onnx18_if"])), ort.InferenceSession(m.SerializeToString())
+    with np.load(models["vad_sample"]) as z:
+        feed = dict(z)
+    for sr in (16000, 8000):
+        feed["sr"] = np.array(sr, np.int64)
+        for a, b in zip(before.run(None, feed), after.run(None, feed)):
+            assert a.shape == b.shape and np.array_equal(a, b)
 
 
 def test_a_file_neither_a_data_set_nor_one_feed_is_refused_with_both_reasons(cli, models, tmp_path):

@@ -140,7 +140,8 @@ def test_pad_on_a_tensor_with_equal_dims_is_named(cli, tmp_path):
     assert ("Transpose (k_t)" in msg and "'kr'" in msg) or ("Pad (v_pad)" in msg and "'v'" in msg), msg
     assert "dimensions after the batch are all equal" in msg and "1x16x16x16" in msg and "--sample" in err["hint"], err
     assert (tmp_path / "out.failed-build" / "onnx2tf_check.log").stat().st_size > 0
-    assert not out.exists()
+    # the bundle is kept, marked failed, with the finding as a check, for `edgeconv debug` (tests/test_debug_reduce.py)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed-check"
 
 
 def test_same_graph_with_unequal_dims_converts(cli, tmp_path):

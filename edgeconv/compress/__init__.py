@@ -21,8 +21,12 @@ The package, in the order a run goes through it:
 - ``request``: :class:`CompressRequest` and the defaults;
 - ``checks``: every option checked before anything loads, and the source families compress refuses;
 - ``load`` and ``lifting``: the source loaded and made a trainable module (a torch.export program lifted back into
-  ``nn.Conv*``/``nn.Linear``/``nn.BatchNorm*`` layers by a table of builders, one per ATen op);
-- ``methods``: channel pruning, low-rank factorisation, magnitude pruning; ``training``: fine-tuning;
+  ``nn.Conv*``/``nn.Linear``/``nn.BatchNorm*``/``nn.PReLU``/``nn.LayerNorm``/``nn.GroupNorm``/``nn.Embedding``/
+  ``nn.LSTM``/``nn.GRU`` layers by a table of builders, one per ATen op; ``recurrent``: the LSTM/GRU forms);
+- ``channels``: channel pruning, every layer kept whole named with its reason, the pruned copy run before it is kept
+  (``reshapes``: widths written into the graph derived from the input where they can be);
+- ``methods``: low-rank factorisation, magnitude pruning; ``pays``: a factorisation kept only where it is not slower
+  on ONNX Runtime; ``training``: fine-tuning;
 - ``measure``: MACs, int8 size, latency, top-1; ``report``: the before/after record;
 - ``pipeline``: :func:`compress`, the steps in order.
 
@@ -33,7 +37,8 @@ imported inside the functions that need them.
 from __future__ import annotations
 
 from edgeconv.compress.checks import KERAS_REFUSAL, check_request
-from edgeconv.compress.methods import DENSE_NOTE, MagnitudePruning, low_rank, prune_channels, sparsity_schedule
+from edgeconv.compress.channels import prune_channels
+from edgeconv.compress.methods import DENSE_NOTE, MagnitudePruning, low_rank, sparsity_schedule
 from edgeconv.compress.pipeline import compress
 from edgeconv.compress.request import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, CompressRequest
 from edgeconv.compress.training import finetune

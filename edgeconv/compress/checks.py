@@ -40,6 +40,9 @@ def _check_methods(req: CompressRequest) -> None:
     if req.low_rank is not None and not (0.0 < req.low_rank < 1.0 or (req.low_rank >= 1 and float(req.low_rank).is_integer())):
         raise BadInput(f"--low-rank {req.low_rank:g} is neither an energy fraction in (0, 1) nor a whole rank >= 1",
                        hint="--low-rank 0.5 keeps the rank that holds 50% of each layer's energy; --low-rank 8 keeps rank 8")
+    if req.keep_slower and req.low_rank is None:
+        raise BadInput("--keep-slower without --low-rank: only low-rank splits are undone where they run slower",
+                       hint="add --low-rank R, or drop --keep-slower")
 
 
 def _check_training(req: CompressRequest) -> None:

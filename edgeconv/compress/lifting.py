@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+from edgeconv.compress.recurrent import flat_recurrent
 
 
 @dataclass
@@ -47,8 +50,12 @@ class Lifter:
         return None
 
     def name_for(self, weight_node, kind: str) -> str:
-        target = weight_node.target
-        base = target[: -len(".weight")] if target.endswith(".weight") else f"_compress_{kind}"
+        # "features.0.weight" -> "features.0", "lstm.weight_ih_l0" -> "lstm", "attn.in_proj_weight" -> "attn.in_proj"
+        parent, _, last = weight_node.target.rpartition(".")
+        if last == "weight" or last.startswith("weight_"):
+            base = parent or f"_compress_{kind}"
+        else:
+            base = ".".join(filter(None, (parent, last.removesuffix("_weight"))))
         name, i = base, 1
         while name in self.used:
             name, i = f"{base}_{i}", i + 1
@@ -73,7 +80,7 @@ class Lifter:
         holder, leaf = self.holder(lift.name)
         holder.add_module(leaf, lift.module)
         with self.graph.inserting_before(node):
-            new = self.graph.call_module(lift.name, lift.inputs)
+            new = self.graph.create_node("call_module", lift.name, lift.inputs)  # the name is in the new root only
         new.meta = dict(lift.replace.meta)
         lift.replace.replace_all_uses_with(new)
         if lift.replace is not node:
@@ -183,6 +190,82 @@ def _native_batch_norm(lf: Lifter, node) -> Lift | None:
     return _bn_module(lf, x, w_n, b_n, mean_n, var_n, momentum, eps, users[0])
 
 
+def _affine(lf: Lifter, module, w_n, b_n) -> bool:
+    """``module``'s weight and bias set from the graph's (None nodes leave them out); False when one is shared."""
+    w = lf.attr(w_n) if w_n is not None else None
+    b = lf.attr(b_n) if b_n is not None else None
+    if (w_n is not None and w is None) or (b_n is not None and b is None):
+        return False
+    module.weight = lf.param(w) if w is not None else None
+    module.bias = lf.param(b) if b is not None else None
+    return True
+
+
+def _prelu(lf: Lifter, node) -> Lift | None:
+    """``aten.prelu(x, w)``: one slope per channel (or one for all)."""
+    x, w_n = node.args[:2]
+    w = lf.attr(w_n)
+    if w is None or w.dim() != 1:
+        return None
+    module = lf.nn.PReLU(num_parameters=w.numel())
+    module.weight = lf.param(w)
+    return Lift(module, lf.name_for(w_n, "prelu"), (x,), node)
+
+
+def _layer_norm(lf: Lifter, node) -> Lift | None:
+    """``aten.layer_norm(x, normalized_shape, w, b, eps)``."""
+    args = list(node.args) + [None] * 5
+    x, shape, w_n, b_n = args[:4]
+    eps = node.kwargs.get("eps", args[4] if args[4] is not None else 1e-5)
+    if w_n is None:
+        return None
+    module = lf.nn.LayerNorm(list(shape), eps=eps, elementwise_affine=True, bias=b_n is not None)
+    return Lift(module, lf.name_for(w_n, "layer_norm"), (x,), node) if _affine(lf, module, w_n, b_n) else None
+
+
+def _group_norm(lf: Lifter, node) -> Lift | None:
+    """``aten.group_norm(x, groups, w, b, eps)``."""
+    args = list(node.args) + [None] * 5
+    x, groups, w_n, b_n = args[:4]
+    eps = node.kwargs.get("eps", args[4] if args[4] is not None else 1e-5)
+    w = lf.attr(w_n) if w_n is not None else None
+    if w is None:
+        return None
+    module = lf.nn.GroupNorm(groups, w.numel(), eps=eps)
+    return Lift(module, lf.name_for(w_n, "group_norm"), (x,), node) if _affine(lf, module, w_n, b_n) else None
+
+
+def _embedding(lf: Lifter, node) -> Lift | None:
+    """``aten.embedding(w, indices, padding_idx)``: a lookup table whose width (the embedding dim) prunes."""
+    args = list(node.args) + [None] * 3
+    w_n, indices, padding_idx = args[:3]
+    w = lf.attr(w_n)
+    if w is None or w.dim() != 2:
+        return None
+    pad = padding_idx if isinstance(padding_idx, int) and padding_idx >= 0 else None
+    module = lf.nn.Embedding(w.shape[0], w.shape[1], padding_idx=pad)
+    module.weight = lf.param(w)
+    return Lift(module, lf.name_for(w_n, "embedding"), (indices,), node)
+
+
+def _recurrent(lf: Lifter, node, kind: str) -> Lift | None:
+    """``aten.lstm.input``/``aten.gru.input`` with zero initial states: a :mod:`recurrent` module returning the op's
+    flat tuple (output, h_n[, c_n]), which builds its own zero states (no width left written into the graph)."""
+    x, hx, params, has_biases, num_layers, _, train, bidirectional, batch_first = node.args[:9]
+    states = hx if isinstance(hx, (list, tuple)) else [hx]
+    if train or not all(getattr(h, "target", None) == lf.torch.ops.aten.zeros.default for h in states):
+        return None
+    weights = [lf.attr(p) for p in params]
+    if any(w is None for w in weights):
+        return None
+    gates = 4 if kind == "lstm" else 3
+    module = flat_recurrent(lf.torch, kind)(weights[0].shape[1], weights[0].shape[0] // gates, num_layers=num_layers,
+                                            bias=has_biases, batch_first=batch_first, bidirectional=bidirectional)
+    for name, w in zip(module._flat_weights_names, weights, strict=True):
+        setattr(module, name, lf.param(w))
+    return Lift(module, lf.name_for(params[0], kind), (x,), node)
+
+
 # ATen op (its ``.default`` overload) -> the builder of the module that replaces it
 BUILDERS = {
     "conv1d": _conv,
@@ -192,7 +275,13 @@ BUILDERS = {
     "linear": _linear,
     "batch_norm": _batch_norm,
     "_native_batch_norm_legit_no_training": _native_batch_norm,
+    "prelu": _prelu,
+    "layer_norm": _layer_norm,
+    "group_norm": _group_norm,
+    "embedding": _embedding,
 }
+# ATen op (its ``.input`` overload) -> recurrent kind; the module returns the op's tuple, so its getitems stay
+RECURRENT = {"lstm": "lstm", "gru": "gru"}
 
 
 def trainable_from_program(torch, program):
@@ -204,12 +293,15 @@ def trainable_from_program(torch, program):
         if not node.users:
             graph.erase_node(node)
     builders = {getattr(torch.ops.aten, op).default: build for op, build in BUILDERS.items()}
+    builders |= {getattr(torch.ops.aten, op).input: partial(_recurrent, kind=kind) for op, kind in RECURRENT.items()}
     for node in list(graph.nodes):
         build = builders.get(node.target) if node.op == "call_function" else None
         lift = build(lf, node) if build is not None else None
         if lift is not None:
             lf.swap(node, lift)
     functional = lf.keep_attributes()
-    graph.lint()
     module = torch.fx.GraphModule(lf.root, graph)
+    module.graph.eliminate_dead_code()  # the zero states a recurrent layer now builds itself
+    module.graph.lint()  # against the new root, which holds the lifted layers
+    module.recompile()
     return module.eval(), functional

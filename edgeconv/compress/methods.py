@@ -1,16 +1,13 @@
-"""The three tools: structured channel pruning (Torch-Pruning's DepGraph), low-rank factorisation (truncated SVD) and
-unstructured magnitude pruning (``torch.nn.utils.prune``), each on an ``nn.Module`` in place. See docs/architecture.md."""
+"""Two of the three tools: low-rank factorisation (truncated SVD) and unstructured magnitude pruning
+(``torch.nn.utils.prune``), each on an ``nn.Module`` in place; structured channel pruning is :mod:`channels`. See
+docs/architecture.md."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from typing import Any
 
-from edgeconv.core.text import first_line
-from edgeconv.errors import BadInput, ConversionFailed, MissingDependency
-from edgeconv.lazy import version_of
+from edgeconv.errors import BadInput
 
 DENSE_NOTE = ("Unstructured zeros do not make a dense runtime faster: ONNX Runtime, LiteRT, OpenVINO and TensorRT still "
               "multiply every zero, so latency and MACs stay those of the dense model. What sparsity buys is size once "
@@ -23,7 +20,7 @@ def _layer_types(torch):
     return (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def _set_submodule(root, name: str, module) -> None:
+def set_submodule(root, name: str, module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
@@ -32,130 +29,30 @@ def prunable_layers(torch, model) -> list[tuple[str, Any]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _layer_types(torch))]
 
 
+def layer_inputs(torch, model, args, names: list[str]) -> dict[str, list]:
+    """The tensors each layer of ``names`` is called with on one run of ``model`` (autograd on, so they can be traced
+    back); a layer that does not run gets an empty list."""
+    inputs: dict[str, list] = {n: [] for n in names}
+
+    def hook(name):
+        def record(_m, a) -> None:  # returns None: a pre-hook's value would replace the layer's inputs
+            inputs[name].extend(t for t in a if isinstance(t, torch.Tensor))
+        return record
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with torch.enable_grad():
+            model(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs
+
+
 def count_parameters(model) -> tuple[int, int]:
     """All parameters, and those not zero."""
     params = list(model.parameters())
     return sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params)
-
-
-def _params_of(fn, depth: int = 3) -> list:
-    """Parameters reached from ``fn`` through chains of one-input nodes (``t()``, views): a layer's own weights."""
-    found = []
-    for nxt, _ in fn.next_functions:
-        chain, d = nxt, 0
-        while chain is not None and d < depth:
-            if hasattr(chain, "variable"):
-                found.append(chain.variable)
-                break
-            kids = [k for k, _ in chain.next_functions if k is not None]
-            if len(kids) != 1:
-                break
-            chain, d = kids[0], d + 1
-    return found
-
-
-def _output_layers(torch, model, args) -> list[Any]:
-    """The layers whose output channels are the model's outputs (a classifier's last Linear): found by walking the
-    autograd graph back from each output to the first convolution or Linear on every path. Their output channels
-    are never pruned (their input channels may be)."""
-    owners = {}
-    for _, m in prunable_layers(torch, model):
-        for p in (m.weight, getattr(m, "bias", None)):
-            if p is not None:
-                owners[id(p)] = m
-    with torch.enable_grad():
-        out = model(*args)
-    outs = [out] if isinstance(out, torch.Tensor) else [o for o in (out.values() if isinstance(out, dict) else out)
-                                                        if isinstance(o, torch.Tensor)]
-    found, seen = [], set()
-    stack = [o.grad_fn for o in outs if o.grad_fn is not None]
-    while stack:
-        fn = stack.pop()
-        if fn in seen:
-            continue
-        seen.add(fn)
-        owner = next((owners[id(p)] for p in _params_of(fn) if id(p) in owners), None)
-        if owner is not None:
-            if all(owner is not f for f in found):
-                found.append(owner)
-            continue
-        stack.extend(k for k, _ in fn.next_functions if k is not None and not hasattr(k, "variable"))
-    return found
-
-
-# -- structured channel pruning --------------------------------------------------------------------------------------
-def _torch_pruning():
-    try:
-        import torch_pruning as tp
-    except ImportError as exc:
-        raise MissingDependency(f"torch-pruning is not installed (needed for --prune-channels, Torch-Pruning's DepGraph): {exc}",
-                                hint="install it with: pip install 'edgeconv[compress]'") from exc
-    return tp
-
-
-def _kept_whole(torch, model, args, ratio: float, round_to: int | None) -> list[Any]:
-    """The layers whose output channels stay: the model's outputs, and (with ``round_to``) layers too narrow to keep one
-    block of ``round_to`` channels, which would be rounded down to none."""
-    fixed = _output_layers(torch, model, args)
-    if round_to and round_to > 1:
-        fixed += [m for _, m in prunable_layers(torch, model)
-                  if int(m.weight.shape[0] * (1 - ratio)) < round_to and all(m is not f for f in fixed)]
-    return fixed
-
-
-def _run_pruner(tp, model, args, ratio: float, fixed: list[Any], round_to: int | None, names: dict[int, str]) -> list:
-    """MetaPruner over every group of coupled channels not in ``fixed``; its chatter on stdout kept out. Returns the groups."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            pruner = tp.pruner.MetaPruner(model, example_inputs=args, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                          pruning_ratio=ratio, ignored_layers=fixed, global_pruning=False,
-                                          round_to=round_to)
-            groups = list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                                   root_module_types=pruner.root_module_types))
-            if not groups:
-                raise BadInput("nothing to prune: every layer with channels stays whole ("
-                               + ", ".join(repr(names.get(id(m), "?")) for m in fixed) + "): an output layer's channels are "
-                               f"the model's outputs, and a layer narrower than {round_to or 1}/(1 - {ratio:g}) channels would "
-                               f"keep less than one block of --round-to {round_to or 1}",
-                               hint="--low-rank or --sparsity can still make such a model smaller")
-            pruner.step()
-    except BadInput:
-        raise
-    except Exception as exc:
-        raise ConversionFailed(f"Torch-Pruning could not prune this model: {type(exc).__name__}: {first_line(exc)}",
-                               hint="run with --debug for the traceback") from exc
-    return groups
-
-
-def prune_channels(torch, model, args, ratio: float, functional: list[str], round_to: int | None = None) -> dict[str, Any]:
-    """Torch-Pruning (DepGraph): remove ``ratio`` of each group of coupled channels, by group L2 magnitude."""
-    if functional:
-        raise BadInput("the program computes some layers as functions on raw weights, which channel pruning cannot follow: "
-                       + "; ".join(functional[:5]),
-                       hint="give the model as a state_dict with --model-class (the module's own layers), or drop "
-                            "--prune-channels")
-    tp = _torch_pruning()
-    fixed = _kept_whole(torch, model, args, ratio, round_to)
-    names = {id(m): n for n, m in model.named_modules()}
-    before = {n: (m.weight.shape[0]) for n, m in prunable_layers(torch, model)}
-    params0, _ = count_parameters(model)
-    groups = _run_pruner(tp, model, args, ratio, fixed, round_to, names)
-    params1, _ = count_parameters(model)
-    if params1 == params0:
-        raise BadInput(f"--prune-channels {ratio:g} removes no channel: each prunable group has too few channels for "
-                       f"{ratio:g} of them to round to one ({len(groups)} groups; widths {sorted(set(before.values()))})",
-                       hint="give a larger ratio")
-    try:
-        with torch.no_grad():
-            model(*args)  # the pruned graph still runs at the example shape (a reshape to baked widths would fail here)
-    except Exception as exc:
-        raise ConversionFailed(f"the pruned model no longer runs: {type(exc).__name__}: {first_line(exc)}",
-                               hint="a .pt2 may bake channel counts into a reshape; give the model as a state_dict with "
-                                    "--model-class") from exc
-    layers = [{"layer": n, "channels": [before[n], m.weight.shape[0]]} for n, m in prunable_layers(torch, model) if n in before]
-    return {"method": "prune-channels", "ratio": ratio, "round_to": round_to,
-            "library": f"torch-pruning {version_of('torch-pruning')} (DepGraph, MetaPruner, group L2 magnitude, per-group ratio)",
-            "layers_kept_whole": [names.get(id(m), "?") for m in fixed], "groups": len(groups), "layers": layers}
 
 
 # -- low-rank factorisation ----------------------------------------------------------------------------------------------
@@ -200,14 +97,15 @@ def _factorise(torch, model, name: str, m, is_conv: bool, value: float) -> tuple
     root_s = torch.sqrt(s[:rank])
     first_w = (root_s[:, None] * vh[:rank]).float()
     second_w = (u[:, :rank] * root_s[None, :]).float()
-    _set_submodule(model, name, _thin_pair(torch.nn, m, is_conv, first_w, second_w, in_f, out_f, rank))
+    set_submodule(model, name, _thin_pair(torch.nn, m, is_conv, first_w, second_w, in_f, out_f, rank))
     return {"layer": name, "kind": "Conv2d 1x1" if is_conv else "Linear", "shape": [out_f, in_f], "rank": rank,
             "energy_kept": kept, "parameters": [in_f * out_f, rank * (in_f + out_f)]}, True
 
 
-def low_rank(torch, model, value: float) -> dict[str, Any]:
+def low_rank(torch, model, value: float, originals: dict[str, Any] | None = None) -> dict[str, Any]:
     """Truncated SVD of every Linear and 1x1 convolution: W (out x in) ~ (U sqrt(S)) (sqrt(S) V^T), two thin layers,
-    the bias on the second. A layer whose kept rank would not make it smaller is left as it is."""
+    the bias on the second. A layer whose kept rank would not make it smaller is left as it is. Each layer replaced
+    goes into ``originals`` by name (to undo it where it does not pay: :mod:`pays`)."""
     nn = torch.nn
     layers, skipped = [], []
     for name, m in list(model.named_modules()):
@@ -216,6 +114,8 @@ def low_rank(torch, model, value: float) -> dict[str, Any]:
             continue
         record, split = _factorise(torch, model, name, m, is_conv, value)
         (layers if split else skipped).append(record)
+        if split and originals is not None:
+            originals[name] = m
     if not layers:
         what = ("the model has no Linear or 1x1 convolution layer" if not skipped else
                 "no layer gets smaller at that rank: " + "; ".join(f"{d['layer']}: {d['reason']}" for d in skipped[:5]))

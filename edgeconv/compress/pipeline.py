@@ -13,7 +13,9 @@ import numpy as np
 from edgeconv.compress.checks import check_request, refuse_family
 from edgeconv.compress.load import Loaded, load, outputs
 from edgeconv.compress.measure import graph_metrics, latency, source_pt2, top1
-from edgeconv.compress.methods import MagnitudePruning, count_parameters, low_rank, prune_channels
+from edgeconv.compress.channels import prune_channels
+from edgeconv.compress.methods import MagnitudePruning, count_parameters, low_rank
+from edgeconv.compress.pays import keep_where_it_pays
 from edgeconv.compress.report import build_report
 from edgeconv.compress.request import PARITY_ATOL, PARITY_RTOL, CompressRequest
 from edgeconv.compress.training import finetune
@@ -56,10 +58,18 @@ def _apply(torch, req: CompressRequest, loaded: Loaded, steps: Steps,
     methods: list[dict[str, Any]] = []
     if req.prune_channels is not None:
         with steps.step(f"pruning {req.prune_channels:.0%} of channels (Torch-Pruning DepGraph)"):
-            methods.append(prune_channels(torch, model, loaded.args, req.prune_channels, loaded.functional, req.round_to))
+            model, record = prune_channels(torch, model, loaded.args, req.prune_channels, loaded.functional, req.round_to)
+            loaded.model = model
+            methods.append(record)
     if req.low_rank is not None:
+        originals: dict[str, Any] = {}
         with steps.step("low-rank factorisation (truncated SVD)"):
-            methods.append(low_rank(torch, model, req.low_rank))
+            record = low_rank(torch, model, req.low_rank, originals)
+        with steps.step("timing each factorised layer against its original (ONNX Runtime)"), \
+                tempfile.TemporaryDirectory(prefix="edgeconv-lowrank-") as tmpdir:
+            keep_where_it_pays(torch, model, loaded, record, originals, Path(tmpdir), runs=req.runs, warmup=req.warmup,
+                               threads=req.threads, keep_slower=req.keep_slower)
+        methods.append(record)
     magnitude = MagnitudePruning(torch, model, req.sparsity) if req.sparsity is not None else None
     history = None
     if loaded.train is not None:

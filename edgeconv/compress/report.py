@@ -13,8 +13,27 @@ from edgeconv.specs import sha256_of
 RATIO_KEYS = ("parameters", "nonzero_parameters", "macs", "pt2_bytes", "int8_zip_bytes", "p50_ms")
 
 
-def _notes(methods: list[dict[str, Any]], history, before: dict[str, Any]) -> list[str]:
-    notes = []
+def _speed_note(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """Latency next to MACs: fewer MACs that do not run faster are said so, not left to read as a speed-up."""
+    macs = after["macs"] / before["macs"] if before.get("macs") and after.get("macs") is not None else None
+    p50 = after["p50_ms"] / before["p50_ms"] if before.get("p50_ms") and after.get("p50_ms") is not None else None
+    if macs is None or p50 is None or macs >= 1 or p50 <= 1:
+        return None
+    return (f"MACs {macs:.2f}x but ONNX Runtime fp32 p50 {p50:.2f}x: fewer MACs did not make this model faster here "
+            "(more, thinner layers cost kernel calls); the latency, not the MAC count, is the speed")
+
+
+def _notes(methods: list[dict[str, Any]], history, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    notes = [n for n in (_speed_note(before, after),) if n]
+    for m in methods:
+        whole = [d for d in m.get("kept_whole", []) if d["reason"] != "its channels are the model's outputs"]
+        if whole:
+            notes.append("prune-channels kept these layers whole (the rest pruned): "
+                         + "; ".join(f"{d['layer']}: {d['reason']}" for d in whole[:12])
+                         + (f"; and {len(whole) - 12} more" if len(whole) > 12 else ""))
+        if m["method"] == "low-rank" and m.get("undone"):
+            notes.append(f"low-rank: {len(m['undone'])} of {len(m['layers'])} factorised layers undone, slower on ONNX Runtime "
+                         f"than the layer they replaced ({', '.join(m['undone'][:8])}); kept: {len(m['kept'])}")
     if any(m["method"] == "sparsity" for m in methods):
         notes.append(DENSE_NOTE)
     if history is None:
@@ -54,6 +73,6 @@ def build_report(req: CompressRequest, loaded: Loaded, methods: list[dict[str, A
         "int8_method": "ONNX Runtime quantize_dynamic (int8 weights, symmetric per channel) of the exported ONNX graph, "
                        "zipped with deflate level 9",
         "macs_method": "Conv/ConvTranspose/Gemm/MatMul of the exported ONNX graph at batch 1",
-        "notes": _notes(methods, history, before),
+        "notes": _notes(methods, history, before, after),
         "command_line": req.command_line,
     }

@@ -22,6 +22,7 @@ class CompressRequest:
     round_to: int | None = 8
     sparsity: float | None = None
     low_rank: float | None = None  # 0 < R < 1: energy fraction kept; R >= 1 (whole): fixed rank
+    keep_slower: bool = False  # --low-rank: keep the splits that run slower too (for size), timed and reported all the same
     finetune: Path | None = None
     epochs: int | None = None
     lr: float | None = None

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgeconv.core.accuracy import drop_budget, scored
-from edgeconv.data import accuracy, data_record, run_batched
+from edgeconv.data import accuracy, data_record, feed_count, run_batched
 from edgeconv.parity import ParityReport, Tolerance, compare
 from edgeconv.runners import open_runner
 from edgeconv.targets import Artifact
@@ -30,7 +30,7 @@ class EvalData:
 
     @property
     def count(self) -> int:
-        return len(next(iter(self.feed.values())))
+        return feed_count(self.feed)
 
 
 @dataclass

@@ -22,6 +22,10 @@ FP16_MECHANISM = {
             "before those nodes and back to fp16 after them)",
     "openvino": "rt_info disable_fp16_compression on those ops and their weights (ov.save_model keeps their weights in "
                 "fp32; a plugin computing in f16 keeps them in f32)",
+    "tflite": "the fp16 flatbuffer rewritten so those ops read their weights in fp32 (taken from the same SavedModel "
+              "converted without optimizations) instead of through DEQUANTIZE from fp16; LiteRT's CPU path (XNNPACK) "
+              "computes an fp16-weight model's activations in fp32, so weights are what fp16 changes there (a runtime "
+              "computing in fp16 - XNNPACK's FORCE_FP16, the GPU delegate's fp16 - has no per-op exemption)",
     "jetson": "TensorRT layer precision constraints: build.sh trtexec --layerPrecisions/--layerOutputTypes ...:fp32 "
               "--precisionConstraints=obey, and edgeconv build sets ILayer.precision and OBEY_PRECISION_CONSTRAINTS; the "
               "strongly typed path builds model_trt_fp16.onnx, where those layers are cast to fp32 in the graph",

@@ -31,12 +31,8 @@ UNDERFLOW_SHARE = 0.5  # a tensor with at least this share of its non-zero value
 RANGE_SAMPLES = 64  # of the calibration samples and of --data each; the reference samples are all used
 CHUNK = 8  # feeds run at a time (every tensor of the graph is kept for them): ranges merge across chunks
 FLAGGED_KEYS = ("layer", "source", "source_class", "op", "tensor", "abs_max", "below_normal_share", "problem")
-NO_FP16_FALLBACK = {  # why a backend without ``Target.fp16_float_layers`` cannot keep one layer in fp32
-    "tflite": "TFLite's float16 path (TFLiteConverter target_spec.supported_types=[tf.float16], which onnx2tf calls) "
-              "stores every float weight in fp16 and has no per-layer denylist (QuantizationDebugger's denylisted_nodes "
-              "applies to int8 only), and the GPU delegate's fp16 precision is one switch for the whole model: convert "
-              "with --precision fp32, or scale the model so its activations stay within fp16",
-}
+# why a backend without ``Target.fp16_float_layers`` cannot keep one layer in fp32 (every fp16 target here can)
+NO_FP16_FALLBACK: dict[str, str] = {}
 
 
 def value_range(a: np.ndarray, into: dict[str, float] | None = None) -> dict[str, float]:

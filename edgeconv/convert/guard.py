@@ -183,6 +183,8 @@ def _mechanism(backend: str) -> str:
     return {"jetson": "onnxruntime.quantization.quantize_static nodes_to_exclude (no Q/DQ around those nodes)",
             "onnx": "onnxruntime.quantization.quantize_static nodes_to_exclude (no Q/DQ around those nodes)",
             "openvino": "nncf.quantize ignored_scope (no FakeQuantize on those ops)",
+            "rknn": "rknn-toolkit2 hybrid_quantization_step1/2 (those layers' tensors float16 in custom_quantize_layers, "
+                    "int16 where the calibrated range would overflow fp16)",
             "tflite": "tf.lite.experimental.QuantizationDebugger denylisted_nodes (those ops stay float, between "
                       "DEQUANTIZE/QUANTIZE)"}.get(backend, "tf.lite.experimental.QuantizationDebugger denylisted_nodes (those "
                                                           "ops run on the CPU in float)")

@@ -11,6 +11,7 @@ from typing import Any
 from edgeconv import __version__, quiet
 from edgeconv.bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, save_reference, write_device_runner, write_json
 from edgeconv.convert.state import ConvertState
+from edgeconv.data import feed_count
 from edgeconv.export_cache import layer_names
 from edgeconv.lazy import version_of
 from edgeconv.specs import sha256_of
@@ -56,7 +57,7 @@ def manifest(st: ConvertState, artifacts: list[Artifact]) -> dict[str, Any]:
         "artifacts": [_artifact_entry(st.work, a) for a in artifacts] + canonical,
         "log": quiet.LOG_NAME,
         "reference": {"file": REFERENCE, "sha256": sha256_of(st.work / REFERENCE),
-                      "samples": len(next(iter(st.feed.values()))), "inputs": st.feed_origin,
+                      "samples": feed_count(st.feed), "inputs": st.feed_origin,
                       "runtime": _reference_runtime(source)},
         "tolerances": ({p: vars(t) for p, t in profile.tolerances.items()}
                        | {"overrides": {str(k): v for k, v in req.atol.items()}}),

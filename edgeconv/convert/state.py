@@ -11,6 +11,7 @@ import numpy as np
 from edgeconv.canonical import CanonicalRecord
 from edgeconv.convert.checks import EvalData, Evaluator
 from edgeconv.convert.request import ConvertRequest
+from edgeconv.data import fixed_batch
 from edgeconv.export_cache import ExportCache
 from edgeconv.frontends import SourceModel
 from edgeconv.frontends.base import ExportRecord
@@ -74,8 +75,7 @@ class ConvertState:
 
     @property
     def batch(self) -> int | None:
-        first = self.inputs[0].shape[0]
-        return first if isinstance(first, int) else None
+        return fixed_batch(self.inputs)
 
     @property
     def onnx_path(self) -> Path:

@@ -19,7 +19,7 @@ from edgeconv.convert.failures import converter_step, source_failure, tolerance_
 from edgeconv.convert.request import ConvertRequest, ConvertResult, check_request, default_output
 from edgeconv.convert.state import ConvertState
 from edgeconv.core.accuracy import score_output
-from edgeconv.data import classifier_output, load_inputs, run_batched
+from edgeconv.data import classifier_output, feed_count, fixed_batch, load_inputs, run_batched
 from edgeconv.errors import BadInput, CheckFailed, ConversionFailed, EdgeconvError
 from edgeconv.export_cache import ExportCache, ExportSlot
 from edgeconv.frontends import SourceModel, load_source
@@ -30,6 +30,7 @@ from edgeconv.profiles import resolve_profile
 from edgeconv.progress import Steps
 from edgeconv.shapes import ResolvedInputs, ShapeRequest, check_graph_memory, data_files, resolve
 from edgeconv.specs import TensorSpec, random_inputs
+from edgeconv.streaming import refuse_sequence
 from edgeconv.target_options import check_for
 from edgeconv.targets import TargetContext, TargetOptions, backend
 
@@ -64,7 +65,7 @@ def reference_feed(req: ConvertRequest, inputs: list[TensorSpec],
                    calib: list[dict[str, np.ndarray]] | None) -> tuple[dict[str, np.ndarray], str]:
     """Reference inputs and where they came from: ``--sample``; else real calibration samples (a quantized
     artifact is only meaningful on inputs from the distribution it was calibrated on); else seeded random."""
-    batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else 2
+    batch = fixed_batch(inputs) or 2
     n_ref = batch * REFERENCE_BATCHES
     if req.sample is None and calib:
         take = calib[:n_ref] if len(calib) >= n_ref else calib[: len(calib) // batch * batch]
@@ -74,8 +75,8 @@ def reference_feed(req: ConvertRequest, inputs: list[TensorSpec],
     if req.sample is None:
         return random_inputs(inputs, batch=n_ref, seed=0), "random (seed 0)"
     feed, _ = load_inputs(req.sample, inputs, need_labels=False)
-    n = len(next(iter(feed.values())))
-    if isinstance(inputs[0].shape[0], int) and n % batch:
+    n = feed_count(feed)
+    if fixed_batch(inputs) and n % batch:
         raise BadInput(f"--sample {req.sample} has {n} samples; the model's fixed batch is {batch}: give a multiple")
     return feed, str(req.sample)
 
@@ -95,6 +96,8 @@ def load(st: ConvertState) -> None:
         st.source = (st.cache.source(req.model, lambda: load_source(req.model, req.load)) if st.cache
                      else load_source(req.model, req.load))
         st.target.check_source(st.source)
+        for flag, path in (("--sample", req.sample), ("--data", req.data)):
+            refuse_sequence(flag, path, st.source.inputs)
         st.resolved = resolve_inputs(st.source, req)
         st.notes = list(st.resolved.notes)
         if st.source.framework == "onnx":
@@ -105,7 +108,7 @@ def load(st: ConvertState) -> None:
             st.calib_samples, st.calib_record = load_calibration(req.calib, st.inputs)
         real_calib = None if st.calib_record and st.calib_record["random"] else st.calib_samples
         st.feed, st.feed_origin = reference_feed(req, st.inputs, real_calib)
-        if not st.feed or not len(next(iter(st.feed.values()))):  # never run: every check would pass on nothing
+        if not st.feed or not feed_count(st.feed):  # never run: every check would pass on nothing
             raise BadInput(f"the reference inputs ({st.feed_origin}) hold no samples: there is nothing to check the "
                            "conversion on", hint="give data with at least one sample (first axis = samples)")
         st.expected = _source_outputs(st, "reference_outputs", st.feed)
@@ -210,7 +213,7 @@ def check_graph(st: ConvertState) -> None:
 def check_onnx(st: ConvertState) -> None:
     """The canonical ONNX graph on ONNX Runtime against the source, on the reference feed (fp32 tolerance)."""
     framework = st.source.framework
-    with st.steps.step(f"Checking ONNX against {framework} on {len(next(iter(st.feed.values())))} reference samples"), \
+    with st.steps.step(f"Checking ONNX against {framework} on {feed_count(st.feed)} reference samples"), \
             converter_step("running the exported ONNX graph on onnxruntime", st.failed_dir):
         rep = st.evaluator.parity(f"onnx (onnxruntime) vs {framework}", st.onnx_path, "onnxruntime",
                                   st.profile.tolerances.get("fp32", CANONICAL_FP32))
@@ -242,8 +245,8 @@ def build(st: ConvertState) -> None:
 
 
 def check_artifact(st: ConvertState) -> None:
-    """The artifact on its runtime against the source. An int8 artifact that misses parity is kept, marked failed, so
-    ``edgeconv debug`` can open it; any other precision that misses it fails the conversion."""
+    """The artifact on its runtime against the source. An artifact that misses parity is kept, marked failed, so
+    ``edgeconv debug`` can open it; the conversion still fails (``verdict``)."""
     if st.is_onnx_itself:
         return
     req, art = st.req, st.model_art
@@ -252,9 +255,6 @@ def check_artifact(st: ConvertState) -> None:
         rep = st.evaluator.artifact_parity(st.work, art, st.check_options)
     st.artifact_parity = rep
     st.checks.append({"kind": "parity", **rep.to_dict()})
-    if not rep.ok and not req.precision.startswith("int8"):
-        raise ConversionFailed(f"the {req.precision} artifact for {st.profile.name} does not compute what the source computes",
-                               details=rep.failure_text(), hint=tolerance_hint(st.profile))
     st.parity_miss = None if rep.ok else rep
 
 
@@ -278,16 +278,23 @@ def verdict(st: ConvertState) -> ConvertResult:
     """The bundle is written; a check it failed is reported now, as the error the CLI maps to an exit code."""
     req, out = st.req, st.out
     result = ConvertResult(out, st.manifest)
-    guard_missed = st.fallback_record is not None and not st.fallback_record["ok"]  # reported as the budget it missed
+    # the int8 guard's miss is reported as the budget it missed
+    guard_missed = st.fallback_record is not None and not st.fallback_record["ok"] and req.precision.startswith("int8")
+    kept = f"the bundle at {out} is kept and marked failed in its manifest"
+    # a target's check that names where its converter went wrong (TFLite: onnx2tf's translation) is the error to report
+    wrong = next((c for c in st.checks if not c["ok"] and c.get("conversion_error")), None)
+    if wrong is not None:
+        raise ConversionFailed(f"{wrong['reason']}; {kept}", details=wrong["details"],
+                               hint=f"`edgeconv debug {out} --data DATA` names the first diverging layer; " + wrong["hint"])
     if not st.is_onnx_itself and st.parity_miss is not None and not guard_missed:
         raise ConversionFailed(
-            f"the {req.precision} artifact for {st.profile.name} does not compute what the source computes; the bundle at "
-            f"{out} is kept and marked failed in its manifest", details=st.parity_miss.failure_text(),
+            f"the {req.precision} artifact for {st.profile.name} does not compute what the source computes; {kept}",
+            details=st.parity_miss.failure_text(),
             hint=f"`edgeconv debug {out} --data DATA` shows which layer loses the accuracy; " + tolerance_hint(st.profile))
     if not result.ok:
         reasons = [failure_reason(c, st.fallback_record if req.fallback == "auto" else None, req.max_accuracy_drop)
                    for c in st.checks if not c["ok"]]
-        raise CheckFailed("; ".join(reasons) + f"; the bundle at {out} is kept and marked failed in its manifest")
+        raise CheckFailed("; ".join(reasons) + f"; {kept}")
     return result
 
 

@@ -58,7 +58,7 @@ def runner_options(art, options, request):
 
 
 def open_backend(bundle_dir, art, options, threads=None):
-    """The device runner's backend for ``art`` (edgeconv has more: OpenVINO, ncnn, ExecuTorch)."""
+    """The device runner's backend for ``art`` (edgeconv has more: OpenVINO, ExecuTorch)."""
     cls = BACKENDS.get(art["runner"])
     if cls is None:
         raise MissingDependency("this device runner has no backend for %r: install edgeconv with its %s extra on the device "

@@ -103,8 +103,8 @@ def where_label(target, art, where, info, machine=None, read=_read):
     here = arch_name(machine, read)
     if emulation(machine, read):
         return EMULATED_LABEL, "host emulation on %s (qemu-user), not %s" % (here, profile)
-    if art.get("host_emulation"):
-        return HOST_EMULATION, "host emulation on %s, not %s" % (here, profile)
+    if art.get("host_emulation"):  # a target may name its emulator (qnn: QNN's HTP emulator)
+        return HOST_EMULATION, art.get("host_emulation_label") or "host emulation on %s, not %s" % (here, profile)
     if where == "device":
         return "device", "on the device (%s)" % profile
     if target is None or is_the_device((target.get("profile_data") or {}).get("native"), info, machine, read):

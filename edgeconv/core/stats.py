@@ -161,26 +161,28 @@ def _nothing():
     yield
 
 
-def measure(backend, feed, request, batch=1, around=_nothing, clock=time.perf_counter):
+def measure(backend, feed, request, batch=1, around=_nothing, clock=time.perf_counter, reopen=None):
     """The latency of a validate request: warm-up by count and time, timed runs by count and time, summarized with
     their stability; with ``stable``, rounds repeated until two successive rounds' p50 agree within
-    ``stable_tolerance`` or ``stable_max_s`` has passed (pyperf's calibration repeats the same way): the last round is
-    reported, every round's p50 with it, and a round series that never agreed is unstable. ``around()``: a context
-    manager around the runs alone (the steady state's memory phase), not the statistics."""
+    ``stable_tolerance`` or ``stable_max_s`` has passed, the way pyperf calibrates. pyperf spreads its runs over fresh
+    processes because most of the variance is between them (allocation, thread placement), not between runs: with
+    ``reopen()`` (a fresh backend) every round after the first runs in a fresh session, warmed up the same way, and the
+    p50 interval stated for the series spans every round's interval (``rounds.p50_interval_ms``): the last two agree
+    by the stopping rule, so they alone would understate how far sessions differ. The last
+    round is reported, every round's p50 with it, and a round series that never agreed is unstable. ``around()``: a
+    context manager around the first round's runs alone (the steady state's memory phase), not the statistics."""
     prepared = backend.prepare(feed)
-    rounds = []
     with around():
         t0 = clock()
-        warm = timed_runs(backend, prepared, request["warmup"], request["warmup_seconds"]) if (
-            request["warmup"] or request["warmup_seconds"]) else []
+        warm = _warm_up(backend, prepared, request)
         t1 = clock()
-        while True:
-            samples = timed_runs(backend, prepared, request["runs"], request["min_seconds"])
-            rounds.append(float(np.median(samples)) * 1e3)
-            if not request["stable"] or _agree(rounds, request["stable_tolerance"]) or \
-                    clock() - t1 > request["stable_max_s"] or len(rounds) >= STABLE_MAX_ROUNDS:
-                break
-        t2 = clock()
+        samples = timed_runs(backend, prepared, request["runs"], request["min_seconds"])
+    rounds = [_round(samples, "the validated session")]
+    while request["stable"] and not _agree([r["p50_ms"] for r in rounds], request["stable_tolerance"]) and \
+            clock() - t1 <= request["stable_max_s"] and len(rounds) < STABLE_MAX_ROUNDS:
+        samples, session = _another_round(backend, prepared, feed, request, reopen)
+        rounds.append(_round(samples, session))
+    t2 = clock()
     lat = summarize_latency(samples, batch)
     lat.update(warmup=request["warmup"], warmup_runs=len(warm), warmup_s=t1 - t0, timed_s=t2 - t1,
                min_seconds=request["min_seconds"], warmup_seconds=request["warmup_seconds"])
@@ -191,16 +193,48 @@ def measure(backend, feed, request, batch=1, around=_nothing, clock=time.perf_co
     return lat
 
 
+def _warm_up(backend, prepared, request):
+    if request["warmup"] or request["warmup_seconds"]:
+        return timed_runs(backend, prepared, request["warmup"], request["warmup_seconds"])
+    return []
+
+
+def _another_round(backend, prepared, feed, request, reopen):
+    """One more --stable round: in a fresh session when the backend can be opened again (closed after it), else in
+    the same one."""
+    if reopen is None:
+        return timed_runs(backend, prepared, request["runs"], request["min_seconds"]), "the validated session"
+    fresh = reopen()
+    try:
+        again = fresh.prepare(feed)
+        _warm_up(fresh, again, request)
+        return timed_runs(fresh, again, request["runs"], request["min_seconds"]), "a fresh session"
+    finally:
+        fresh.close()
+
+
+def _round(samples, session):
+    ms = np.sort(np.asarray(samples, dtype=np.float64) * 1e3)
+    ci = quantile_interval(ms, 0.5)
+    return {"p50_ms": float(np.median(ms)), "low": ci["low"], "high": ci["high"], "session": session}
+
+
 def _agree(p50s, tolerance):
     return len(p50s) >= 2 and abs(p50s[-1] - p50s[-2]) <= tolerance * p50s[-2]
 
 
-def _rounds(p50s, request):
+def _rounds(rounds, request):
+    p50s = [r["p50_ms"] for r in rounds]
     agreed = _agree(p50s, request["stable_tolerance"])
     why = ("rounds %d and %d agree within %.1f%%" % (len(p50s) - 1, len(p50s), 100 * request["stable_tolerance"]) if agreed
            else "%d rounds' p50 did not agree within %.1f%% in %g s (%d rounds at most)" % (
                len(p50s), 100 * request["stable_tolerance"], request["stable_max_s"], STABLE_MAX_ROUNDS))
-    return {"p50_ms": p50s, "agreed": agreed, "tolerance": request["stable_tolerance"], "why": why}
+    bounded = [r for r in rounds if r["low"] is not None and r["high"] is not None]
+    interval = {"low": min(r["low"] for r in bounded), "high": max(r["high"] for r in bounded), "confidence": CONFIDENCE,
+                "over": "every round's order-statistic interval (%d rounds, %d in fresh sessions)" % (
+                    len(bounded), sum(r["session"] != rounds[0]["session"] for r in bounded))} if bounded else None
+    return {"p50_ms": p50s, "sessions": [r["session"] for r in rounds], "agreed": agreed,
+            "tolerance": request["stable_tolerance"], "why": why, "p50_interval_ms": interval}
 
 
 def latency_budget(lat, limit, allow_unstable):

@@ -36,6 +36,7 @@ DEFAULT_THRESHOLD_DB = 20.0
 # below these is where the converter went wrong (a transpose or pad on the wrong axis, an overflow)
 FLOAT_THRESHOLD_DB = {"fp16": 40.0, "fp32": 60.0}
 SNR_CAP_DB = 150.0  # an exact match
+RKNN_ANALYSIS = "rknn/accuracy_analysis.json"  # an int8 rknn build's record (edgeconv/targets/rknn.py)
 DEAD_CHANNEL = 1e-6  # a channel with less energy than this share of the median channel's is left out of the SNR
 
 
@@ -95,10 +96,38 @@ def _feeds(bundle: Bundle, data: Path, samples: int) -> tuple[list[dict[str, np.
 def _capturable(art_path: Path, runner: str | None, where: str) -> None:
     if (runner == "onnxruntime" and art_path.suffix == ".onnx") or runner in ("openvino", "litert"):
         return
+    if runner == "rknn" and (art_path.parent / RKNN_ANALYSIS).exists():
+        return
     raise IntermediatesUnavailable(
         f"{where}: the {runner or 'device'} runtime of {art_path.name} exposes no intermediate tensors to edgeconv, so its "
         "layers cannot be compared",
-        hint="debug works on ONNX Runtime (onnx, jetson), OpenVINO and LiteRT (tflite, coral, ethos-u) bundles")
+        hint="debug works on ONNX Runtime (onnx, jetson), OpenVINO and LiteRT (tflite, coral, ethos-u) bundles, and on "
+             "int8 rknn bundles (their build records rknn-toolkit2's accuracy_analysis)")
+
+
+def _rknn_recorded(art_path: Path):
+    """What an int8 rknn build recorded (edgeconv/targets/rknn.py): rknn-toolkit2's accuracy_analysis on the first
+    reference sample, the fp32 and simulator values of each tensor it measured, by ONNX tensor name. The simulator
+    runs a .rknn only in the process that built it, so these are compared instead of a fresh capture."""
+    import json
+
+    from edgeconv.debug.capture import Captured
+
+    doc_path = art_path.parent / RKNN_ANALYSIS
+    doc = json.loads(doc_path.read_text())
+    golden: dict[str, np.ndarray] = {}
+    got = Captured({}, "rknn-toolkit2 accuracy_analysis recorded by the int8 build (the simulator against the toolkit's "
+                       "fp32 run, on the first reference sample)")
+    with np.load(doc_path.parent / doc["arrays"]) as f:
+        for row in doc["rows"]:
+            if row.get("arrays") is None:
+                continue
+            t, i = row["onnx_tensor"], row["arrays"]
+            golden[t], got.tensors[t] = f[f"golden_{i}"], f[f"simulator_{i}"]
+            got.names[t], got.matched_by[t] = row["tensor"], "name"
+    got.notes.append("rknn: the layer figures are on the reference sample the build analysed, not on --data (a .rknn runs "
+                     "on the simulator only in the process that built it)")
+    return golden, got
 
 
 def _capture(art_path: Path, runner: str | None, runner_options: dict[str, Any], feeds, reference, order, where: str,
@@ -133,8 +162,12 @@ def compare_layers(canon_path: Path, art_path: Path, runner: str | None, runner_
     keras = None
     if framework == "keras" and layer_names:
         keras = (keras_layer_nodes(canon, layer_names), {n.name: list(n.output) for n in canon.graph.node}, layer_names)
-    with steps.step(f"Running {art_path.name} ({runner}) with its intermediates exposed"):
-        got = _capture(art_path, runner, runner_options, feeds, reference, order, where or str(art_path.parent), keras)
+    if runner == "rknn":
+        golden, got = _rknn_recorded(art_path)
+        reference = {**reference, **golden}
+    else:
+        with steps.step(f"Running {art_path.name} ({runner}) with its intermediates exposed"):
+            got = _capture(art_path, runner, runner_options, feeds, reference, order, where or str(art_path.parent), keras)
     axis = -1 if framework == "keras" else 1
     rows = _rows(layers, reference, got, axis)
     _rank_and_mark(rows, threshold_db)

@@ -359,7 +359,7 @@ def litert(tflite: Path, runner_options: dict[str, Any], feeds: list[dict[str, n
     if record is None:
         notes.append(f"no {names_file.name} beside {tflite.name} (converted before edgeconv recorded onnx2tf's names): every "
                      "match is by values, and a broken layer can be taken for a neighbour of the same shape")
-    m.how = ("LiteRT experimental_preserve_all_tensors on the builtin int8 kernels (no XNNPACK delegate); int8 tensors "
+    m.how = ("LiteRT experimental_preserve_all_tensors on the builtin kernels (no XNNPACK delegate); quantized tensors "
              "dequantized, NHWC moved back to NCHW")
     m.notes = notes + m.notes
     return m

@@ -97,7 +97,9 @@ def _build(bundle: Bundle, piece: Path, work: Path, feed: dict[str, np.ndarray],
                         output_shapes={o.name: shapes[o.name] for o in proto.graph.output},
                         layouts={i.name: None for i in proto.graph.input}, failed_build_dir=work / "failed-build",
                         calibration=calib if m["precision"].startswith("int8") else None)
-    conversion = target.convert(piece, work, profile, TargetOptions(precision=m["precision"]), ctx)
+    opts = TargetOptions(precision=m["precision"])
+    target.check_options(profile, opts)  # the target's defaults (TFLite: float I/O unless the profile says otherwise)
+    conversion = target.convert(piece, work, profile, opts, ctx)
     art = next(a for a in conversion.artifacts if a.role == "model")
     return art, {**art.extra.get("runner_options", {}), **target.check_runner_options(m["precision"], profile)}
 

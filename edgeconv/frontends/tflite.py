@@ -16,6 +16,9 @@ from edgeconv.frontends.base import ExportRecord, LoadOptions, SourceModel
 from edgeconv.specs import TensorSpec, guess_layout
 
 TFLITE_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of TFLite's schema, at bytes 4..8
+# ops that do not compute on their float inputs' values: the QUANTIZE / DEQUANTIZE at the edges of a float-I/O integer
+# model, and SHAPE (it reads a tensor's shape: ai-edge-quantizer leaves a Keras Reshape's SHAPE of the float input)
+NOT_COMPUTING = ("QUANTIZE", "DEQUANTIZE", "SHAPE")
 
 
 def check_tflite_file(path: Path) -> None:
@@ -30,15 +33,17 @@ def check_tflite_file(path: Path) -> None:
 
 
 def tflite_precision(path: Path) -> str:
-    """What a TFLite file computes in, read from its ops and tensors: ``int8`` (every op but the QUANTIZE/DEQUANTIZE
-    at its edges on integer tensors), ``int8-dynamic`` (int8 weights, float activations), ``fp16`` (float16 weights),
+    """What a TFLite file computes in, read from its ops and tensors: ``int8`` (every op but those of NOT_COMPUTING
+    on integer tensors), ``int8-dynamic`` (int8 weights, float activations), ``fp16`` (float16 weights),
     else ``fp32``."""
-    from edgeconv.targets.tflite import float_ops, tflite_graph
+    from edgeconv.targets.tflite import tflite_graph
 
     ops, tensors, _, _ = tflite_graph(path)
     dtypes = {tensors[i]["dtype"] for op in ops for i in op["inputs"] + op["outputs"]}
-    computing = [op for op in ops if op["op"] not in ("QUANTIZE", "DEQUANTIZE")]
-    if computing and dtypes & {"int8", "uint8"} and not float_ops(path):
+    computing = [op for op in ops if op["op"] not in NOT_COMPUTING]
+    in_float = [op for op in computing
+                if any(tensors[i]["dtype"] in ("float32", "float16") for i in op["inputs"] + op["outputs"])]
+    if computing and dtypes & {"int8", "uint8"} and not in_float:
         return "int8"
     if "int8" in dtypes:
         return "int8-dynamic"
@@ -84,9 +89,10 @@ class TfliteSource(SourceModel):
         check_tflite_file(path)
         try:
             self.runner = LiteRtRunner(path)
-        except ValueError as exc:  # no signature: the interpreter's signature runner refuses the file
-            raise BadInput(f"{path} has no serving signature LiteRT can run by name: {exc}",
-                           hint="re-export it with a signature (TFLiteConverter.from_saved_model / from_keras_model)") from exc
+        except ValueError as exc:  # several signatures: the interpreter's signature runner needs one
+            raise BadInput(f"{path} has no single signature LiteRT can run by name: {exc}",
+                           hint="re-export it with the one signature to run (TFLiteConverter.from_saved_model / "
+                                "from_keras_model)") from exc
         self.inputs = [TensorSpec(s.name, s.shape, s.dtype, guess_layout(s.shape, "NHWC")) for s in self.runner.inputs]
         self.outputs = [TensorSpec(s.name, s.shape, s.dtype, None) for s in self.runner.outputs]
 

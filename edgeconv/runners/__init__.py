@@ -15,6 +15,9 @@ RUNNERS = {
     "tensorrt": ("edgeconv.runners.tensorrt:TensorRtRunner", "jetson"),
     "ncnn": ("edgeconv.runners.ncnn:NcnnRunner", "ncnn"),
     "executorch": ("edgeconv.runners.executorch:ExecuTorchRunner", "executorch"),
+    "qnn": ("edgeconv.runners.qnn:QnnRunner", "(base install)"),
+    "rknn": ("edgeconv.runners.rknn:RknnRunner", "(base install)"),
+    "imx500": ("edgeconv.runners.imx500:Imx500Runner", "(base install)"),
 }
 
 

@@ -175,7 +175,8 @@ class OpenVinoRunner(Runner):
 
     def prepare(self, feed: dict[str, np.ndarray]) -> Any:
         arrays = super().prepare(feed)
-        request = self._request_for(len(arrays[self.inputs[0].name])) if self.inputs else self.request
+        shaped = next((s.name for s in self.inputs if s.shape), None)  # a 0-d input (a sample rate) has no batch
+        request = self._request_for(len(arrays[shaped])) if shaped else self.request
         # Request-owned copies (shared_memory=False): the caller's arrays are never aliased.
         return request, [self._ov.Tensor(np.array(arrays[s.name], copy=True), shared_memory=False) for s in self.inputs]
 
@@ -248,7 +249,8 @@ class OpenVinoLayerProfiler:
 
     def __init__(self, runner: OpenVinoRunner, feed: dict[str, np.ndarray]):
         arrays = Runner.prepare(runner, feed)
-        batch = len(arrays[runner.inputs[0].name]) if runner.inputs else 1
+        shaped = next((s.name for s in runner.inputs if s.shape), None)
+        batch = len(arrays[shaped]) if shaped else 1
         self.request = runner._compile_for(batch, {**runner._config, "PERF_COUNT": True}).create_infer_request()
         for i, spec in enumerate(runner.inputs):
             self.request.set_input_tensor(i, runner._ov.Tensor(np.array(arrays[spec.name], copy=True), shared_memory=False))

@@ -14,6 +14,9 @@ BACKENDS = {
     "ncnn": ("edgeconv.targets.ncnn:NcnnTarget", "ncnn"),
     "ethos-u": ("edgeconv.targets.ethos_u:EthosUTarget", "ethos-u"),
     "executorch": ("edgeconv.targets.executorch:ExecuTorchTarget", "executorch"),
+    "qnn": ("edgeconv.targets.qnn:QnnTarget", "(base install)"),
+    "rknn": ("edgeconv.targets.rknn:RknnTarget", "(base install)"),
+    "imx500": ("edgeconv.targets.imx500:Imx500Target", "(base install)"),
 }
 
 

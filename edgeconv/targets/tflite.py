@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeconv import quiet
+from edgeconv.canonical import scalar_if_outputs_as_rank1
 from edgeconv.core.stream import kept_inputs
 from edgeconv.core.text import shorten
 from edgeconv.errors import ConversionFailed, MissingDependency
@@ -443,6 +444,7 @@ class TfliteTarget(Target):
     dynamic_batch = False
     needs_calibration = ("int8",)
     float_fallback = True  # TFLite's denylisted nodes (tf.lite.experimental.QuantizationDebugger)
+    fp16_float_layers = True  # fp16: those ops read fp32 weights (the flatbuffer rewritten, edgeconv/targets/half.py)
     # TFLiteConverter calibrates by min/max only; its 16x8 mode (16-bit activations, int8 weights) runs on LiteRT's
     # reference kernels (XNNPACK has none), so the guard reports what it costs
     int16_activations = True
@@ -497,6 +499,9 @@ class TfliteTarget(Target):
         try:
             notes: list[str] = []
             if source.framework == "keras":
+                if opts.precision == "fp16" and ctx.float_layers:
+                    raise ConversionFailed("fp16 layers kept in fp32 are mapped to TFLite ops through onnx2tf's layer map; "
+                                           "a Keras source converts without onnx2tf", hint="convert with --precision fp32")
                 tf = require("tensorflow", why="to build TFLite models")
                 route = f"tf.lite.TFLiteConverter from the Keras/TensorFlow model (tensorflow {tf.__version__})"
                 moved = False
@@ -539,12 +544,13 @@ class TfliteTarget(Target):
                 hint="TFLite has no int8 kernel for them: --allow-float-ops keeps them in float (listed in the manifest); "
                      "or use --precision int8-dynamic or fp16, or replace those ops in the model")
         extra = self._describe(dest, opts, ctx, moved, route)
-        if moved and opts.precision in ("fp32", "fp16"):
-            self._check_translation(onnx_path, dest, workdir, profile, opts, ctx, extra["runner_options"])
+        checks = (self._check_translation(onnx_path, dest, workdir, profile, opts, ctx, extra["runner_options"])
+                  if moved and opts.precision in ("fp32", "fp16") else [])  # a wrong translation: a failed check
         if opts.precision == "int8":
             extra["float_ops"] = left
         return Conversion([Artifact(onnx_path.name, "canonical-onnx", "fp32"),
-                           Artifact(dest.name, "model", opts.precision, profile.runner, extra), *names_artifact], notes=notes)
+                           Artifact(dest.name, "model", opts.precision, profile.runner, extra), *names_artifact],
+                          checks=checks, notes=notes)
 
     def _saved_model_from_keras(self, tf, source, build: Path, shapes: dict[str, list] | None) -> Path:
         """The SavedModel TFLiteConverter reads: one serving signature calling the model in inference mode
@@ -604,7 +610,9 @@ class TfliteTarget(Target):
                "output": str(work / "model.tflite"), "error": str(work / "tflite_error.txt"),
                # the int8 guard's float layers: the full-int8 model's tensor names for them (onnx2tf names the TF ops
                # the same way on every run of the same graph)
-               "denylisted_nodes": _denylist(ctx), "names": str(work / "onnx-names.json"),
+               "denylisted_nodes": [] if opts.precision == "fp16" else _denylist(ctx), "names": str(work / "onnx-names.json"),
+               # fp16 --fallback auto: the ONNX nodes whose ops read fp32 weights (edgeconv/targets/half.py)
+               "fp32_nodes": [n for layer in ctx.float_layers for n in layer["nodes"]] if opts.precision == "fp16" else [],
                "float_ops_report": str(work / "float-ops.json"), "activations": ctx.quant.activations}
         names = work / "onnx-names.json"
         with self._cached_saved_model(ctx, copy, work, saved, names, args) as slot:
@@ -687,6 +695,11 @@ class TfliteTarget(Target):
             notes.append(f"{len(norms)} ReduceL1/ReduceL2 node(s) ({', '.join(norms[:3])}{' …' if len(norms) > 3 else ''}) "
                          "spelled as ReduceSum(Abs) / Sqrt(ReduceSumSquare) for onnx2tf (the same reduction; onnx2tf "
                          f"{version_of('onnx2tf')} fails on them when their axes are an input)")
+        ifs = scalar_if_outputs_as_rank1(model)
+        if ifs:
+            notes.append(f"If node(s) {', '.join(ifs[:3])}: 0-d branch outputs made [1] and reshaped back after the If (the "
+                         f"same values, both branches kept; onnx2tf {version_of('onnx2tf')} refuses a [1] condition beside "
+                         "0-d branch outputs)")
         if opts.precision == "int8":
             moved_pads = zero_pads_before_maxpool(model)
             if moved_pads:
@@ -704,11 +717,11 @@ class TfliteTarget(Target):
         return copy, notes, args
 
     def _check_translation(self, onnx_path: Path, dest: Path, workdir: Path, profile, opts: TargetOptions, ctx: TargetContext,
-                           runner_options: dict[str, Any]) -> None:
+                           runner_options: dict[str, Any]) -> list[dict[str, Any]]:
         """A float TFLite model that does not compute what the canonical ONNX graph computes is onnx2tf's translation
         going wrong somewhere. Then onnx2tf runs once more with its own per-op check (-cotof), and the first op whose
-        output differs from onnxruntime's is named, with the reason when it is a known onnx2tf limitation. Nothing is
-        raised when its check finds no diverging op (the pipeline's parity check against the source then decides)."""
+        output differs from onnxruntime's is named (the reason too, for a known onnx2tf limitation) in a failed check: the
+        bundle is kept for ``edgeconv debug``, convert fails with its ``reason``. No check when no op is found."""
         from edgeconv.data import run_batched
         from edgeconv.parity import compare
         from edgeconv.runners import open_runner
@@ -723,7 +736,7 @@ class TfliteTarget(Target):
         names = list(ctx.output_shapes)
         rep = compare(f"{dest.name} vs the canonical ONNX graph", names, expected, actual, profile.tolerance(opts.precision))
         if rep.ok:
-            return
+            return []
         largest = max((float(np.max(np.abs(e))) for e in expected
                        if np.size(e) and np.issubdtype(np.asarray(e).dtype, np.floating)),
                       default=None)
@@ -753,7 +766,7 @@ class TfliteTarget(Target):
         else:  # -cotof matches tensors up to a transpose, so it can miss a moved axis: the first op the layout rule misreads
             suspect = first_equal_dims_reader(graph)
             if suspect is None:
-                return
+                return []
             op, node, cube = suspect
             err = None
             found = "the first op that reads a tensor its layout rule misreads (its own check, -cotof, saw no diverging op)"
@@ -763,14 +776,15 @@ class TfliteTarget(Target):
         why = (f"its input {cube[0]!r} is {'x'.join(map(str, cube[1]))}, and onnx2tf takes a tensor whose dimensions after "
                "the batch are all equal for a channel-last one, so it moves that op's axes" if cube else
                f"its output differs from onnxruntime's by {err:.3g} (max abs)")
-        raise ConversionFailed(
-            f"onnx2tf {version_of('onnx2tf')} translates {op} ({node}) wrongly, {found}: {why}",
-            details=rep.failure_text(),
-            hint=(f"onnx2tf's per-op log: {failed_dir / 'onnx2tf_check.log'}; "
+        return [{
+            "kind": "onnx2tf-translation", "ok": False, "conversion_error": True, "op": op, "node": node, "label": rep.label,
+            "reason": f"onnx2tf {version_of('onnx2tf')} translates {op} ({node}) wrongly, {found}: {why}",
+            "details": rep.failure_text(),
+            "hint": (f"onnx2tf's per-op log: {failed_dir / 'onnx2tf_check.log'}; "
                   + ("a known onnx2tf limitation: an input size that does not make those dimensions equal (--sample / "
                      "--data at another H×W) avoids it, or an onnx2tf parameter replacement JSON (-prf) for that node"
                      if cube
-                     else "an onnx2tf parameter replacement JSON (-prf) for that node, or replacing that op in the model")))
+                     else "an onnx2tf parameter replacement JSON (-prf) for that node, or replacing that op in the model"))}]
 
     def _describe(self, tflite: Path, opts: TargetOptions, ctx: TargetContext, moved: bool, route: str) -> dict[str, Any]:
         from edgeconv.runners.litert import signature_io

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ import numpy as np
 
 from edgeconv.core.text import first_line
 from edgeconv.errors import ConversionFailed
+from edgeconv.toolchains.jobs._common import die_with_parent  # one copy, shared with the toolchains' jobs
 
 TFLITE_FAILED = 70
 
@@ -152,34 +150,12 @@ def float_ops_notes(report: dict[str, Any], asked: int) -> list[str]:
                      "TFLiteConverter")
     if asked and not report.get("denylisted"):
         notes.append("float layers: none of the names matched: this model is the full-int8 one")
+    kept = report.get("fp32_weights")
+    if kept is not None:  # fp16 --fallback auto (edgeconv/targets/half.py)
+        notes.append(f"fp16: {len(kept['ops'])} op(s) read their weights in fp32 ({len(kept['weights'])} weight tensor(s)) "
+                     f"for ONNX node(s) {', '.join(kept['asked'][:8])}: {', '.join(kept['ops'][:4])}" if kept["ops"] else
+                     f"fp16: no op with fp16 weights computes ONNX node(s) {', '.join(kept['asked'][:8])}: nothing kept in fp32")
     return notes
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent(parent: int) -> None:
-    """End this process when ``parent`` (the conversion that started it) dies, however it dies: on Linux the kernel
-    sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread notices the parent is gone (this process is
-    re-parented) within half a second. A parent already gone ends it at once."""
-    armed = False
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
-    if os.getppid() != parent:  # it died before the signal was armed
-        os._exit(1)
-    if not armed:
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
 
 
 def main(argv: list[str]) -> int:
@@ -207,6 +183,8 @@ def main(argv: list[str]) -> int:
         data = tflite_from_saved_model(tf, saved, job["precision"], samples, job["io_dtype"], moved=True,
                                        denylisted_nodes=job.get("denylisted_nodes"), activations=job.get("activations", "int8"),
                                        report=report)
+        if job["precision"] == "fp16" and job.get("fp32_nodes"):
+            data = _fp32_ops(tf, saved, data, job, report)
     except ConversionFailed as exc:
         Path(job["error"]).write_text(exc.message)
         return TFLITE_FAILED
@@ -214,6 +192,19 @@ def main(argv: list[str]) -> int:
     if job.get("float_ops_report"):  # what became of the denylisted names
         Path(job["float_ops_report"]).write_text(json.dumps(report))
     return 0
+
+
+def _fp32_ops(tf, saved: Path, data: bytes, job: dict[str, Any], report: dict[str, Any]) -> bytes:
+    """fp16 ``--fallback auto``: the ops of ``fp32_nodes`` (ONNX nodes, through onnx2tf's recorded layer map) read their
+    weights in fp32, from the same SavedModel converted without optimizations (edgeconv/targets/half.py)."""
+    from edgeconv.targets.half import tflite_with_fp32_ops
+
+    names = Path(job["names"]) if job.get("names") else None
+    layer_node = json.loads(names.read_text()).get("layers", {}) if names and names.is_file() else {}
+    fp32 = tflite_from_saved_model(tf, saved, "fp32", None, job["io_dtype"], moved=True)
+    data, report["fp32_weights"] = tflite_with_fp32_ops(data, fp32, set(job["fp32_nodes"]), layer_node)
+    report["fp32_weights"]["asked"] = list(job["fp32_nodes"])
+    return data
 
 
 def _onnx2tf(job: dict[str, Any]) -> int:

@@ -1,9 +1,10 @@
-"""The runtimes the device runner has, one module each (ONNX Runtime, LiteRT with the Edge TPU delegate, TensorRT):
+"""The runtimes the device runner has, one module each (ONNX Runtime, LiteRT with the Edge TPU delegate, TensorRT, ncnn):
 an explicit table. Each imports its runtime inside the function that needs it. edgeconv on the host has more runners
-(OpenVINO, ncnn, ExecuTorch) in ``edgeconv/runners``. See docs/architecture.md."""
+(OpenVINO, ExecuTorch) in ``edgeconv/runners``. See docs/architecture.md."""
 
 from .litert import LiteRtBackend
+from .ncnn import NcnnBackend
 from .onnxruntime import OnnxRuntimeBackend
 from .tensorrt import TensorRtBackend
 
-BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "litert": LiteRtBackend, "tensorrt": TensorRtBackend}
+BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "litert": LiteRtBackend, "tensorrt": TensorRtBackend, "ncnn": NcnnBackend}

@@ -57,9 +57,14 @@ class LiteRtBackend(Backend):
         self.last_s = 0.0
 
     def _entries(self, tensor_names, perms):
-        sig = self.interp.get_signature_runner()
+        if self.interp.get_signature_list():
+            sig = self.interp.get_signature_runner()
+            tables = (("in", sig.get_input_details()), ("out", sig.get_output_details()))
+        else:  # a file without a SignatureDef (onnx2tf's float files): the graph's own inputs and outputs, by tensor name
+            tables = (("in", dict((d["name"], d) for d in self.interp.get_input_details())),
+                      ("out", dict((d["name"], d) for d in self.interp.get_output_details())))
         details = {}
-        for kind, table in (("in", sig.get_input_details()), ("out", sig.get_output_details())):
+        for kind, table in tables:
             for key, d in table.items():
                 details[key] = dict(d, kind=kind)
         names = tensor_names or dict((k, k) for k in details)

@@ -1,0 +1,108 @@
+"""The rknn target (issue 28) on the real rknn-toolkit2 in its toolchain: the digits sample to .rknn int8 and fp16,
+parity and top-1 on the toolkit's simulator (labelled as such, recorded in the process that built the artifact),
+the manifest naming the environment, and a sample the simulator never saw refused, never guessed. On the planted
+int8 model: `debug` names the planted layer from the build's accuracy_analysis, and `--fallback auto` meets the
+budget through hybrid quantization."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLES, convert_digits, planted_digits
+from edgeconv.runners.rknn import SIM_LABEL
+
+PLANTED = "features.3"  # the planted layer (conftest.planted_digits)
+
+
+@pytest.fixture(scope="module")
+def rknn_bundles(cli, tmp_path_factory):
+    base = tmp_path_factory.mktemp("rknn")
+    made = {}
+    for precision, target in (("int8", "rk3588"), ("fp16", "rk3576")):
+        made[precision] = (base / precision, convert_digits(cli, base / precision, "--target", target, "--precision", precision))
+    return made
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_digits_to_rknn_validates_on_the_simulator(cli, samples, rknn_bundles, precision):
+    out, manifest = rknn_bundles[precision]
+    art = next(a for a in manifest["artifacts"] if a["role"] == "model")
+    assert art["file"] == "model.rknn" and art["runner"] == "rknn" and (out / "rknn" / "simulator.npz").exists()
+    tc = art["toolchain"]
+    assert tc["name"] == "rknn" and tc["versions"]["rknn-toolkit2"] == "2.5.0" and tc["versions"]["numpy"] == "1.26.4"
+    assert art["rknn"]["target_platform"] == ("rk3588" if precision == "int8" else "rk3576")
+    assert art["rknn"]["calibration_samples"] == (200 if precision == "int8" else 0)
+    if precision == "int8":  # rknn-toolkit2's accuracy_analysis, per layer, with the ONNX node of each tensor
+        analysis = json.loads((out / "rknn" / "accuracy_analysis.json").read_text())
+        assert {"/features/3/Conv", "/head/1/Gemm"} <= {r["onnx_node"] for r in analysis["rows"]}
+        assert all(0.9 < r["single_cos"] <= 1.0 for r in analysis["worst"])
+    record = json.loads((out / "rknn" / "simulator.json").read_text())
+    assert record["artifact_sha256"] == art["sha256"] and len(record["samples"]) >= 360
+    rep = cli("validate", out, "--data", samples / "digits_test.npz", "--runs", "5", "--json")
+    assert rep.code == 0, rep
+    rep = rep.json()
+    assert rep["measured_on"]["runtime"] == "rknn" and rep["measured_on"]["device"] == SIM_LABEL
+    assert SIM_LABEL in rep["measured_on"]["note"] and rep["measured_on"]["kind"].startswith("host emulation")
+    assert "on the board" in rep["latency"]["device_only"]
+    top1 = rep["accuracy"]["artifact"]["top1"]
+    assert top1 >= 0.95 and rep["accuracy"]["source"]["top1"] - top1 <= 0.02, rep["accuracy"]
+    cosine = rep["parity"]["outputs"][0]["cosine"]
+    assert cosine >= (0.999 if precision == "fp16" else 0.99)
+
+
+def test_samples_the_simulator_never_ran_are_refused(cli, samples, rknn_bundles, tmp_path):
+    out, _ = rknn_bundles["int8"]
+    with np.load(samples / "digits_test.npz") as f:
+        np.savez(tmp_path / "shifted.npz", x=f["x"][:8] + 0.01, y=f["y"][:8])
+    rep = cli("validate", out, "--data", tmp_path / "shifted.npz", "--runs", "5", "--json")
+    assert rep.code == 3, rep
+    err = rep.json()["error"]
+    assert "never ran 8 of these 8 samples" in err["message"] and "process that built it" in err["message"]
+    assert "--data" in err["hint"]
+
+
+def _planted_int8(cli, model, out, *extra):
+    return cli("convert", model, "-t", "rk3588", "-p", "int8", "--calib", SAMPLES / "digits_calib.npz",
+               "--data", SAMPLES / "digits_test.npz", "-o", out, "--json", *extra)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return planted_digits(tmp_path_factory.mktemp("planted"))
+
+
+def test_debug_names_the_planted_layer_from_accuracy_analysis(cli, planted, tmp_path):
+    r = _planted_int8(cli, planted, tmp_path / "b")
+    assert r.code in (1, 4), r  # int8 lost the planted layer's 30 small channels
+    rep = cli("debug", tmp_path / "b", "--data", SAMPLES / "digits_test.npz", "--json")
+    assert rep.code == 0, rep
+    rep = rep.json()
+    assert rep["runtime"] == "rknn" and "accuracy_analysis" in rep["capture"]
+    first = rep["first_diverging"]
+    assert first is not None and first["source"] == PLANTED and first["source_class"] == "Conv2d", rep["layers"]
+    assert rep["worst"][0] == first["layer"] and first["snr_db"] < 3 and first["inherited_snr_db"] > 25
+    assert first["artifact_names"] and first["matched_by"] == "name"  # the toolkit's own tensor names
+
+
+def test_fallback_auto_keeps_few_layers_out_of_int8_by_hybrid_quantization(cli, planted, tmp_path):
+    r = _planted_int8(cli, planted, tmp_path / "b", "--max-accuracy-drop", "1", "--fallback", "auto")
+    assert r.code == 0, r
+    m = r.json()["manifest"]
+    fb = m["fallback"]
+    assert fb["ok"] and m["status"] == "ok" and fb["kept"]["lever"] == "float-layers"
+    sources = [layer["source"] for layer in fb["float_layers"]]
+    assert 1 <= len(sources) <= 3 and PLANTED in sources, fb
+    assert fb["drop_before"] > 30 and fb["drop_after"] <= 1 and "hybrid_quantization" in fb["mechanism"]
+    art = next(a for a in m["artifacts"] if a["role"] == "model")
+    hybrid = art["rknn"]["hybrid_layers"]
+    # the planted activation (calibrated up to ~1e5) would overflow fp16: it is kept in int16, the rest in float16
+    assert hybrid and set(hybrid.values()) <= {"float16", "int16"} and hybrid.get("relu_1") == "int16", hybrid
+    # the simulator's record is that of the artifact the guard kept, and validate answers from it
+    record = json.loads((tmp_path / "b" / "rknn" / "simulator.json").read_text())
+    assert record["artifact_sha256"] == art["sha256"]
+    rep = cli("validate", tmp_path / "b", "--data", SAMPLES / "digits_test.npz", "--runs", "5", "--json")
+    assert rep.code == 0, rep
+    assert rep.json()["accuracy"]["source"]["top1"] - rep.json()["accuracy"]["artifact"]["top1"] <= 0.01
