@@ -79,6 +79,8 @@ def _pgid(pid):
 
 for line in cmd_in:
     job = json.loads(line)
+    for name in (job["stdout"], job["stderr"]):  # there even when a kill lands before the child has opened them
+        open(name, "w").close()
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:
