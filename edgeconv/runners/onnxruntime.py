@@ -14,10 +14,11 @@ from edgeconv.specs import TensorSpec
 
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
+    backend_class = OnnxRuntimeBackend  # a runner on another ONNX Runtime backend (qnn) names its own
     accepted_options = OnnxRuntimeBackend.accepted_options
 
     def load(self) -> None:
-        self.backend = OnnxRuntimeBackend(self.artifact, self.threads, **self.options)
+        self.backend = self.backend_class(self.artifact, self.threads, **self.options)
         self.session = self.backend.session
         self.inputs = [TensorSpec(e["name"], e["shape"], e["type"]) for e in self.backend.inputs]
         self.outputs = [TensorSpec(e["name"], e["shape"], e["type"]) for e in self.backend.outputs]

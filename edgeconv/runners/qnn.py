@@ -20,7 +20,6 @@ from edgeconv.core.backends.onnxruntime import OnnxRuntimeBackend
 from edgeconv.core.text import first_line
 from edgeconv.errors import ArtifactRefused, CheckFailed, MissingDependency
 from edgeconv.runners.onnxruntime import OnnxRuntimeRunner
-from edgeconv.specs import TensorSpec
 
 EP = "QNNExecutionProvider"
 LIBRARY = "libonnxruntime_providers_qnn.so"
@@ -103,10 +102,5 @@ class QnnBackend(OnnxRuntimeBackend):
 
 class QnnRunner(OnnxRuntimeRunner):
     runtime = "qnn"
+    backend_class = QnnBackend
     accepted_options = QnnBackend.accepted_options
-
-    def load(self) -> None:
-        self.backend = QnnBackend(self.artifact, self.threads, **self.options)
-        self.session = self.backend.session
-        self.inputs = [TensorSpec(e["name"], e["shape"], e["type"]) for e in self.backend.inputs]
-        self.outputs = [TensorSpec(e["name"], e["shape"], e["type"]) for e in self.backend.outputs]
