@@ -31,13 +31,19 @@ from common import EDGECONV, MODELS, RESULTS, ROOT, machine
 from zoo_models import BY_NAME, FAST, Built, ZooModel
 from zoo_models import MODELS as ZOO
 
-TARGETS = ["onnx", "tflite", "openvino", "jetson", "coral", "ethos-u", "ncnn", "executorch"]
+# the NPU targets whose toolchain runs in its own venv (`edgeconv toolchain install rknn qnn imx500`): int8, CNNs
+NPUS = ["rknn", "qnn", "imx500"]
+TARGETS = ["onnx", "tflite", "openvino", "jetson", "coral", "ethos-u", "ncnn", "executorch", *NPUS]
 # int8 columns of the targets whose zoo column is fp32 (`--targets onnx-int8,…`): the CNNs, calibrated on their
 # calibration set, for `edgeconv debug` on every int8 target
 INT8_VARIANTS = ["onnx-int8", "jetson-int8", "openvino-int8", "tflite-int8"]
-COLUMNS = TARGETS + INT8_VARIANTS
+# fp16 columns (`--targets onnx-fp16,…`): the CNNs, for `edgeconv debug` on every fp16 target with intermediates
+FP16_VARIANTS = ["onnx-fp16", "openvino-fp16", "tflite-fp16"]
+COLUMNS = TARGETS + INT8_VARIANTS + FP16_VARIANTS
+# columns whose bundles `--debug` opens with `edgeconv debug` (the NPUs' own analysers are not run by the zoo)
+DEBUGGED = {"coral", "ethos-u", *INT8_VARIANTS, *FP16_VARIANTS}
 FAST_TARGETS = ["onnx", "tflite", "openvino", "jetson"]
-INT8_ONLY = {"coral", "ethos-u"}  # and only image CNNs go there
+INT8_ONLY = {"coral", "ethos-u", *NPUS}  # and only image CNNs go there
 GOALS = {"onnx": 0.95, "openvino": 0.95, "jetson": 0.95, "tflite": 0.85, "coral": 0.60, "ethos-u": 0.60}
 ZOO_DIR = MODELS / "zoo"
 JSON_OUT = RESULTS / "zoo.json"
@@ -64,7 +70,7 @@ class Cell:
     traceback: bool  # a traceback in stderr of a run without --debug
     model_hash: str
     edgeconv_rev: str
-    # --debug-int8: `edgeconv debug` on the cell's int8 bundle (kept after a parity miss too): "ok: …" or why not
+    # --debug: `edgeconv debug` on the cell's int8 or fp16 bundle (kept after a parity miss too): "ok: …" or why not
     debug: str | None = None
     debug_seconds: float | None = None
 
@@ -135,12 +141,14 @@ def edgeconv_rev() -> str:
 
 
 def precision_for(target: str) -> str:
+    if target in FP16_VARIANTS:
+        return "fp16"
     return "int8" if target in INT8_ONLY or target in INT8_VARIANTS else "fp32"
 
 
 def family(column: str) -> str:
-    """The --target of a column (onnx-int8 → onnx)."""
-    return column.removesuffix("-int8")
+    """The --target of a column (onnx-int8 → onnx, tflite-fp16 → tflite)."""
+    return column.removesuffix("-int8").removesuffix("-fp16")
 
 
 # One intra-op thread per library: the zoo measures whether models convert and agree, not speed. On a shared 2-core
@@ -347,6 +355,8 @@ def convert_command(m: ZooModel, folder: Path, built: Built, target: str, bundle
            "--sample", str(folder / built.sample), *built.args]
     if precision_for(target) == "int8":
         cmd += ["--precision", "int8", "--calib", str(folder / (built.calib or "missing-calib"))]
+    elif precision_for(target) == "fp16":
+        cmd += ["--precision", "fp16"]
     if built.data:
         cmd += ["--data", str(folder / built.data)]
     return cmd
@@ -361,17 +371,18 @@ def validate_command(folder: Path, built: Built, bundle: Path) -> list[str]:
 
 
 def run_cell(m: ZooModel, folder: Path, built: Built, target: str, *, work: Path, timeout: float, model_hash: str,
-             rev: str, runner: OneShot | Worker | None = None, debug_int8: bool = False) -> Cell:
+             rev: str, runner: OneShot | Worker | None = None, debug: bool = False) -> Cell:
     """convert, then validate (`edgeconv ARGS` through ``runner``, default a fresh subprocess each); the first that
-    does not exit 0 decides the cell. With ``debug_int8``, `edgeconv debug` then runs on an int8 bundle (one that
-    validated, or one convert kept after missing parity): recorded in the cell, not part of its status."""
+    does not exit 0 decides the cell. With ``debug``, `edgeconv debug` then runs on an int8 or fp16 bundle of a
+    target with intermediates (one that validated, or one convert kept after missing parity): recorded in the cell,
+    not part of its status."""
     runner = runner or OneShot()
     prec = precision_for(target)
 
     def cell(status, code, stage, reason, seconds, tb) -> Cell:
         return Cell(m.name, m.kind, m.fmt, target, prec, status, code, stage, reason, round(seconds, 1), tb, model_hash, rev)
 
-    if prec == "int8" and not m.image_cnn:
+    if (prec == "int8" or target in FP16_VARIANTS) and not m.image_cnn:
         return cell(NA, None, "", "not a CNN", 0.0, False)
     bundle = work / f"{m.name}-{target}"
     try:
@@ -388,7 +399,7 @@ def run_cell(m: ZooModel, folder: Path, built: Built, target: str, *, work: Path
                 result = cell(classify(code, kind, reason), code, stage, reason, total, tb)
                 break
         result = result or cell(OK, 0, "validate", "", total, tb)
-        if debug_int8 and prec == "int8" and (bundle / "manifest.json").is_file() and built.data:
+        if debug and target in DEBUGGED and (bundle / "manifest.json").is_file() and built.data:
             result.debug, result.debug_seconds = debug_cell(runner, bundle, folder / built.data, timeout)
         return result
     finally:
@@ -458,8 +469,8 @@ def markdown(cells: list[Cell], targets: list[str], doc: dict) -> str:
         goal = "" if r["goal"] is None else f"≥{100 * r['goal']:.0f}% " + ("met" if r["goal_met"] else "**missed**")
         lines.append(f"| {t} | {r['ok']} / {r['cells']} | {rate} | {goal} |")
     if doc["summary"].get("debug"):
-        lines += ["", "`edgeconv debug` on the int8 bundles (`--debug-int8`; a bundle that missed parity included):", "",
-                  "| target | debug ran / int8 bundles |", "|---|---|"]
+        lines += ["", "`edgeconv debug` on the int8 and fp16 bundles (`--debug`; a bundle that missed parity included):", "",
+                  "| target | debug ran / bundles |", "|---|---|"]
         lines += [f"| {t} | {d['ran']} / {d['bundles']} |" for t, d in doc["summary"]["debug"].items()]
     lines += ["", counts, "",
               "| model | kind | format | " + " | ".join(targets) + " |", "|---|---|---|" + "---|" * len(targets)]
@@ -525,8 +536,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--one-shot", action="store_true",
                     help="a fresh `python -m edgeconv` per command instead of long-lived in-process workers (slower)")
     ap.add_argument("--recycle", type=int, default=40, help="commands per worker process before a fresh one (default 40)")
-    ap.add_argument("--debug-int8", action="store_true",
-                    help="also run `edgeconv debug` on every int8 bundle (coral, ethos-u, the -int8 columns); recorded per cell")
+    ap.add_argument("--debug", "--debug-int8", dest="debug", action="store_true",
+                    help="also run `edgeconv debug` on every int8 and fp16 bundle (coral, ethos-u, the -int8 and -fp16 "
+                         "columns); recorded per cell")
     ap.add_argument("--keep-export-cache", action="store_true",
                     help="start from the export cache an earlier run left (entries are keyed by edgeconv's code: none is stale)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -585,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             status, why = (SKIP, why[len(SKIPPED):]) if why.startswith(SKIPPED) else ("build-failed", why)
             return Cell(m.name, m.kind, m.fmt, t, precision_for(t), status, None, "build", why, 0.0, False, mh, rev)
         return run_cell(m, folder, built, t, work=work, timeout=a.timeout, model_hash=mh, rev=rev, runner=runner(),
-                        debug_int8=a.debug_int8)
+                        debug=a.debug)
 
     for m in {m.name: m for m, _ in wanted}.values():  # build first, in this process (one import of each library)
         t0 = time.perf_counter()

@@ -190,3 +190,80 @@ def summarize(proto, layout_default: str | None = None) -> dict[str, Any]:
         "macs_method": method,
         "macs_uncounted_nodes": unknown,
     }
+
+
+def fold_pads_into_convs(proto) -> list[str]:
+    """Fold each zero constant ``Pad`` on the spatial axes whose one reader is a ``Conv`` into that Conv's ``pads``
+    (what Keras' ZeroPadding2D before a strided convolution becomes), in place; the names of the Pads folded. The graph
+    computes the same values. rknn-toolkit2 2.5.0's own fold of this pattern crashes ("assignment destination is
+    read-only"), so the rknn target hands it graphs where there is nothing left to fold."""
+    from onnx import helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers = Counter(i for n in graph.node for i in n.input)
+    outputs = {o.name for o in graph.output}
+    by_input = {}
+    for n in graph.node:
+        for i in n.input:
+            by_input.setdefault(i, []).append(n)
+    folded, dropped = [], set()
+    for pad in list(graph.node):
+        conv = _foldable_conv(pad, inits, readers, outputs, by_input)
+        spatial = _pad_amounts(pad, inits) if conv is not None else None
+        if spatial is None:
+            continue
+        old = next((list(helper.get_attribute_value(a)) for a in conv.attribute if a.name == "pads"), [0] * len(spatial))
+        keep = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend([*keep, helper.make_attribute("pads", [a + b for a, b in zip(old, spatial)])])
+        conv.input[0] = pad.input[0]
+        dropped.update(pad.input[1:])
+        graph.node.remove(pad)
+        folded.append(pad.name or pad.output[0])
+    still_read = {i for n in graph.node for i in n.input} | outputs | {i.name for i in graph.input}
+    for t in [t for t in graph.initializer if t.name in dropped and t.name not in still_read]:
+        graph.initializer.remove(t)  # the folded Pads' own pads and values
+    return folded
+
+
+def _foldable_conv(pad, inits, readers, outputs, by_input):
+    """The Conv that alone reads ``pad``'s output as its data input, with explicit padding, else None."""
+    from onnx import helper
+
+    if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or pad.output[0] in outputs or readers[pad.output[0]] != 1:
+        return None
+    conv = by_input[pad.output[0]][0]
+    if conv.op_type != "Conv" or conv.input[0] != pad.output[0]:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    return conv
+
+
+def _pad_amounts(pad, inits) -> list[int] | None:
+    """The Conv-style pads (begins then ends of the spatial axes) of a zero constant Pad on spatial axes only."""
+    from onnx import helper, numpy_helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+    if attrs.get("mode", b"constant") not in (b"constant", "constant"):
+        return None
+    if len(pad.input) > 3 and pad.input[3]:  # opset 18 axes: not folded
+        return None
+    if len(pad.input) > 2 and pad.input[2]:
+        value = inits.get(pad.input[2])
+        if value is None or np.any(numpy_helper.to_array(value) != 0):
+            return None
+    elif attrs.get("value", 0.0) != 0.0:
+        return None
+    if len(pad.input) > 1 and pad.input[1]:
+        if pad.input[1] not in inits:
+            return None
+        pads = [int(v) for v in numpy_helper.to_array(inits[pad.input[1]]).ravel()]
+    else:
+        pads = [int(v) for v in attrs.get("pads", [])]
+    rank = len(pads) // 2
+    if rank < 3 or min(pads) < 0 or any(pads[i] or pads[rank + i] for i in (0, 1)):
+        return None
+    return pads[2:rank] + pads[rank + 2:]

@@ -106,3 +106,59 @@ def test_fallback_auto_keeps_few_layers_out_of_int8_by_hybrid_quantization(cli, 
     rep = cli("validate", tmp_path / "b", "--data", SAMPLES / "digits_test.npz", "--runs", "5", "--json")
     assert rep.code == 0, rep
     assert rep.json()["accuracy"]["source"]["top1"] - rep.json()["accuracy"]["artifact"]["top1"] <= 0.01
+
+
+def _padded_cnn(path):
+    """A CNN with Keras' ZeroPadding2D pattern: a zero Pad on the end of H and W (one pads initializer read by two
+    Pads) before each strided convolution, as tf2onnx writes keras.applications' MobileNetV2."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def w(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "pad_const")
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], "stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], "relu0"),
+             helper.make_node("Pad", ["r0", "pad_const"], ["p1"], "block_1_pad"),
+             helper.make_node("Conv", ["p1", "w1"], ["c1"], "block_1_depthwise", strides=[2, 2], group=8),
+             helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+             helper.make_node("Pad", ["r1", "pad_const"], ["p2"], "block_2_pad"),
+             helper.make_node("Conv", ["p2", "w2"], ["c2"], "block_2_conv", strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["g"], "pool"),
+             helper.make_node("Flatten", ["g"], ["f"], "flatten"),
+             helper.make_node("Gemm", ["f", "w3"], ["y"], "head", transB=1)]
+    graph = helper.make_graph(nodes, "padded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [w("w0", 8, 3, 3, 3), w("w1", 8, 1, 3, 3), w("w2", 16, 8, 3, 3), w("w3", 4, 16), pads])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_zero_pads_before_strided_convs_are_folded_so_the_toolkit_builds(cli, tmp_path):
+    """rknn-toolkit2 2.5.0 crashes folding such Pads itself ("assignment destination is read-only"): edgeconv folds
+    them into the Convs first (the same function, checked on ONNX Runtime), then the toolkit builds and the simulator
+    agrees with the source."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeconv.onnx_tools import fold_pads_into_convs
+
+    src = tmp_path / "padded.onnx"
+    _padded_cnn(src)
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    proto = onnx.load(str(src))
+    assert fold_pads_into_convs(proto) == ["block_1_pad", "block_2_pad"]
+    assert not [n for n in proto.graph.node if n.op_type == "Pad"]
+    folded = tmp_path / "folded.onnx"
+    onnx.save(proto, str(folded))
+    (before,), (after,) = (ort.InferenceSession(str(p)).run(None, {"x": x}) for p in (src, folded))
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(2).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    rep = cli("convert", src, "--target", "rknn", "--precision", "int8", "--calib", calib, "-o", tmp_path / "b", "--json")
+    assert rep.code == 0, rep
+    notes = " ".join(rep.json()["manifest"]["export"]["notes"])
+    assert "2 zero Pad(s) folded" in notes and "block_1_pad" in notes

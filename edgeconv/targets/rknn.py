@@ -74,7 +74,8 @@ class RknnTarget(Target):
         platform = profile.raw.get("device", {}).get("target_platform", profile.name)
         inputs = [{"name": n, "shape": [int(d) for d in s], "dtype": "float32", "layout": ctx.layouts.get(n)}
                   for n, s in ctx.input_shapes.items()]
-        request = {"onnx": str(onnx_path.resolve()), "rknn": str((workdir / MODEL_FILE).resolve()), "platform": platform,
+        model_for_rknn, folded = onnx_for_rknn(onnx_path, scratch)
+        request = {"onnx": str(model_for_rknn), "rknn": str((workdir / MODEL_FILE).resolve()), "platform": platform,
                    "precision": opts.precision, "inputs": inputs, "feeds": str(scratch / "feeds.npz"),
                    "outputs": str(scratch / "outputs.npz")}
         if opts.precision == "int8":
@@ -89,11 +90,13 @@ class RknnTarget(Target):
             server = toolchains.start_job(tc, JOB, request, workdir=scratch, timeout=JOB_TIMEOUT_S,
                                           key=str((workdir / MODEL_FILE).resolve()), idle_timeout=SIM_IDLE_S,
                                           remove_workdir=True)
-        except ConversionFailed:
+        except ConversionFailed as exc:
+            kept = ctx.failed_build_dir / "rknn"
             ctx.failed_build_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(scratch, ctx.failed_build_dir / "rknn", dirs_exist_ok=True)  # the job's log, its request
+            shutil.copytree(scratch, kept, dirs_exist_ok=True)  # the job's log, its request
             shutil.rmtree(scratch, ignore_errors=True)
-            raise
+            raise ConversionFailed(exc.message.replace(str(scratch), str(kept)), details=exc.details,
+                                   hint=f"the job's files are kept in {kept}") from exc
         resp = server.response
         artifact = workdir / MODEL_FILE
         if not artifact.exists() or sha256_of(artifact) != resp["rknn_sha256"]:
@@ -112,9 +115,12 @@ class RknnTarget(Target):
         shutil.copyfile(server.log, store_paths(artifact)[0].parent / "build.log")
         if resp.get("analysis"):
             write_analysis(resp["analysis"], onnx_path, artifact.parent / STORE_DIR)
-        return Conversion(self._artifacts(tc, resp, platform, opts, ctx), notes=[
-            f"{MODEL_FILE} for {platform} ({opts.precision}) built by rknn-toolkit2 {index['toolkit_version']} in the "
-            f"{TOOLCHAIN} toolchain; its parity and accuracy here are {SIM_LABEL}"])
+        notes = [f"{MODEL_FILE} for {platform} ({opts.precision}) built by rknn-toolkit2 {index['toolkit_version']} in the "
+                 f"{TOOLCHAIN} toolchain; its parity and accuracy here are {SIM_LABEL}"]
+        if folded:
+            notes.append(f"{len(folded)} zero Pad(s) folded into the Conv that reads each before rknn-toolkit2 (whose own "
+                         f"fold of them crashes): {', '.join(folded[:5])}{' …' if len(folded) > 5 else ''}")
+        return Conversion(self._artifacts(tc, resp, platform, opts, ctx), notes=notes)
 
     def _artifacts(self, tc: toolchains.Toolchain, resp: dict[str, Any], platform: str, opts: TargetOptions,
                    ctx: TargetContext) -> list[Artifact]:
@@ -138,6 +144,22 @@ class RknnTarget(Target):
                 Artifact(store + STORE_INDEX, "simulator-record", opts.precision),
                 Artifact(store + STORE_ARRAYS, "simulator-record", opts.precision),
                 Artifact(store + "build.log", "log", opts.precision), *analysis]
+
+
+def onnx_for_rknn(onnx_path: Path, folder: Path) -> tuple[Path, list[str]]:
+    """The graph rknn-toolkit2 loads: the canonical one, or a copy in ``folder`` with its zero Pads folded into the Convs
+    that read them (:func:`edgeconv.onnx_tools.fold_pads_into_convs`); the Pads folded."""
+    import onnx
+
+    from edgeconv.onnx_tools import fold_pads_into_convs
+
+    proto = onnx.load(str(onnx_path))
+    folded = fold_pads_into_convs(proto)
+    if not folded:
+        return onnx_path.resolve(), []
+    out = folder / "model-for-rknn.onnx"
+    onnx.save(proto, str(out))
+    return out.resolve(), folded
 
 
 def float_layers(onnx_path: Path, layers: list[dict[str, Any]]) -> list[dict[str, list[str]]]:
