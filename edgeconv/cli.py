@@ -739,6 +739,12 @@ def sweep_cmd(
     keep_bundles: Annotated[bool, typer.Option("--keep-bundles", help="Keep every cell's bundle (default: its reports "
             "only).")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds for each convert and each validate.")] = 1800.0,
+    warm_workers: Annotated[bool, typer.Option("--warm-workers/--fresh-processes", help="Local pool: each job runs its "
+            "cells' commands in one long-lived edgeconv process (the default: imports paid once per --recycle commands, "
+            "not twice per cell; same exit codes, JSON and logs), or each command in a fresh `python -m edgeconv` (a "
+            "lone command's memory figures, without the imports earlier commands left). Ray tasks always run fresh "
+            "processes.")] = True,
+    recycle: Annotated[int, typer.Option("--recycle", min=1, help="Commands per warm worker before a fresh one.")] = 40,
     baseline: Annotated[Path | None, typer.Option("--baseline", help="An earlier results.json: list what changed, exit 1 on "
             "a regression.")] = None,
     accuracy_tolerance: Annotated[float, typer.Option("--accuracy-tolerance", help="--baseline: top-1 points a cell may "
@@ -756,7 +762,8 @@ def sweep_cmd(
     result = run_sweep(SweepRequest(
         run_dir=output, models=list(models or []), targets=split(targets), precisions=split(precisions), plan=plan,
         data=data, calib=calib, sample=sample, jobs=jobs, ray=ray, keep_bundles=keep_bundles, timeout=timeout,
-        baseline=baseline, accuracy_tolerance=accuracy_tolerance, latency_tolerance=latency_tolerance,
+        warm_workers=warm_workers, recycle=recycle, baseline=baseline, accuracy_tolerance=accuracy_tolerance,
+        latency_tolerance=latency_tolerance,
     ), progress=None if as_json else _progress_line)
     if as_json:
         _emit_json(result)

@@ -10,16 +10,11 @@ in edgeconv; the traceback is written to a file).
 
 from __future__ import annotations
 
-from edgeconv.core.errors import ArtifactRefused, BadInput, EdgeconvError, MissingDependency, NoLayerProfiler, UnknownProtocol
+from edgeconv.core.errors import (ArtifactRefused, BadInput, CheckFailed, EdgeconvError, MissingDependency, NoLayerProfiler,
+                                  UnknownProtocol)
 
 __all__ = ["ArtifactRefused", "BadInput", "CheckFailed", "ConversionFailed", "EdgeconvError", "IntermediatesUnavailable",
            "InternalError", "MissingDependency", "NoLayerProfiler", "PreflightError", "UnknownProtocol", "converter_of"]
-
-
-class CheckFailed(EdgeconvError):
-    """A check or a budget was missed (parity at validate time, accuracy drop, latency budget)."""
-
-    exit_code = 1
 
 
 class PreflightError(BadInput):

@@ -193,3 +193,17 @@ def test_state_dict_with_a_written_width_prunes_through_its_graph(cli, tmp_path)
     assert r.code == 0, r
     widths, whole = _method(r.json())
     assert widths["body.0"] == [16, 8] and widths["fc"][1] < 64 and set(whole) == {"cls", "box"}
+
+
+def test_pruning_that_runs_past_its_limit_is_refused_not_left_running(cli, tmp_path, monkeypatch):
+    """Torch-Pruning's grouping can run for hours on some architectures (ReXNet-100: over 15 min): past
+    PRUNER_LIMIT_S compress exits 4 saying so, with the methods that still work, and writes nothing."""
+    from edgeconv.compress import channels
+
+    source = _save(tmp_path, "dense", TinyDense, lambda: torch.randn(1, 16))
+    monkeypatch.setattr(channels, "PRUNER_LIMIT_S", 1e-6)
+    r = cli("compress", source, "-o", tmp_path / "pruned.pt2", "--prune-channels", "0.3", "--json")
+    assert r.code == 4, r
+    err = r.json()["error"]
+    assert "did not finish grouping and pruning" in err["message"] and "--low-rank" in err["hint"]
+    assert not (tmp_path / "pruned.pt2").exists()

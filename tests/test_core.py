@@ -18,7 +18,8 @@ from conftest import ROOT
 from edgeconv.bundle import DEVICE_RUNNER_NAME, Bundle, device_runner_bytes, write_device_runner
 
 CORE = ROOT / "edgeconv" / "core"
-RUNTIMES = {"onnxruntime", "tensorrt", "cuda", "tensorflow", "ai_edge_litert", "tflite_runtime", "ncnn"}  # lazily, in functions
+RUNTIMES = {"onnxruntime", "tensorrt", "cuda", "tensorflow", "ai_edge_litert", "tflite_runtime", "ncnn",  # lazily, in functions
+            "onnxruntime_qnn", "rknnlite"}
 NOT_IN_36 = {"dataclasses", "contextvars", "graphlib", "zoneinfo", "tomllib", "importlib.resources", "importlib.metadata"}
 NOT_IN_36_NAMES = {"nullcontext", "perf_counter_ns", "time_ns", "isascii", "capture_output", "breakpoint"}
 

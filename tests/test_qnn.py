@@ -12,6 +12,7 @@ import pytest
 
 from conftest import convert_digits
 from edgeconv import toolchains
+from test_remote import remote, sshd  # noqa: F401 (the loopback OpenSSH "device" of the remote tests)
 
 if toolchains.inspect("qnn")[0] is None:
     pytest.skip("the qnn toolchain is not installed (edgeconv toolchain install qnn)", allow_module_level=True)
@@ -96,3 +97,41 @@ def test_without_the_toolchain_qnn_is_exit_3_with_the_install_command(cli, tmp_p
     r = cli("convert", _planted_erf(tmp_path / "erf.onnx"), "-t", "qnn-v75", "-p", "fp16", "-o", tmp_path / "b")
     assert r.code == 3, r
     assert "edgeconv toolchain install qnn" in (r.stdout + r.stderr)
+
+
+def test_the_bundle_runner_runs_qnn_on_the_htp_over_ssh(cli, qnn_bundles, sshd, tmp_path):  # noqa: F811
+    """The device path for real: `validate --remote` with a Python that has onnxruntime-qnn and no edgeconv (the qnn
+    toolchain's venv), so the bundle's own edgeconv_runner.pyz runs it there, on QNN's HTP backend (on x86-64 its
+    emulator), CPU fallback disabled; its report comes back labelled."""
+    out, _ = qnn_bundles["int8"]
+    device_tmp = tmp_path / "device-tmp"
+    device_tmp.mkdir()
+    python = str(toolchains.inspect("qnn")[0].python)
+    r = cli("validate", out, "--remote", remote(sshd), *sshd["opts"], "--ssh-option", f"SetEnv=TMPDIR={device_tmp}",
+            "--remote-python", python, "--json")
+    assert r.code == 0, r
+    rep = r.json()["devices"][0]["report"]
+    assert rep["device"]["ran"] == "device runner" and rep["runner"] == "qnn"
+    mo = rep["measured_on"]
+    assert mo["runtime"] == "onnxruntime-qnn" and mo["device"] == "HTP emulator (x86-64)" and mo["emulated"]
+    assert mo["kind"].startswith("host emulation") and mo["label"].startswith(EMULATOR)
+    assert rep["ok"] and rep["parity"]["ok"] and rep["latency"]["device_only"].startswith("device only")
+
+
+def test_the_bundle_runner_refuses_a_cpu_ep_node_with_a_clean_json_report(qnn_bundles, tmp_path):
+    """The same refusal as edgeconv's runner, in the bare device runner: a graph with a node the HTP does not take is
+    exit 1 naming it; and stdout stays one JSON document (QNN's library prints on file descriptor 1 at load)."""
+    import json
+    import shutil
+    import subprocess
+
+    out, _ = qnn_bundles["int8"]
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    _planted_erf(bad / "model_ctx.onnx")
+    python = str(toolchains.inspect("qnn")[0].python)
+    r = subprocess.run([python, str(bad / "edgeconv_runner.pyz"), str(bad), "--runs", "1", "--json"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1, r
+    err = json.loads(r.stdout)["error"]
+    assert err["type"] == "CheckFailed" and "planted (Erf)" in err["message"] and "CPU EP" in err["message"]

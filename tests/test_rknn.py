@@ -162,3 +162,61 @@ def test_zero_pads_before_strided_convs_are_folded_so_the_toolkit_builds(cli, tm
     assert rep.code == 0, rep
     notes = " ".join(rep.json()["manifest"]["export"]["notes"])
     assert "2 zero Pad(s) folded" in notes and "block_1_pad" in notes
+
+
+def test_the_bundle_runner_without_rknnlite_is_exit_3_naming_the_install(rknn_bundles):
+    """The device runner in the bundle has the RKNNLite backend: where rknn-toolkit-lite2 is missing (any host, a board
+    without it) it says what to install on the board and that it needs the board's librknnrt, exit 3."""
+    import subprocess
+    import sys
+    import zipfile
+
+    out, _ = rknn_bundles["int8"]
+    runner = out / "edgeconv_runner.pyz"
+    with zipfile.ZipFile(runner) as z:
+        assert {"edgeconv/core/backends/rknn.py", "edgeconv/core/backends/qnn.py"} <= set(z.namelist())
+    r = subprocess.run([sys.executable, str(runner), str(out), "--runs", "1", "--json"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 3, r
+    err = json.loads(r.stdout)["error"]
+    assert err["type"] == "MissingDependency" and "rknnlite is not installed" in err["message"]
+    assert "pip install rknn-toolkit-lite2" in err["hint"] and "librknnrt" in err["hint"]
+
+
+def test_rknnlite_gets_the_samples_the_simulator_ran_in_nhwc(rknn_bundles):
+    """What the board's backend hands RKNNLite.inference (which takes a 4-D input as NHWC): the reference samples the
+    build's simulator ran (told data_format="nchw"), one at a time, transposed from the ONNX graph's layout; and its
+    outputs back in the record's shapes."""
+    from edgeconv.core.backends.rknn import as_recorded, read_record, rknn_samples
+    from edgeconv.errors import ArtifactRefused
+    from edgeconv.runners.rknn import sample_keys
+
+    out, _ = rknn_bundles["int8"]
+    record = read_record(out / "model.rknn")  # the I/O the board's backend reads, checked against the .rknn's sha256
+    (spec,) = record["inputs"]
+    assert spec["shape"] == [1, 1, 8, 8] and spec["layout"] == "NCHW"
+    with np.load(out / "reference.npz") as f:
+        feed = {spec["name"]: f["input:" + spec["name"]]}
+    samples = rknn_samples(feed, record["inputs"])
+    assert len(samples) == len(feed[spec["name"]]) and all(len(s) == 1 for s in samples)
+    for (nhwc,) in samples:
+        assert nhwc.shape == (1, 8, 8, 1) and nhwc.dtype == np.float32 and nhwc.flags["C_CONTIGUOUS"]
+    back = {spec["name"]: np.concatenate([s[0].transpose(0, 3, 1, 2) for s in samples])}
+    assert set(sample_keys(back, [spec["name"]])) <= set(record["samples"])  # the very samples the simulator ran
+    (out_spec,) = record["outputs"]
+    y = np.arange(10, dtype=np.float32)
+    assert as_recorded(y.reshape(1, 10, 1, 1), out_spec["shape"], "output").shape == (1, 10)
+    with pytest.raises(ArtifactRefused, match="shape"):
+        as_recorded(np.zeros((1, 5, 2), np.float32), out_spec["shape"], "output")
+
+
+def test_a_run_on_the_npu_itself_is_not_labelled_as_the_simulator():
+    """RKNNLite (and QNN on a device) report ``emulated: False``: the figure is the device's, not the host emulation
+    the artifact's record names."""
+    from edgeconv.core.machine import where_label
+
+    art = {"host_emulation": True, "host_emulation_label": SIM_LABEL}
+    target = {"profile": "rk3588", "profile_data": {"native": {"machines": []}}}
+    assert where_label(target, art, "device", {"emulated": False}, machine="aarch64", read=lambda p: None) == (
+        "device", "on the device (rk3588)")
+    assert where_label(target, art, "device", {}, machine="x86_64", read=lambda p: None)[1] == SIM_LABEL

@@ -25,6 +25,10 @@ from edgeconv.core.text import first_line
 from edgeconv.errors import BadInput, ConversionFailed, MissingDependency
 from edgeconv.lazy import version_of
 
+# Torch-Pruning's grouping and pruning of one model: past this, the model is refused (exit 4) rather than left to run
+# for hours (ReXNet-100's dependency graph did not finish in 15 min; ResNet-50's takes seconds)
+PRUNER_LIMIT_S = 300.0
+
 ATTEMPTS = 6  # prune, run, keep the failing call's producers whole, again
 
 
@@ -149,7 +153,7 @@ def _prune_once(tp, torch, model, args, ratio: float, whole: dict[str, str], rou
     """MetaPruner over every group of coupled channels whose layers are not ``whole``, its chatter on stdout (and its
     warnings about the GRU weights it does not trace) kept out. Returns the number of groups."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), \
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _time_limit(PRUNER_LIMIT_S), \
                 traced_around_gru(torch, model) as forward_fn:
             warnings.filterwarnings("ignore", module="torch_pruning")
             pruner = _pruner(tp, torch, model, args, ratio, whole, round_to, forward_fn)
@@ -162,10 +166,41 @@ def _prune_once(tp, torch, model, args, ratio: float, whole: dict[str, str], rou
             pruner.step()
     except BadInput:
         raise
+    except _TooLong:
+        raise ConversionFailed(f"Torch-Pruning did not finish grouping and pruning this model's channels in "
+                               f"{PRUNER_LIMIT_S:.0f} s (its dependency graph grows too large for some architectures, "
+                               f"e.g. ReXNet's partial-channel residual adds)",
+                               hint="--low-rank or --sparsity can still make such a model smaller") from None
     except Exception as exc:  # Torch-Pruning's own failures, of any type
         raise ConversionFailed(f"Torch-Pruning could not prune this model: {type(exc).__name__}: {first_line(exc)}",
                                hint="run with --debug for the traceback") from exc
     return len(groups)
+
+
+class _TooLong(Exception):
+    """Torch-Pruning ran past PRUNER_LIMIT_S."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise _TooLong in this (main) thread after ``seconds``; elsewhere (a thread: no signals) no limit."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TooLong
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def failing_call(torch, model, args) -> tuple[Any, BaseException] | None:

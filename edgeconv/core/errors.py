@@ -3,8 +3,8 @@
 Library code raises these; only a command line maps them to a message and an exit code (edgeconv's CLI on the host,
 :func:`edgeconv.core.cli.main` on a device). Exit codes: 0 ok · 1 a check or budget failed · 2 bad usage or bad input
 (incl. preflight refusals and damaged bundles) · 3 missing dependency, runtime, device or unsupported platform ·
-4 conversion failed · 5 internal error. The host-only kinds (a failed check, a conversion that failed, a preflight
-refusal …) are in ``edgeconv/errors.py``. See docs/architecture.md.
+4 conversion failed · 5 internal error. The host-only kinds (a conversion that failed, a preflight refusal …) are
+in ``edgeconv/errors.py``. See docs/architecture.md.
 """
 
 EXIT_OK, EXIT_CHECK, EXIT_BAD_INPUT, EXIT_MISSING = 0, 1, 2, 3
@@ -50,3 +50,10 @@ class MissingDependency(EdgeconvError):
     """An optional library, runtime, tool, device or platform is not available here (exit 3)."""
 
     exit_code = EXIT_MISSING
+
+
+class CheckFailed(EdgeconvError):
+    """A check or a budget was missed (parity at validate time, accuracy drop, latency budget, a QNN graph with a node
+    on the CPU EP)."""
+
+    exit_code = EXIT_CHECK

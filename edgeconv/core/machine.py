@@ -103,7 +103,8 @@ def where_label(target, art, where, info, machine=None, read=_read):
     here = arch_name(machine, read)
     if emulation(machine, read):
         return EMULATED_LABEL, "host emulation on %s (qemu-user), not %s" % (here, profile)
-    if art.get("host_emulation"):  # a target may name its emulator (qnn: QNN's HTP emulator)
+    # a target may name its emulator (qnn: QNN's HTP emulator), unless its runtime ran on the NPU itself
+    if art.get("host_emulation") and info.get("emulated", True):
         return HOST_EMULATION, art.get("host_emulation_label") or "host emulation on %s, not %s" % (here, profile)
     if where == "device":
         return "device", "on the device (%s)" % profile
@@ -121,7 +122,7 @@ def measured_on(art, backend, where, target=None):
           "distribution": distribution(), "python": platform.python_version(), "numpy": np.__version__}
     mo.update(backend.info())
     mo["kind"], mo["label"] = where_label(target, art, where, mo)
-    if art.get("host_emulation"):
+    if art.get("host_emulation") and mo.get("emulated", True):
         mo["note"] = art.get("host_emulation_note")
     mo["emulation"] = emulation()
     return mo

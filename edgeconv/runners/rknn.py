@@ -1,12 +1,13 @@
 """Rockchip RKNN: a ``.rknn`` on the board's NPU through RKNNLite, or on a host the RKNN simulator's recorded outputs.
 
-On the board (aarch64 with ``rknn-toolkit-lite2``), :class:`RknnRunner` loads the ``.rknn`` with RKNNLite and runs it
-on the NPU. Anywhere else nothing can run a ``.rknn``: rknn-toolkit2's simulator runs a model only in the process that
-built it. So the build job (edgeconv/toolchains/jobs/rknn_job.py) runs the simulator on the samples it is given and
-stays up while ``convert`` checks the artifact; every output it computes is stored beside the artifact
-(``rknn/simulator.npz`` + ``simulator.json``), keyed by the artifact's sha256 and each sample's sha256. On the host
-this runner answers a sample from that store only when both hashes match, or from the live build job during
-``convert``; a sample the simulator never saw is refused, never guessed (docs/architecture.md, "NPU toolchains").
+On the board (aarch64 with ``rknn-toolkit-lite2``), :class:`RknnRunner` runs the ``.rknn`` on the NPU through the
+core's RknnBackend (RKNNLite; edgeconv/core/backends/rknn.py), the device runner's code. Anywhere else nothing can run
+a ``.rknn``: rknn-toolkit2's simulator runs a model only in the process that built it. So the build job
+(edgeconv/toolchains/jobs/rknn_job.py) runs the simulator on the samples it is given and stays up while ``convert``
+checks the artifact; every output it computes is stored beside the artifact (``rknn/simulator.npz`` +
+``simulator.json``), keyed by the artifact's sha256 and each sample's sha256. On the host this runner answers a sample
+from that store only when both hashes match, or from the live build job during ``convert``; a sample the simulator
+never saw is refused, never guessed (docs/architecture.md, "NPU toolchains").
 """
 
 from __future__ import annotations
@@ -15,20 +16,17 @@ import hashlib
 import io
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeconv.atomic import write_bytes_atomic, write_text_atomic
+from edgeconv.core.backends.rknn import STORE_DIR, STORE_INDEX, RknnBackend
 from edgeconv.errors import ArtifactRefused, MissingDependency
-from edgeconv.lazy import version_of
 from edgeconv.runners.base import Runner
 from edgeconv.specs import TensorSpec, sha256_of
 
-STORE_DIR = "rknn"
-STORE_INDEX = "simulator.json"
 STORE_ARRAYS = "simulator.npz"
 SIM_TIMEOUT_S = 1800
 SIM_LABEL = "host emulation on the RKNN simulator, not the NPU"
@@ -97,39 +95,29 @@ def on_board() -> bool:
 
 class RknnRunner(Runner):
     runtime = "rknn"
-    accepted_options = ("core_mask",)
+    accepted_options = RknnBackend.accepted_options
 
     def load(self) -> None:
-        index, self.rows = read_store(self.artifact) if not on_board() else (_board_index(self.artifact), [])
-        self.index = index
-        self.names = [s["name"] for s in index["inputs"]]
-        self.inputs = [TensorSpec.from_dict(s) for s in index["inputs"]]
-        self.outputs = [TensorSpec.from_dict(s) for s in index["outputs"]]
-        self.lite = None
-        if on_board():
-            self._open_lite()
-        else:  # the store answers any number of samples at a time; the board runs one
-            for spec in self.inputs + self.outputs:
-                spec.shape = [None, *spec.shape[1:]]
+        self.backend = RknnBackend(self.artifact, self.threads, **self.options) if on_board() else None
+        if self.backend is not None:  # the board: the device runner's backend, RKNNLite on the NPU
+            self.inputs = [TensorSpec(e["name"], e["shape"], "float32", e["layout"]) for e in self.backend.inputs]
+            self.outputs = [TensorSpec(e["name"], e["shape"], "float32") for e in self.backend.outputs]
+            return
+        self.index, self.rows = read_store(self.artifact)
+        self.names = [s["name"] for s in self.index["inputs"]]
+        self.inputs = [TensorSpec.from_dict(s) for s in self.index["inputs"]]
+        self.outputs = [TensorSpec.from_dict(s) for s in self.index["outputs"]]
+        for spec in self.inputs + self.outputs:  # the store answers any number of samples at a time; the board runs one
+            spec.shape = [None, *spec.shape[1:]]
 
-    def _open_lite(self) -> None:
-        from rknnlite.api import RKNNLite
-
-        self.lite = RKNNLite(verbose=False)
-        if self.lite.load_rknn(str(self.artifact)) != 0:
-            raise ArtifactRefused(f"RKNNLite could not load {self.artifact.name}")
-        mask = getattr(RKNNLite, f"NPU_CORE_{self.options.get('core_mask', 'AUTO')}".upper(), None)
-        if (self.lite.init_runtime() if mask is None else self.lite.init_runtime(core_mask=mask)) != 0:
-            raise MissingDependency("RKNNLite could not start the NPU runtime (librknnrt.so and the rknpu driver)")
+    def prepare(self, feed: dict[str, np.ndarray]) -> Any:
+        return self.backend.prepare(feed) if self.backend is not None else super().prepare(feed)
 
     def run(self, prepared: Any) -> list[np.ndarray]:
-        if self.lite is not None:
-            formats = ["nchw" if len(s.shape) == 4 else None for s in self.inputs]
-            start = time.perf_counter()
-            outs = self.lite.inference(inputs=[prepared[n] for n in self.names],
-                                       data_format=formats if any(formats) else None)
-            self.last_s = time.perf_counter() - start
-            return [np.asarray(o) for o in outs]
+        if self.backend is not None:
+            out = self.backend.run(prepared)
+            self.last_s = self.backend.last_s
+            return out
         return self._recorded(prepared)
 
     def _recorded(self, prepared: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -153,18 +141,16 @@ class RknnRunner(Runner):
         return [r[at] for r in self.rows]
 
     def info(self) -> dict[str, Any]:
-        if self.lite is not None:
-            return {"runtime": "rknn", "version": version_of("rknn-toolkit-lite2"), "device": "NPU (RKNNLite)",
-                    "threads": None, "precision": self.index.get("precision")}
+        if self.backend is not None:
+            return self.backend.info()
         return {"runtime": "rknn", "version": self.index.get("toolkit_version"), "device": SIM_LABEL, "threads": None,
                 "precision": self.index.get("precision"),
                 "note": "outputs recorded from rknn-toolkit2's simulator in the job that built this artifact (same sha256, "
                         "same samples); latency figures are the simulator's time on this host, not the NPU's"}
 
     def close(self) -> None:
-        if self.lite is not None:
-            self.lite.release()
-            self.lite = None
+        if self.backend is not None:
+            self.backend.close()
 
 
 def simulate(server, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -174,11 +160,3 @@ def simulate(server, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     answer = server.call(buf.getvalue(), timeout=SIM_TIMEOUT_S)
     with np.load(io.BytesIO(answer)) as f:
         return [f[k] for k in sorted((k for k in f.files if k.startswith("out")), key=lambda k: int(k[3:]))]
-
-
-def _board_index(artifact: Path) -> dict[str, Any]:
-    """On the board: the I/O the store recorded (the .rknn's own, as the build saw it), without its outputs."""
-    index_path, _ = store_paths(artifact)
-    if not index_path.exists():
-        raise ArtifactRefused(f"{artifact.name}: {index_path.name} (its inputs and outputs) is missing beside it")
-    return json.loads(index_path.read_text())

@@ -26,6 +26,8 @@ class SweepRequest:
     ray: str | None = None  # a Ray address, "auto" for the running cluster
     keep_bundles: bool = False
     timeout: float = 1800.0
+    warm_workers: bool = True  # the local pool: a warm worker per job thread (False: a fresh process per command)
+    recycle: int = 40  # commands per warm worker
     baseline: Path | None = None
     accuracy_tolerance: float = 0.5
     latency_tolerance: float = 0.10
@@ -57,7 +59,8 @@ def _executor(req: SweepRequest):
         return RayPool(req.run_dir, req.ray, timeout=req.timeout, keep_bundles=req.keep_bundles)
     from edgeconv.sweep.local import LocalPool
 
-    return LocalPool(req.run_dir, req.jobs, timeout=req.timeout, keep_bundles=req.keep_bundles)
+    return LocalPool(req.run_dir, req.jobs, timeout=req.timeout, keep_bundles=req.keep_bundles, warm=req.warm_workers,
+                     recycle=req.recycle)
 
 
 def run_sweep(req: SweepRequest, progress: Callable[[str], None] | None = None) -> dict[str, Any]:

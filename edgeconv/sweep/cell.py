@@ -1,10 +1,12 @@
-"""One sweep cell: ``edgeconv convert … --json`` then ``edgeconv validate … --json``, the commands themselves run as
-child processes (exit codes, messages and refusals exactly as a user gets them), and the record of what happened.
+"""One sweep cell: ``edgeconv convert … --json`` then ``edgeconv validate … --json``, the commands themselves run in
+child processes — a fresh one per command, or the local pool's warm worker (``sweep/worker.py``) — with exit codes,
+messages and refusals exactly as a user gets them, and the record of what happened.
 Runs wherever the executor puts it — a thread of this process or a Ray worker on another node — so it takes plain
 data and returns plain data. See docs/architecture.md, "Sweeps"."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +24,25 @@ STATUS = {0: "passed", 1: "failed", 2: "refused", 3: "unavailable", 4: "conversi
 DEFAULT_TIMEOUT = 1800.0
 _RUNNING: set[subprocess.Popen] = set()  # the commands running in this process's cells, for stop_all
 _RUNNING_LOCK = threading.Lock()
+_STOPPED = threading.Event()  # set by stop_all, cleared by allow_commands
+Command = Callable[[list[str], float, Path], dict[str, Any]]  # edgeconv ARGV, timeout, log file → its outcome
 
 
 def run_cell(cell: dict[str, Any], files: dict[str, str], workdir: Path, *, cache_dir: Path | None = None,
-             timeout: float = DEFAULT_TIMEOUT, device_lock=None) -> dict[str, Any]:
+             timeout: float = DEFAULT_TIMEOUT, device_lock=None, command: Command | None = None) -> dict[str, Any]:
     """Convert then validate ``cell`` (a ``Cell.to_dict()``) with its ``files`` (role → path here), in ``workdir``.
-    ``device_lock`` (a context manager) is held around the device's part (validate) of a device cell."""
+    ``device_lock`` (a context manager) is held around the device's part (validate) of a device cell. ``command``
+    runs one ``edgeconv ARGV`` (default: a fresh child process; the local pool's warm workers: ``sweep/worker.py``)."""
+    command = command or fresh_command
     workdir.mkdir(parents=True, exist_ok=True)
     bundle = workdir / "bundle"
     rec = _record(cell)
-    conv = _command(_convert_argv(cell, files, bundle, cache_dir), timeout, workdir / "convert.log")
+    conv = command(_convert_argv(cell, files, bundle, cache_dir), timeout, workdir / "convert.log")
     rec["reports"]["convert"] = conv["doc"]
     _stage(rec, "convert", conv)
     if conv["code"] == 0:
-        if device_lock is not None:
-            with device_lock:
-                val = _command(_validate_argv(cell, files, bundle), timeout, workdir / "validate.log")
-        else:
-            val = _command(_validate_argv(cell, files, bundle), timeout, workdir / "validate.log")
+        with device_lock if device_lock is not None else contextlib.nullcontext():
+            val = command(_validate_argv(cell, files, bundle), timeout, workdir / "validate.log")
         rec["reports"]["validate"] = val["doc"]
         _stage(rec, "validate", val)
         _facts(rec, conv["doc"], _device_report(val["doc"]))
@@ -82,38 +86,65 @@ def _validate_argv(cell: dict[str, Any], files: dict[str, str], bundle: Path) ->
     return argv + list(cell.get("validate_args") or [])
 
 
-def _command(argv: list[str], timeout: float, log: Path) -> dict[str, Any]:
-    """Run ``edgeconv ARGV`` in its own process group (a timeout or an interrupted sweep stops all of it); its JSON."""
+def fresh_command(argv: list[str], timeout: float, log: Path) -> dict[str, Any]:
+    """Run ``edgeconv ARGV`` as a child process in its own process group (a timeout or an interrupted sweep stops all
+    of it): what a user's shell runs; its outcome."""
     started = time.time()
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "edgeconv", *argv], stdout=subprocess.PIPE, stderr=err,
                                 start_new_session=True)
-        with _RUNNING_LOCK:
-            _RUNNING.add(proc)
+        track(proc)
         try:
             out, _ = proc.communicate(timeout=timeout)
             code = proc.returncode
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             out, code = b"", None
         except BaseException:
-            _kill_group(proc)
+            kill_group(proc)
             raise
         finally:
-            with _RUNNING_LOCK:
-                _RUNNING.discard(proc)
-    return {"code": code, "doc": _json(out), "started": started, "ended": time.time(), "log": str(log), "timeout": timeout}
+            untrack(proc)
+    return outcome(code, out, started, log, timeout, pid=proc.pid)
+
+
+def outcome(code: int | None, out: bytes, started: float, log: Path, timeout: float, **process: Any) -> dict[str, Any]:
+    """What a command did: its exit code (None: ran past ``timeout``; negative: killed by that signal), its JSON
+    document, its times and log, and ``process`` (the pid that ran it; a warm worker's count of commands)."""
+    return {"code": code, "doc": _json(out), "started": started, "ended": time.time(), "log": str(log),
+            "timeout": timeout, "process": process}
+
+
+def track(proc: subprocess.Popen) -> None:
+    """Count ``proc`` among the processes :func:`stop_all` kills; after a ``stop_all`` a new one is killed at once (a
+    cell that was between its commands when the sweep was interrupted starts nothing that outlives it)."""
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
+    if _STOPPED.is_set():
+        kill_group(proc)
+
+
+def untrack(proc: subprocess.Popen) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(proc)
+
+
+def allow_commands() -> None:
+    """A new run of cells in this process: commands may start again after an earlier :func:`stop_all`."""
+    _STOPPED.clear()
 
 
 def stop_all() -> None:
-    """Kill every command the cells of this process are running (an interrupted sweep: nothing is left behind)."""
+    """Kill every command (and warm worker) the cells of this process are running (an interrupted sweep: nothing is
+    left behind), and any started after this."""
+    _STOPPED.set()
     with _RUNNING_LOCK:
         procs = list(_RUNNING)
     for proc in procs:
-        _kill_group(proc)
+        kill_group(proc)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -130,13 +161,22 @@ def _json(out: bytes) -> dict[str, Any] | None:
 
 
 def _stage(rec: dict[str, Any], name: str, run: dict[str, Any]) -> None:
-    rec["stages"][name] = {"started": run["started"], "ended": run["ended"], "exit_code": run["code"]}
+    rec["stages"][name] = {"started": run["started"], "ended": run["ended"], "exit_code": run["code"], **run["process"]}
     rec["stage"], rec["exit_code"] = name, run["code"]
     if run["code"] is None:
         rec["status"], rec["reason"] = "timeout", f"{name} ran past {run['timeout']:g} s"
+    elif run["code"] < 0:  # killed by a signal: a segfault, the OOM killer, a kill -9
+        rec["status"], rec["reason"] = "crashed", f"{name} died of {_signal_name(-run['code'])}"
     else:
         rec["status"] = STATUS.get(run["code"], "crashed")
         rec["reason"] = _reason(run["doc"], run["log"]) if run["code"] else ""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _reason(doc: dict[str, Any] | None, log: str) -> str:
