@@ -48,9 +48,9 @@ def _start(plan: Path, run: Path, *args) -> subprocess.Popen:
 
 
 def _worker_of(sweep: int) -> int:
-    """The warm worker the sweep ``sweep`` started (its child running edgeconv.sweep.serve)."""
+    """The warm worker the sweep ``sweep`` started (its child running edgeconv.serve)."""
     for p in Path("/proc").iterdir():
-        if p.name.isdigit() and "edgeconv.sweep.serve" in _cmdline(int(p.name)):
+        if p.name.isdigit() and "edgeconv.serve" in _cmdline(int(p.name)):
             try:
                 if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == sweep:
                     return int(p.name)

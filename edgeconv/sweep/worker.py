@@ -1,5 +1,5 @@
 """Warm workers for the local pool (``edgeconv sweep``'s default, ``--warm-workers``): each job thread runs its cells'
-commands through one long-lived edgeconv process (``python -m edgeconv.sweep.serve``) instead of a fresh
+commands through one long-lived edgeconv process (``python -m edgeconv.serve``) instead of a fresh
 ``python -m edgeconv`` per command, so the interpreter's start and the torch/TensorFlow imports are paid once per
 worker, not twice per cell. A command's exit code, JSON and log are what a user gets (the worker points its fds 1 and
 2 at the command's files); what the sweep guarantees stays: a command past the timeout is killed with the worker's
@@ -47,7 +47,7 @@ class WarmWorker:
             self.stop()
         if self.proc is None:
             with open(self.scratch / "worker.log", "wb") as log:  # its own stderr, outside commands
-                self.proc = subprocess.Popen([sys.executable, "-m", "edgeconv.sweep.serve"], stdin=subprocess.PIPE,
+                self.proc = subprocess.Popen([sys.executable, "-m", "edgeconv.serve"], stdin=subprocess.PIPE,
                                              stdout=subprocess.PIPE, stderr=log, start_new_session=True)
             self.served = 0
             track(self.proc)

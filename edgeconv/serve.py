@@ -1,4 +1,4 @@
-"""``python -m edgeconv.sweep.serve``: a warm sweep worker. It runs ``edgeconv ARGV`` in this process, the command
+"""``python -m edgeconv.serve``: a warm sweep worker. It runs ``edgeconv ARGV`` in this process, the command
 line's own entry, for each request on stdin (one JSON line: ``argv``, ``stdout``, ``stderr``), one at a time, with
 file descriptors 1 and 2 pointed at the request's files, so the exit code, the JSON on stdout and the log are what a
 user's shell gets, native libraries' output included. Before a command it answers ``{"begin": PID}`` and after it
