@@ -399,8 +399,9 @@ def run_cell(m: ZooModel, folder: Path, built: Built, target: str, *, work: Path
                 result = cell(classify(code, kind, reason), code, stage, reason, total, tb)
                 break
         result = result or cell(OK, 0, "validate", "", total, tb)
-        if debug and target in DEBUGGED and (bundle / "manifest.json").is_file() and built.data:
-            result.debug, result.debug_seconds = debug_cell(runner, bundle, folder / built.data, timeout)
+        inputs = built.data or built.calib  # debug needs real inputs: the test set, else the calibration set
+        if debug and target in DEBUGGED and (bundle / "manifest.json").is_file() and inputs:
+            result.debug, result.debug_seconds = debug_cell(runner, bundle, folder / inputs, timeout)
         return result
     finally:
         shutil.rmtree(bundle, ignore_errors=True)

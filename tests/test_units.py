@@ -129,3 +129,16 @@ def test_profile_atol_scales_with_the_output_magnitude_but_an_override_does_not(
     assert not rep.ok and rep.outputs[0].allowed_abs == 1.0 and "max abs" in rep.outputs[0].reason
     small = [np.array([[0.5, -0.25]], np.float32)]
     assert not compare("t", ["y"], small, [small[0] + 1e-3], Tolerance(1e-4, 0.99)).ok  # unit scale: unchanged
+
+
+def test_debug_moves_a_channel_last_tensor_back_even_when_c_equals_h_equals_w():
+    """A stride-2 stem at 64 px gives 1x32x32x32: channel-last and channel-first have the same shape, and only the
+    values tell them apart. The zoo's fp16 tflite debug reported such stems at 0 dB before (they passed parity)."""
+    import numpy as np
+
+    from edgeconv.debug.capture import _in_layout
+
+    ref = np.random.default_rng(0).standard_normal((1, 8, 8, 8)).astype(np.float32)  # NCHW
+    nhwc = np.ascontiguousarray(ref.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(_in_layout(nhwc, ref), ref)
+    np.testing.assert_array_equal(_in_layout(ref.copy(), ref), ref)  # a tensor onnx2tf left channel-first stays

@@ -375,13 +375,15 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _layouts(arr: np.ndarray, ref_shape: tuple) -> list[np.ndarray]:
-    """The TFLite tensor in the reference's layout: as it is and/or channel-last moved back to channel-first."""
+    """The TFLite tensor in the reference's layout: as it is and/or channel-last moved back to channel-first. Both when
+    both fit: a 1x32x32x32 tensor (C == H == W, a stride-2 stem at 64 px) fits either way, and only the values tell
+    which order it is in (the callers keep the closer one)."""
     found = []
     if tuple(arr.shape[1:]) == tuple(ref_shape[1:]):
         found.append(arr)
     if arr.ndim >= 3:
         moved = arr.transpose([0, arr.ndim - 1, *range(1, arr.ndim - 1)])
-        if tuple(moved.shape[1:]) == tuple(ref_shape[1:]) and moved.shape != arr.shape:
+        if tuple(moved.shape[1:]) == tuple(ref_shape[1:]):
             found.append(moved)
     return found
 
