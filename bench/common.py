@@ -82,6 +82,17 @@ def machine() -> dict:
             "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
+def splice_readme(table: str, begin: str, end: str) -> None:
+    """README.md with ``table`` between its ``begin`` and ``end`` markers (a generated table is never edited by hand)."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"README.md has no {begin} … {end} markers: add them where the table belongs")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{table}{end}{tail}")
+
+
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

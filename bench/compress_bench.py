@@ -44,9 +44,12 @@ from common import (
     bundle,
     median,
     timed_json,
+    splice_readme,
     versions,
     write_result,
 )
+
+from edgeconv.core.text import shorten
 
 RATIO = 0.3
 MAX_MACS = 0.6
@@ -275,9 +278,9 @@ ZOO_BEGIN, ZOO_END = "<!-- compress-zoo:begin -->", "<!-- compress-zoo:end -->"
 
 def _zoo_cell_text(c: dict) -> str:
     if not c.get("ran"):
-        why = re.sub(r"\s+", " ", str(c.get("reason") or "")).replace("|", "/")
+        why = shorten(re.sub(r"\s+", " ", str(c.get("reason") or "")).replace("|", "/"), 90)
         status = {2: "refused", 3: "refused", None: "timeout"}.get(c.get("exit"), "failed")
-        return f"{status} {c.get('exit') or ''}: {why if len(why) <= 90 else why[:87] + '…'}"
+        return f"{status} {c.get('exit') or ''}: {why}"
     parity = "onnx parity ✅" if c.get("onnx_parity") else "onnx parity **missed**"
     return f"MACs {c['macs_ratio']:.2f}×, ORT p50 {c['ort_p50_ratio']:.2f}×, {parity}"
 
@@ -296,18 +299,10 @@ def zoo_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def splice_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    head, _, rest = text.partition(ZOO_BEGIN)
-    _, _, tail = rest.partition(ZOO_END)
-    readme.write_text(head + ZOO_BEGIN + "\n" + table + ZOO_END + tail)
-
-
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--zoo":
         done = zoo_main(sys.argv[2] if len(sys.argv) > 2 and not sys.argv[2].startswith("--") else "*")
         if "--update-readme" in sys.argv:
-            splice_readme(zoo_markdown(done))
+            splice_readme(zoo_markdown(done), ZOO_BEGIN, ZOO_END)
         sys.exit(0)
     sys.exit(0 if main()["ok"] else 1)

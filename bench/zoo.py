@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EDGECONV, MODELS, RESULTS, ROOT, machine
+from common import EDGECONV, MODELS, RESULTS, ROOT, machine, splice_readme
 from zoo_models import BY_NAME, FAST, Built, ZooModel
 from zoo_models import MODELS as ZOO
 
@@ -48,7 +48,6 @@ GOALS = {"onnx": 0.95, "openvino": 0.95, "jetson": 0.95, "tflite": 0.85, "coral"
 ZOO_DIR = MODELS / "zoo"
 JSON_OUT = RESULTS / "zoo.json"
 MD_OUT = RESULTS / "zoo.md"
-README = ROOT / "README.md"
 BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 OK, NA, SKIP = "✅", "n/a", "skipped"
 SKIPPED = "skipped: "  # build reason prefix of a model whose library (timm, torchvision) is not installed
@@ -482,15 +481,6 @@ def markdown(cells: list[Cell], targets: list[str], doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def splice_readme(table: str) -> None:
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md has no {BEGIN} … {END} markers: add them where the matrix belongs")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
-
-
 def load_cells() -> list[Cell]:
     if not JSON_OUT.exists():
         return []
@@ -618,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = sorted((c for c in results.values() if c.model in order), key=lambda c: (order[c.model], COLUMNS.index(c.target)))
     doc = write_results(cells, _runs(t_start, targets, models, build_s=t_built - t_start), rev, key)
     if a.update_readme:
-        splice_readme(MD_OUT.read_text())
+        splice_readme(MD_OUT.read_text(), BEGIN, END)
     print(json.dumps(doc["summary"], indent=1, ensure_ascii=False))
     shown = [p.relative_to(ROOT) if p.is_relative_to(ROOT) else p for p in (JSON_OUT, MD_OUT)]  # EDGECONV_BENCH_RESULTS
     print(f"wrote {shown[0]} and {shown[1]} ({time.perf_counter() - t_start:.0f} s, "

@@ -201,15 +201,14 @@ def fold_pads_into_convs(proto) -> list[str]:
 
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
-    readers = Counter(i for n in graph.node for i in n.input)
     outputs = {o.name for o in graph.output}
-    by_input = {}
+    readers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:
-            by_input.setdefault(i, []).append(n)
+            readers.setdefault(i, []).append(n)
     folded, dropped = [], set()
     for pad in list(graph.node):
-        conv = _foldable_conv(pad, inits, readers, outputs, by_input)
+        conv = _foldable_conv(pad, readers, outputs)
         spatial = _pad_amounts(pad, inits) if conv is not None else None
         if spatial is None:
             continue
@@ -227,13 +226,14 @@ def fold_pads_into_convs(proto) -> list[str]:
     return folded
 
 
-def _foldable_conv(pad, inits, readers, outputs, by_input):
+def _foldable_conv(pad, readers, outputs):
     """The Conv that alone reads ``pad``'s output as its data input, with explicit padding, else None."""
     from onnx import helper
 
-    if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or pad.output[0] in outputs or readers[pad.output[0]] != 1:
+    if (pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or pad.output[0] in outputs
+            or len(readers.get(pad.output[0], [])) != 1):
         return None
-    conv = by_input[pad.output[0]][0]
+    conv = readers[pad.output[0]][0]
     if conv.op_type != "Conv" or conv.input[0] != pad.output[0]:
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
